@@ -1,0 +1,188 @@
+"""The JAX engine: ``jit(vmap(scan))`` over steps and replicates, run in chunks.
+
+A run is ``lax.scan`` over record intervals, each an inner ``lax.scan`` of ``record_every``
+steps; the host loops over chunks of records so long runs can report progress, be checked for
+NaN/Inf/negative pools, and checkpoint. Replicate ``r`` draws from ``fold_in(PRNGKey(seed), r)``,
+so it is the same whether run alone or in a batch. The chunk length is a divisor of the number
+of records, so a whole run compiles exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sim.kernels.step import PROCESSES, step
+from sim.kernels.thermo import energy_charge
+from sim.errors import NumericalError
+from sim.state import ADP, AMP, ATP, SPECIES
+
+RECORD_FIELDS = (
+    "pools", "alive", "stress", "n_producers", "health_mean", "produced", "spent", "work",
+    "transported_out", "failures", "births",
+)
+
+
+def observe(state) -> dict:
+    """What is recorded at each record point (per cell)."""
+    prod, led = state.producers, state.ledger
+    n_alive = jnp.sum(prod.alive, axis=1)
+    health = jnp.sum(jnp.where(prod.alive, prod.health, 0.0), axis=1) / jnp.maximum(n_alive, 1)
+    return {
+        "pools": state.cells.pools,
+        "alive": state.cells.alive,
+        "stress": state.cells.stress,
+        "n_producers": n_alive.astype(jnp.int32),
+        "health_mean": health,
+        "produced": led.produced,
+        "spent": jnp.sum(led.spent, axis=1) + led.repair_spent + led.birth_spent,
+        "work": jnp.sum(led.work, axis=1),
+        "transported_out": led.transported_out,
+        "failures": led.failures,
+        "births": led.births,
+    }
+
+
+def _run_records(state, params, key, n_records: int, record_every: int):
+    def inner(s, _):
+        return step(s, params, key), None
+
+    def outer(s, _):
+        s, _ = jax.lax.scan(inner, s, None, length=record_every)
+        return s, observe(s)
+
+    return jax.lax.scan(outer, state, None, length=n_records)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(n_records: int, record_every: int, batched_params: bool):
+    fn = functools.partial(_run_records, n_records=n_records, record_every=record_every)
+    return jax.jit(jax.vmap(fn, in_axes=(0, 0 if batched_params else None, 0)))
+
+
+def replicate_keys(seed: int, replicates: int, first: int = 0):
+    base = jax.random.PRNGKey(int(seed))
+    return jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.arange(first, first + replicates, dtype=jnp.uint32))
+
+
+def broadcast_state(state, replicates: int):
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (replicates,) + np.shape(x)), state)
+
+
+def cast(tree, dtype):
+    """Cast the floating leaves of a PyTree to ``dtype`` (float32 runs)."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
+        tree,
+    )
+
+
+def chunk_length(n_records: int, target: int) -> int:
+    """Largest divisor of ``n_records`` not above ``target`` (so every chunk has one shape)."""
+    target = max(1, min(target, n_records))
+    for c in range(target, 0, -1):
+        if n_records % c == 0:
+            return c
+    return 1
+
+
+@dataclasses.dataclass
+class RunResult:
+    state: object  # final batched state (jax arrays)
+    records: dict  # name -> np.ndarray (replicate, time, cell, ...)
+    times: np.ndarray  # s, the time of each record
+    steps_done: int
+    wall_s: float
+    compile_s: float
+    error: Exception | None = None
+
+
+def bad_pools(pools: np.ndarray) -> np.ndarray:
+    return ~np.isfinite(pools) | (pools < 0)
+
+
+def diagnose(state, params, key, start_step: int, n_steps: int) -> NumericalError | None:
+    """Replay steps one process at a time (one replicate) to name where a pool went bad."""
+    for i in range(n_steps):
+        for name, process in PROCESSES:
+            state = process(state, params, key)
+            pools = np.asarray(state.cells.pools)
+            bad = bad_pools(pools)
+            if bad.any():
+                cell, sp = map(int, np.argwhere(bad)[0])
+                return NumericalError(start_step + i, cell, SPECIES[sp], name, float(pools[cell, sp]))
+        state = dataclasses.replace(state, step=state.step + 1)
+    return None
+
+
+def run(
+    state0,
+    params,
+    *,
+    seed: int,
+    steps: int,
+    record_every: int,
+    replicates: int = 1,
+    chunk_records: int = 200,
+    batched_params: bool = False,
+    first_replicate: int = 0,
+    on_chunk: Callable | None = None,
+    start_step: int = 0,
+    keys=None,
+) -> RunResult:
+    """Run ``steps`` steps of ``replicates`` replicates; ``state0`` is unbatched unless it has a
+    leading replicate axis already (resume). Stops at the first bad chunk, keeping earlier ones."""
+    if steps % record_every:
+        raise ValueError("steps must be a multiple of record_every")
+    n_records = steps // record_every
+    state = state0
+    if np.ndim(state0.step) == 0:
+        state = broadcast_state(state0, replicates)
+    if keys is None:
+        keys = replicate_keys(seed, replicates, first_replicate)
+    chunk = chunk_length(n_records, chunk_records)
+    fn = _compiled(chunk, record_every, batched_params)
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, params, keys).compile()
+    compile_s = time.perf_counter() - t0
+    out: dict[str, list] = {k: [] for k in RECORD_FIELDS}
+    error = None
+    done = 0
+    t1 = time.perf_counter()
+    for c in range(n_records // chunk):
+        new_state, rec = compiled(state, params, keys)
+        rec = jax.device_get(rec)
+        bad = bad_pools(rec["pools"])
+        if bad.any():
+            r = int(np.argwhere(bad.reshape(bad.shape[0], -1).any(axis=1))[0][0])
+            p_r = params if not batched_params else jax.tree_util.tree_map(lambda x: x[r], params)
+            s_r = jax.tree_util.tree_map(lambda x: x[r], state)
+            error = diagnose(s_r, p_r, keys[r], start_step + done, chunk * record_every)
+            if error is None:
+                error = NumericalError(start_step + done, -1, "?", "?", float("nan"), r)
+            error.replicate = r
+            break
+        state = new_state
+        for k in RECORD_FIELDS:
+            out[k].append(rec[k])
+        done += chunk * record_every
+        if on_chunk is not None:
+            on_chunk(state, done, keys)
+    jax.block_until_ready(state)
+    wall = time.perf_counter() - t1
+    records = {k: (np.concatenate(v, axis=1) if v else None) for k, v in out.items()}
+    dt = float(np.asarray(params.dt).reshape(-1)[0])
+    times = (start_step + np.arange(1, done // record_every + 1) * record_every) * dt
+    return RunResult(state, records, times, done, wall, compile_s, error)
+
+
+def summarize_state_np(state):
+    """Energy charge per cell of a (batched) numpy state; helper for results."""
+    pools = np.asarray(state.cells.pools)
+    return energy_charge(pools[..., ATP], pools[..., ADP], pools[..., AMP], xp=np)

@@ -1,0 +1,75 @@
+"""Producer failure and biogenesis, cell stress and death (the stochastic, discrete events).
+
+Draws come from ``sim.rng.uniforms`` keyed by (seed, step, purpose, agent id), so the Mesa
+reference sees the same numbers agent by agent.
+- failure: hazard lambda = hazard0 exp(beta (1 - h)) per s; fails if u < 1 - exp(-lambda dt).
+- biogenesis: a living cell with energy charge > birth_min_ec, ATP >= birth_cost and a free slot
+  makes one producer (health 1) in its first free slot if u < 1 - exp(-birth_rate dt); the
+  cost is paid in ATP (-> ADP + Pi).
+- stress: while maintenance (tier 0 served / saturated tier-0 demand) < stress_threshold a cell
+  accumulates stress (s); otherwise it recovers at stress_recovery s/s. At stress_death_s the
+  cell dies: its producers stop and its junctions close; its pools stay (they are not lost).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from sim import rng
+from sim.kernels.thermo import energy_charge
+from sim.pytree import replace
+from sim.state import ADP, AMP, ATP, PI
+
+
+def producer_failure(state, params, key):
+    prod = state.producers
+    c, p = prod.alive.shape
+    ids = jnp.arange(c * p, dtype=jnp.uint32)
+    u = rng.uniforms(key, state.step, rng.PRODUCER_FAILURE, ids).reshape(c, p)
+    hazard = params.hazard0 * jnp.exp(params.hazard_beta * (1.0 - prod.health))
+    fails = prod.alive & (u < -jnp.expm1(-hazard * params.dt))
+    led = replace(state.ledger, failures=state.ledger.failures + jnp.sum(fails, axis=1, dtype=state.ledger.failures.dtype))
+    return replace(state, producers=replace(prod, alive=prod.alive & ~fails), ledger=led)
+
+
+def producer_biogenesis(state, params, key):
+    prod, cells = state.producers, state.cells
+    c, p = prod.alive.shape
+    u = rng.uniforms(key, state.step, rng.PRODUCER_BIRTH, jnp.arange(c, dtype=jnp.uint32))
+    pools = cells.pools
+    ec = energy_charge(pools[:, ATP], pools[:, ADP], pools[:, AMP])
+    free = ~prod.alive
+    has_free = jnp.any(free, axis=1)
+    born = (
+        cells.alive
+        & has_free
+        & (ec > params.birth_min_ec)
+        & (pools[:, ATP] >= params.birth_cost)
+        & (u < -jnp.expm1(-params.birth_rate * params.dt))
+    )
+    slot = jnp.argmax(free, axis=1)
+    new_mask = born[:, None] & (jnp.arange(p)[None, :] == slot[:, None])
+    cost = jnp.where(born, params.birth_cost, 0.0)
+    new_pools = pools.at[:, ATP].add(-cost).at[:, ADP].add(cost).at[:, PI].add(cost)
+    led = replace(
+        state.ledger,
+        births=state.ledger.births + born.astype(state.ledger.births.dtype),
+        birth_spent=state.ledger.birth_spent + cost,
+    )
+    prod = replace(prod, alive=prod.alive | new_mask, health=jnp.where(new_mask, 1.0, prod.health))
+    return replace(state, producers=prod, cells=replace(cells, pools=new_pools), ledger=led)
+
+
+def cell_stress(state, params, key=None):
+    cells = state.cells
+    stressed = cells.maintenance < params.stress_threshold
+    stress = jnp.where(
+        stressed,
+        cells.stress + params.dt,
+        jnp.maximum(cells.stress - params.stress_recovery * params.dt, 0.0),
+    )
+    stress = jnp.where(cells.alive, stress, cells.stress)
+    dies = cells.alive & (stress >= params.stress_death_s)
+    alive = cells.alive & ~dies
+    prod = replace(state.producers, alive=state.producers.alive & alive[:, None])
+    return replace(state, cells=replace(cells, stress=stress, alive=alive), producers=prod)

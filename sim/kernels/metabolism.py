@@ -1,0 +1,150 @@
+"""Uptake, production, consumption (priority tiers), repair and biogenesis costs.
+
+All rates are evaluated on the state at the start of the step (explicit Euler), then applied
+with limiters so no pool goes negative. Evaluating every reaction on the same state makes the
+fixed point of the step map the exact root of supply = demand (no splitting error), which is
+what the steady-state tests compare against.
+
+Rate laws (DESIGN.md 2.2), per producer p in cell i and consumer j:
+  J_p = V_p h_p S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake_p(dG)     [mM/s], glucose use J_p/yield_p
+  u_j = V_j A/(K_j + A)                                           [mM/s]
+Demand is served tier by tier (0 first), proportionally within a tier (Buttgereit & Brand 1995:
+energy-limited cells cut biosynthesis before ion pumping).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from sim.kernels.thermo import brake, dg_atp_kj
+from sim.pytree import replace
+from sim.state import ADP, ATP, GLC, PI
+
+N_TIERS = 3  # static: tiers 0..2 (maintenance, biosynthesis, optional)
+
+
+def _safe_div(a, b):
+    return jnp.where(b > 0, a / jnp.where(b > 0, b, 1.0), 0.0)
+
+
+def production_rates(state, params, dg):
+    """Desired ATP synthesis per producer (C, P) in mM/s and glucose use per cell (C,)."""
+    pools, prod = state.cells.pools, state.producers
+    kind = prod.kind
+    s = pools[:, GLC, None]
+    d = pools[:, ADP, None]
+    pi = pools[:, PI, None]
+    k_s, k_d, k_p = params.p_k_s[kind], params.p_k_adp[kind], params.p_k_pi[kind]
+    br = brake(dg[:, None], params.p_ceiling_kj[kind], params.temperature_k)
+    on = prod.alive & state.cells.alive[:, None]
+    j = (
+        params.supply_scale
+        * prod.vmax
+        * prod.health
+        * (s / (k_s + s))
+        * (d / (k_d + d))
+        * (pi / (k_p + pi))
+        * br
+    )
+    return jnp.where(on, j, 0.0)
+
+
+def consumption_demand(state, params):
+    """Unconstrained ATP demand per consumer slot (C, K) in mM/s and the saturated tier-0 rate."""
+    a = state.cells.pools[:, ATP, None]
+    cons = state.consumers
+    vmax = params.demand_scale * state.cells.demand_mult[:, None] * cons.vmax
+    alive = state.cells.alive[:, None]
+    u = jnp.where(alive, vmax * a / (cons.km + a), 0.0)
+    saturated0 = jnp.sum(jnp.where(alive & (cons.tier == 0), vmax, 0.0), axis=1)
+    return u, saturated0
+
+
+def serve_tiers(demand, tier, available):
+    """Serve ``demand`` (C, K) from ``available`` (C,) tier by tier; returns served (C, K) and rest."""
+    served = jnp.zeros_like(demand)
+    rest = available
+    for t in range(N_TIERS):
+        in_t = tier == t
+        want = jnp.sum(jnp.where(in_t, demand, 0.0), axis=1)
+        frac = jnp.where(want > rest, _safe_div(rest, want), 1.0)
+        served = jnp.where(in_t, demand * frac[:, None], served)
+        rest = jnp.maximum(rest - frac * want, 0.0)
+    return served, rest
+
+
+def metabolism(state, params, key=None):
+    """One Euler step of uptake, production, consumption, repair; updates pools and ledgers."""
+    dt = params.dt
+    cells, prod, led = state.cells, state.producers, state.ledger
+    pools = cells.pools
+    s, a, d, pi = pools[:, GLC], pools[:, ATP], pools[:, ADP], pools[:, PI]
+    dg = dg_atp_kj(a, d, pi, params.dg0_kj, params.temperature_k)
+    abs_dg = jnp.abs(dg)
+
+    # substrate uptake from the surroundings (capillary supply), only by living cells
+    uptake = jnp.where(
+        cells.alive, params.uptake_scale * cells.uptake * (params.external_substrate - s) * dt, 0.0
+    )
+    uptake = jnp.maximum(uptake, -s)  # a cell can at most empty itself into the surroundings
+
+    # production, limited by ADP, Pi and glucose present at the start of the step
+    j = production_rates(state, params, dg)
+    kind = prod.kind
+    want_atp = jnp.sum(j, axis=1) * dt
+    want_glc = jnp.sum(j / params.p_yield[kind], axis=1) * dt
+    limit = jnp.minimum(
+        jnp.minimum(_safe_div(d, want_atp), _safe_div(pi, want_atp)), _safe_div(s, want_glc)
+    )
+    f_prod = jnp.where(want_atp > 0, jnp.minimum(1.0, limit), 0.0)
+    made_p = j * dt * f_prod[:, None]  # (C, P) mM made by each producer this step
+    made = jnp.sum(made_p, axis=1)
+    glc_p = made_p / params.p_yield[kind]
+    glc_used = jnp.sum(glc_p, axis=1)
+    substrate_energy = jnp.sum(glc_p * jnp.abs(params.p_substrate_dg_kj[kind]), axis=1) * params.volume_l
+
+    # consumption by priority tier, limited by ATP present at the start of the step
+    u, saturated0 = consumption_demand(state, params)
+    served, rest = serve_tiers(u * dt, state.consumers.tier, a)
+    tier0 = jnp.sum(jnp.where(state.consumers.tier == 0, served, 0.0), axis=1)
+    maintenance = jnp.where(saturated0 > 0, _safe_div(tier0, saturated0 * dt), 1.0)
+
+    # repair of damaged producers, served after all consumers
+    repair_want_h = jnp.where(prod.alive, params.repair_rate * (1.0 - prod.health) * dt, 0.0)
+    repair_cost = params.repair_cost * jnp.sum(repair_want_h, axis=1)
+    f_rep = jnp.where(repair_cost > rest, _safe_div(rest, repair_cost), 1.0)
+    repair_spent = repair_cost * f_rep
+    repair_h = repair_want_h * f_rep[:, None]
+
+    spent_total = jnp.sum(served, axis=1) + repair_spent
+    new_pools = pools.at[:, GLC].add(uptake - glc_used)
+    new_pools = new_pools.at[:, ATP].add(made - spent_total)
+    new_pools = new_pools.at[:, ADP].add(spent_total - made)
+    new_pools = new_pools.at[:, PI].add(spent_total - made)
+    new_pools = jnp.maximum(new_pools, 0.0)  # only round-off can reach below zero here
+
+    hydrolysis_energy = spent_total * abs_dg * params.volume_l
+    stored_energy = made * abs_dg * params.volume_l
+    led = replace(
+        led,
+        produced=led.produced + made,
+        spent=led.spent + served,
+        repair_spent=led.repair_spent + repair_spent,
+        work=led.work + served * state.consumers.value,
+        substrate_used=led.substrate_used + glc_used,
+        substrate_uptake=led.substrate_uptake + uptake,
+        substrate_energy_j=led.substrate_energy_j + substrate_energy,
+        stored_energy_j=led.stored_energy_j + stored_energy - hydrolysis_energy,
+        heat_j=led.heat_j + (substrate_energy - stored_energy) + hydrolysis_energy,
+        hydrolysis_energy_j=led.hydrolysis_energy_j + hydrolysis_energy,
+        repair_health=led.repair_health + jnp.sum(repair_h, axis=1),
+    )
+    # damage grows with relative load (ROS / wear); applied here since it needs this step's flux
+    load = _safe_div(made_p, prod.vmax * dt)
+    health = jnp.clip(prod.health + repair_h - params.p_damage[kind] * load * dt, 0.0, 1.0)
+    return replace(
+        state,
+        cells=replace(cells, pools=new_pools, maintenance=maintenance),
+        producers=replace(prod, health=jnp.where(prod.alive, health, prod.health)),
+        ledger=led,
+    )

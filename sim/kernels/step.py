@@ -1,0 +1,29 @@
+"""One time step: the composition of the processes, in a fixed order shared with the Mesa reference.
+
+1 metabolism (uptake, production, consumption by tier, repair, damage; rates on the step-start
+state) -> 2 transport over junctions -> 3 adenylate kinase equilibrium -> 4 producer failure ->
+5 biogenesis -> 6 cell stress and death -> step counter.
+"""
+
+from __future__ import annotations
+
+from sim.kernels.adenylate import adenylate_kinase
+from sim.kernels.fate import cell_stress, producer_biogenesis, producer_failure
+from sim.kernels.metabolism import metabolism
+from sim.kernels.transport import transport
+from sim.pytree import replace
+
+PROCESSES = (
+    ("metabolism", metabolism),
+    ("transport", transport),
+    ("adenylate_kinase", adenylate_kinase),
+    ("producer_failure", producer_failure),
+    ("producer_biogenesis", producer_biogenesis),
+    ("cell_stress", cell_stress),
+)
+
+
+def step(state, params, key):
+    for _, process in PROCESSES:
+        state = process(state, params, key)
+    return replace(state, step=state.step + 1)

@@ -1,0 +1,77 @@
+"""Parameters as a PyTree separate from the state, so sweeps can ``vmap`` over them.
+
+Scalars are 0-d arrays; per-kind vectors are indexed by ``Producers.kind``. The tissue's edge
+arrays live here too (they never change in a run); the engine maps them with ``in_axes=None``.
+Every default number and its source is in ``conf/substrate/*.yaml`` and in ``sim/presets``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sim.pytree import pytree_dataclass
+
+
+@pytree_dataclass
+class Edges:
+    src: object  # (E,) int32 cell index
+    dst: object  # (E,) int32 cell index
+    conductance: object  # (E,) 1/s
+    loss: object  # (E,) fraction of the flux lost in transit, in [0, 1)
+
+
+@pytree_dataclass
+class Params:
+    dt: object  # s
+    temperature_k: object  # K
+    volume_l: object  # L per cell (converts mM to moles)
+    dg0_kj: object  # kJ/mol, standard transformed dG of ATP hydrolysis (negative)
+    k_ak: object  # adenylate kinase equilibrium constant ATP*AMP/ADP^2
+    external_substrate: object  # mM glucose outside the cells
+    supply_scale: object  # multiplier on producer capacity (sweeps)
+    demand_scale: object  # multiplier on consumer capacity (sweeps)
+    uptake_scale: object  # multiplier on substrate uptake (sweeps)
+    # producer kinds (vectors indexed by kind)
+    p_yield: object  # ATP per glucose
+    p_substrate_dg_kj: object  # kJ/mol glucose released by the pathway (negative)
+    p_ceiling_kj: object  # kJ/mol: |dG_ATP| at which the pathway's thermodynamic brake closes
+    p_k_s: object  # mM glucose
+    p_k_adp: object  # mM ADP
+    p_k_pi: object  # mM Pi
+    p_damage: object  # 1/s health lost per unit of relative load (J/Vmax)
+    # producer fate
+    hazard0: object  # 1/s failure hazard of a healthy producer
+    hazard_beta: object  # hazard = hazard0 * exp(beta * (1 - health))
+    repair_rate: object  # 1/s: repair restores repair_rate * (1 - health) health per s
+    repair_cost: object  # mM ATP per unit health restored
+    birth_rate: object  # 1/s per cell while energy charge > birth_min_ec
+    birth_min_ec: object  # energy charge threshold for biogenesis
+    birth_cost: object  # mM ATP per producer made
+    # cell fate
+    stress_threshold: object  # maintenance fraction below which a cell is stressed
+    stress_death_s: object  # s of stress that kill a cell
+    stress_recovery: object  # s of stress forgiven per s unstressed
+    # transport
+    permeability: object  # (N_SPECIES,) multiplier per species on edge conductance
+    conductance_scale: object  # multiplier on all edge conductances (sweeps)
+    edges: Edges
+
+    def replicate_axes(self):
+        """``in_axes`` for vmapping over parameter points: scalars batched, edges shared."""
+        axes = {f.name: 0 for f in dataclasses.fields(self)}
+        axes["edges"] = None
+        axes["permeability"] = 0
+        return dataclasses.replace(self, **axes)
+
+
+SWEEPABLE = (
+    "supply_scale",
+    "demand_scale",
+    "uptake_scale",
+    "conductance_scale",
+    "external_substrate",
+    "hazard0",
+    "repair_rate",
+    "birth_rate",
+    "k_ak",
+)

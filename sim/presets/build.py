@@ -1,0 +1,256 @@
+"""Build the initial state and parameters of a tissue from the composed config.
+
+This is the one place the config becomes numbers, and both backends start from its output, so
+the Mesa reference and the JAX engine begin from identical states. Cell-to-cell heterogeneity is
+drawn here from ``numpy.random.default_rng([seed, 0x5EED])`` (shared, not re-drawn per backend).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import networkx as nx
+import numpy as np
+
+from sim.constants import FARADAY_C_PER_MOL
+from sim.errors import ConfigError
+from sim.kernels.thermo import adenylate_equilibrium
+from sim.params import Edges, Params
+from sim.state import N_SPECIES, SPECIES, Cells, Consumers, Ledger, Producers, State
+from sim.topology import build_graph, edge_arrays
+
+
+@dataclasses.dataclass
+class Model:
+    """Everything a backend needs: initial state, params, the graph and labels."""
+
+    state: State
+    params: Params
+    graph: nx.Graph
+    producer_kinds: tuple[str, ...]
+    consumer_kinds: tuple[str, ...]
+    work_units: tuple[str, ...]
+    substrate: dict
+    seed: int
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.state.cells.alive.shape[0])
+
+
+def _get(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        if node is None or part not in node:
+            raise ConfigError(f"substrate.{dotted}", None, "a value (missing from the substrate config)")
+        node = node[part]
+    return node
+
+
+def _num(cfg, dotted, minimum=None, maximum=None, strict_min=False):
+    value = _get(cfg, dotted)
+    key = f"substrate.{dotted}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(key, value, "a finite number")
+    if minimum is not None and (value < minimum or (strict_min and value == minimum)):
+        raise ConfigError(key, value, f"a number {'>' if strict_min else '>='} {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(key, value, f"a number <= {maximum}")
+    return float(value)
+
+
+def _ceiling_kj(kind_cfg, prefix):
+    c = kind_cfg.get("ceiling_kj_per_mol")
+    if c == "pmf":
+        n_h = _num(kind_cfg, "n_h", 0, strict_min=True) if "n_h" in kind_cfg else None
+        dp = kind_cfg.get("delta_p_v")
+        if n_h is None or not isinstance(dp, (int, float)) or dp <= 0:
+            raise ConfigError(f"{prefix}.delta_p_v", dp, "a positive proton-motive force in V with n_h > 0")
+        return n_h * FARADAY_C_PER_MOL * float(dp) * 1e-3
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0:
+        raise ConfigError(f"{prefix}.ceiling_kj_per_mol", c, "a positive number (kJ/mol) or 'pmf'")
+    return float(c)
+
+
+def _lognormal_mult(rng, cv, n):
+    if cv <= 0:
+        return np.ones(n)
+    sigma2 = math.log1p(cv * cv)
+    return rng.lognormal(-0.5 * sigma2, math.sqrt(sigma2), n)
+
+
+def build(cfg, dtype=np.float64) -> Model:
+    """Config (with ``substrate``, ``topology``, ``seed``, ``dt``) -> :class:`Model`."""
+    sub = cfg["substrate"]
+    seed = int(cfg.get("seed", 0))
+    dt = float(cfg["dt"])
+    if not dt > 0:
+        raise ConfigError("dt", cfg["dt"], "a time step > 0 (s)")
+    graph = build_graph(cfg["topology"], seed=seed)
+    n = graph.number_of_nodes()
+    rng = np.random.default_rng([seed, 0x5EED])
+
+    # producers
+    pk_cfg = _get(sub, "producers.kinds")
+    pkinds = tuple(pk_cfg.keys())
+    if not pkinds:
+        raise ConfigError("substrate.producers.kinds", {}, "at least one producer kind")
+    cap = int(_num(sub, "producers.capacity_per_cell", 1))
+    birth_kind = _get(sub, "producers.birth_kind")
+    if birth_kind not in pkinds:
+        raise ConfigError("substrate.producers.birth_kind", birth_kind, "one of " + ", ".join(pkinds))
+    counts = {k: int(_num(sub, f"producers.kinds.{k}.count", 0)) for k in pkinds}
+    fixed = [k for k in pkinds if k != birth_kind]
+    n_fixed = sum(counts[k] for k in fixed)
+    if n_fixed + counts[birth_kind] > cap:
+        raise ConfigError(
+            "substrate.producers.capacity_per_cell", cap,
+            f"at least the initial producers per cell ({n_fixed + counts[birth_kind]})",
+        )
+    slot_kind, slot_alive, slot_vmax = [], [], []
+    for k in fixed:
+        for _ in range(counts[k]):
+            slot_kind.append(pkinds.index(k))
+            slot_alive.append(True)
+            slot_vmax.append(_num(sub, f"producers.kinds.{k}.vmax_mm_per_s", 0))
+    for i in range(cap - n_fixed):
+        slot_kind.append(pkinds.index(birth_kind))
+        slot_alive.append(i < counts[birth_kind])
+        slot_vmax.append(_num(sub, f"producers.kinds.{birth_kind}.vmax_mm_per_s", 0))
+
+    def per_kind(name, **kw):
+        return np.array([_num(sub, f"producers.kinds.{k}.{name}", **kw) for k in pkinds], dtype)
+
+    ceilings = np.array(
+        [_ceiling_kj(pk_cfg[k], f"substrate.producers.kinds.{k}") for k in pkinds], dtype
+    )
+
+    # consumers
+    ck_cfg = _get(sub, "consumers.kinds")
+    ckinds = tuple(ck_cfg.keys())
+    if not ckinds:
+        raise ConfigError("substrate.consumers.kinds", {}, "at least one consumer kind")
+    total = _num(sub, "consumers.demand_total_mm_per_s", 0)
+    shares = np.array([_num(sub, f"consumers.kinds.{k}.share", 0) for k in ckinds])
+    if shares.sum() <= 0:
+        raise ConfigError("substrate.consumers.kinds.*.share", shares.tolist(), "shares summing to > 0")
+    tiers = []
+    for k in ckinds:
+        t = _get(sub, f"consumers.kinds.{k}.tier")
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= 2:
+            raise ConfigError(f"substrate.consumers.kinds.{k}.tier", t, "an integer tier 0, 1 or 2")
+        tiers.append(t)
+    c_vmax = total * shares / shares.sum()
+    c_km = np.array([_num(sub, f"consumers.kinds.{k}.km_mm", 0, strict_min=True) for k in ckinds])
+    c_value = np.array([_num(sub, f"consumers.kinds.{k}.value", 0) for k in ckinds])
+    work_units = tuple(str(ck_cfg[k].get("work_unit", "units")) for k in ckinds)
+
+    # initial pools: adenylates at AK equilibrium for the given energy charge
+    n_ad = _num(sub, "initial.adenine_total_mm", 0, strict_min=True)
+    ec = _num(sub, "initial.energy_charge", 0, 1)
+    k_ak = _num(sub, "thermo.k_ak", 0, strict_min=True)
+    e = 2 * n_ad * ec
+    a0, d0, m0 = adenylate_equilibrium(np.float64(e / 2), np.float64(0.0), np.float64(n_ad - e / 2), k_ak, xp=np)
+    pools = np.zeros((n, N_SPECIES), dtype)
+    pools[:] = [
+        _num(sub, "initial.glucose_mm", 0), float(a0), float(d0), float(m0), _num(sub, "initial.pi_mm", 0)
+    ]
+
+    uptake = _num(sub, "supply.uptake_per_s", 0) * _lognormal_mult(rng, _num(sub, "supply.uptake_cv", 0), n)
+    demand_mult = _lognormal_mult(rng, _num(sub, "consumers.demand_cv", 0), n)
+    zeros_c = np.zeros(n, dtype)
+    cells = Cells(
+        pools=pools,
+        alive=np.ones(n, bool),
+        theta=np.full(n, 0.5, dtype),
+        stress=zeros_c.copy(),
+        uptake=uptake.astype(dtype),
+        demand_mult=demand_mult.astype(dtype),
+        maintenance=np.ones(n, dtype),
+    )
+    producers = Producers(
+        kind=np.tile(np.array(slot_kind, np.int32), (n, 1)),
+        vmax=np.tile(np.array(slot_vmax, dtype), (n, 1)),
+        health=np.ones((n, cap), dtype),
+        alive=np.tile(np.array(slot_alive, bool), (n, 1)),
+    )
+    nk = len(ckinds)
+    consumers = Consumers(
+        kind=np.tile(np.arange(nk, dtype=np.int32), (n, 1)),
+        vmax=np.tile(c_vmax.astype(dtype), (n, 1)),
+        km=np.tile(c_km.astype(dtype), (n, 1)),
+        tier=np.tile(np.array(tiers, np.int32), (n, 1)),
+        value=np.tile(c_value.astype(dtype), (n, 1)),
+    )
+    zk = np.zeros((n, nk), dtype)
+    ledger = Ledger(
+        produced=zeros_c.copy(), spent=zk.copy(), repair_spent=zeros_c.copy(), birth_spent=zeros_c.copy(),
+        work=zk.copy(), substrate_used=zeros_c.copy(), substrate_uptake=zeros_c.copy(),
+        transported_in=zeros_c.copy(), transported_out=zeros_c.copy(), lost=np.zeros((n, N_SPECIES), dtype),
+        ak_atp=zeros_c.copy(), substrate_energy_j=zeros_c.copy(), stored_energy_j=zeros_c.copy(),
+        heat_j=zeros_c.copy(), hydrolysis_energy_j=zeros_c.copy(), failures=np.zeros(n, np.int32),
+        births=np.zeros(n, np.int32), repair_health=zeros_c.copy(),
+    )
+    state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, step=np.int32(0))
+
+    src, dst = edge_arrays(graph)
+    tr = sub["transport"]
+    g = _num(sub, "transport.conductance_per_s", 0)
+    loss = _num(sub, "transport.loss_fraction", 0, 1)
+    if loss >= 1:
+        raise ConfigError("substrate.transport.loss_fraction", loss, "a fraction in [0, 1)")
+    perm = np.array([_num(sub, f"transport.permeability.{s}", 0) for s in SPECIES], dtype)
+    del tr
+    edges = Edges(
+        src=src, dst=dst, conductance=np.full(src.shape, g, dtype), loss=np.full(src.shape, loss, dtype)
+    )
+    p = lambda v: np.asarray(v, dtype)  # noqa: E731
+    params = Params(
+        dt=p(dt),
+        temperature_k=p(_num(sub, "temperature_k", 0, strict_min=True)),
+        volume_l=p(_num(sub, "volume_l", 0, strict_min=True)),
+        dg0_kj=p(_num(sub, "thermo.dg0_kj_per_mol")),
+        k_ak=p(k_ak),
+        external_substrate=p(_num(sub, "supply.external_glucose_mm", 0)),
+        supply_scale=p(1.0),
+        demand_scale=p(1.0),
+        uptake_scale=p(1.0),
+        p_yield=per_kind("yield", minimum=0, strict_min=True),
+        p_substrate_dg_kj=per_kind("substrate_dg_kj_per_mol"),
+        p_ceiling_kj=ceilings,
+        p_k_s=per_kind("k_glucose_mm", minimum=0, strict_min=True),
+        p_k_adp=per_kind("k_adp_mm", minimum=0, strict_min=True),
+        p_k_pi=per_kind("k_pi_mm", minimum=0, strict_min=True),
+        p_damage=per_kind("damage_per_s", minimum=0),
+        hazard0=p(_num(sub, "producers.hazard_per_s", 0)),
+        hazard_beta=p(_num(sub, "producers.hazard_health_exponent", 0)),
+        repair_rate=p(_num(sub, "producers.repair_per_s", 0)),
+        repair_cost=p(_num(sub, "producers.repair_cost_mm", 0)),
+        birth_rate=p(_num(sub, "producers.birth_per_s", 0)),
+        birth_min_ec=p(_num(sub, "producers.birth_min_energy_charge", 0, 1)),
+        birth_cost=p(_num(sub, "producers.birth_cost_mm", 0)),
+        stress_threshold=p(_num(sub, "cell.stress_threshold", 0, 1)),
+        stress_death_s=p(_num(sub, "cell.stress_death_s", 0, strict_min=True)),
+        stress_recovery=p(_num(sub, "cell.stress_recovery_per_s", 0)),
+        permeability=perm,
+        conductance_scale=p(1.0),
+        edges=edges,
+    )
+    overrides = cfg.get("params") or {}
+    for name, value in overrides.items():
+        if name not in {f.name for f in dataclasses.fields(Params)} or name == "edges":
+            raise ConfigError(f"params.{name}", value, "a scalar parameter name of sim.params.Params")
+        params = dataclasses.replace(params, **{name: p(value)})
+    return Model(
+        state=state, params=params, graph=graph, producer_kinds=pkinds, consumer_kinds=ckinds,
+        work_units=work_units, substrate=dict(sub), seed=seed,
+    )
+
+
+def to_device(tree):
+    """numpy PyTree -> jax arrays (keeps dtypes)."""
+    import jax
+
+    return jax.tree_util.tree_map(jnp.asarray, tree)

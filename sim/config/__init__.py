@@ -1,0 +1,5 @@
+"""Config schemas (Hydra ConfigStore) and value checks run before anything is compiled."""
+
+from sim.config.validate import validate
+
+__all__ = ["validate"]

@@ -1,0 +1,64 @@
+"""Structured-config schemas registered in Hydra's ConfigStore.
+
+They give every top-level key a type; ``validate`` merges the composed config into them, so a
+wrong type (``steps=abc``) is refused with the key named before any compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TopologySchema:
+    kind: str = "single"
+    n_cells: int = 1
+    k: Optional[int] = None
+    p: Optional[float] = None
+    m: Optional[int] = None
+    rows: Optional[int] = None
+    periodic: bool = False
+    path: Optional[str] = None
+    format: str = "auto"
+    require_connected: bool = False
+
+
+@dataclass
+class ExperimentSchema:
+    name: str = "tissue"
+    kind: str = "tissue"
+
+
+@dataclass
+class ParamsSchema:
+    supply_scale: float = 1.0
+    demand_scale: float = 1.0
+    uptake_scale: float = 1.0
+    conductance_scale: float = 1.0
+
+
+@dataclass
+class RunSchema:
+    seed: int = 0
+    steps: int = 3000
+    dt: float = 0.02
+    replicates: int = 4
+    backend: str = "jax"
+    record_every: int = 10
+    chunk_records: int = 100
+    precision: str = "float64"
+    debug: bool = False
+    figures: bool = True
+    params: ParamsSchema = field(default_factory=ParamsSchema)
+    topology: TopologySchema = field(default_factory=TopologySchema)
+    experiment: ExperimentSchema = field(default_factory=ExperimentSchema)
+    substrate: Any = None
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunSchema)
+    cs.store(group="topology", name="topology_schema", node=TopologySchema)

@@ -1,0 +1,61 @@
+"""Atomic file output: write to a temporary name in the same folder, fsync, then rename.
+
+A job killed mid-write leaves at worst a ``.tmp-*`` file, never a truncated ``results.nc`` or
+``summary.json`` that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def write_json(path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=True) + "\n")
+
+
+def write_netcdf(path, ds) -> None:
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4")
+
+
+def write_parquet(path, df) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)

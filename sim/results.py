@@ -1,0 +1,154 @@
+"""Trajectory -> xarray Dataset (dims replicate, time, cell, ...) and the flat summary of ledgers.
+
+Amounts in the engine are mM of one cell's volume; the summary converts currency to molecules
+(x volume_l x 1e-3 x N_A) so biology and LLM ledgers count the same thing: currency units.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from sim.constants import AVOGADRO_PER_MOL, landauer_j
+from sim.kernels.thermo import dg_atp_kj, energy_charge
+from sim.state import ADP, AMP, ATP, GLC, PI, SPECIES
+
+
+def _np(x):
+    return np.asarray(x)
+
+
+def to_dataset(model, result, cfg: dict) -> xr.Dataset:
+    rec = result.records
+    st = result.state
+    p = model.params
+    pools = rec["pools"]  # (R, T, C, S)
+    ec = energy_charge(pools[..., ATP], pools[..., ADP], pools[..., AMP], xp=np)
+    dg = dg_atp_kj(pools[..., ATP], pools[..., ADP], pools[..., PI], float(p.dg0_kj), float(p.temperature_k), xp=np)
+    n_rep, n_t, n_c = pools.shape[:3]
+    coords = {
+        "replicate": np.arange(n_rep),
+        "time": result.times,
+        "cell": np.arange(n_c),
+        "species": list(SPECIES),
+        "consumer_kind": list(model.consumer_kinds),
+    }
+    rc = ("replicate", "time", "cell")
+    led = st.ledger
+    data = {
+        "pools": (rc + ("species",), pools, {"units": "mM", "long_name": "pool concentration"}),
+        "energy_charge": (rc, ec, {"units": "1", "long_name": "(ATP + ADP/2)/(ATP + ADP + AMP)"}),
+        "dg_atp": (rc, dg, {"units": "kJ/mol", "long_name": "free energy of ATP hydrolysis"}),
+        "alive": (rc, rec["alive"].astype(np.int8), {"units": "1"}),
+        "stress": (rc, rec["stress"], {"units": "s"}),
+        "n_producers": (rc, rec["n_producers"], {"units": "1", "long_name": "producers alive"}),
+        "health_mean": (rc, rec["health_mean"], {"units": "1"}),
+        "produced": (rc, rec["produced"], {"units": "mM", "long_name": "cumulative currency made"}),
+        "spent": (rc, rec["spent"], {"units": "mM", "long_name": "cumulative currency spent"}),
+        "work": (rc, rec["work"], {"units": "work units", "long_name": "cumulative work (sum over kinds)"}),
+        "transported_out": (rc, rec["transported_out"], {"units": "mM"}),
+        "failures": (rc, rec["failures"], {"units": "1", "long_name": "cumulative producer failures"}),
+        "births": (rc, rec["births"], {"units": "1", "long_name": "cumulative producer births"}),
+        "spent_by_kind": (("replicate", "cell", "consumer_kind"), _np(led.spent), {"units": "mM", "long_name": "final ledger"}),
+        "work_by_kind": (("replicate", "cell", "consumer_kind"), _np(led.work), {"units": "see work_units attribute"}),
+        "heat": (("replicate", "cell"), _np(led.heat_j), {"units": "J", "long_name": "final ledger"}),
+    }
+    ds = xr.Dataset({k: xr.Variable(v[0], v[1], v[2]) for k, v in data.items()}, coords=coords)
+    ds["time"].attrs["units"] = "s"
+    ds.attrs.update(
+        substrate=str(model.substrate.get("name")),
+        currency=str(model.substrate.get("currency")),
+        experiment=str(cfg.get("experiment", {}).get("name", "")),
+        seed=int(cfg.get("seed", 0)),
+        dt_s=float(p.dt),
+        volume_l=float(p.volume_l),
+        work_units="; ".join(f"{k}: {u}" for k, u in zip(model.consumer_kinds, model.work_units)),
+        backend=str(cfg.get("backend", "jax")),
+    )
+    return ds
+
+
+def summarize(model, result, initial_state) -> dict:
+    """Flat scalar outcomes (sums over cells, means over replicates) with unit-suffixed names."""
+    st, p = result.state, model.params
+    led = st.ledger
+    to_molecules = float(p.volume_l) * 1e-3 * AVOGADRO_PER_MOL
+    pools = _np(st.cells.pools)  # (R, C, S)
+    pools0 = _np(initial_state.cells.pools)[None]
+    alive = _np(st.cells.alive)
+
+    spent_all = _np(led.spent).sum(-1) + _np(led.repair_spent) + _np(led.birth_spent)  # (R, C)
+    produced = _np(led.produced)
+    lost = _np(led.lost)
+
+    def tissue(x):  # sum over cells, mean over replicates
+        return float(np.mean(np.sum(x, axis=-1)))
+
+    # conservation: adenine pool (+ what leaked in transit) and the per-cell currency ledger
+    adenine = pools[..., ATP] + pools[..., ADP] + pools[..., AMP]
+    adenine0 = pools0[..., ATP] + pools0[..., ADP] + pools0[..., AMP]
+    lost_ad = lost[..., ATP] + lost[..., ADP] + lost[..., AMP]
+    err_ad = np.abs(adenine.sum(-1) + lost_ad.sum(-1) - adenine0.sum(-1)) / adenine0.sum(-1)
+    d_atp = pools[..., ATP] - pools0[..., ATP]
+    booked = produced - spent_all + _np(led.ak_atp) + _np(led.transported_in) - _np(led.transported_out)
+    scale = np.maximum(produced + spent_all + pools0[..., ATP], 1e-300)
+    err_cur = np.max(np.abs(d_atp - booked) / scale, axis=-1)
+    conservation_error = float(max(err_ad.max(), err_cur.max()))
+
+    # end-of-run state, over living cells
+    a, d, m, pi = pools[..., ATP], pools[..., ADP], pools[..., AMP], pools[..., PI]
+    ec = energy_charge(a, d, m, xp=np)
+    dg = dg_atp_kj(a, d, pi, float(p.dg0_kj), float(p.temperature_k), xp=np)
+    w = alive.astype(float)
+    mean_alive = lambda x: float(np.sum(x * w) / max(np.sum(w), 1))  # noqa: E731
+
+    rec = result.records
+    spend_rate = np.nan
+    if rec["spent"] is not None and rec["spent"].shape[1] >= 2:
+        dt_rec = float(result.times[-1] - result.times[-2])
+        spend_rate = (rec["spent"][:, -1] - rec["spent"][:, -2]).sum(-1) / dt_rec  # (R,) mM/s summed over cells
+        turnover = float(np.mean(a.sum(-1) / np.maximum(spend_rate, 1e-300)))
+    else:
+        turnover = float("nan")
+
+    hydrolysis_j = _np(led.hydrolysis_energy_j)
+    spent_molecules = tissue(spent_all) * to_molecules
+    energy_per_unit = tissue(hydrolysis_j) / spent_molecules if spent_molecules > 0 else float("nan")
+    bits = float(model.substrate.get("landauer_bits_per_unit", 1.0))
+    work_total = _np(led.work).sum(-1)
+    out = {
+        "status": "ok",
+        "currency_unit": f"{model.substrate.get('currency', 'ATP')} molecules",
+        "currency_produced": tissue(produced) * to_molecules,
+        "currency_spent": spent_molecules,
+        "currency_transported": tissue(_np(led.transported_out)) * to_molecules,
+        "currency_lost": tissue(lost[..., ATP]) * to_molecules,
+        "substrate_taken_up": tissue(_np(led.substrate_uptake)) * to_molecules,
+        "work_done": tissue(work_total) * to_molecules,
+        "energy_j": tissue(hydrolysis_j),
+        "heat_j": tissue(_np(led.heat_j)),
+        "substrate_energy_j": tissue(_np(led.substrate_energy_j)),
+        "energy_per_work_j": tissue(hydrolysis_j) / max(tissue(work_total) * to_molecules, 1e-300),
+        "currency_pool_turnover_s": turnover,
+        "landauer_ratio": energy_per_unit / (landauer_j(float(p.temperature_k)) * bits),
+        "conservation_error": conservation_error,
+        "conservation_error_adenine": float(err_ad.max()),
+        "conservation_error_currency": float(err_cur.max()),
+        "energy_charge": mean_alive(ec),
+        "dg_atp_kj_per_mol": mean_alive(dg),
+        "atp_mm": mean_alive(a),
+        "glucose_mm": mean_alive(pools[..., GLC]),
+        "cells_alive": float(np.mean(alive.sum(-1))),
+        "cells_total": int(alive.shape[-1]),
+        "producers_alive": float(np.mean(_np(st.producers.alive).sum((-1, -2)))),
+        "producer_failures": float(np.mean(_np(led.failures).sum(-1))),
+        "producer_births": float(np.mean(_np(led.births).sum(-1))),
+        "simulated_time_s": float(result.steps_done * float(p.dt)),
+        "replicates": int(pools.shape[0]),
+        "wall_s": float(result.wall_s),
+        "compile_s": float(result.compile_s),
+    }
+    for k, kind in enumerate(model.consumer_kinds):
+        out[f"work_{kind}"] = tissue(_np(led.work)[..., k]) * to_molecules
+        out[f"spent_share_{kind}"] = tissue(_np(led.spent)[..., k]) / max(tissue(spent_all), 1e-300)
+    return out

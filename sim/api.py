@@ -30,8 +30,9 @@ def as_plain(cfg) -> dict:
 class RunOutput:
     dataset: object  # xarray.Dataset (None if nothing was recorded)
     summary: dict
-    model: object  # sim.presets.Model
-    result: engine.RunResult
+    model: object  # sim.presets.Model (or the experiment's own model object)
+    result: object  # engine.RunResult or anything with .error (None if it succeeded)
+    figures: object = None  # optional callable(out_dir) -> list of paths; default: run figures
 
 
 def prepare(cfg):
@@ -71,6 +72,16 @@ def _run_mesa(model, cfg) -> engine.RunResult:
 
 
 def run(cfg, on_chunk=None) -> RunOutput:
+    kind = (as_plain(cfg).get("experiment") or {}).get("kind", "tissue")
+    if kind != "tissue":
+        from sim import experiments
+
+        fn = experiments.get(kind)
+        if fn is None:
+            from sim.errors import ConfigError
+
+            raise ConfigError("experiment.kind", kind, "one of " + ", ".join(experiments.kinds()))
+        return fn(as_plain(cfg))
     cfg, model = prepare(cfg)
     if cfg.get("backend", "jax") == "mesa":
         result = _run_mesa(model, cfg)

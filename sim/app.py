@@ -83,7 +83,10 @@ def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
         summary["backend"] = plain.get("backend")
         if output.dataset is not None:
             write_netcdf(out_dir / "results.nc", output.dataset)
-            if plain.get("figures", True):
+        if plain.get("figures", True):
+            if output.figures is not None:
+                output.figures(out_dir)
+            elif output.dataset is not None:
                 run_figures(output.dataset, out_dir)
         if output.result.error is not None:
             err = output.result.error

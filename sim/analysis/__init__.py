@@ -1,0 +1,1 @@
+"""Analyses that stand apart from the engine (independent checks and derived quantities)."""

@@ -1,0 +1,333 @@
+"""Independent steady state and supply-demand analysis of one cell of the biology preset.
+
+This module re-derives the continuous-time rate equations of one cell in plain numpy/scipy and
+never calls the JAX kernels, so the engine can be checked against it. Units: concentrations in
+mM, time in s, fluxes in mM/s, free energies in kJ/mol, temperature in K.
+
+Equations (DESIGN.md 2.2; values and sources in conf/substrate/bio.yaml and REFERENCES.md):
+
+* glucose uptake from the surroundings ``v_up = k_up (S_ext - S)``                       [mM/s]
+* producer p:  ``J_p = s V_p h_p S/(K_S,p+S) D/(K_D,p+D) Pi/(K_P,p+Pi) brake_p(dG)``         [mM/s]
+  with ``s`` = ``supply_scale``, glucose use ``J_p / yield_p``; the thermodynamic brake is
+  ``max(0, 1 - exp((|dG| - G_max,p)/RT))`` (OXPHOS: ``G_max = n_H F dp``)
+* ``dG = dG0' + RT ln(D Pi / A)`` with the concentrations in M (REFERENCES.md: -54.2 kJ/mol at
+  5/0.5/1 mM, 310 K)
+* consumer j: ``u_j = d m V_j A/(K_j + A)`` (Michaelis-Menten) with ``d`` = ``demand_scale`` and
+  ``m`` the cell's demand multiplier
+* adenylate kinase at equilibrium ``K_AK = A M / D^2`` (fast on the time scale of the fluxes):
+  the adenine pool ``N = A + D + M`` and the high-energy phosphate ``E = 2A + D`` fix A, D, M
+* conserved moieties in a closed cell: ``N`` and ``Pi + E`` (ATP synthesis turns one Pi and one
+  ADP into ATP: E rises by one, Pi falls by one; hydrolysis is the reverse; AK conserves both).
+
+At a steady state the only free variables are E (which sets A, D, M and Pi) and S, and the
+steady-state conditions are ``sum_p J_p = sum_j u_j`` (supply = demand of ATP) and
+``v_up = sum_p J_p / yield_p``. They are solved with nested ``scipy.optimize.brentq`` to
+``xtol = 1e-15`` (absolute, mM) and ``rtol = 4 eps``; the residuals are reported.
+
+Supply-demand analysis (Hofmeyr & Cornish-Bowden 2000 FEBS Lett 476:47) splits the cell at the
+linking intermediate (here E, equivalently ATP): the supply block (uptake + producers, with the
+internal intermediate S relaxed to its quasi-steady state for each E) and the demand block
+(consumers). With elasticities ``e_s = d ln J_supply / d ln E`` and ``e_d = d ln J_demand /
+d ln E`` the flux control coefficients are ``C_supply = e_d/(e_d - e_s)`` and
+``C_demand = -e_s/(e_d - e_s)``; they sum to 1. Elasticities with respect to ATP differ from
+those with respect to E by the common factor ``d ln A / d ln E``, which cancels in the ratios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy import optimize
+
+R_J_PER_MOL_K = 8.314462618  # CODATA 2018 (kept here so this module does not import the engine)
+XTOL = 1e-15  # mM
+RTOL = 4 * np.finfo(float).eps
+N_SCAN = 201  # grid points (log and linear each) of E scanned to bracket the physical root
+
+__all__ = [
+    "CellModel",
+    "SteadyState",
+    "ak_equilibrium",
+    "cell_from_model",
+    "control_coefficients",
+    "dg_atp_kj",
+    "elasticities",
+    "numerical_control_coefficients",
+    "solve_steady_state",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# thermodynamics and adenylate kinase
+
+
+def dg_atp_kj(atp, adp, pi, dg0_kj, temperature_k):
+    """dG of ATP hydrolysis in kJ/mol (negative) from mM concentrations: dG0' + RT ln(D Pi / A)."""
+    rt = R_J_PER_MOL_K * temperature_k * 1e-3
+    with np.errstate(divide="ignore"):  # an empty ATP pool gives dG = +inf (the brake closes)
+        return dg0_kj + rt * np.log((np.asarray(adp) * 1e-3) * (np.asarray(pi) * 1e-3) / (np.asarray(atp) * 1e-3))
+
+
+def ak_equilibrium(n, e, k_ak):
+    """(ATP, ADP, AMP) at adenylate-kinase equilibrium for adenine pool ``n`` and ``e = 2A + D``.
+
+    With A = (E - D)/2 and M = N - (E + D)/2, ``K D^2 = A M`` becomes
+    ``(1 - 4K) D^2 - 2 N D + E (2N - E) = 0``. Its smaller root (the one with A, M >= 0) is written
+    as ``D = E(2N - E) / (N + sqrt(N^2 - (1 - 4K) E (2N - E)))`` (no cancellation, valid at
+    K = 1/4), then polished by one Newton step on the quadratic. Inputs broadcast; ``0 <= e <= 2n``.
+    """
+    n = np.asarray(n, dtype=float)
+    e = np.asarray(e, dtype=float)
+    k = np.asarray(k_ak, dtype=float)
+    a2 = 1.0 - 4.0 * k
+    c = e * (2.0 * n - e)
+    d = np.where(c > 0, c / np.where(c > 0, n + np.sqrt(np.maximum(n * n - a2 * c, 0.0)), 1.0), 0.0)
+    f = a2 * d * d - 2.0 * n * d + c
+    fp = 2.0 * a2 * d - 2.0 * n
+    d = np.where((c > 0) & (fp != 0), d - f / np.where(fp != 0, fp, 1.0), d)
+    d = np.clip(d, 0.0, np.minimum(e, 2.0 * n - e))
+    a = 0.5 * (e - d)
+    m = n - a - d
+    return a, d, m
+
+
+# --------------------------------------------------------------------------------------------
+# the cell
+
+
+@dataclasses.dataclass(frozen=True)
+class CellModel:
+    """The numbers of one cell (plain floats and numpy vectors over producers / consumers)."""
+
+    temperature_k: float
+    dg0_kj: float
+    k_ak: float
+    n_adenine: float  # mM, A + D + M (conserved)
+    p_total: float  # mM, Pi + 2A + D (conserved)
+    s_ext: float  # mM glucose outside
+    k_uptake: float  # 1/s, uptake conductance (cell value, before uptake_scale)
+    p_vmax: np.ndarray  # mM/s, V_p * h_p of the living producers (before supply_scale)
+    p_yield: np.ndarray  # ATP per glucose
+    p_k_s: np.ndarray  # mM
+    p_k_adp: np.ndarray  # mM
+    p_k_pi: np.ndarray  # mM
+    p_ceiling_kj: np.ndarray  # kJ/mol
+    c_vmax: np.ndarray  # mM/s, m V_j (before demand_scale)
+    c_km: np.ndarray  # mM ATP
+    c_tier: np.ndarray  # int
+    supply_scale: float = 1.0
+    demand_scale: float = 1.0
+    uptake_scale: float = 1.0
+
+    def replace(self, **kw) -> "CellModel":
+        return dataclasses.replace(self, **kw)
+
+    # ---- rates (vectorised over E and S where that makes sense) ----
+    def species(self, e):
+        """(A, D, M, Pi) in mM on the AK-equilibrium manifold for high-energy phosphate ``e``."""
+        a, d, m = ak_equilibrium(self.n_adenine, e, self.k_ak)
+        return a, d, m, self.p_total - np.asarray(e, dtype=float)
+
+    def brake(self, dg):
+        rt = R_J_PER_MOL_K * self.temperature_k * 1e-3
+        return np.maximum(0.0, 1.0 - np.exp((np.abs(dg)[..., None] - self.p_ceiling_kj) / rt))
+
+    def producer_rates(self, e, s):
+        """ATP synthesis per producer (..., P) in mM/s."""
+        a, d, _, pi = self.species(e)
+        s = np.asarray(s, dtype=float)
+        dg = dg_atp_kj(a, d, pi, self.dg0_kj, self.temperature_k)
+        sat = (
+            (s[..., None] / (self.p_k_s + s[..., None]))
+            * (d[..., None] / (self.p_k_adp + d[..., None]))
+            * (pi[..., None] / (self.p_k_pi + pi[..., None]))
+        )
+        return self.supply_scale * self.p_vmax * sat * self.brake(dg)
+
+    def supply(self, e, s):
+        return np.sum(self.producer_rates(e, s), axis=-1)
+
+    def glucose_use(self, e, s):
+        return np.sum(self.producer_rates(e, s) / self.p_yield, axis=-1)
+
+    def uptake(self, s):
+        return self.uptake_scale * self.k_uptake * (self.s_ext - np.asarray(s, dtype=float))
+
+    def consumer_rates(self, e):
+        a = np.asarray(self.species(e)[0])
+        return self.demand_scale * self.c_vmax * a[..., None] / (self.c_km + a[..., None])
+
+    def demand(self, e):
+        return np.sum(self.consumer_rates(e), axis=-1)
+
+    @property
+    def e_max(self) -> float:
+        """Largest feasible E: A <= N (E <= 2N) and Pi >= 0 (E <= p_total)."""
+        return float(min(2.0 * self.n_adenine, self.p_total))
+
+
+def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
+    """Read one cell of a :class:`sim.presets.Model` (its initial state and params) as numbers.
+
+    The conserved totals N and Pi + E are taken from the cell's initial pools. ``overrides`` set
+    any :class:`CellModel` field, e.g. ``demand_scale=2.0``.
+    """
+    st, pr = model.state, model.params
+    f = lambda x: float(np.asarray(x))  # noqa: E731
+    pools = np.asarray(st.cells.pools)[cell]
+    # species order of sim.state: glucose, atp, adp, amp, pi
+    glc, atp, adp, amp, pi = (float(v) for v in pools[:5])
+    alive_p = np.asarray(st.producers.alive)[cell] & bool(np.asarray(st.cells.alive)[cell])
+    kind = np.asarray(st.producers.kind)[cell][alive_p]
+    vmax = (np.asarray(st.producers.vmax)[cell] * np.asarray(st.producers.health)[cell])[alive_p]
+    mult = f(np.asarray(st.cells.demand_mult)[cell])
+    cm = CellModel(
+        temperature_k=f(pr.temperature_k),
+        dg0_kj=f(pr.dg0_kj),
+        k_ak=f(pr.k_ak),
+        n_adenine=atp + adp + amp,
+        p_total=pi + 2.0 * atp + adp,
+        s_ext=f(pr.external_substrate),
+        k_uptake=f(np.asarray(st.cells.uptake)[cell]),
+        p_vmax=np.asarray(vmax, float),
+        p_yield=np.asarray(pr.p_yield, float)[kind],
+        p_k_s=np.asarray(pr.p_k_s, float)[kind],
+        p_k_adp=np.asarray(pr.p_k_adp, float)[kind],
+        p_k_pi=np.asarray(pr.p_k_pi, float)[kind],
+        p_ceiling_kj=np.asarray(pr.p_ceiling_kj, float)[kind],
+        c_vmax=mult * np.asarray(st.consumers.vmax, float)[cell],
+        c_km=np.asarray(st.consumers.km, float)[cell],
+        c_tier=np.asarray(st.consumers.tier)[cell].astype(int),
+        supply_scale=f(pr.supply_scale),
+        demand_scale=f(pr.demand_scale),
+        uptake_scale=f(pr.uptake_scale),
+    )
+    del glc
+    return cm.replace(**overrides) if overrides else cm
+
+
+# --------------------------------------------------------------------------------------------
+# steady state
+
+
+@dataclasses.dataclass(frozen=True)
+class SteadyState:
+    atp: float  # mM
+    adp: float  # mM
+    amp: float  # mM
+    pi: float  # mM
+    glucose: float  # mM
+    e: float  # mM, high-energy phosphate 2A + D
+    flux: float  # mM/s ATP turned over (= supply = demand)
+    glucose_flux: float  # mM/s glucose taken up (= used)
+    energy_charge: float
+    dg_kj: float  # kJ/mol
+    turnover_s: float  # s, ATP pool / flux
+    consumer_rates: np.ndarray  # mM/s per consumer
+    residual_atp: float  # mM/s, supply - demand at the root
+    residual_glucose: float  # mM/s, uptake - use at the root
+
+
+def _glucose_at(cm: CellModel, e: float) -> float:
+    """Quasi-steady glucose for fixed E: uptake(S) = use(E, S); unique (uptake falls, use rises)."""
+    if cm.uptake_scale * cm.k_uptake <= 0 or cm.s_ext <= 0:
+        return 0.0
+    g = lambda s: float(cm.uptake(s) - cm.glucose_use(e, s))  # noqa: E731
+    if g(cm.s_ext) >= 0:
+        return cm.s_ext
+    return optimize.brentq(g, 0.0, cm.s_ext, xtol=XTOL, rtol=RTOL, maxiter=500)
+
+
+def _net_supply(cm: CellModel, e: float) -> float:
+    s = _glucose_at(cm, e)
+    return float(cm.supply(e, s) - cm.demand(e))
+
+
+def solve_steady_state(cm: CellModel) -> SteadyState:
+    """Stable steady state of one cell (supply = demand of ATP, uptake = use of glucose).
+
+    E is bracketed by scanning a grid on (0, E_max]; the root taken is the largest E where
+    supply - demand changes sign from + to - (the stable, physiological branch; at vanishing E a
+    spurious crossing can appear because |dG| of a nearly empty ATP pool closes the brake).
+    """
+    e_hi = cm.e_max
+    grid = np.unique(np.concatenate([np.geomspace(e_hi * 1e-9, e_hi, N_SCAN), np.linspace(0, e_hi, N_SCAN)[1:]]))
+    vals = np.array([_net_supply(cm, e) for e in grid])
+    sign_change = np.nonzero((vals[:-1] > 0) & (vals[1:] <= 0))[0]
+    if sign_change.size == 0:
+        raise ValueError("no steady state with supply = demand in (0, E_max]")
+    i = sign_change[-1]
+    if vals[i + 1] == 0:
+        e_star = float(grid[i + 1])
+    else:
+        e_star = optimize.brentq(lambda e: _net_supply(cm, e), grid[i], grid[i + 1], xtol=XTOL, rtol=RTOL, maxiter=500)
+    s_star = _glucose_at(cm, e_star)
+    a, d, m, pi = (float(x) for x in cm.species(e_star))
+    demand = float(cm.demand(e_star))
+    supply = float(cm.supply(e_star, s_star))
+    return SteadyState(
+        atp=a,
+        adp=d,
+        amp=m,
+        pi=pi,
+        glucose=s_star,
+        e=e_star,
+        flux=demand,
+        glucose_flux=float(cm.uptake(s_star)),
+        energy_charge=(a + 0.5 * d) / (a + d + m),
+        dg_kj=float(dg_atp_kj(a, d, pi, cm.dg0_kj, cm.temperature_k)),
+        turnover_s=a / demand,
+        consumer_rates=np.asarray(cm.consumer_rates(e_star), float),
+        residual_atp=supply - demand,
+        residual_glucose=float(cm.uptake(s_star) - cm.glucose_use(e_star, s_star)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# supply-demand analysis
+
+
+def elasticities(cm: CellModel, ss: SteadyState | None = None, rel_step: float = 1e-5) -> dict:
+    """Block elasticities at the steady state (central differences in ln E, step ``rel_step``).
+
+    Returns ``e_supply``/``e_demand`` with respect to E and ``e_supply_atp``/``e_demand_atp`` with
+    respect to ATP (divided by d ln A / d ln E). The supply block lets glucose relax to its
+    quasi-steady state at each E (uptake is part of the supply block).
+    """
+    ss = ss or solve_steady_state(cm)
+    e0 = ss.e
+    hi, lo = e0 * (1 + rel_step), e0 * (1 - rel_step)
+    dlnE = math.log(hi / lo)
+
+    def supply_block(e):
+        return float(cm.supply(e, _glucose_at(cm, e)))
+
+    e_s = (math.log(supply_block(hi)) - math.log(supply_block(lo))) / dlnE
+    e_d = (math.log(float(cm.demand(hi))) - math.log(float(cm.demand(lo)))) / dlnE
+    dlnA = (math.log(float(cm.species(hi)[0])) - math.log(float(cm.species(lo)[0]))) / dlnE
+    return {"e_supply": e_s, "e_demand": e_d, "dlnA_dlnE": dlnA, "e_supply_atp": e_s / dlnA, "e_demand_atp": e_d / dlnA}
+
+
+def control_coefficients(e_supply: float, e_demand: float) -> tuple[float, float]:
+    """Flux control coefficients (C_supply, C_demand) = (e_d, -e_s) / (e_d - e_s)."""
+    den = e_demand - e_supply
+    return e_demand / den, -e_supply / den
+
+
+def numerical_control_coefficients(
+    cm: CellModel, rel_step: float = 1e-4, names=("supply_scale", "demand_scale", "uptake_scale")
+) -> dict:
+    """d ln J / d ln p for each scale parameter ``p``, by re-solving at p (1 +- rel_step).
+
+    Scaling all three (uptake, producers, consumers) by the same factor scales every rate and
+    leaves the concentrations unchanged, so the three coefficients sum to 1 (summation theorem).
+    """
+    out = {}
+    for name in names:
+        p0 = getattr(cm, name)
+        up = solve_steady_state(cm.replace(**{name: p0 * (1 + rel_step)})).flux
+        dn = solve_steady_state(cm.replace(**{name: p0 * (1 - rel_step)})).flux
+        out[name] = (math.log(up) - math.log(dn)) / (math.log(1 + rel_step) - math.log(1 - rel_step))
+    return out

@@ -14,7 +14,6 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')" != "$(PYVER)" ]; then \
 		echo "recreating $(VENV) for Python $(PYVER)"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	@rm -f $(VENV)/.installed-py*; touch $(STAMP)
 

@@ -7,6 +7,8 @@ directions.
 
 from __future__ import annotations
 
+import io
+import math
 import os
 
 import networkx as nx
@@ -17,6 +19,10 @@ from sim.errors import ConfigError
 KINDS = ("single", "ring", "grid", "small_world", "scale_free", "complete", "erdos_renyi", "file")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_FILE_NODES = 2_000_000
+MAX_FILE_EDGES = 20_000_000
+FORMATS = ("auto", "graphml", "edgelist")
+MAX_CELLS = 10_000_000  # any generated tissue
+MAX_GENERATED_EDGES = 5_000_000  # edges (or, for erdos_renyi, node pairs / 10) a generator may make
 
 
 def _int(cfg, key, minimum):
@@ -24,6 +30,22 @@ def _int(cfg, key, minimum):
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"topology.{key}", value, f"an integer >= {minimum}")
     return value
+
+
+def _prob(cfg, key="p", default=0.1):
+    value = cfg.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"topology.{key}", value, "a probability in [0, 1]")
+    return float(value)
+
+
+def _cap(n: int, edges: float, what: str) -> None:
+    if n > MAX_CELLS:
+        raise ConfigError("topology.n_cells", n, f"at most {MAX_CELLS} cells")
+    if edges > MAX_GENERATED_EDGES:
+        raise ConfigError("topology.n_cells", n, f"a tissue of at most {MAX_GENERATED_EDGES} junctions ({what})")
 
 
 def build_graph(cfg, seed: int = 0) -> nx.Graph:
@@ -38,71 +60,156 @@ def build_graph(cfg, seed: int = 0) -> nx.Graph:
     else:
         n = _int(cfg, "n_cells", 1)
         if kind == "ring":
+            _cap(n, n, "a ring has n_cells")
             g = nx.cycle_graph(n) if n > 2 else nx.path_graph(n)
         elif kind == "grid":
-            rows = cfg.get("rows") or int(np.floor(np.sqrt(n)))
-            rows = max(1, min(int(rows), n))
-            if n % rows:
+            rows = cfg.get("rows")
+            if rows is None:
+                rows = max(1, int(np.floor(np.sqrt(n))))
+            rows = _int({"rows": rows}, "rows", 1)
+            if rows > n or n % rows:
                 raise ConfigError("topology.n_cells", n, f"a multiple of topology.rows={rows} for a grid")
+            _cap(n, 2 * n, "a grid has about 2 n_cells")
             g = nx.grid_2d_graph(rows, n // rows, periodic=bool(cfg.get("periodic", False)))
         elif kind == "small_world":
             k = _int(cfg, "k", 2)
             if k >= n:
                 raise ConfigError("topology.k", k, f"fewer neighbours than n_cells={n}")
-            p = float(cfg.get("p", 0.1))
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError("topology.p", p, "a probability in [0, 1]")
-            g = nx.connected_watts_strogatz_graph(n, k, p, tries=1000, seed=seed)
+            p = _prob(cfg)
+            _cap(n, n * k / 2, "a small world has n_cells * k / 2")
+            try:
+                g = nx.connected_watts_strogatz_graph(n, k, p, tries=1000, seed=seed)
+            except nx.NetworkXException as exc:
+                raise ConfigError("topology.p", p, f"a rewiring probability that leaves the graph connected ({exc})") from None
         elif kind == "scale_free":
             m = _int(cfg, "m", 1)
             if m >= n:
                 raise ConfigError("topology.m", m, f"fewer attachments than n_cells={n}")
+            _cap(n, n * m, "a scale-free graph has about n_cells * m")
             g = nx.barabasi_albert_graph(n, m, seed=seed)
         elif kind == "complete":
+            _cap(n, n * (n - 1) / 2, "a complete graph has n_cells (n_cells - 1) / 2")
             g = nx.complete_graph(n)
-        else:  # erdos_renyi
-            p = float(cfg.get("p", 0.1))
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError("topology.p", p, "a probability in [0, 1]")
+        else:  # erdos_renyi: the generator visits every pair of cells
+            p = _prob(cfg)
+            _cap(n, n * (n - 1) / 20, "erdos_renyi visits n_cells^2 / 2 pairs; at most 10x the junction cap")
             g = nx.gnp_random_graph(n, p, seed=seed)
     g = nx.convert_node_labels_to_integers(g, ordering="sorted")
     g.remove_edges_from(list(nx.selfloop_edges(g)))
     if cfg.get("require_connected", False) and g.number_of_nodes() > 1 and not nx.is_connected(g):
-        raise ConfigError("topology.require_connected", True, "a connected graph (this one is not)")
+        parts = nx.number_connected_components(g)
+        raise ConfigError("topology.require_connected", True, f"a connected graph (this one has {parts} components)")
     return g
+
+
+def _refuse(path, allowed: str):
+    raise ConfigError("topology.path", path, allowed)
+
+
+def _parse_edgelist(text: str, path) -> nx.Graph:
+    """Strict whitespace edge list: ``u v``, ``u v weight`` or ``u v {data}`` per line; ``#`` comments.
+
+    Stricter than ``networkx.read_edgelist``, which silently skips lines it cannot read: a
+    malformed line is refused with its line number instead of quietly dropping a junction.
+    """
+    g = nx.Graph()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        tokens = line.split()
+        ok = len(tokens) == 2
+        if len(tokens) >= 3:
+            if tokens[2].startswith("{"):
+                ok = line.rstrip().endswith("}")
+            elif len(tokens) == 3:
+                try:
+                    ok = math.isfinite(float(tokens[2]))
+                except ValueError:
+                    ok = False
+        if not ok:
+            shown = raw.strip()
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            _refuse(path, f"an edge list with 'u v' (optionally a weight or {{data}}) on every line; line {number} reads {shown!r}")
+        g.add_edge(tokens[0], tokens[1])
+        if g.number_of_nodes() > MAX_FILE_NODES:
+            _refuse(path, f"a graph with at most {MAX_FILE_NODES} nodes")
+        if g.number_of_edges() > MAX_FILE_EDGES:
+            _refuse(path, f"a graph with at most {MAX_FILE_EDGES} edges")
+    return g
+
+
+def _natural_labels(g: nx.Graph) -> nx.Graph:
+    """Labels that are all integers ("0", "1", "10") become ints, so cell i is node i of the file."""
+    try:
+        mapping = {u: int(str(u)) for u in g.nodes}
+    except ValueError:
+        return g
+    if len(set(mapping.values())) != len(mapping):  # "01" and "1": keep the strings
+        return g
+    return nx.relabel_nodes(g, mapping)
 
 
 def load_graph_file(path, fmt: str = "auto") -> nx.Graph:
-    """Load a GraphML or edge-list file, refusing anything that is not a usable tissue."""
-    if not path or not isinstance(path, str):
-        raise ConfigError("topology.path", path, "a path to a GraphML (.graphml) or edge-list file")
+    """Load a GraphML or edge-list file, refusing anything that is not a usable tissue.
+
+    Every problem (missing, empty, enormous, unreadable, malformed, binary, no nodes, only
+    self-loops) raises :class:`~sim.errors.ConfigError` naming ``topology.path``; nothing else
+    escapes. Self-loops are dropped (a cell has no junction with itself); a file whose edges
+    are all self-loops is refused. Connectedness is checked by :func:`build_graph`.
+    """
+    if not path or not isinstance(path, (str, os.PathLike)):
+        _refuse(path, "a path to a GraphML (.graphml) or edge-list file")
+    path = os.fspath(path)
+    if fmt not in FORMATS:
+        raise ConfigError("topology.format", fmt, "one of " + ", ".join(FORMATS))
     if not os.path.isfile(path):
-        raise ConfigError("topology.path", path, "an existing file")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise ConfigError("topology.path", path, "a non-empty GraphML or edge-list file")
-    if size > MAX_FILE_BYTES:
-        raise ConfigError("topology.path", path, f"a file under {MAX_FILE_BYTES} bytes (it has {size})")
+        _refuse(path, "an existing file")
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            _refuse(path, f"a file of at most {MAX_FILE_BYTES} bytes (it has {size})")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        _refuse(path, f"a readable file ({type(exc).__name__}: {exc.strerror or exc})")
+    if len(data) > MAX_FILE_BYTES:
+        _refuse(path, f"a file of at most {MAX_FILE_BYTES} bytes")
+    if not data.strip():
+        _refuse(path, "a non-empty GraphML or edge-list file")
     if fmt == "auto":
-        fmt = "graphml" if path.lower().endswith((".graphml", ".xml")) else "edgelist"
+        head = data.lstrip()[:512].lower()
+        fmt = "graphml" if path.lower().endswith((".graphml", ".xml")) or head.startswith((b"<?xml", b"<graphml")) else "edgelist"
     try:
         if fmt == "graphml":
-            g = nx.read_graphml(path)
-        elif fmt == "edgelist":
-            g = nx.read_edgelist(path, nodetype=str, data=False)
+            g = nx.read_graphml(io.BytesIO(data))
         else:
-            raise ConfigError("topology.format", fmt, "one of auto, graphml, edgelist")
+            if b"\x00" in data:
+                _refuse(path, "a text edge list (this file is binary)")
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                _refuse(path, f"a UTF-8 text edge list (byte {exc.start} is not UTF-8)")
+            g = _parse_edgelist(text, path)
     except ConfigError:
         raise
-    except Exception as exc:  # any parser failure becomes the project's own error
-        raise ConfigError("topology.path", path, f"a readable {fmt} file ({type(exc).__name__}: {exc})") from None
-    g = nx.Graph(g)  # undirected, no multi-edges
-    g.remove_edges_from(list(nx.selfloop_edges(g)))
+    except Exception as exc:  # any parser failure (XML, GraphML schema, recursion, memory) -> ConfigError
+        msg = " ".join(str(exc).split())
+        msg = msg if len(msg) <= 120 else msg[:117] + "..."
+        _refuse(path, f"a valid {fmt} file ({type(exc).__name__}: {msg})")
+    if g.is_directed() or g.is_multigraph():
+        g = nx.Graph(g.to_undirected() if g.is_directed() else g)  # undirected, no multi-edges
     if g.number_of_nodes() == 0:
-        raise ConfigError("topology.path", path, "a graph with at least one node")
+        _refuse(path, "a graph with at least one node")
     if g.number_of_nodes() > MAX_FILE_NODES:
-        raise ConfigError("topology.path", path, f"at most {MAX_FILE_NODES} nodes")
-    return g
+        _refuse(path, f"a graph with at most {MAX_FILE_NODES} nodes (it has {g.number_of_nodes()})")
+    if g.number_of_edges() > MAX_FILE_EDGES:
+        _refuse(path, f"a graph with at most {MAX_FILE_EDGES} edges (it has {g.number_of_edges()})")
+    loops = list(nx.selfloop_edges(g))
+    if loops and len(loops) == g.number_of_edges():
+        _refuse(path, "a graph with junctions between distinct cells (every edge in this file is a self-loop)")
+    g.remove_edges_from(loops)
+    return _natural_labels(nx.Graph(g))
 
 
 def edge_arrays(g: nx.Graph) -> tuple[np.ndarray, np.ndarray]:

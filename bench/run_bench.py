@@ -1,0 +1,333 @@
+"""Benchmarks (not tests): ``make bench`` -> bench/results/bench.json, figures, README table.
+
+Sections (issue 5): JAX vs the Mesa reference on the same biology tissue; JAX scaling from 1e3 to
+1e6 agents (each size in a fresh subprocess, so peak RSS and compile time are honest); ensembles of
+1..256 replicates in one call; a memory-bandwidth reference (large array copy) and the achieved
+fraction of it given the bytes one step must move per agent.
+
+Agents counted: cells + living producers + consumers (the bio preset has 11 producers alive of
+16 slots and 5 consumers per cell: 17 agents per cell). An agent-update is one agent advanced one
+step. Times are wall-clock after compilation, best of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(ROOT))
+
+
+def bio_cfg(n_cells: int, seed: int = 0) -> dict:
+    import yaml
+
+    sub = yaml.safe_load((ROOT / "conf/substrate/bio.yaml").read_text())
+    topo = {"kind": "small_world", "n_cells": n_cells, "k": 4, "p": 0.1} if n_cells > 4 else {"kind": "ring", "n_cells": n_cells}
+    return {"substrate": sub, "topology": topo, "seed": seed, "dt": 0.02}
+
+
+def agents_per_cell(model) -> float:
+    s = model.state
+    n = s.cells.alive.shape[0]
+    return (n + int(np.sum(s.producers.alive)) + s.consumers.kind.size) / n
+
+
+def time_jax(model, steps: int, replicates: int = 1, dtype=np.float64, repeats: int = 3) -> dict:
+    import jax
+
+    from sim import engine
+
+    state = engine.cast(model.state, dtype)
+    params = engine.cast(model.params, dtype)
+    t0 = time.perf_counter()
+    r = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=replicates)
+    first = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(repeats):
+        r = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=replicates)
+        jax.block_until_ready(r.state)
+        best = min(best, r.wall_s)
+    return {"s_per_step": best / steps, "compile_s": r.compile_s, "first_call_s": first}
+
+
+def time_mesa(model, steps: int) -> dict:
+    from sim.mesa_model import CurrencyModel
+
+    t0 = time.perf_counter()
+    m = CurrencyModel(model=model, backend="mesa")
+    build_s = time.perf_counter() - t0
+    m.step()  # warm caches
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        m.step()
+    return {"s_per_step": (time.perf_counter() - t0) / steps, "build_s": build_s}
+
+
+def section_vs_mesa(sizes, mesa_budget_s: float) -> list[dict]:
+    from sim.presets import build
+
+    rows = []
+    for n in sizes:
+        model = build(bio_cfg(n))
+        apc = agents_per_cell(model)
+        jx = time_jax(model, steps=200 if n <= 1000 else 100)
+        row = {"cells": n, "agents": int(round(apc * n)), "jax_s_per_step": jx["s_per_step"], "jax_compile_s": jx["compile_s"]}
+        # a few Mesa steps are enough to time it; fewer at the large sizes
+        mesa_steps = max(2, min(50, int(mesa_budget_s / max(n * 2e-5, 1e-3))))
+        try:
+            ms = time_mesa(model, mesa_steps)
+            row.update(mesa_s_per_step=ms["s_per_step"], mesa_steps_timed=mesa_steps)
+            row["speedup"] = ms["s_per_step"] / jx["s_per_step"]
+            row["mesa_agent_updates_per_s"] = row["agents"] / ms["s_per_step"]
+            row["mesa_us_per_agent_step"] = 1e6 * ms["s_per_step"] / row["agents"]
+        except ImportError as exc:  # Mesa layer missing: report JAX only
+            row["mesa_error"] = str(exc)
+        row["jax_steps_per_s"] = 1.0 / jx["s_per_step"]
+        row["jax_agent_updates_per_s"] = row["agents"] / jx["s_per_step"]
+        print(f"  vs mesa  {n:>6} cells: jax {1e3 * jx['s_per_step']:.3f} ms/step"
+              + (f", mesa {1e3 * row['mesa_s_per_step']:.1f} ms/step, speed-up {row['speedup']:.0f}x" if "speedup" in row else ""))
+        rows.append(row)
+    return rows
+
+
+def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
+    """Run in a fresh process: compile time, throughput, peak RSS for one size."""
+    import resource
+
+    import jax
+
+    import sim  # noqa: F401  (x64 on)
+    from sim import engine
+    from sim.presets import build
+
+    model = build(bio_cfg(n_cells))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    dt = np.float64 if dtype == "float64" else np.float32
+    state = engine.cast(model.state, dt)
+    params = engine.cast(model.params, dt)
+    nbytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
+    ebytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params.edges))
+    r = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=1)
+    best = float("inf")
+    for _ in range(3):
+        r2 = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=1)
+        best = min(best, r2.wall_s)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    agents = int(round(agents_per_cell(model) * n_cells))
+    return {
+        "cells": n_cells, "agents": agents, "edges": int(params.edges.src.shape[0]), "dtype": dtype,
+        "compile_s": r.compile_s, "s_per_step": best / steps, "agent_updates_per_s": agents * steps / best,
+        "state_bytes": nbytes, "edge_bytes": ebytes, "bytes_per_agent": (nbytes + ebytes) / agents,
+        "peak_rss_mb": rss / 1024, "rss_before_run_mb": rss0 / 1024,
+    }
+
+
+def section_scaling(agent_targets, dtype: str) -> list[dict]:
+    rows = []
+    for target in agent_targets:
+        n = max(4, int(round(target / 17)))
+        steps = 200 if n < 5000 else (50 if n < 30000 else 20)
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", str(n), dtype, str(steps)],
+            capture_output=True, text=True, cwd=ROOT, timeout=600,
+        )
+        if out.returncode != 0:
+            print(out.stderr[-2000:], file=sys.stderr)
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  scaling {row['agents']:>8} agents ({dtype}): {row['agent_updates_per_s']:.3g} agent-updates/s, "
+              f"compile {row['compile_s']:.2f} s, peak RSS {row['peak_rss_mb']:.0f} MB, {row['bytes_per_agent']:.0f} B/agent")
+        rows.append(row)
+    return rows
+
+
+def section_ensembles(n_cells: int, reps_list) -> list[dict]:
+    from sim.presets import build
+
+    model = build(bio_cfg(n_cells))
+    rows = []
+    base = None
+    for reps in reps_list:
+        t = time_jax(model, steps=100, replicates=reps, repeats=2)
+        per_rep = t["s_per_step"] / reps
+        base = base or per_rep
+        rows.append({"cells": n_cells, "replicates": reps, "s_per_step": t["s_per_step"],
+                     "s_per_step_per_replicate": per_rep, "relative_throughput_per_replicate": base / per_rep,
+                     "compile_s": t["compile_s"]})
+        print(f"  ensemble {reps:>4} x {n_cells} cells: {1e3 * t['s_per_step']:.2f} ms/step, "
+              f"per replicate {base / per_rep:.2f} of single")
+    return rows
+
+
+def section_bandwidth() -> dict:
+    """Copy bandwidth (read + write) of a 256 MB array, best of 5, numpy and JAX."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 32 * 1024 * 1024  # float64 -> 256 MB
+    a = np.ones(n)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    np_bw = 2 * a.nbytes / best
+    x = jnp.ones(n)
+    f = jax.jit(lambda v: v * 1.0000001)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return {"numpy_copy_bytes_per_s": np_bw, "jax_scale_bytes_per_s": 2 * a.nbytes / best}
+
+
+def bytes_moved_per_agent_step(dtype_bytes: int = 8) -> dict:
+    """Minimum bytes one step must read + write per cell of the bio preset (counted by hand).
+
+    Per cell: pools 5 (r+w), theta/stress/uptake/demand/maintenance ~5, alive 1 B; 16 producer
+    slots x (kind 4 B, vmax, health r+w, alive 1 B); 5 consumers x (kind 4 B, vmax, km, tier 4 B,
+    value) read; ledger ~28 floats read+written; edges (k=4 small world: 2 edges per cell) x (src,
+    dst 4 B, conductance, loss) read plus 5-species gathers at both ends.
+    """
+    f = dtype_bytes
+    cell = 2 * 5 * f + 5 * f + 1
+    producers = 16 * (4 + f + 2 * f + 2)
+    consumers = 5 * (4 + f + f + 4 + f)
+    ledger = 2 * 28 * f
+    edges = 2 * (4 + 4 + f + f + 2 * 5 * f)
+    per_cell = cell + producers + consumers + ledger + edges
+    return {"bytes_per_cell_step": per_cell, "bytes_per_agent_step": per_cell / 17}
+
+
+def write_readme_table(results: dict) -> None:
+    """Replace the block between the bench markers in README.md with tables from results."""
+    readme = ROOT / "README.md"
+    if not readme.is_file():
+        return
+    lines = ["| cells | agents | JAX ms/step | Mesa ms/step | speed-up | JAX agent-updates/s |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in results.get("vs_mesa", []):
+        mesa = f"{1e3 * r['mesa_s_per_step']:.1f}" if "mesa_s_per_step" in r else "n/a"
+        sp = f"{r['speedup']:.0f}x" if "speedup" in r else "n/a"
+        lines.append(f"| {r['cells']:,} | {r['agents']:,} | {1e3 * r['jax_s_per_step']:.3f} | {mesa} | {sp} | {r['jax_agent_updates_per_s']:.3g} |")
+    lines += ["", "| agents | cells | edges | dtype | agent-updates/s | compile s | peak RSS MB | bytes/agent |", "|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in results.get("scaling", []):
+        lines.append(f"| {r['agents']:,} | {r['cells']:,} | {r['edges']:,} | {r['dtype']} | {r['agent_updates_per_s']:.3g} | {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['bytes_per_agent']:.0f} |")
+    lines += ["", "| replicates | cells | ms/step | throughput per replicate vs 1 |", "|---:|---:|---:|---:|"]
+    for r in results.get("ensembles", []):
+        lines.append(f"| {r['replicates']} | {r['cells']} | {1e3 * r['s_per_step']:.2f} | {r['relative_throughput_per_replicate']:.2f} |")
+    bw = results.get("bandwidth", {})
+    if bw:
+        lines += ["", f"Copy bandwidth on this machine: numpy {bw['numpy_copy_bytes_per_s'] / 1e9:.1f} GB/s, "
+                  f"JAX {bw['jax_scale_bytes_per_s'] / 1e9:.1f} GB/s. "
+                  f"At the largest size the step moves >= {results['bytes']['bytes_per_agent_step']:.0f} B per agent, "
+                  f"so it reaches {100 * results.get('bandwidth_fraction', float('nan')):.0f}% of the copy bandwidth."]
+    meta = results["meta"]
+    lines += ["", f"_Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs), Python {meta['python']}, "
+              f"jax {meta['jax']}, mesa {meta['mesa']}; `make bench` regenerates this table._"]
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        readme.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
+
+
+def plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    vm = results.get("vs_mesa", [])
+    if vm:
+        axes[0].loglog([r["agents"] for r in vm], [r["jax_s_per_step"] for r in vm], "o-", label="JAX")
+        mm = [r for r in vm if "mesa_s_per_step" in r]
+        axes[0].loglog([r["agents"] for r in mm], [r["mesa_s_per_step"] for r in mm], "s-", label="Mesa reference")
+        axes[0].set(xlabel="agents", ylabel="s per step", title="JAX vs Mesa (bio tissue)")
+        axes[0].legend()
+    sc = results.get("scaling", [])
+    for dtype in sorted({r["dtype"] for r in sc}):
+        rr = [r for r in sc if r["dtype"] == dtype]
+        axes[1].loglog([r["agents"] for r in rr], [r["s_per_step"] for r in rr], "o-", label=f"time/step {dtype}")
+    if sc:
+        a = np.array([r["agents"] for r in sc], float)
+        axes[1].loglog(a, sc[0]["s_per_step"] * a / a[0], "k--", lw=0.8, label="linear")
+        axes[1].set(xlabel="agents", ylabel="s per step", title="scaling (linear = dashed)")
+        axes[1].legend(fontsize=8)
+    en = results.get("ensembles", [])
+    if en:
+        axes[2].semilogx([r["replicates"] for r in en], [r["relative_throughput_per_replicate"] for r in en], "o-")
+        axes[2].axhline(0.8, color="r", ls=":", label="target 0.8")
+        axes[2].set(xlabel="replicates in one call", ylabel="throughput per replicate / single", title="ensembles", ylim=(0, None))
+        axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "bench.png", dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
+    ap.add_argument("--mesa-budget-s", type=float, default=30.0, help="rough seconds to spend timing Mesa per size")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(scaling_worker(int(args.worker[0]), args.worker[1], int(args.worker[2]))))
+        return 0
+    import jax
+
+    import sim  # noqa: F401
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    try:
+        import mesa
+
+        mesa_version = mesa.__version__
+    except ImportError:
+        mesa_version = "n/a"
+    results = {"meta": {
+        "date": time.strftime("%Y-%m-%d"), "machine": platform.machine() + " " + platform.processor(),
+        "cpus": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
+        "mesa": mesa_version, "devices": [str(d) for d in jax.devices()],
+    }}
+    t0 = time.perf_counter()
+    sizes = [100, 1000] if args.quick else [100, 1000, 10000]
+    print("JAX vs Mesa reference:")
+    results["vs_mesa"] = section_vs_mesa(sizes, args.mesa_budget_s)
+    print("JAX scaling:")
+    targets = [1e3, 1e4] if args.quick else [1e3, 1e4, 1e5, 3e5, 1e6]
+    results["scaling"] = section_scaling(targets, "float64") + ([] if args.quick else section_scaling([1e5, 1e6], "float32"))
+    print("Ensembles:")
+    results["ensembles"] = section_ensembles(20 if args.quick else 100, [1, 4] if args.quick else [1, 4, 16, 64, 256])
+    results["bandwidth"] = section_bandwidth()
+    results["bytes"] = bytes_moved_per_agent_step()
+    big = max(results["scaling"], key=lambda r: r["agents"]) if results["scaling"] else None
+    if big:
+        need = results["bytes"]["bytes_per_agent_step"] * (8 if big["dtype"] == "float64" else 4) / 8
+        results["bandwidth_fraction"] = big["agent_updates_per_s"] * need / results["bandwidth"]["numpy_copy_bytes_per_s"]
+    results["total_s"] = time.perf_counter() - t0
+    out = RESULTS / ("bench_quick.json" if args.quick else "bench.json")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results)
+    if not args.quick:
+        write_readme_table(results)
+    print(f"wrote {out} and {RESULTS / 'bench.png'} in {results['total_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

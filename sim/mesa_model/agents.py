@@ -1,0 +1,612 @@
+"""Mesa agents of a tissue: cells (graph nodes) and the producers and consumers they host.
+
+Public attributes (``atp``, ``energy_charge``, ``alive``, ``health``, ...) are read-only
+properties taken from ``model.state``, the numpy copy of the current state, so inspection,
+``AgentSet.select/groupby/agg`` and a ``DataCollector`` work the same on both backends.
+
+For the reference backend (``backend="mesa"``) every agent also keeps its own state as plain
+Python numbers (attributes with a leading underscore) and steps it with the methods below, which
+are the equations of ``sim/kernels`` written agent by agent, operation for operation in the same
+order (so float64 results agree with the JAX engine to round-off). A cell runs the rate laws of
+its own organelles; the model calls the phases on all cells in the order of
+``sim.kernels.step.PROCESSES``. Transport is split into a compute phase (reads neighbours'
+pools, writes the fluxes of the junctions the cell owns) and an apply phase (sums the fluxes of
+its junctions), so results do not depend on the order in which agents are called.
+"""
+
+from __future__ import annotations
+
+from math import exp, expm1, log, sqrt
+
+import numpy as np
+from mesa.discrete_space import FixedAgent
+
+from sim.constants import R_J_PER_MOL_K
+from sim.kernels.thermo import TINY_MM
+from sim.state import ADP, AMP, ATP, GLC, N_SPECIES, PI, SPECIES
+
+_S = tuple(range(N_SPECIES))
+
+
+class _Constants:
+    """Model parameters as plain Python floats, cached once per model (never numpy in the hot path)."""
+
+    def __init__(self, params):
+        f = float
+        self.dt = f(params.dt)
+        self.rt = R_J_PER_MOL_K * f(params.temperature_k) * 1e-3  # sim.kernels.thermo.rt_kj
+        self.volume = f(params.volume_l)
+        self.dg0 = f(params.dg0_kj)
+        self.one_m_4k = 1.0 - 4.0 * f(params.k_ak)
+        self.ext = f(params.external_substrate)
+        self.supply_scale = f(params.supply_scale)
+        self.demand_scale = f(params.demand_scale)
+        self.uptake_scale = f(params.uptake_scale)
+        self.p_yield = [f(x) for x in np.asarray(params.p_yield)]
+        self.p_abs_sdg = [abs(f(x)) for x in np.asarray(params.p_substrate_dg_kj)]
+        self.p_ceiling = [f(x) for x in np.asarray(params.p_ceiling_kj)]
+        self.p_k_s = [f(x) for x in np.asarray(params.p_k_s)]
+        self.p_k_adp = [f(x) for x in np.asarray(params.p_k_adp)]
+        self.p_k_pi = [f(x) for x in np.asarray(params.p_k_pi)]
+        self.p_damage = [f(x) for x in np.asarray(params.p_damage)]
+        self.n_pkinds = len(self.p_yield)
+        self.hazard0 = f(params.hazard0)
+        self.hazard_beta = f(params.hazard_beta)
+        self.repair_rate = f(params.repair_rate)
+        self.repair_cost = f(params.repair_cost)
+        self.birth_p = -expm1(-f(params.birth_rate) * self.dt)
+        self.birth_min_ec = f(params.birth_min_ec)
+        self.birth_cost = f(params.birth_cost)
+        self.stress_threshold = f(params.stress_threshold)
+        self.stress_death_s = f(params.stress_death_s)
+        self.stress_recovery_dt = f(params.stress_recovery) * self.dt
+        self.permeability = [f(x) for x in np.asarray(params.permeability)]
+        self.conductance_scale = f(params.conductance_scale)
+
+
+class CellAgent(FixedAgent):
+    """A cell / model instance: one node of the tissue graph, fixed to its Network cell."""
+
+    def __init__(self, model, index: int, cell):
+        super().__init__(model)
+        self.index = int(index)
+        self.cell = cell
+        self.producers: list[ProducerAgent] = []  # slot order
+        self.consumers: list[ConsumerAgent] = []  # slot order
+
+    # ------------------------------------------------------------------ inspection (both backends)
+    @property
+    def pools(self) -> np.ndarray:
+        """Concentrations (mM) in the order of ``sim.state.SPECIES``."""
+        return np.array(self.model.state.cells.pools[self.index])
+
+    @property
+    def glucose(self) -> float:
+        return float(self.model.state.cells.pools[self.index, GLC])
+
+    @property
+    def atp(self) -> float:
+        return float(self.model.state.cells.pools[self.index, ATP])
+
+    @property
+    def adp(self) -> float:
+        return float(self.model.state.cells.pools[self.index, ADP])
+
+    @property
+    def amp(self) -> float:
+        return float(self.model.state.cells.pools[self.index, AMP])
+
+    @property
+    def pi(self) -> float:
+        return float(self.model.state.cells.pools[self.index, PI])
+
+    @property
+    def energy_charge(self) -> float:
+        p = self.model.state.cells.pools[self.index]
+        a, d, m = float(p[ATP]), float(p[ADP]), float(p[AMP])
+        total = a + d + m
+        return (a + 0.5 * d) / total if total > 0 else 0.0
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.model.state.cells.alive[self.index])
+
+    @property
+    def stress(self) -> float:
+        return float(self.model.state.cells.stress[self.index])
+
+    @property
+    def maintenance(self) -> float:
+        return float(self.model.state.cells.maintenance[self.index])
+
+    @property
+    def theta(self) -> float:
+        return float(self.model.state.cells.theta[self.index])
+
+    @property
+    def n_producers(self) -> int:
+        return int(np.sum(self.model.state.producers.alive[self.index]))
+
+    @property
+    def ledger(self) -> dict:
+        """This cell's cumulative accounts (see ``sim.state.Ledger``)."""
+        led = self.model.state.ledger
+        out = {}
+        for name in led.__dataclass_fields__:
+            v = getattr(led, name)[self.index]
+            out[name] = v.tolist() if np.ndim(v) else v.item()
+        return out
+
+    @property
+    def produced(self) -> float:
+        return float(self.model.state.ledger.produced[self.index])
+
+    @property
+    def spent(self) -> float:
+        """ATP spent by consumers, repair and biogenesis (mM)."""
+        led = self.model.state.ledger
+        i = self.index
+        return float(np.sum(led.spent[i]) + led.repair_spent[i] + led.birth_spent[i])
+
+    @property
+    def work(self) -> float:
+        return float(np.sum(self.model.state.ledger.work[self.index]))
+
+    @property
+    def neighbours(self) -> list[CellAgent]:
+        """Cell agents on the adjacent nodes of the Network space."""
+        return [a for c in self.cell.neighborhood for a in c.agents if isinstance(a, CellAgent)]
+
+    # ------------------------------------------------------------------ reference backend: set-up
+    def _ref_init(self, state, q: _Constants) -> None:
+        i = self.index
+        cells, led = state.cells, state.ledger
+        self._q = q
+        self._pools = [float(x) for x in cells.pools[i]]
+        self._alive = bool(cells.alive[i])
+        self._stress = float(cells.stress[i])
+        self._maintenance = float(cells.maintenance[i])
+        self._uptake_rate = float(cells.uptake[i])
+        self._produced = float(led.produced[i])
+        self._repair_spent = float(led.repair_spent[i])
+        self._birth_spent = float(led.birth_spent[i])
+        self._substrate_used = float(led.substrate_used[i])
+        self._substrate_uptake = float(led.substrate_uptake[i])
+        self._transported_in = float(led.transported_in[i])
+        self._transported_out = float(led.transported_out[i])
+        self._lost = [float(x) for x in led.lost[i]]
+        self._ak_atp = float(led.ak_atp[i])
+        self._substrate_energy_j = float(led.substrate_energy_j[i])
+        self._stored_energy_j = float(led.stored_energy_j[i])
+        self._heat_j = float(led.heat_j[i])
+        self._hydrolysis_energy_j = float(led.hydrolysis_energy_j[i])
+        self._failures = int(led.failures[i])
+        self._births = int(led.births[i])
+        self._repair_health = float(led.repair_health[i])
+        # consumers grouped by priority tier (served 0, 1, 2; an empty tier changes nothing)
+        tiers = sorted({c.tier for c in self.consumers})
+        self._tiers = [[c for c in self.consumers if c.tier == t] for t in tiers]
+        self._tier0 = [c for c in self.consumers if c.tier == 0]
+        # saturated tier-0 demand of a living cell (constant during a run)
+        sat0 = 0.0
+        for c in self._tier0:
+            sat0 += c._vmax_eff
+        self._saturated0 = sat0
+        self._out_edges = []  # [(dst CellAgent, (g p_s) per species)] for junctions this cell owns
+        self._out_keep = []  # (keep, leak) per owned junction
+        self._in_edges = []  # [(src CellAgent, index in its _flux, keep, leak)]
+        self._flux = []
+
+    # ------------------------------------------------------------------ reference backend: phases
+    def metabolise(self) -> None:
+        """Uptake, production, tiered consumption, repair and damage on the step-start state."""
+        q = self._q
+        if not self._alive:
+            self._maintenance = 1.0  # no tier-0 demand; every flux of a dead cell is zero
+            return
+        dt = q.dt
+        pools = self._pools
+        s, a, d, pi = pools[GLC], pools[ATP], pools[ADP], pools[PI]
+        ratio = ((d if d > TINY_MM else TINY_MM) * 1e-3) * ((pi if pi > TINY_MM else TINY_MM) * 1e-3)
+        ratio = ratio / ((a if a > TINY_MM else TINY_MM) * 1e-3)
+        rt = q.rt
+        abs_dg = abs(q.dg0 + rt * log(ratio))
+
+        uptake = q.uptake_scale * self._uptake_rate * (q.ext - s) * dt
+        if uptake < -s:
+            uptake = -s
+
+        # saturation and thermodynamic-brake factors per producer kind (shared by the cell's
+        # organelles of that kind)
+        factors = []
+        for k in range(q.n_pkinds):
+            x = (abs_dg - q.p_ceiling[k]) / rt
+            br = 1.0 - exp(x) if x < 0.0 else 0.0
+            factors.append(
+                (s / (q.p_k_s[k] + s), d / (q.p_k_adp[k] + d), pi / (q.p_k_pi[k] + pi), br)
+            )
+        sum_j = 0.0
+        sum_jg = 0.0
+        producers = self.producers
+        for p in producers:
+            j = p.desired_rate(factors)
+            sum_j += j
+            sum_jg += j / q.p_yield[p._kind]
+        want_atp = sum_j * dt
+        want_glc = sum_jg * dt
+        if want_atp > 0:
+            lim_d = d / want_atp
+            lim_p = pi / want_atp
+            lim = lim_d if lim_d < lim_p else lim_p
+            lim_s = s / want_glc if want_glc > 0 else 0.0
+            if lim_s < lim:
+                lim = lim_s
+            f_prod = lim if lim < 1.0 else 1.0
+        else:
+            f_prod = 0.0
+        made = 0.0
+        glc_used = 0.0
+        sub_e = 0.0
+        for p in producers:
+            m = p.make(f_prod)
+            made += m
+            g = m / q.p_yield[p._kind]
+            glc_used += g
+            sub_e += g * q.p_abs_sdg[p._kind]
+        substrate_energy = sub_e * q.volume
+
+        # consumption by priority tier, limited by the ATP present at the start of the step
+        rest = a
+        for group in self._tiers:
+            want = 0.0
+            for c in group:
+                want += c.demand(a)
+            frac = (rest / want if want > 0 else 0.0) if want > rest else 1.0
+            for c in group:
+                c.serve(frac)
+            rest = rest - frac * want
+            if rest < 0.0:
+                rest = 0.0
+        tier0 = 0.0
+        for c in self._tier0:
+            tier0 += c._served
+        sat0 = self._saturated0
+        if sat0 > 0:
+            den = sat0 * dt
+            self._maintenance = tier0 / den if den > 0 else 0.0
+        else:
+            self._maintenance = 1.0
+
+        # repair of damaged producers, served after all consumers
+        want_h = 0.0
+        for p in producers:
+            want_h += p.repair_want()
+        repair_cost = q.repair_cost * want_h
+        f_rep = (rest / repair_cost if repair_cost > 0 else 0.0) if repair_cost > rest else 1.0
+        repair_spent = repair_cost * f_rep
+        repaired = 0.0
+        for p in producers:
+            repaired += p.repair_and_wear(f_rep)
+
+        spent = 0.0
+        for c in self.consumers:
+            spent += c._served
+        spent_total = spent + repair_spent
+        x = s + (uptake - glc_used)
+        pools[GLC] = x if x > 0.0 else 0.0
+        x = a + (made - spent_total)
+        pools[ATP] = x if x > 0.0 else 0.0
+        x = d + (spent_total - made)
+        pools[ADP] = x if x > 0.0 else 0.0
+        x = pi + (spent_total - made)
+        pools[PI] = x if x > 0.0 else 0.0
+
+        hydrolysis = spent_total * abs_dg * q.volume
+        stored = made * abs_dg * q.volume
+        self._produced += made
+        self._repair_spent += repair_spent
+        self._substrate_used += glc_used
+        self._substrate_uptake += uptake
+        self._substrate_energy_j += substrate_energy
+        self._stored_energy_j += stored - hydrolysis
+        self._heat_j += (substrate_energy - stored) + hydrolysis
+        self._hydrolysis_energy_j += hydrolysis
+        self._repair_health += repaired
+
+    def transport_compute(self) -> None:
+        """Signed flux (src -> dst) per species over each junction this cell owns (src < dst)."""
+        flux = self._flux
+        if not self._alive:
+            for k in range(len(flux)):
+                flux[k] = None  # closed junctions
+            return
+        p0, p1, p2, p3, p4 = self._pools
+        for k, (nb, gp) in enumerate(self._out_edges):
+            if nb._alive:
+                q = nb._pools
+                flux[k] = (
+                    gp[0] * (p0 - q[0]),
+                    gp[1] * (p1 - q[1]),
+                    gp[2] * (p2 - q[2]),
+                    gp[3] * (p3 - q[3]),
+                    gp[4] * (p4 - q[4]),
+                )
+            else:
+                flux[k] = None
+
+    def transport_apply(self) -> None:
+        """Add the fluxes of this cell's junctions (those it owns, then those it receives)."""
+        if not self._alive:
+            return  # every junction of a dead cell is closed
+        d_own = [0.0] * N_SPECIES
+        lost_own = [0.0] * N_SPECIES
+        in_own = out_own = 0.0
+        for (keep, leak), flux in zip(self._out_keep, self._flux):
+            if flux is None:
+                continue
+            for s in _S:
+                j = flux[s]
+                if j > 0.0:  # sent to the neighbour
+                    d_own[s] += -j
+                    lost_own[s] += leak * j
+                    if s == ATP:
+                        out_own += j
+                elif j < 0.0:  # received from the neighbour
+                    b = keep * -j
+                    d_own[s] += b
+                    if s == ATP:
+                        in_own += b
+        d_in = [0.0] * N_SPECIES
+        lost_in = [0.0] * N_SPECIES
+        in_in = out_in = 0.0
+        for src, k, keep, leak in self._in_edges:
+            flux = src._flux[k]
+            if flux is None:
+                continue
+            for s in _S:
+                j = flux[s]
+                if j > 0.0:  # received from the owner
+                    b = keep * j
+                    d_in[s] += b
+                    if s == ATP:
+                        in_in += b
+                elif j < 0.0:  # sent to the owner
+                    b = -j
+                    d_in[s] += -b
+                    lost_in[s] += leak * b
+                    if s == ATP:
+                        out_in += b
+        pools = self._pools
+        lost = self._lost
+        for s in _S:
+            x = pools[s] + (d_own[s] + d_in[s])
+            pools[s] = x if x > 0.0 else 0.0
+            lost[s] += lost_own[s] + lost_in[s]
+        self._transported_in += in_own + in_in
+        self._transported_out += out_own + out_in
+
+    def adenylate_kinase(self) -> None:
+        """2 ADP <-> ATP + AMP to equilibrium (sim.kernels.thermo.adenylate_equilibrium)."""
+        if not self._alive:
+            return
+        pools = self._pools
+        a0, d0, m0 = pools[ATP], pools[ADP], pools[AMP]
+        n = a0 + d0 + m0
+        e = 2.0 * a0 + d0
+        if e < 0.0:
+            e = 0.0
+        n2 = 2.0 * n
+        if e > n2:
+            e = n2
+        c = e * (n2 - e)
+        disc = n * n - self._q.one_m_4k * c
+        if disc < 0.0:
+            disc = 0.0
+        denom = n + sqrt(disc)
+        d = c / denom if denom > 0 else 0.0
+        a = 0.5 * (e - d)
+        m = n - a - d
+        pools[ATP] = a
+        pools[ADP] = d
+        pools[AMP] = m if m > 0.0 else 0.0
+        self._ak_atp += a - a0
+
+    def producer_failure(self, draws) -> None:
+        """Each living producer fails with its own draw (``draws`` is indexed by producer id)."""
+        fails = 0
+        for p in self.producers:
+            if p._alive and p.maybe_fail(draws[p.pid]):
+                fails += 1
+        self._failures += fails
+
+    def biogenesis(self, draws) -> None:
+        """A new producer in the first free slot, paid in ATP (-> ADP + Pi)."""
+        if not self._alive:
+            return
+        q = self._q
+        pools = self._pools
+        a, d, m = pools[ATP], pools[ADP], pools[AMP]
+        total = a + d + m
+        ec = (a + 0.5 * d) / total if total > 0 else 0.0
+        if not (ec > q.birth_min_ec and a >= q.birth_cost and draws[self.index] < q.birth_p):
+            return
+        for p in self.producers:
+            if not p._alive:
+                p.revive()
+                cost = q.birth_cost
+                pools[ATP] = a + -cost
+                pools[ADP] = d + cost
+                pools[PI] = pools[PI] + cost
+                self._births += 1
+                self._birth_spent += cost
+                return
+
+    def stress_and_death(self) -> None:
+        """Accumulate stress while maintenance is short; die at the threshold."""
+        if not self._alive:
+            return
+        q = self._q
+        if self._maintenance < q.stress_threshold:
+            stress = self._stress + q.dt
+        else:
+            stress = self._stress - q.stress_recovery_dt
+            if stress < 0.0:
+                stress = 0.0
+        self._stress = stress
+        if stress >= q.stress_death_s:
+            self._alive = False
+            for p in self.producers:
+                p._alive = False
+
+
+class ProducerAgent(FixedAgent):
+    """A producer (mitochondrion / GPU) in a fixed slot of its cell; ``alive`` mirrors the mask.
+
+    ``pid = cell_index * slots + slot`` is its global id (the id its random draws are keyed by).
+    """
+
+    def __init__(self, model, host: CellAgent, slot: int, n_slots: int):
+        super().__init__(model)
+        self.host = host
+        self.cell_index = host.index
+        self.slot = int(slot)
+        self.pid = host.index * int(n_slots) + self.slot
+        self.cell = host.cell
+
+    @property
+    def kind(self) -> int:
+        return int(self.model.state.producers.kind[self.cell_index, self.slot])
+
+    @property
+    def kind_name(self) -> str:
+        return self.model.producer_kinds[self.kind]
+
+    @property
+    def vmax(self) -> float:
+        return float(self.model.state.producers.vmax[self.cell_index, self.slot])
+
+    @property
+    def health(self) -> float:
+        return float(self.model.state.producers.health[self.cell_index, self.slot])
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.model.state.producers.alive[self.cell_index, self.slot])
+
+    # ------------------------------------------------------------------ reference backend
+    def _ref_init(self, state, q: _Constants) -> None:
+        i, s = self.cell_index, self.slot
+        prod = state.producers
+        self._q = q
+        self._kind = int(prod.kind[i, s])
+        self._vmax = float(prod.vmax[i, s])
+        self._ss_vmax = q.supply_scale * self._vmax
+        self._vmax_dt = self._vmax * q.dt
+        self._health = float(prod.health[i, s])
+        self._alive = bool(prod.alive[i, s])
+        self._j = 0.0
+        self._made = 0.0
+        self._want_h = 0.0
+
+    def desired_rate(self, factors) -> float:
+        """J = V h S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake (mM/s), 0 when dead."""
+        if not self._alive:
+            self._j = 0.0
+            return 0.0
+        fs, fd, fp, br = factors[self._kind]
+        j = self._ss_vmax * self._health * fs * fd * fp * br
+        self._j = j
+        return j
+
+    def make(self, f_prod: float) -> float:
+        m = self._j * self._q.dt * f_prod
+        self._made = m
+        return m
+
+    def repair_want(self) -> float:
+        if not self._alive:
+            self._want_h = 0.0
+            return 0.0
+        w = self._q.repair_rate * (1.0 - self._health) * self._q.dt
+        self._want_h = w
+        return w
+
+    def repair_and_wear(self, f_rep: float) -> float:
+        """Repair (share ``f_rep`` of what was wanted) and wear from this step's load."""
+        rh = self._want_h * f_rep
+        if self._alive:
+            q = self._q
+            vdt = self._vmax_dt
+            load = self._made / vdt if vdt > 0 else 0.0
+            h = self._health + rh - q.p_damage[self._kind] * load * q.dt
+            self._health = 0.0 if h < 0.0 else (1.0 if h > 1.0 else h)
+        return rh
+
+    def maybe_fail(self, u: float) -> bool:
+        q = self._q
+        hazard = q.hazard0 * exp(q.hazard_beta * (1.0 - self._health))
+        if u < -expm1(-hazard * q.dt):
+            self._alive = False
+            return True
+        return False
+
+    def revive(self) -> None:
+        self._alive = True
+        self._health = 1.0
+
+
+class ConsumerAgent(FixedAgent):
+    """A consumer (organelle / tool) in a fixed slot of its cell."""
+
+    def __init__(self, model, host: CellAgent, slot: int, n_slots: int):
+        super().__init__(model)
+        self.host = host
+        self.cell_index = host.index
+        self.slot = int(slot)
+        self.cid = host.index * int(n_slots) + self.slot
+        self.cell = host.cell
+        cons = model._initial.consumers
+        i, s = self.cell_index, self.slot
+        # static attributes (consumers neither die nor change in a run)
+        self.kind = int(cons.kind[i, s])
+        self.tier = int(cons.tier[i, s])
+        self.km = float(cons.km[i, s])
+        self.vmax = float(cons.vmax[i, s])
+        self.value = float(cons.value[i, s])
+
+    @property
+    def kind_name(self) -> str:
+        return self.model.consumer_kinds[self.kind]
+
+    @property
+    def spent(self) -> float:
+        return float(self.model.state.ledger.spent[self.cell_index, self.slot])
+
+    @property
+    def work(self) -> float:
+        return float(self.model.state.ledger.work[self.cell_index, self.slot])
+
+    # ------------------------------------------------------------------ reference backend
+    def _ref_init(self, state, q: _Constants) -> None:
+        i, s = self.cell_index, self.slot
+        self._q = q
+        self._vmax_eff = q.demand_scale * float(state.cells.demand_mult[i]) * self.vmax
+        self._spent = float(state.ledger.spent[i, s])
+        self._work = float(state.ledger.work[i, s])
+        self._want = 0.0
+        self._served = 0.0
+
+    def demand(self, atp: float) -> float:
+        """ATP wanted this step: V A/(K + A) dt (mM)."""
+        w = self._vmax_eff * atp / (self.km + atp) * self._q.dt
+        self._want = w
+        return w
+
+    def serve(self, frac: float) -> None:
+        served = self._want * frac
+        self._served = served
+        self._spent += served
+        self._work += served * self.value
+
+
+__all__ = ["CellAgent", "ProducerAgent", "ConsumerAgent", "SPECIES"]

@@ -1,0 +1,377 @@
+"""``CurrencyModel``: the tissue as a ``mesa.Model``, stepped by the JAX engine or agent by agent.
+
+- ``backend="jax"`` (default): ``step()`` calls the jitted ``sim.kernels.step.step`` once and
+  ``run(n)`` advances ``n`` steps in one ``lax.scan``; compiled functions are cached per shape.
+  Agents read their attributes from a host (numpy) copy of the state, fetched lazily after each
+  step / run.
+- ``backend="mesa"``: the reference backend. Every cell steps itself (and its organelles) in plain
+  Python, process by process in the order of ``sim.kernels.step.PROCESSES``, each process called
+  on all cells through ``AgentSet.do`` (or ``shuffle_do`` with ``shuffle=True``, which must give the
+  same numbers). Random draws are the engine's: one vectorised ``sim.rng.uniforms`` call per step
+  and purpose with the replicate's key ``fold_in(PRNGKey(seed), replicate)``; each agent takes
+  the number for its id.
+
+Both backends expose ``model.state`` (a numpy ``sim.state.State``), the Mesa ``Network`` space
+built from the tissue graph (``model.space``) and a ``DataCollector`` (``model.datacollector``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import mesa
+import numpy as np
+from mesa.datacollection import DataCollector
+from mesa.discrete_space import Network
+
+from sim import engine, rng
+from sim.errors import ConfigError
+from sim.kernels.step import step as kernel_step
+from sim.kernels.thermo import energy_charge
+from sim.mesa_model.agents import CellAgent, ConsumerAgent, ProducerAgent, _Constants
+from sim.presets.build import Model as Preset
+from sim.presets.build import build
+from sim.state import ADP, AMP, ATP, Cells, Consumers, Ledger, Producers, State
+
+BACKENDS = ("jax", "mesa")
+
+
+# ---------------------------------------------------------------------------- compiled functions
+@functools.lru_cache(maxsize=1)
+def _jit_step():
+    return jax.jit(kernel_step)
+
+
+@functools.lru_cache(maxsize=32)
+def _jit_scan(n: int):
+    def run(state, params, key):
+        def body(s, _):
+            return kernel_step(s, params, key), None
+
+        state, _ = jax.lax.scan(body, state, None, length=n)
+        return state
+
+    return jax.jit(run)
+
+
+@functools.partial(jax.jit, static_argnames=("purpose", "n"))
+def _draws(key, step, purpose: int, n: int):
+    return rng.uniforms(key, step, purpose, jnp.arange(n, dtype=jnp.uint32))
+
+
+def replicate_key(seed: int, replicate: int = 0):
+    """The engine's key of replicate ``replicate``: ``fold_in(PRNGKey(seed), replicate)``."""
+    return engine.replicate_keys(int(seed), 1, int(replicate))[0]
+
+
+def host_draws(key, step: int, purpose: int, n: int) -> list[float]:
+    """The engine's draws for ids ``0..n-1`` at ``step`` as Python floats (one vectorised call)."""
+    if n == 0:
+        return []
+    return np.asarray(_draws(key, jnp.int32(step), purpose, int(n))).tolist()
+
+
+# ---------------------------------------------------------------------------- model reporters
+def mean_energy_charge(model) -> float:
+    """Mean energy charge over living cells (nan when none lives)."""
+    s = model.state
+    p, alive = s.cells.pools, s.cells.alive
+    if not alive.any():
+        return float("nan")
+    ec = energy_charge(p[:, ATP], p[:, ADP], p[:, AMP], xp=np)
+    return float(ec[alive].mean())
+
+
+def total_atp(model) -> float:
+    return float(model.state.cells.pools[:, ATP].sum())
+
+
+def n_alive_cells(model) -> int:
+    return int(model.state.cells.alive.sum())
+
+
+def n_alive_producers(model) -> int:
+    return int(model.state.producers.alive.sum())
+
+
+def total_work(model) -> float:
+    return float(model.state.ledger.work.sum())
+
+
+MODEL_REPORTERS = {
+    "mean_energy_charge": mean_energy_charge,
+    "total_atp": total_atp,
+    "n_alive_cells": n_alive_cells,
+    "n_alive_producers": n_alive_producers,
+    "total_work": total_work,
+}
+CELL_REPORTERS = {"atp": "atp", "energy_charge": "energy_charge", "alive": "alive", "stress": "stress"}
+PRODUCER_REPORTERS = {"alive": "alive", "health": "health"}
+
+
+def _plain(cfg):
+    try:  # a Hydra / OmegaConf config
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def _network(graph, random):
+    kwargs = {"capacity": None, "random": random}
+    if "layout" in inspect.signature(Network).parameters:
+        kwargs["layout"] = None  # Mesa >= 3.5: no spring layout (minutes at 10k nodes)
+    return Network(graph, **kwargs)
+
+
+class CurrencyModel(mesa.Model):
+    """A tissue of cells with producers and consumers, on a Mesa ``Network``.
+
+    Args:
+        cfg: composed config (``substrate``, ``topology``, ``seed``, ``dt``, optional ``params``,
+            ``backend`` ("jax" or "mesa") and ``replicate``), as taken by ``sim.presets.build``.
+        model: a ``sim.presets.Model`` to use instead of ``cfg``.
+        backend, replicate: override the config's (defaults "jax" and 0).
+        shuffle: reference backend only: call agents in a random order each phase (results do
+            not change; this is what the order-independence test checks).
+        collect_every: ``step()`` collects data every this many steps (0: never); ``run(n)``
+            collects once at its end; also collected once at construction when > 0.
+        collect_agents: also collect the per-agent reporters (cells and producers).
+    """
+
+    def __init__(
+        self,
+        cfg=None,
+        *,
+        model: Preset | None = None,
+        backend: str | None = None,
+        replicate: int | None = None,
+        shuffle: bool = False,
+        collect_every: int = 1,
+        collect_agents: bool = True,
+    ):
+        if (cfg is None) == (model is None):
+            raise TypeError("CurrencyModel needs exactly one of a config dict or model=")
+        if cfg is not None:
+            cfg = _plain(cfg)
+            backend = backend if backend is not None else cfg.get("backend", "jax")
+            replicate = replicate if replicate is not None else cfg.get("replicate", 0)
+            model = build(cfg)
+        backend = "jax" if backend is None else backend
+        if backend not in BACKENDS:
+            raise ConfigError("backend", backend, "one of " + ", ".join(BACKENDS))
+        replicate = 0 if replicate is None else replicate
+        if isinstance(replicate, bool) or not isinstance(replicate, (int, np.integer)) or replicate < 0:
+            raise ConfigError("replicate", replicate, "an integer >= 0")
+        super().__init__(rng=int(model.seed))
+
+        self.preset = model
+        self.backend = backend
+        self.replicate = int(replicate)
+        self.seed = int(model.seed)
+        self.shuffle = bool(shuffle)
+        self.collect_every = int(collect_every)
+        self.graph = model.graph
+        self.producer_kinds = model.producer_kinds
+        self.consumer_kinds = model.consumer_kinds
+        self.work_units = model.work_units
+        self.params = jax.tree_util.tree_map(np.asarray, model.params)
+        self._initial = jax.tree_util.tree_map(np.asarray, model.state)
+        self.key = replicate_key(self.seed, self.replicate)
+        self._host = None  # numpy copy of the current state (built lazily)
+        self._skip = 0  # Mesa step() calls that only account for steps already taken by run()
+        self._t = int(np.asarray(self._initial.step))
+
+        n_cells, n_slots = self._initial.producers.alive.shape
+        n_cons = self._initial.consumers.kind.shape[1]
+        self.n_cells, self.n_producer_slots, self.n_consumer_slots = n_cells, n_slots, n_cons
+
+        # agents on the Network space
+        self.space = _network(self.graph, self.random)
+        self.cell_agents: list[CellAgent] = [CellAgent(self, i, self.space[i]) for i in range(n_cells)]
+        self.producer_agents: list[ProducerAgent] = [
+            ProducerAgent(self, c, s, n_slots) for c in self.cell_agents for s in range(n_slots)
+        ]
+        self.consumer_agents: list[ConsumerAgent] = [
+            ConsumerAgent(self, c, s, n_cons) for c in self.cell_agents for s in range(n_cons)
+        ]
+        for c in self.cell_agents:
+            c.producers = self.producer_agents[c.index * n_slots : (c.index + 1) * n_slots]
+            c.consumers = self.consumer_agents[c.index * n_cons : (c.index + 1) * n_cons]
+
+        if backend == "jax":
+            self._dev_params = jax.tree_util.tree_map(jnp.asarray, self.params)
+            self._dev_state = jax.tree_util.tree_map(jnp.asarray, self._initial)
+        else:
+            self._init_reference()
+
+        self.datacollector = DataCollector(
+            model_reporters=dict(MODEL_REPORTERS),
+            agenttype_reporters=(
+                {CellAgent: dict(CELL_REPORTERS), ProducerAgent: dict(PRODUCER_REPORTERS)}
+                if collect_agents
+                else None
+            ),
+        )
+        if self.collect_every > 0:
+            self.datacollector.collect(self)
+
+    # ------------------------------------------------------------------------ state
+    @property
+    def state(self) -> State:
+        """The current state as a numpy ``sim.state.State`` (same structure on both backends)."""
+        if self._host is None:
+            if self.backend == "jax":
+                self._host = jax.device_get(self._dev_state)
+            else:
+                self._host = self._export_reference()
+        return self._host
+
+    @property
+    def steps_taken(self) -> int:
+        """Engine steps taken (``state.step``), which is what the random draws are keyed by."""
+        return self._t
+
+    # ------------------------------------------------------------------------ stepping
+    def step(self) -> None:
+        """One time step dt (both backends)."""
+        if self._skip:  # Mesa's own step accounting for steps run() already took
+            self._skip -= 1
+            return
+        self._advance(1)
+        if self.collect_every > 0 and self.steps_taken % self.collect_every == 0:
+            self.datacollector.collect(self)
+
+    def run(self, n: int) -> None:
+        """Advance ``n`` steps (JAX: one ``lax.scan`` call), then collect data once."""
+        n = int(n)
+        if n <= 0:
+            return
+        self._advance(n)
+        # let Mesa count the steps (model.steps, and model.time on Mesa >= 3.5) without redoing them
+        self._skip = n
+        if hasattr(self, "_default_schedule") and hasattr(self, "run_for"):
+            self.run_for(n)
+        else:
+            for _ in range(n):
+                self.step()
+        self._skip = 0
+        if self.collect_every > 0:
+            self.datacollector.collect(self)
+
+    def _advance(self, n: int) -> None:
+        if self.backend == "jax":
+            fn = _jit_step() if n == 1 else _jit_scan(n)
+            self._dev_state = fn(self._dev_state, self._dev_params, self.key)
+            self._t += n
+        else:
+            for _ in range(n):
+                self._reference_step()
+        self._host = None
+
+    # ------------------------------------------------------------------------ reference backend
+    def _init_reference(self) -> None:
+        state, params = self._initial, self.params
+        q = _Constants(params)
+        self._q = q
+        for a in self.consumer_agents:
+            a._ref_init(state, q)
+        for a in self.producer_agents:
+            a._ref_init(state, q)
+        for c in self.cell_agents:
+            c._ref_init(state, q)
+        # junctions: each is owned by its lower-index cell (src), which computes its flux
+        e = params.edges
+        src, dst = np.asarray(e.src).tolist(), np.asarray(e.dst).tolist()
+        cond, loss = np.asarray(e.conductance).tolist(), np.asarray(e.loss).tolist()
+        cells = self.cell_agents
+        for u, v, g_e, l_e in zip(src, dst, cond, loss):
+            owner, other = cells[u], cells[v]
+            g = g_e * q.conductance_scale * q.dt
+            gp = tuple(g * perm for perm in q.permeability)
+            keep = 1.0 - l_e
+            leak = 1.0 - keep
+            k = len(owner._out_edges)
+            owner._out_edges.append((other, gp))
+            owner._out_keep.append((keep, leak))
+            owner._flux.append(None)
+            other._in_edges.append((owner, k, keep, leak))
+        self._cells_set = self.agents_by_type[CellAgent]
+
+    def _reference_step(self) -> None:
+        t = self._t
+        u_fail = host_draws(self.key, t, rng.PRODUCER_FAILURE, self.n_cells * self.n_producer_slots)
+        u_birth = host_draws(self.key, t, rng.PRODUCER_BIRTH, self.n_cells)
+        cells = self._cells_set
+        do = cells.shuffle_do if self.shuffle else cells.do
+        do("metabolise")  # 1: rates on the step-start state
+        do("transport_compute")  # 2: fluxes from post-metabolism pools of all cells ...
+        do("transport_apply")  # ... then applied by every cell
+        do("adenylate_kinase")  # 3
+        do("producer_failure", u_fail)  # 4
+        do("biogenesis", u_birth)  # 5
+        do("stress_and_death")  # 6
+        self._t = t + 1
+
+    def _export_reference(self) -> State:
+        init = self._initial
+        cells, prods, cons = self.cell_agents, self.producer_agents, self.consumer_agents
+        C, P, K = self.n_cells, self.n_producer_slots, self.n_consumer_slots
+        fdt = init.cells.pools.dtype
+
+        def col(agents, attr, dtype=fdt):
+            return np.array([getattr(a, attr) for a in agents], dtype=dtype)
+
+        new_cells = Cells(
+            pools=np.array([c._pools for c in cells], dtype=fdt).reshape(C, -1),
+            alive=col(cells, "_alive", bool),
+            theta=init.cells.theta.copy(),
+            stress=col(cells, "_stress"),
+            uptake=init.cells.uptake.copy(),
+            demand_mult=init.cells.demand_mult.copy(),
+            maintenance=col(cells, "_maintenance"),
+        )
+        new_prod = Producers(
+            kind=init.producers.kind.copy(),
+            vmax=init.producers.vmax.copy(),
+            health=col(prods, "_health").reshape(C, P),
+            alive=col(prods, "_alive", bool).reshape(C, P),
+        )
+        ldt = init.ledger
+        ledger = Ledger(
+            produced=col(cells, "_produced"),
+            spent=col(cons, "_spent").reshape(C, K),
+            repair_spent=col(cells, "_repair_spent"),
+            birth_spent=col(cells, "_birth_spent"),
+            work=col(cons, "_work").reshape(C, K),
+            substrate_used=col(cells, "_substrate_used"),
+            substrate_uptake=col(cells, "_substrate_uptake"),
+            transported_in=col(cells, "_transported_in"),
+            transported_out=col(cells, "_transported_out"),
+            lost=np.array([c._lost for c in cells], dtype=fdt).reshape(C, -1),
+            ak_atp=col(cells, "_ak_atp"),
+            substrate_energy_j=col(cells, "_substrate_energy_j"),
+            stored_energy_j=col(cells, "_stored_energy_j"),
+            heat_j=col(cells, "_heat_j"),
+            hydrolysis_energy_j=col(cells, "_hydrolysis_energy_j"),
+            failures=col(cells, "_failures", ldt.failures.dtype),
+            births=col(cells, "_births", ldt.births.dtype),
+            repair_health=col(cells, "_repair_health"),
+        )
+        return State(
+            cells=new_cells,
+            producers=new_prod,
+            consumers=dataclasses.replace(init.consumers),
+            ledger=ledger,
+            step=np.asarray(self._t, dtype=np.asarray(init.step).dtype),
+        )
+
+
+__all__ = ["CurrencyModel", "BACKENDS", "replicate_key", "host_draws", "MODEL_REPORTERS"]

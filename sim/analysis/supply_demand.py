@@ -55,7 +55,9 @@ __all__ = [
     "dg_atp_kj",
     "elasticities",
     "numerical_control_coefficients",
+    "quasi_steady_glucose",
     "solve_steady_state",
+    "supply_capacity",
 ]
 
 
@@ -67,7 +69,8 @@ def dg_atp_kj(atp, adp, pi, dg0_kj, temperature_k):
     """dG of ATP hydrolysis in kJ/mol (negative) from mM concentrations: dG0' + RT ln(D Pi / A)."""
     rt = R_J_PER_MOL_K * temperature_k * 1e-3
     with np.errstate(divide="ignore"):  # an empty ATP pool gives dG = +inf (the brake closes)
-        return dg0_kj + rt * np.log((np.asarray(adp) * 1e-3) * (np.asarray(pi) * 1e-3) / (np.asarray(atp) * 1e-3))
+        ratio_m = (np.asarray(adp) * 1e-3) * (np.asarray(pi) * 1e-3) / (np.asarray(atp) * 1e-3)
+        return dg0_kj + rt * np.log(ratio_m)
 
 
 def ak_equilibrium(n, e, k_ak):
@@ -178,7 +181,7 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
     f = lambda x: float(np.asarray(x))  # noqa: E731
     pools = np.asarray(st.cells.pools)[cell]
     # species order of sim.state: glucose, atp, adp, amp, pi
-    glc, atp, adp, amp, pi = (float(v) for v in pools[:5])
+    atp, adp, amp, pi = (float(v) for v in pools[1:5])
     alive_p = np.asarray(st.producers.alive)[cell] & bool(np.asarray(st.cells.alive)[cell])
     kind = np.asarray(st.producers.kind)[cell][alive_p]
     vmax = (np.asarray(st.producers.vmax)[cell] * np.asarray(st.producers.health)[cell])[alive_p]
@@ -204,7 +207,6 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
         demand_scale=f(pr.demand_scale),
         uptake_scale=f(pr.uptake_scale),
     )
-    del glc
     return cm.replace(**overrides) if overrides else cm
 
 
@@ -230,7 +232,7 @@ class SteadyState:
     residual_glucose: float  # mM/s, uptake - use at the root
 
 
-def _glucose_at(cm: CellModel, e: float) -> float:
+def quasi_steady_glucose(cm: CellModel, e: float) -> float:
     """Quasi-steady glucose for fixed E: uptake(S) = use(E, S); unique (uptake falls, use rises)."""
     if cm.uptake_scale * cm.k_uptake <= 0 or cm.s_ext <= 0:
         return 0.0
@@ -240,8 +242,15 @@ def _glucose_at(cm: CellModel, e: float) -> float:
     return optimize.brentq(g, 0.0, cm.s_ext, xtol=XTOL, rtol=RTOL, maxiter=500)
 
 
+def supply_capacity(cm: CellModel, n_grid: int = 981) -> float:
+    """Most ATP (mM/s) the supply block can make at any E (glucose at its quasi-steady state):
+    the flux at which supply saturates however high demand goes (grid maximum, 1% .. 99% of E_max)."""
+    grid = np.linspace(0.01, 0.99, n_grid) * cm.e_max
+    return max(float(cm.supply(e, quasi_steady_glucose(cm, e))) for e in grid)
+
+
 def _net_supply(cm: CellModel, e: float) -> float:
-    s = _glucose_at(cm, e)
+    s = quasi_steady_glucose(cm, e)
     return float(cm.supply(e, s) - cm.demand(e))
 
 
@@ -253,7 +262,9 @@ def solve_steady_state(cm: CellModel) -> SteadyState:
     spurious crossing can appear because |dG| of a nearly empty ATP pool closes the brake).
     """
     e_hi = cm.e_max
-    grid = np.unique(np.concatenate([np.geomspace(e_hi * 1e-9, e_hi, N_SCAN), np.linspace(0, e_hi, N_SCAN)[1:]]))
+    grid = np.unique(
+        np.concatenate([np.geomspace(e_hi * 1e-9, e_hi, N_SCAN), np.linspace(0, e_hi, N_SCAN)[1:]])
+    )
     vals = np.array([_net_supply(cm, e) for e in grid])
     sign_change = np.nonzero((vals[:-1] > 0) & (vals[1:] <= 0))[0]
     if sign_change.size == 0:
@@ -262,8 +273,10 @@ def solve_steady_state(cm: CellModel) -> SteadyState:
     if vals[i + 1] == 0:
         e_star = float(grid[i + 1])
     else:
-        e_star = optimize.brentq(lambda e: _net_supply(cm, e), grid[i], grid[i + 1], xtol=XTOL, rtol=RTOL, maxiter=500)
-    s_star = _glucose_at(cm, e_star)
+        e_star = optimize.brentq(
+            lambda e: _net_supply(cm, e), grid[i], grid[i + 1], xtol=XTOL, rtol=RTOL, maxiter=500
+        )
+    s_star = quasi_steady_glucose(cm, e_star)
     a, d, m, pi = (float(x) for x in cm.species(e_star))
     demand = float(cm.demand(e_star))
     supply = float(cm.supply(e_star, s_star))
@@ -302,12 +315,18 @@ def elasticities(cm: CellModel, ss: SteadyState | None = None, rel_step: float =
     dlnE = math.log(hi / lo)
 
     def supply_block(e):
-        return float(cm.supply(e, _glucose_at(cm, e)))
+        return float(cm.supply(e, quasi_steady_glucose(cm, e)))
 
     e_s = (math.log(supply_block(hi)) - math.log(supply_block(lo))) / dlnE
     e_d = (math.log(float(cm.demand(hi))) - math.log(float(cm.demand(lo)))) / dlnE
     dlnA = (math.log(float(cm.species(hi)[0])) - math.log(float(cm.species(lo)[0]))) / dlnE
-    return {"e_supply": e_s, "e_demand": e_d, "dlnA_dlnE": dlnA, "e_supply_atp": e_s / dlnA, "e_demand_atp": e_d / dlnA}
+    return {
+        "e_supply": e_s,
+        "e_demand": e_d,
+        "dlnA_dlnE": dlnA,
+        "e_supply_atp": e_s / dlnA,
+        "e_demand_atp": e_d / dlnA,
+    }
 
 
 def control_coefficients(e_supply: float, e_demand: float) -> tuple[float, float]:

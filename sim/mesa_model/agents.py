@@ -23,7 +23,7 @@ from mesa.discrete_space import FixedAgent
 
 from sim.constants import R_J_PER_MOL_K
 from sim.kernels.thermo import TINY_MM
-from sim.state import ADP, AMP, ATP, GLC, N_SPECIES, PI, SPECIES
+from sim.state import ADP, AMP, ATP, GLC, N_SPECIES, PI
 
 _S = tuple(range(N_SPECIES))
 
@@ -73,6 +73,9 @@ class CellAgent(FixedAgent):
         self.cell = cell
         self.producers: list[ProducerAgent] = []  # slot order
         self.consumers: list[ConsumerAgent] = []  # slot order
+
+    def __repr__(self) -> str:
+        return f"CellAgent(index={self.index})"
 
     # ------------------------------------------------------------------ inspection (both backends)
     @property
@@ -185,6 +188,7 @@ class CellAgent(FixedAgent):
         self._repair_health = float(led.repair_health[i])
         # consumers grouped by priority tier (served 0, 1, 2; an empty tier changes nothing)
         tiers = sorted({c.tier for c in self.consumers})
+        self._living = [p for p in self.producers if p._alive]
         self._tiers = [[c for c in self.consumers if c.tier == t] for t in tiers]
         self._tier0 = [c for c in self.consumers if c.tier == 0]
         # saturated tier-0 demand of a living cell (constant during a run)
@@ -227,11 +231,12 @@ class CellAgent(FixedAgent):
             )
         sum_j = 0.0
         sum_jg = 0.0
-        producers = self.producers
-        for p in producers:
+        living = self._living  # living producers in slot order (a dead one adds exact zeros)
+        p_yield = q.p_yield
+        for p in living:
             j = p.desired_rate(factors)
             sum_j += j
-            sum_jg += j / q.p_yield[p._kind]
+            sum_jg += j / p_yield[p._kind]
         want_atp = sum_j * dt
         want_glc = sum_jg * dt
         if want_atp > 0:
@@ -247,12 +252,13 @@ class CellAgent(FixedAgent):
         made = 0.0
         glc_used = 0.0
         sub_e = 0.0
-        for p in producers:
+        p_abs_sdg = q.p_abs_sdg
+        for p in living:
             m = p.make(f_prod)
             made += m
-            g = m / q.p_yield[p._kind]
+            g = m / p_yield[p._kind]
             glc_used += g
-            sub_e += g * q.p_abs_sdg[p._kind]
+            sub_e += g * p_abs_sdg[p._kind]
         substrate_energy = sub_e * q.volume
 
         # consumption by priority tier, limited by the ATP present at the start of the step
@@ -279,13 +285,13 @@ class CellAgent(FixedAgent):
 
         # repair of damaged producers, served after all consumers
         want_h = 0.0
-        for p in producers:
-            want_h += p.repair_want()
+        for p in living:
+            want_h += p._want_h
         repair_cost = q.repair_cost * want_h
         f_rep = (rest / repair_cost if repair_cost > 0 else 0.0) if repair_cost > rest else 1.0
         repair_spent = repair_cost * f_rep
         repaired = 0.0
-        for p in producers:
+        for p in living:
             repaired += p.repair_and_wear(f_rep)
 
         spent = 0.0
@@ -349,13 +355,13 @@ class CellAgent(FixedAgent):
                 if j > 0.0:  # sent to the neighbour
                     d_own[s] += -j
                     lost_own[s] += leak * j
-                    if s == ATP:
-                        out_own += j
                 elif j < 0.0:  # received from the neighbour
-                    b = keep * -j
-                    d_own[s] += b
-                    if s == ATP:
-                        in_own += b
+                    d_own[s] += keep * -j
+            j = flux[ATP]
+            if j > 0.0:
+                out_own += j
+            elif j < 0.0:
+                in_own += keep * -j
         d_in = [0.0] * N_SPECIES
         lost_in = [0.0] * N_SPECIES
         in_in = out_in = 0.0
@@ -366,16 +372,15 @@ class CellAgent(FixedAgent):
             for s in _S:
                 j = flux[s]
                 if j > 0.0:  # received from the owner
-                    b = keep * j
-                    d_in[s] += b
-                    if s == ATP:
-                        in_in += b
+                    d_in[s] += keep * j
                 elif j < 0.0:  # sent to the owner
-                    b = -j
-                    d_in[s] += -b
-                    lost_in[s] += leak * b
-                    if s == ATP:
-                        out_in += b
+                    d_in[s] += j
+                    lost_in[s] += leak * -j
+            j = flux[ATP]
+            if j > 0.0:
+                in_in += keep * j
+            elif j < 0.0:
+                out_in += -j
         pools = self._pools
         lost = self._lost
         for s in _S:
@@ -414,10 +419,12 @@ class CellAgent(FixedAgent):
     def producer_failure(self, draws) -> None:
         """Each living producer fails with its own draw (``draws`` is indexed by producer id)."""
         fails = 0
-        for p in self.producers:
-            if p._alive and p.maybe_fail(draws[p.pid]):
+        for p in self._living:
+            if p.maybe_fail(draws[p.pid]):
                 fails += 1
-        self._failures += fails
+        if fails:
+            self._failures += fails
+            self._living = [p for p in self._living if p._alive]
 
     def biogenesis(self, draws) -> None:
         """A new producer in the first free slot, paid in ATP (-> ADP + Pi)."""
@@ -433,6 +440,7 @@ class CellAgent(FixedAgent):
         for p in self.producers:
             if not p._alive:
                 p.revive()
+                self._living = [p for p in self.producers if p._alive]
                 cost = q.birth_cost
                 pools[ATP] = a + -cost
                 pools[ADP] = d + cost
@@ -455,8 +463,9 @@ class CellAgent(FixedAgent):
         self._stress = stress
         if stress >= q.stress_death_s:
             self._alive = False
-            for p in self.producers:
+            for p in self._living:
                 p._alive = False
+            self._living = []
 
 
 class ProducerAgent(FixedAgent):
@@ -472,6 +481,9 @@ class ProducerAgent(FixedAgent):
         self.slot = int(slot)
         self.pid = host.index * int(n_slots) + self.slot
         self.cell = host.cell
+
+    def __repr__(self) -> str:
+        return f"ProducerAgent(cell={self.cell_index}, slot={self.slot})"
 
     @property
     def kind(self) -> int:
@@ -508,38 +520,31 @@ class ProducerAgent(FixedAgent):
         self._made = 0.0
         self._want_h = 0.0
 
+    # A living producer of a living cell, on the step-start state (called by its cell):
     def desired_rate(self, factors) -> float:
-        """J = V h S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake (mM/s), 0 when dead."""
-        if not self._alive:
-            self._j = 0.0
-            return 0.0
+        """J = V h S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake (mM/s); also the repair it wants."""
         fs, fd, fp, br = factors[self._kind]
-        j = self._ss_vmax * self._health * fs * fd * fp * br
+        q = self._q
+        h = self._health
+        j = self._ss_vmax * h * fs * fd * fp * br
         self._j = j
+        self._want_h = q.repair_rate * (1.0 - h) * q.dt
         return j
 
     def make(self, f_prod: float) -> float:
+        """ATP made this step (mM) once the cell has applied its limiter ``f_prod``."""
         m = self._j * self._q.dt * f_prod
         self._made = m
         return m
 
-    def repair_want(self) -> float:
-        if not self._alive:
-            self._want_h = 0.0
-            return 0.0
-        w = self._q.repair_rate * (1.0 - self._health) * self._q.dt
-        self._want_h = w
-        return w
-
     def repair_and_wear(self, f_rep: float) -> float:
         """Repair (share ``f_rep`` of what was wanted) and wear from this step's load."""
+        q = self._q
         rh = self._want_h * f_rep
-        if self._alive:
-            q = self._q
-            vdt = self._vmax_dt
-            load = self._made / vdt if vdt > 0 else 0.0
-            h = self._health + rh - q.p_damage[self._kind] * load * q.dt
-            self._health = 0.0 if h < 0.0 else (1.0 if h > 1.0 else h)
+        vdt = self._vmax_dt
+        load = self._made / vdt if vdt > 0 else 0.0
+        h = self._health + rh - q.p_damage[self._kind] * load * q.dt
+        self._health = 0.0 if h < 0.0 else (1.0 if h > 1.0 else h)
         return rh
 
     def maybe_fail(self, u: float) -> bool:
@@ -573,6 +578,9 @@ class ConsumerAgent(FixedAgent):
         self.km = float(cons.km[i, s])
         self.vmax = float(cons.vmax[i, s])
         self.value = float(cons.value[i, s])
+
+    def __repr__(self) -> str:
+        return f"ConsumerAgent(cell={self.cell_index}, slot={self.slot})"
 
     @property
     def kind_name(self) -> str:
@@ -609,4 +617,4 @@ class ConsumerAgent(FixedAgent):
         self._work += served * self.value
 
 
-__all__ = ["CellAgent", "ProducerAgent", "ConsumerAgent", "SPECIES"]
+__all__ = ["CellAgent", "ProducerAgent", "ConsumerAgent"]

@@ -47,6 +47,8 @@ class Params:
     birth_rate: object  # 1/s per cell while energy charge > birth_min_ec
     birth_min_ec: object  # energy charge threshold for biogenesis
     birth_cost: object  # mM ATP per producer made
+    # consumers
+    tier_reserve: object  # (N_TIERS,) mM ATP a tier cannot draw below (energy-sensing priority)
     # cell fate
     stress_threshold: object  # maintenance fraction below which a cell is stressed
     stress_death_s: object  # s of stress that kill a cell
@@ -61,6 +63,7 @@ class Params:
         axes = {f.name: 0 for f in dataclasses.fields(self)}
         axes["edges"] = None
         axes["permeability"] = 0
+        axes["tier_reserve"] = 0
         return dataclasses.replace(self, **axes)
 
 

@@ -38,6 +38,7 @@ def make_cfg(**top):
     sub["consumers"]["demand_cv"] = 1.0  # some cells demand far more than they can make ...
     sub["supply"]["uptake_cv"] = 1.0  # ... or take up
     sub["cell"]["stress_death_s"] = 2.0  # ... and starve to death within the run
+    sub["cell"]["stress_threshold"] = 0.95  # pumps below 95% of their saturated rate stress the cell
     sub["transport"]["loss_fraction"] = 0.05  # leaky junctions exercise the `lost` ledger
     sub["transport"]["permeability"]["amp"] = 0.5
     cfg = dict(

@@ -251,13 +251,8 @@ def test_priority_tiers_ration_an_energy_limited_cell(sims, model):
     assert s["flux"] == pytest.approx(s["produced"], rel=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tiers ration only when one step's demand exceeds the ATP pool; with the preset's equal "
-    "K_ATP (0.1 mM) an energy-limited cell at dt 0.02 s settles where every consumer gets the same "
-    "A/(K+A) share, so biosynthesis is not cut before ion pumping (model gap, reported)",
-)
 def test_priority_tiers_at_a_supply_limited_steady_state(sims, model):
+    """Buttgereit & Brand 1995: an energy-limited cell cuts biosynthesis before ion pumping."""
     s = sims[key(supply_scale=0.1, demand_scale=1.0, stress_death_s=NO_DEATH)]
     tier = np.asarray(model.state.consumers.tier)[0]
     served = s["consumer_rates"] / np.asarray(model.state.consumers.vmax)[0]

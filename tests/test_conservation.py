@@ -26,8 +26,9 @@ DT = 0.02
 STEPS = 10_000  # 200 s
 RECORD_EVERY = 1_000
 LOSS = 0.1
-# replicates: (name, loss fraction, supply_scale); the last starves its cells so some (6) die
-REPLICATES = (("no_loss", 0.0, 1.0), ("loss", LOSS, 1.0), ("loss_starved", LOSS, 0.35))
+# replicates: (name, loss fraction, supply_scale); the last starves its cells (supply below what
+# the ion pumps need) so some die
+REPLICATES = (("no_loss", 0.0, 1.0), ("loss", LOSS, 1.0), ("loss_starved", LOSS, 0.12))
 P_WEIGHTS = np.zeros(N_SPECIES)
 P_WEIGHTS[[ATP, ADP, AMP, PI]] = [3.0, 2.0, 1.0, 1.0]  # phosphates per molecule
 HE_WEIGHTS = np.zeros(N_SPECIES)
@@ -45,6 +46,7 @@ def tissue_config(loss=0.0, conductance=0.5, n_cells=20):
     prod["hazard_per_s"] = 2e-3  # producers fail ...
     prod["birth_per_s"] = 2e-2  # ... and are rebuilt, both paid for in the ledgers
     sub["cell"]["stress_death_s"] = 20.0
+    sub["cell"]["stress_threshold"] = 0.9
     topo = dict(kind="small_world", n_cells=n_cells, k=4, p=0.2)
     return dict(substrate=sub, topology=topo, seed=3, dt=DT)
 

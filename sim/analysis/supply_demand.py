@@ -12,7 +12,7 @@ Equations (DESIGN.md 2.2; values and sources in conf/substrate/bio.yaml and REFE
   ``max(0, 1 - exp((|dG| - G_max,p)/RT))`` (OXPHOS: ``G_max = n_H F dp``)
 * ``dG = dG0' + RT ln(D Pi / A)`` with the concentrations in M (REFERENCES.md: -54.2 kJ/mol at
   5/0.5/1 mM, 310 K)
-* consumer j: ``u_j = d m V_j A/(K_j + A)`` (Michaelis-Menten) with ``d`` = ``demand_scale`` and
+* consumer j: ``u_j = d m V_j A'/(K_j + A')``, ``A' = max(A - R_tier, 0)`` (Michaelis-Menten above the tier's reserve) with ``d`` = ``demand_scale`` and
   ``m`` the cell's demand multiplier
 * adenylate kinase at equilibrium ``K_AK = A M / D^2`` (fast on the time scale of the fluxes):
   the adenine pool ``N = A + D + M`` and the high-energy phosphate ``E = 2A + D`` fix A, D, M
@@ -120,6 +120,7 @@ class CellModel:
     c_vmax: np.ndarray  # mM/s, m V_j (before demand_scale)
     c_km: np.ndarray  # mM ATP
     c_tier: np.ndarray  # int
+    c_reserve: np.ndarray  # mM ATP below which each consumer's tier stops drawing
     supply_scale: float = 1.0
     demand_scale: float = 1.0
     uptake_scale: float = 1.0
@@ -159,8 +160,8 @@ class CellModel:
         return self.uptake_scale * self.k_uptake * (self.s_ext - np.asarray(s, dtype=float))
 
     def consumer_rates(self, e):
-        a = np.asarray(self.species(e)[0])
-        return self.demand_scale * self.c_vmax * a[..., None] / (self.c_km + a[..., None])
+        a = np.maximum(np.asarray(self.species(e)[0])[..., None] - self.c_reserve, 0.0)
+        return self.demand_scale * self.c_vmax * a / (self.c_km + a)
 
     def demand(self, e):
         return np.sum(self.consumer_rates(e), axis=-1)
@@ -203,6 +204,7 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
         c_vmax=mult * np.asarray(st.consumers.vmax, float)[cell],
         c_km=np.asarray(st.consumers.km, float)[cell],
         c_tier=np.asarray(st.consumers.tier)[cell].astype(int),
+        c_reserve=np.asarray(pr.tier_reserve, float)[np.asarray(st.consumers.tier)[cell].astype(int)],
         supply_scale=f(pr.supply_scale),
         demand_scale=f(pr.demand_scale),
         uptake_scale=f(pr.uptake_scale),

@@ -7,9 +7,11 @@ what the steady-state tests compare against.
 
 Rate laws (DESIGN.md 2.2), per producer p in cell i and consumer j:
   J_p = V_p h_p S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake_p(dG)     [mM/s], glucose use J_p/yield_p
-  u_j = V_j A/(K_j + A)                                           [mM/s]
-Demand is served tier by tier (0 first), proportionally within a tier (Buttgereit & Brand 1995:
-energy-limited cells cut biosynthesis before ion pumping).
+  u_j = V_j A'/(K_j + A'), A' = max(A - R_tier, 0)               [mM/s]
+R_tier is the ATP reserve a tier cannot draw below (energy sensing, e.g. AMPK/mTOR shutting down
+translation when ATP falls): as a cell runs short it cuts biosynthesis (tier 1) before ion
+pumping (tier 0), the hierarchy of Buttgereit & Brand 1995. Within one step demand is also
+served tier by tier (0 first), proportionally within a tier, never more than the cell holds.
 """
 
 from __future__ import annotations
@@ -27,32 +29,45 @@ def _safe_div(a, b):
     return jnp.where(b > 0, a / jnp.where(b > 0, b, 1.0), 0.0)
 
 
-def production_rates(state, params, dg):
-    """Desired ATP synthesis per producer (C, P) in mM/s and glucose use per cell (C,)."""
-    pools, prod = state.cells.pools, state.producers
-    kind = prod.kind
+def per_slot(values, kind):
+    """Spread per-kind values (C, nk) or (nk,) onto producer slots (C, P) by each slot's kind.
+
+    A short static loop of selects beats a gather on CPU for the handful of producer kinds.
+    """
+    values = jnp.asarray(values)
+    nk = values.shape[-1]
+    if nk > 4:
+        if values.ndim == 1:
+            return values[kind]
+        return jnp.take_along_axis(values, kind, axis=1)
+    col = (lambda k: values[:, k, None]) if values.ndim == 2 else (lambda k: values[k])
+    out = jnp.broadcast_to(col(nk - 1), kind.shape)
+    for k in range(nk - 1):
+        out = jnp.where(kind == k, col(k), out)
+    return out
+
+
+def kind_factors(pools, params, dg):
+    """Saturation x thermodynamic-brake factor of each producer kind in each cell, (C, nk)."""
     s = pools[:, GLC, None]
     d = pools[:, ADP, None]
     pi = pools[:, PI, None]
-    k_s, k_d, k_p = params.p_k_s[kind], params.p_k_adp[kind], params.p_k_pi[kind]
-    br = brake(dg[:, None], params.p_ceiling_kj[kind], params.temperature_k)
+    br = brake(dg[:, None], params.p_ceiling_kj[None, :], params.temperature_k)
+    return (s / (params.p_k_s + s)) * (d / (params.p_k_adp + d)) * (pi / (params.p_k_pi + pi)) * br
+
+
+def production_rates(state, params, dg):
+    """Desired ATP synthesis per producer (C, P) in mM/s."""
+    prod = state.producers
+    factor = per_slot(kind_factors(state.cells.pools, params, dg), prod.kind)
     on = prod.alive & state.cells.alive[:, None]
-    j = (
-        params.supply_scale
-        * prod.vmax
-        * prod.health
-        * (s / (k_s + s))
-        * (d / (k_d + d))
-        * (pi / (k_p + pi))
-        * br
-    )
-    return jnp.where(on, j, 0.0)
+    return jnp.where(on, params.supply_scale * prod.vmax * prod.health * factor, 0.0)
 
 
 def consumption_demand(state, params):
     """Unconstrained ATP demand per consumer slot (C, K) in mM/s and the saturated tier-0 rate."""
-    a = state.cells.pools[:, ATP, None]
     cons = state.consumers
+    a = jnp.maximum(state.cells.pools[:, ATP, None] - per_slot(params.tier_reserve, cons.tier), 0.0)
     vmax = params.demand_scale * state.cells.demand_mult[:, None] * cons.vmax
     alive = state.cells.alive[:, None]
     u = jnp.where(alive, vmax * a / (cons.km + a), 0.0)
@@ -91,17 +106,18 @@ def metabolism(state, params, key=None):
     # production, limited by ADP, Pi and glucose present at the start of the step
     j = production_rates(state, params, dg)
     kind = prod.kind
+    inv_yield = per_slot(1.0 / params.p_yield, kind)
     want_atp = jnp.sum(j, axis=1) * dt
-    want_glc = jnp.sum(j / params.p_yield[kind], axis=1) * dt
+    want_glc = jnp.sum(j * inv_yield, axis=1) * dt
     limit = jnp.minimum(
         jnp.minimum(_safe_div(d, want_atp), _safe_div(pi, want_atp)), _safe_div(s, want_glc)
     )
     f_prod = jnp.where(want_atp > 0, jnp.minimum(1.0, limit), 0.0)
     made_p = j * dt * f_prod[:, None]  # (C, P) mM made by each producer this step
     made = jnp.sum(made_p, axis=1)
-    glc_p = made_p / params.p_yield[kind]
+    glc_p = made_p * inv_yield
     glc_used = jnp.sum(glc_p, axis=1)
-    substrate_energy = jnp.sum(glc_p * jnp.abs(params.p_substrate_dg_kj[kind]), axis=1) * params.volume_l
+    substrate_energy = jnp.sum(glc_p * per_slot(jnp.abs(params.p_substrate_dg_kj), kind), axis=1) * params.volume_l
 
     # consumption by priority tier, limited by ATP present at the start of the step
     u, saturated0 = consumption_demand(state, params)
@@ -141,7 +157,7 @@ def metabolism(state, params, key=None):
     )
     # damage grows with relative load (ROS / wear); applied here since it needs this step's flux
     load = _safe_div(made_p, prod.vmax * dt)
-    health = jnp.clip(prod.health + repair_h - params.p_damage[kind] * load * dt, 0.0, 1.0)
+    health = jnp.clip(prod.health + repair_h - per_slot(params.p_damage, kind) * load * dt, 0.0, 1.0)
     return replace(
         state,
         cells=replace(cells, pools=new_pools, maintenance=maintenance),

@@ -31,25 +31,26 @@ def transport(state, params, key=None):
     fwd = jnp.maximum(j, 0.0)  # src -> dst
     back = jnp.maximum(-j, 0.0)  # dst -> src
     keep = (1.0 - e.loss)[:, None]
-    d_src = -fwd + keep * back
-    d_dst = keep * fwd - back
-    delta = jax.ops.segment_sum(d_src, e.src, num_segments=n) + jax.ops.segment_sum(
-        d_dst, e.dst, num_segments=n
+    leak = 1.0 - keep
+    # One scatter-add for everything each end of an edge books: pool change (S), ATP sent (1),
+    # ATP received (1) and what leaked from it as sender (S). What leaks is booked to the sender.
+    at_src = jnp.concatenate(
+        [keep * back - fwd, fwd[:, ATP, None], keep[:, 0, None] * back[:, ATP, None], leak * fwd], axis=1
     )
-    out_ = jax.ops.segment_sum(fwd, e.src, num_segments=n) + jax.ops.segment_sum(back, e.dst, num_segments=n)
-    in_ = jax.ops.segment_sum(keep * back, e.src, num_segments=n) + jax.ops.segment_sum(
-        keep * fwd, e.dst, num_segments=n
+    at_dst = jnp.concatenate(
+        [keep * fwd - back, back[:, ATP, None], keep[:, 0, None] * fwd[:, ATP, None], leak * back], axis=1
     )
-    # what leaks in transit is booked to the sending cell
-    lost_by_sender = jax.ops.segment_sum((1.0 - keep) * fwd, e.src, num_segments=n) + jax.ops.segment_sum(
-        (1.0 - keep) * back, e.dst, num_segments=n
+    booked = jax.ops.segment_sum(
+        jnp.concatenate([at_src, at_dst]), jnp.concatenate([e.src, e.dst]), num_segments=n
     )
+    s = pools.shape[1]
+    delta, out_atp, in_atp, lost = booked[:, :s], booked[:, s], booked[:, s + 1], booked[:, s + 2:]
     led = state.ledger
     led = replace(
         led,
-        transported_in=led.transported_in + in_[:, ATP],
-        transported_out=led.transported_out + out_[:, ATP],
-        lost=led.lost + lost_by_sender,
+        transported_in=led.transported_in + in_atp,
+        transported_out=led.transported_out + out_atp,
+        lost=led.lost + lost,
     )
     new_pools = jnp.maximum(pools + delta, 0.0)
     return replace(state, cells=replace(state.cells, pools=new_pools), ledger=led)

@@ -61,6 +61,7 @@ class _Constants:
         self.stress_death_s = f(params.stress_death_s)
         self.stress_recovery_dt = f(params.stress_recovery) * self.dt
         self.permeability = [f(x) for x in np.asarray(params.permeability)]
+        self.tier_reserve = [f(x) for x in np.asarray(params.tier_reserve)]
         self.conductance_scale = f(params.conductance_scale)
 
 
@@ -599,14 +600,16 @@ class ConsumerAgent(FixedAgent):
         i, s = self.cell_index, self.slot
         self._q = q
         self._vmax_eff = q.demand_scale * float(state.cells.demand_mult[i]) * self.vmax
+        self._reserve = q.tier_reserve[int(state.consumers.tier[i, s])]
         self._spent = float(state.ledger.spent[i, s])
         self._work = float(state.ledger.work[i, s])
         self._want = 0.0
         self._served = 0.0
 
     def demand(self, atp: float) -> float:
-        """ATP wanted this step: V A/(K + A) dt (mM)."""
-        w = self._vmax_eff * atp / (self.km + atp) * self._q.dt
+        """ATP wanted this step: V A'/(K + A') dt (mM), A' = max(A - reserve of the tier, 0)."""
+        a = max(atp - self._reserve, 0.0)
+        w = self._vmax_eff * a / (self.km + a) * self._q.dt
         self._want = w
         return w
 

@@ -143,6 +143,13 @@ def build(cfg, dtype=np.float64) -> Model:
             raise ConfigError(f"substrate.consumers.kinds.{k}.tier", t, "an integer tier 0, 1 or 2")
         tiers.append(t)
     c_vmax = total * shares / shares.sum()
+    reserve = _get(sub, "consumers.tier_reserve_mm")
+    if (
+        not isinstance(reserve, (list, tuple))
+        or len(reserve) != 3
+        or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0 for r in reserve)
+    ):
+        raise ConfigError("substrate.consumers.tier_reserve_mm", reserve, "a list of 3 numbers >= 0 (mM, tiers 0, 1, 2)")
     c_km = np.array([_num(sub, f"consumers.kinds.{k}.km_mm", 0, strict_min=True) for k in ckinds])
     c_value = np.array([_num(sub, f"consumers.kinds.{k}.value", 0) for k in ckinds])
     work_units = tuple(str(ck_cfg[k].get("work_unit", "units")) for k in ckinds)
@@ -231,6 +238,7 @@ def build(cfg, dtype=np.float64) -> Model:
         birth_rate=p(_num(sub, "producers.birth_per_s", 0)),
         birth_min_ec=p(_num(sub, "producers.birth_min_energy_charge", 0, 1)),
         birth_cost=p(_num(sub, "producers.birth_cost_mm", 0)),
+        tier_reserve=np.asarray([float(r) for r in reserve], dtype),
         stress_threshold=p(_num(sub, "cell.stress_threshold", 0, 1)),
         stress_death_s=p(_num(sub, "cell.stress_death_s", 0, strict_min=True)),
         stress_recovery=p(_num(sub, "cell.stress_recovery_per_s", 0)),

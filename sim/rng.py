@@ -1,19 +1,19 @@
 """Counter-based random draws shared by the JAX engine and the Mesa reference.
 
-Every draw is derived from (seed, step, purpose, agent id) with ``jax.random.fold_in``, so a
-number depends only on *which* agent asks *what* at *which* step: not on agent order, on the
-batch layout, or on how many other agents exist. The Mesa reference asks for a whole step's
-draws of one purpose at once (one vectorised call) and hands each agent the number for its id,
-which keeps its per-agent Python step honest while sharing the exact same stream.
+Every draw is derived from (seed, replicate, step, purpose, agent id) with ``jax.random.fold_in``:
+the replicate key is ``fold_in(PRNGKey(seed), r)`` (``sim.engine.replicate_keys``), then the step
+and the purpose are folded in once per step, then each agent's id. A number therefore depends only
+on *which* agent asks *what* at *which* step: not on agent order, on the batch layout, or on how
+many other agents exist. The two 32-bit words of the per-agent key ``fold_in(k, id)`` (one
+Threefry-2x32 hash) are turned straight into a uniform, so a draw costs one hash rather than the
+two of ``uniform(fold_in(k, id))``. The Mesa reference asks for a whole step's draws of one purpose
+at once (one vectorised call of the same function) and hands each agent the number for its id.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # Purposes are small integers folded into the key; never renumber them (it changes results).
 PRODUCER_FAILURE = 1
@@ -25,18 +25,18 @@ def base_key(seed: int) -> jax.Array:
     return jax.random.PRNGKey(int(seed))
 
 
+def _words_to_uniform(words, dtype):
+    """Two uint32 words -> uniform in [0, 1): 53 random bits for float64, 24 for float32."""
+    if jnp.dtype(dtype) == jnp.float64:
+        hi = (words[..., 0] >> 5).astype(jnp.float64)  # 27 bits
+        lo = (words[..., 1] >> 6).astype(jnp.float64)  # 26 bits
+        return (hi * 67108864.0 + lo) * (1.0 / 9007199254740992.0)
+    return (words[..., 0] >> 8).astype(dtype) * jnp.asarray(1.0 / 16777216.0, dtype)
+
+
 def uniforms(key: jax.Array, step, purpose: int, ids: jax.Array, dtype=None) -> jax.Array:
-    """Uniform [0, 1) draws, one per id, for ``(key, step, purpose)``; traceable."""
+    """Uniform [0, 1) draws, one per id, for ``(key, step, purpose)``; traceable, any id layout."""
     dtype = dtype or jnp.result_type(float)
     k = jax.random.fold_in(jax.random.fold_in(key, step), purpose)
-    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k, i), dtype=dtype))(ids)
-
-
-@functools.partial(jax.jit, static_argnames=("purpose", "n"))
-def _uniforms_range(key, step, purpose: int, n: int):
-    return uniforms(key, step, purpose, jnp.arange(n, dtype=jnp.uint32))
-
-
-def uniforms_np(seed: int, step: int, purpose: int, n: int) -> np.ndarray:
-    """Host copy of the draws for ids ``0..n-1`` (used by the Mesa reference backend)."""
-    return np.asarray(_uniforms_range(base_key(seed), np.uint32(step), purpose, int(n)))
+    words = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(k, i)))(ids)
+    return _words_to_uniform(words, dtype)

@@ -14,7 +14,9 @@ of the nascent protein, or the tokens of context) and has made ``made`` units. P
    at the cost ``c(L) = c0 + c1 L`` per unit, integrated over the step:
    ``c0 delta + c1 (L delta + delta^2 / 2)``. If the cell's ``budget`` of currency is short, every
    chain of the cell slows by the same factor ``phi = budget / demand`` (the cost is convex in
-   delta, so the spend stays within the budget: no pool goes negative).
+   delta, so the spend stays within the budget: no pool goes negative). With a budget, memory
+   compressions (2) and initiations (3) are paid first, in slot order while their cumulative
+   cost fits; elongation gets what is left.
 5. termination: with probability ``1 - (1 - p_stop)^delta`` (``p_stop`` per unit) or at
    ``made >= n_max``; the chain delivers ``made`` units of work and frees its slot (and what it
    held: the KV slots of an LLM stream).
@@ -150,10 +152,15 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     tool_units = jnp.where(ret, pc(params.r_tool), 0.0)
     length = length + tool_units
 
-    # 2 memory module
+    # 2 memory module (with a budget: in slot order while the cumulative cost fits)
     thr = pc(params.mem_threshold)
     comp = active & (thr > 0) & (length > thr)
     mem_spent = jnp.where(comp, pc(params.mem_cost) * length, 0.0)
+    if budget is not None:
+        budget = jnp.asarray(budget)
+        comp = comp & (jnp.cumsum(mem_spent, axis=1) <= budget[:, None])
+        mem_spent = jnp.where(comp, mem_spent, 0.0)
+        budget = budget - jnp.sum(mem_spent, axis=1)
     new_len = jnp.where(comp, length / pc(params.mem_factor), length)
     removed = length - new_len
     length = new_len
@@ -161,6 +168,9 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     # 3 initiation
     u_init = rng.uniforms(key, step, CHAIN_INIT, ids).reshape(n, s)
     start = ~active & (u_init < -jnp.expm1(-pc(params.init_rate) * params.dt))
+    if budget is not None:
+        start = start & (jnp.cumsum(jnp.where(start, pc(params.init_cost), 0.0), axis=1) <= budget[:, None])
+        budget = budget - jnp.sum(jnp.where(start, pc(params.init_cost), 0.0), axis=1)
     active = active | start
     length = jnp.where(start, pc(params.l0), length)
     made = jnp.where(start, 0.0, made)
@@ -175,7 +185,7 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     if budget is None:
         phi = jnp.ones(n, demand.dtype)
     else:
-        avail = jnp.maximum(budget - jnp.sum(init_spent + mem_spent, axis=1), 0.0)
+        avail = jnp.maximum(budget, 0.0)
         phi = jnp.where(demand > avail, avail / jnp.where(demand > 0, demand, 1.0), 1.0)
     delta = delta * phi[:, None]
     el_cost = elongation_cost(c0, c1, length, delta)
@@ -239,33 +249,46 @@ def chain_step_reference(chains: ChainSlots, ledger: ChainLedger, params: ChainP
     spent = np.zeros(n)
     for c in range(n):
         g = {k: float(v[c]) for k, v in P.items()}
-        el_cost, deltas, info = [0.0] * s, [0.0] * s, [dict() for _ in range(s)]
+        left = math.inf if budget is None else float(budget[c])
+        deltas, info = [0.0] * s, [dict() for _ in range(s)]
         init_sum, mem_sum, demand = 0.0, 0.0, 0.0
-        for k in range(s):
-            tu, rem, started, comp = 0.0, 0.0, False, False
+        run_mem = 0.0
+        for k in range(s):  # tools return, memory module
+            tu, rem, comp = 0.0, 0.0, False
             if act[c, k] and wait[c, k] > 0:
                 wait[c, k] -= 1
                 if wait[c, k] == 0:
                     tu = g["r_tool"]
                     length[c, k] += tu
             if act[c, k] and g["mem_threshold"] > 0 and length[c, k] > g["mem_threshold"]:
-                comp = True
-                mem_sum += g["mem_cost"] * length[c, k]
-                new = length[c, k] / g["mem_factor"]
-                rem = length[c, k] - new
-                length[c, k] = new
+                cost = g["mem_cost"] * length[c, k]
+                run_mem += cost
+                if run_mem <= left:
+                    comp = True
+                    mem_sum += cost
+                    new = length[c, k] / g["mem_factor"]
+                    rem = length[c, k] - new
+                    length[c, k] = new
+            info[k] = dict(tu=tu, rem=rem, comp=comp, started=False)
+        left -= mem_sum
+        run_init = 0.0
+        for k in range(s):  # initiation
             if not act[c, k] and draws[CHAIN_INIT][c, k] < -math.expm1(-g["init_rate"] * dt):
-                act[c, k], started = True, True
-                length[c, k], made[c, k] = g["l0"], 0.0
-                init_sum += g["init_cost"]
+                run_init += g["init_cost"]
+                if run_init <= left:
+                    act[c, k], info[k]["started"] = True, True
+                    length[c, k], made[c, k] = g["l0"], 0.0
+                    init_sum += g["init_cost"]
+        left -= init_sum
+        for k in range(s):  # elongation demand
             grow = bool(act[c, k] and wait[c, k] == 0)
             d = max(min(g["rate"] * dt, g["n_max"] - made[c, k]), 0.0) if grow else 0.0
             deltas[k] = d
             demand += elongation_cost(g["c0"], g["c1"], length[c, k], d)
-            info[k] = dict(tu=tu, rem=rem, started=started, comp=comp, grow=grow)
+            info[k]["grow"] = grow
         phi = 1.0
         if budget is not None:
-            avail = max(float(budget[c]) - (init_sum + mem_sum), 0.0)
+            avail = max(left, 0.0)
             if demand > avail:
                 phi = avail / demand if demand > 0 else 1.0
         units = delivered = delivered_units = calls = 0.0

@@ -1,0 +1,351 @@
+"""``experiment=cascade``: the cost of a chain, or of an agent loop, against its length.
+
+Part 1, chains (``sim.kernels.chains``), biology and LLM side by side. One cell per (series,
+length); each cell runs ``chains_per_length`` chains from 0 to ``L`` units in ``chain_steps``
+elongation steps and the ledger gives the currency per chain:
+
+- ``bio``: protein synthesis, 4 ATP per amino acid, constant cost per unit (c1 = 0): cost = 4 L,
+  exponent 1.
+- ``llm``: a decode stream costed in FLOPs, c(L) = 2N + 2 n_layer d L (Kaplan et al. 2020): cost =
+  2N L + n_layer d L^2; linear while L << L* = 2N / (n_layer d) (~122k tokens for Llama-3-8B),
+  quadratic beyond: the fitted exponent approaches 2 for long contexts. Lengths beyond the model's
+  context window are the same architecture extrapolated (long-context variants share it).
+- ``llm_tools``: tool calls with probability ``p_per_token`` append ``tokens`` each (retrieval),
+  which every later token pays for (at most one call per chain per step).
+- ``llm_memory``: a memory module compresses the context past ``threshold_tokens`` by ``factor``
+  (cost: a forward pass, 2N FLOPs, per token held), which caps the context: cost turns linear.
+
+Part 2, agent loops on the LLM engine (``sim.llm``): one conversation with fixed lengths (prompt
+``b``, output ``o``, ``followup_tokens`` e per turn) runs ``T`` turns; a stateless API resends the
+whole history, so the input tokens are ``T b + k T (T - 1) / 2`` with ``k = o + e``, exactly. A
+memory module that compresses the history past a threshold caps it and makes the growth linear.
+All ``T`` (with and without memory) run as one vmapped call.
+
+Fitted exponents are least-squares slopes of log cost against log length.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from sim.api import RunOutput
+from sim.config.validate import validate
+from sim.engine import replicate_keys
+from sim.errors import ConfigError
+from sim.experiments import register
+from sim.kernels import chains as ck
+from sim.llm import engine as llm_engine
+from sim.llm import specs
+from sim.llm.build import build_llm, stack_params
+
+SERIES = ("bio", "llm", "llm_tools", "llm_memory")
+
+
+def fit_exponent(lengths, costs) -> float:
+    """Least-squares slope of log(cost) against log(length)."""
+    x, y = np.log(np.asarray(lengths, float)), np.log(np.asarray(costs, float))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def local_exponent(lengths, costs) -> np.ndarray:
+    """d log(cost) / d log(length) between consecutive points."""
+    x, y = np.log(np.asarray(lengths, float)), np.log(np.asarray(costs, float))
+    return np.diff(y) / np.diff(x)
+
+
+def _get(node, key, default=None):
+    return node.get(key, default) if isinstance(node, dict) else default
+
+
+def _lengths(c, key):
+    v = _get(c, key)
+    if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in v):
+        raise ConfigError(f"cascade.{key}", v, "a non-empty list of lengths > 0")
+    return [float(x) for x in v]
+
+
+def _num(c, key, lo=0.0, strict=False, hi=None):
+    parts = key.split(".")
+    v = c
+    for p in parts:
+        v = _get(v, p)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (strict and v == lo) or (hi is not None and v > hi):
+        rng = f"{'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise ConfigError(f"cascade.{key}", v, f"a number {rng}")
+    return float(v)
+
+
+# ---- part 1: chains ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("n_records", "record_every"))
+def _run_chains(chains, ledger, params, key, n_records: int, record_every: int):
+    def inner(carry, _):
+        c, led, st = carry
+        c, led, _ = ck.chain_step(c, led, params, key, st)
+        return (c, led, st + 1), None
+
+    def outer(carry, _):
+        carry, _ = jax.lax.scan(inner, carry, None, length=record_every)
+        return carry, carry[1].spent
+
+    (c, led, _), spent = jax.lax.scan(outer, (chains, ledger, jnp.uint32(0)), None, length=n_records)
+    return c, led, spent
+
+
+def chain_costs(cfg: dict, model: specs.ModelSpec) -> dict:
+    c = cfg.get("cascade") or {}
+    steps = int(_num(c, "chain_steps", 1))
+    per = int(_num(c, "chains_per_length", 1))
+    dt = float(cfg.get("dt", 1.0))
+    bio_l, llm_l, tool_l = _lengths(c, "bio_lengths"), _lengths(c, "llm_lengths"), _lengths(c, "tool_lengths")
+    p_tool = _num(c, "tools.p_per_token", 0, hi=1)
+    r_tool = _num(c, "tools.tokens", 0)
+    m_thr = _num(c, "memory.threshold_tokens", 0, strict=True)
+    m_fac = _num(c, "memory.factor", 1, strict=True)
+    bio_c0 = _num(c, "bio_atp_per_unit", 0, strict=True)
+    rows = ([("bio", L) for L in bio_l] + [("llm", L) for L in llm_l] + [("llm_tools", L) for L in tool_l]
+            + [("llm_memory", L) for L in llm_l])
+    n = len(rows)
+    series = np.array([r[0] for r in rows])
+    length = np.array([r[1] for r in rows])
+    is_bio = series == "bio"
+    col = lambda bio, llm: np.where(is_bio, bio, llm).astype(float)  # noqa: E731
+    params = ck._as_params(dict(
+        dt=dt, rate=length / (steps * dt), c0=col(bio_c0, model.flops_per_token),
+        c1=col(0.0, model.flops_per_token_per_ctx), p_stop=np.zeros(n), n_max=length, l0=np.zeros(n),
+        init_rate=np.zeros(n), init_cost=np.zeros(n), p_tool=np.where(series == "llm_tools", p_tool, 0.0),
+        tool_steps=1, r_tool=np.where(series == "llm_tools", r_tool, 0.0),
+        mem_threshold=np.where(series == "llm_memory", m_thr, 0.0), mem_factor=np.full(n, m_fac),
+        mem_cost=np.where(series == "llm_memory", model.flops_per_token, 0.0),
+    ))
+    chains, ledger = ck.empty(n, per)
+    chains = dataclasses.replace(chains, active=np.ones((n, per), bool))
+    # tool waits delay a chain by one step per call: give every chain room to finish
+    every = max(1, steps // 20)
+    n_records = -(-3 * steps // every)
+    key = replicate_keys(int(cfg.get("seed", 0)), 1)[0]
+    c_end, led, spent = _run_chains(chains, ledger, params, key, n_records, every)
+    led = jax.device_get(led)
+    delivered = np.asarray(led.delivered)
+    if not np.all(delivered == per):
+        raise ConfigError("cascade.chain_steps", steps, "enough steps for every chain to finish (raise it or lower "
+                          "cascade.tools.p_per_token)")
+    cost = (np.asarray(led.elongation_spent) + np.asarray(led.memory_spent)) / per
+    return {
+        "series": series, "length": length, "cost": cost, "spent": np.asarray(spent),
+        "times": np.arange(1, n_records + 1) * every * dt, "tool_calls": np.asarray(led.tool_calls) / per,
+        "units": np.asarray(led.units) / per,
+    }
+
+
+def roofline_time(model, gpu, lengths) -> np.ndarray:
+    """s to decode a chain of L tokens alone (batch 1) on the roofline: sum over its tokens."""
+    out = []
+    for L in lengths:
+        grid = np.linspace(0.0, L, 2001)
+        t = specs.decode_step_time(model, gpu.peak_flops, gpu.bandwidth, 1.0, grid, xp=np)
+        out.append(float(np.trapezoid(t, grid)))
+    return np.array(out)
+
+
+# ---- part 2: agent loops on the LLM engine -----------------------------------------------------
+
+
+def loop_config(cfg: dict, turns: int, memory: bool) -> dict:
+    lc = (cfg.get("cascade") or {}).get("loop") or {}
+    out = copy.deepcopy(cfg)
+    sub = out["substrate"]
+    sub.update(
+        chain_slots=2, queue_slots=2, max_batch=2, routing=False, freeze_context=False,
+        arrivals={**sub["arrivals"], "rate_per_s": 0.0},
+        tools={**sub["tools"], "p_per_token": 0.0},
+        memory={**sub["memory"], "threshold_tokens": lc["memory_threshold_tokens"] if memory else 0,
+                "factor": lc["memory_factor"]},
+        agent={**sub["agent"], "followup_prob": 1.0, "max_turns": int(turns), "followup_tokens": lc["followup_tokens"],
+               "hops": 1},
+        initial={"active": 0, "queued": 1, "prompt_tokens": lc["prompt_tokens"], "output_tokens": lc["output_tokens"]},
+    )
+    sub["arrivals"]["output_median_tokens"] = lc["output_tokens"]
+    sub["arrivals"]["output_sigma"] = 0.0
+    out["topology"] = {"kind": "single", "n_cells": 1}
+    return out
+
+
+def agent_loops(cfg: dict) -> dict:
+    """Input tokens of a deterministic agent loop for each T, without and with memory (one call)."""
+    lc = (cfg.get("cascade") or {}).get("loop") or {}
+    for k in ("prompt_tokens", "output_tokens", "followup_tokens", "memory_threshold_tokens"):
+        _num({"loop": lc}, f"loop.{k}", 0, strict=k != "followup_tokens")
+    _num({"loop": lc}, "loop.memory_factor", 1, strict=True)
+    turns = lc.get("turns")
+    if not isinstance(turns, list) or not turns or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in turns):
+        raise ConfigError("cascade.loop.turns", turns, "a non-empty list of integers >= 1")
+    b, o, e = float(lc["prompt_tokens"]), float(lc["output_tokens"]), float(lc["followup_tokens"])
+    k = o + e
+    points = [(T, mem) for mem in (False, True) for T in turns]
+    models = [build_llm(loop_config(cfg, T, mem)) for T, mem in points]
+    m0 = models[0]
+    if b + (max(turns) - 1) * k + o > m0.model.max_context:
+        raise ConfigError("cascade.loop.turns", max(turns), f"a loop whose history fits the context window "
+                          f"{m0.model.max_context} of {m0.model.name} without memory")
+    params = stack_params([m.params for m in models])
+    # steps: each turn takes its prefill, o tokens of decode and one step in the queue
+    per_turn = o * specs.decode_step_time(m0.model, m0.gpu.peak_flops, m0.gpu.bandwidth, 1, b + max(turns) * k)
+    dt = float(np.asarray(m0.params.dt))
+    steps = int(np.ceil(max(turns) * (per_turn / dt + 3) * 1.5)) + 10
+    every = 10
+    steps = -(-steps // every) * every
+    res = llm_engine.run(m0.state, params, seed=m0.seed, steps=steps, record_every=every, replicates=len(points),
+                         batched_params=True)
+    st = jax.device_get(res.state)
+    tokens_in = np.asarray(st.ledger.tokens_in)[:, 0]
+    turns_done = np.asarray(st.ledger.turns_done)[:, 0]
+    completed = np.asarray(st.ledger.completed)[:, 0]
+    if not np.all(completed == 1):
+        raise RuntimeError(f"agent loops did not finish in {steps} steps (turns done {turns_done.tolist()})")
+    n_t = len(turns)
+    T = np.array(turns, float)
+    return {
+        "turns": T, "formula": T * b + k * T * (T - 1) / 2, "k": k, "b": b,
+        "tokens_in": tokens_in[:n_t], "tokens_in_memory": tokens_in[n_t:],
+        "tokens_out": np.asarray(st.ledger.tokens_out)[:n_t, 0],
+        "energy_j": np.asarray(st.ledger.energy_j)[:n_t, 0], "energy_j_memory": np.asarray(st.ledger.energy_j)[n_t:, 0],
+        "compressions": np.asarray(st.ledger.compressions)[n_t:, 0],
+        "steps": steps, "wall_s": res.wall_s, "compile_s": res.compile_s,
+    }
+
+
+# ---- the experiment ----------------------------------------------------------------------------
+
+
+@register("cascade")
+def run_cascade(cfg: dict) -> RunOutput:
+    validate(cfg)
+    if not isinstance(cfg.get("cascade"), dict):
+        raise ConfigError("cascade", cfg.get("cascade"), "the cascade options (experiment=cascade sets them)")
+    model, gpu = specs.model_spec(cfg), specs.gpu_spec(cfg)
+    ch = chain_costs(cfg, model)
+    loops = agent_loops(cfg)
+    c = cfg["cascade"]
+    long_min = _num(c, "long_context_min", 0, strict=True)
+    series, length, cost = ch["series"], ch["length"], ch["cost"]
+
+    def sel(name, lo=0.0, hi=np.inf):
+        m = (series == name) & (length >= lo) & (length <= hi)
+        return length[m], cost[m]
+
+    summary = {"status": "ok", "model": model.name, "gpu": gpu.name, "currency_unit": "ATP (bio), FLOP (llm)"}
+    summary["exponent_bio"] = fit_exponent(*sel("bio"))
+    l_llm, c_llm = sel("llm")
+    summary["exponent_llm"] = fit_exponent(l_llm, c_llm)
+    summary["exponent_llm_short"] = fit_exponent(*sel("llm", hi=1e3))
+    summary["exponent_llm_long"] = fit_exponent(*sel("llm", lo=long_min))
+    summary["exponent_llm_memory_long"] = fit_exponent(*sel("llm_memory", lo=long_min))
+    l_tool, c_tool = sel("llm_tools")
+    summary["exponent_llm_tools"] = fit_exponent(l_tool, c_tool)
+    summary["exponent_llm_same_range_as_tools"] = fit_exponent(*sel("llm", lo=l_tool.min(), hi=l_tool.max()))
+    summary["crossover_length_tokens"] = 2.0 * model.flops_per_token / model.flops_per_token_per_ctx
+    summary["llm_flops_per_chain_at_max_length"] = float(c_llm[-1])
+    mem_l, mem_c = sel("llm_memory")
+    summary["memory_cost_ratio_at_max_length"] = float(mem_c[-1] / c_llm[-1])
+    base_at_tool = np.interp(l_tool[-1], l_llm, c_llm)
+    summary["tools_cost_ratio_at_max_tool_length"] = float(c_tool[-1] / base_at_tool)
+    summary["bio_atp_per_chain_at_400_aa"] = float(np.interp(400.0, *sel("bio")))
+    t_dec = roofline_time(model, gpu, l_llm)
+    summary["exponent_llm_decode_time_long"] = fit_exponent(l_llm[l_llm >= long_min], t_dec[l_llm >= long_min])
+    summary["llm_decode_energy_j_at_max_length"] = float(t_dec[-1] * gpu.power_decode_w)
+    T = loops["turns"]
+    summary["loop_b_tokens"], summary["loop_k_tokens"] = loops["b"], loops["k"]
+    summary["loop_input_tokens"] = loops["tokens_in"].tolist()
+    summary["loop_input_tokens_formula"] = loops["formula"].tolist()
+    summary["loop_input_tokens_memory"] = loops["tokens_in_memory"].tolist()
+    summary["loop_turns"] = T.astype(int).tolist()
+    summary["loop_formula_max_abs_error"] = float(np.max(np.abs(loops["tokens_in"] - loops["formula"])))
+    big = T >= max(2.0, T.max() / 4)
+    summary["exponent_loop"] = fit_exponent(T[big], loops["tokens_in"][big])
+    summary["exponent_loop_memory"] = fit_exponent(T[big], loops["tokens_in_memory"][big])
+    summary["loop_memory_saving_at_max_turns"] = float(1.0 - loops["tokens_in_memory"][-1] / loops["tokens_in"][-1])
+    summary["loop_energy_j_at_max_turns"] = float(loops["energy_j"][-1])
+    summary["loop_energy_j_memory_at_max_turns"] = float(loops["energy_j_memory"][-1])
+    summary["wall_s"] = float(loops["wall_s"])
+    summary["compile_s"] = float(loops["compile_s"])
+
+    labels = np.array([f"{s}:{L:g}" for s, L in zip(series, length)])
+    ds = xr.Dataset(
+        {
+            "chain_spent": (("replicate", "time", "cell"), ch["spent"][None],
+                            {"units": "ATP (bio cells) or FLOP (llm cells)", "long_name": "cumulative currency spent on the cell's chains"}),
+            "cost_per_chain": (("cell",), cost, {"units": "ATP or FLOP", "long_name": "currency per finished chain"}),
+            "tool_calls_per_chain": (("cell",), ch["tool_calls"], {"units": "calls"}),
+            "loop_tokens_in": (("memory", "turns"), np.stack([loops["tokens_in"], loops["tokens_in_memory"]]),
+                               {"units": "tokens", "long_name": "input tokens of an agent loop of T turns"}),
+            "loop_tokens_in_formula": (("turns",), loops["formula"], {"units": "tokens", "long_name": "T b + k T (T-1)/2"}),
+        },
+        coords={"replicate": [0], "time": ch["times"], "cell": np.arange(len(labels)), "label": ("cell", labels),
+                "series": ("cell", series), "length": ("cell", length), "memory": [False, True], "turns": T},
+    )
+    ds["time"].attrs["units"] = "s"
+    ds["length"].attrs["units"] = "units (aa for bio, tokens for llm)"
+    ds.attrs.update(substrate="bio+llm", experiment="cascade", model=model.name, gpu=gpu.name)
+    result = type("CascadeResult", (), {"error": None})()
+    return RunOutput(ds, summary, None, result,
+                     figures=lambda out_dir: cascade_figures(ch, loops, summary, model, gpu, t_dec, out_dir))
+
+
+def cascade_figures(ch, loops, summary, model, gpu, t_dec, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sim.plot import _save
+
+    out = Path(out_dir) / "figures"
+    series, length, cost = ch["series"], ch["length"], ch["cost"]
+    paths = []
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    m = series == "bio"
+    ax[0].loglog(length[m], cost[m], "o-", label=f"protein synthesis (slope {summary['exponent_bio']:.3f})")
+    ax[0].set(xlabel="chain length (amino acids)", ylabel="ATP per chain", title="biology: constant cost per unit")
+    ax[0].legend(fontsize=8)
+    for name, lab in (("llm", "decode"), ("llm_tools", "decode + tool calls"), ("llm_memory", "decode + memory module")):
+        m = series == name
+        ax[1].loglog(length[m], cost[m], "o-", ms=3, label=lab)
+    lx = length[series == "llm"]
+    ax[1].loglog(lx, model.flops_per_token * lx, "k:", lw=0.8, label="slope 1 (2N L)")
+    ax[1].loglog(lx, 0.5 * model.flops_per_token_per_ctx * lx**2, "k--", lw=0.8, label="slope 2 (n_layer d L^2)")
+    ax[1].set(xlabel="chain length (tokens)", ylabel="FLOPs per chain", title=f"LLM ({model.name}): cost grows with context")
+    ax[1].legend(fontsize=7)
+    mid = np.sqrt(lx[1:] * lx[:-1])
+    ax[2].semilogx(mid, local_exponent(lx, cost[series == "llm"]), "o-", label="FLOPs (LLM)")
+    ax[2].semilogx(mid, local_exponent(lx, t_dec), "s-", ms=3, label=f"decode time, batch 1 ({gpu.name})")
+    mb = series == "llm_memory"
+    ax[2].semilogx(np.sqrt(length[mb][1:] * length[mb][:-1]), local_exponent(length[mb], cost[mb]), "^-", ms=3,
+                   label="with memory module")
+    ax[2].axhline(1.0, color="k", lw=0.5)
+    ax[2].axhline(2.0, color="k", lw=0.5)
+    ax[2].set(xlabel="chain length (tokens)", ylabel="local exponent d ln cost / d ln L", title="cost exponent vs length",
+              ylim=(0.8, 2.1))
+    ax[2].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(_save(fig, out / "cascade_cost.png"))
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    T = loops["turns"]
+    ax.plot(T, loops["tokens_in"], "o", label=f"simulated (exponent {summary['exponent_loop']:.2f})")
+    ax.plot(T, loops["formula"], "k-", lw=0.8, label="T b + k T(T-1)/2")
+    ax.plot(T, loops["tokens_in_memory"], "s", label=f"with memory module (exponent {summary['exponent_loop_memory']:.2f})")
+    ax.set(xlabel="turns T", ylabel="input tokens", title="agent loop (stateless API resends history)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(_save(fig, out / "agent_loop.png"))
+    return paths

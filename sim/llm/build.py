@@ -1,0 +1,232 @@
+"""Config -> initial LLM state and parameters (the one place the LLM config becomes numbers).
+
+Refuses bad input with a ``ConfigError`` naming the values: weights that do not fit the GPU
+memory, a KV cache smaller than one full context, negative rates, probabilities outside [0, 1],
+a Poisson truncation that would lose arrivals. Both backends start from this output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from sim.errors import ConfigError
+from sim.llm.params import Edges, LLMParams
+from sim.llm.specs import GpuSpec, ModelSpec, check_fits, gpu_spec, model_spec
+from sim.llm.state import Cells, Chains, Gpus, Ledger, LLMState, Queue
+from sim.topology import build_graph, edge_arrays
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+POISSON_TAIL = 1e-9  # arrivals lost to truncation per step must stay below this probability
+
+
+@dataclasses.dataclass
+class LLMModel:
+    state: LLMState
+    params: LLMParams
+    graph: nx.Graph
+    model: ModelSpec
+    gpu: GpuSpec
+    substrate: dict
+    seed: int
+    n_gpus: int
+    kv_capacity: float  # tokens per cell
+    bits_per_token: float
+    temperature_k: float
+    prices: dict
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.state.cells.alive.shape[0])
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Compose ``conf/config.yaml`` with overrides (as ``python -m sim`` would) -> plain dict."""
+    from hydra import compose as h_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = h_compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _node(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(dotted, None, "a value (missing from the config)")
+        node = node[part]
+    return node
+
+
+def num(cfg, dotted, minimum=None, maximum=None, strict=False, integer=False, what="a number"):
+    v = _node(cfg, dotted)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(dotted, v, f"{what} (finite)")
+    if integer and float(v) != int(v):
+        raise ConfigError(dotted, v, f"{what}: an integer")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        raise ConfigError(dotted, v, f"{what} {'>' if strict else '>='} {minimum}")
+    if maximum is not None and v > maximum:
+        raise ConfigError(dotted, v, f"{what} <= {maximum}")
+    return int(v) if integer else float(v)
+
+
+def poisson_tail(lam: float, kmax: int) -> float:
+    """P(Poisson(lam) > kmax - 1)... i.e. the mass the truncation at ``kmax`` arrivals changes."""
+    p, cdf = math.exp(-lam), 0.0
+    for k in range(kmax):
+        cdf += p
+        p *= lam / (k + 1)
+    return max(0.0, 1.0 - cdf)
+
+
+def build_llm(cfg: dict) -> LLMModel:
+    """Composed plain config (``substrate`` = llm, ``model``, ``gpu``, ``topology``) -> LLMModel."""
+    sub = cfg.get("substrate") or {}
+    if sub.get("name") != "llm":
+        raise ConfigError("substrate", sub.get("name"), "llm for this experiment (substrate=llm)")
+    model, gpu = model_spec(cfg), gpu_spec(cfg)
+    s = {"substrate": sub}
+    seed = int(cfg.get("seed", 0))
+    dt = num(cfg, "dt", 0, strict=True, what="a time step (s)")
+    n_gpus = num(s, "substrate.gpus_per_model", 1, integer=True, what="GPUs per model instance")
+    util = num(s, "substrate.gpu_memory_utilization", 0, 1, strict=True, what="a fraction of HBM")
+    cap = check_fits(model, gpu, n_gpus, util)
+    if sub.get("kv_capacity_tokens") is not None:
+        cap_o = num(s, "substrate.kv_capacity_tokens", 1, what="KV capacity (tokens)")
+        if cap_o > cap:
+            raise ConfigError("substrate.kv_capacity_tokens", cap_o, f"at most the derived capacity {cap:.0f} tokens")
+        cap = cap_o
+    cap = float(math.floor(cap))
+    l_max = float(model.max_context)
+    slots = num(s, "substrate.chain_slots", 1, integer=True, what="chain slots per model")
+    max_batch = num(s, "substrate.max_batch", 1, integer=True, what="a batch size")
+    q_slots = num(s, "substrate.queue_slots", 1, integer=True, what="queue slots per model")
+
+    rate = num(s, "substrate.arrivals.rate_per_s", 0, what="an arrival rate (requests/s per model instance)")
+    a_max = num(s, "substrate.arrivals.max_per_step", 1, integer=True, what="arrivals per step")
+    tail = poisson_tail(rate * dt, a_max)
+    if tail > POISSON_TAIL:
+        raise ConfigError(
+            "substrate.arrivals.max_per_step", a_max,
+            f"enough for rate_per_s x dt = {rate} x {dt} = {rate * dt:.3g} arrivals per step (P(more) = {tail:.2g} > "
+            f"{POISSON_TAIL:g}); raise it or lower dt",
+        )
+    p_med = num(s, "substrate.arrivals.prompt_median_tokens", 1, what="a median prompt length (tokens)")
+    o_med = num(s, "substrate.arrivals.output_median_tokens", 1, what="a median output length (tokens)")
+    p_sig = num(s, "substrate.arrivals.prompt_sigma", 0, what="a lognormal shape")
+    o_sig = num(s, "substrate.arrivals.output_sigma", 0, what="a lognormal shape")
+    p_tool = num(s, "substrate.tools.p_per_token", 0, 1, what="a probability per token")
+    latency = num(s, "substrate.tools.latency_s", 0, what="a tool latency (s)")
+    r_tool = num(s, "substrate.tools.tokens", 0, integer=True, what="tokens appended per tool call")
+    m_thr = num(s, "substrate.memory.threshold_tokens", 0, what="a history length (tokens; 0 = off)")
+    m_fac = num(s, "substrate.memory.factor", 1, strict=True, what="a compression factor")
+    m_cost = num(s, "substrate.memory.cost_fraction", 0, what="a cost fraction")
+    f_prob = num(s, "substrate.agent.followup_prob", 0, 1, what="a probability")
+    turns = num(s, "substrate.agent.max_turns", 1, integer=True, what="turns per conversation")
+    f_tok = num(s, "substrate.agent.followup_tokens", 0, integer=True, what="tokens per follow-up")
+    hops = num(s, "substrate.agent.hops", 1, integer=True, what="models per agentic chain")
+    h_tok = num(s, "substrate.agent.handoff_tokens", 0, integer=True, what="tokens per hand-off")
+    routing = sub.get("routing")
+    if not isinstance(routing, bool):
+        raise ConfigError("substrate.routing", routing, "true or false")
+    prices = {k: num(s, f"substrate.prices.{k}", 0, what="a price >= 0")
+              for k in ("usd_per_1m_input", "usd_per_1m_output", "usd_per_kwh")}
+    temp = num(s, "substrate.temperature_k", 0, strict=True, what="a temperature (K)")
+    bits = sub.get("landauer_bits_per_unit")
+    bits = model.bits_per_token if bits is None else num(s, "substrate.landauer_bits_per_unit", 0, strict=True,
+                                                          what="bits per token")
+
+    graph = build_graph(cfg["topology"], seed=seed)
+    n = graph.number_of_nodes()
+    src, dst = edge_arrays(graph)
+
+    # initial requests (serving calculator, agent loops)
+    n_act = num(s, "substrate.initial.active", 0, integer=True, what="initial chains per model")
+    n_q = num(s, "substrate.initial.queued", 0, integer=True, what="initial queued requests per model")
+    p0 = num(s, "substrate.initial.prompt_tokens", 1, integer=True, what="a prompt length (tokens)")
+    o0 = num(s, "substrate.initial.output_tokens", 1, what="an output length (tokens)")
+    if n_act > slots:
+        raise ConfigError("substrate.initial.active", n_act, f"at most substrate.chain_slots={slots}")
+    if n_act > max_batch:
+        raise ConfigError("substrate.initial.active", n_act, f"at most substrate.max_batch={max_batch}")
+    if n_q > q_slots:
+        raise ConfigError("substrate.initial.queued", n_q, f"at most substrate.queue_slots={q_slots}")
+    freeze = sub.get("freeze_context", False)
+    if not isinstance(freeze, bool):
+        raise ConfigError("substrate.freeze_context", freeze, "true or false")
+    if not freeze and p0 + o0 > l_max and (n_act or n_q):
+        raise ConfigError("substrate.initial.prompt_tokens", p0,
+                          f"prompt + output <= max_context {l_max:.0f} of {model.name} (output {o0:g})")
+    need = n_act * (p0 if freeze else p0 + o0)
+    if need > cap:
+        raise ConfigError(
+            "substrate.initial.active", n_act,
+            f"a batch the KV cache holds: {n_act} x {p0 if freeze else p0 + o0:g} tokens = {need:,.0f} > KV capacity "
+            f"{cap:,.0f} tokens ({model.name} on {n_gpus} x {gpu.name})",
+        )
+
+    f64 = np.float64
+    i32 = np.int32
+    zc = np.zeros(n, f64)
+    chains = Chains(
+        active=np.zeros((n, slots), bool), base=np.zeros((n, slots), f64), out=np.zeros((n, slots), f64),
+        target=np.zeros((n, slots), f64), tool_wait=np.zeros((n, slots), i32), born=np.zeros((n, slots), i32),
+        turn=np.zeros((n, slots), i32), hop=np.zeros((n, slots), i32),
+    )
+    chains.active[:, :n_act] = True
+    chains.base[:, :n_act] = p0
+    chains.target[:, :n_act] = o0
+    queue = Queue(
+        active=np.zeros((n, q_slots), bool), prompt=np.zeros((n, q_slots), f64), target=np.zeros((n, q_slots), f64),
+        born=np.zeros((n, q_slots), i32), turn=np.zeros((n, q_slots), i32), hop=np.zeros((n, q_slots), i32),
+        seq=np.zeros((n, q_slots), i32),
+    )
+    queue.active[:, :n_q] = True
+    queue.prompt[:, :n_q] = p0
+    queue.target[:, :n_q] = o0
+    queue.seq[:, :n_q] = np.arange(n_q, dtype=i32)
+    # the initial batch is prefilled already (not billed, not costed): it is the calculator's set-up
+    cells = Cells(
+        alive=np.ones(n, bool), kv_capacity=np.full(n, cap, f64), kv_free=np.full(n, cap - n_act * p0, f64),
+        debt_s=zc.copy(), next_seq=np.full(n, n_q, i32), step_time_s=zc.copy(),
+    )
+    ledger = Ledger(**{f.name: zc.copy() for f in dataclasses.fields(Ledger)})
+    state = LLMState(cells=cells, gpus=Gpus(alive=np.ones((n, n_gpus), bool)), chains=chains, queue=queue,
+                     ledger=ledger, step=np.int32(0))
+    p = lambda v: np.asarray(v, f64)  # noqa: E731
+    params = LLMParams(
+        dt=p(dt),
+        c0=p(model.flops_per_token), c1=p(model.flops_per_token_per_ctx),
+        weight_bytes=p(model.weight_bytes), kv_bytes=p(model.kv_bytes_per_token), l_max=p(l_max),
+        peak_flops=p(gpu.peak_flops), bandwidth=p(gpu.bandwidth),
+        power_idle=p(gpu.power_idle_w), power_prefill=p(gpu.power_prefill_w), power_decode=p(gpu.power_decode_w),
+        max_batch=np.asarray(max_batch, i32),
+        arrival_rate=np.full(n, rate, f64), arrival_k=np.arange(a_max, dtype=i32),
+        prompt_median=p(p_med), prompt_sigma=p(p_sig), output_median=p(o_med), output_sigma=p(o_sig),
+        p_tool=p(p_tool), tool_steps=np.asarray(max(1, math.ceil(latency / dt - 1e-9)), i32), r_tool=p(r_tool),
+        mem_threshold=p(m_thr), mem_factor=p(m_fac), mem_cost=p(m_cost),
+        followup_prob=p(f_prob), max_turns=np.asarray(turns, i32), followup_tokens=p(f_tok),
+        hops=np.asarray(hops, i32), handoff_tokens=p(h_tok),
+        routing=np.asarray(routing), freeze_context=p(1.0 if freeze else 0.0),
+        edges=Edges(src=src, dst=dst),
+    )
+    return LLMModel(
+        state=state, params=params, graph=graph, model=model, gpu=gpu, substrate=dict(sub), seed=seed,
+        n_gpus=n_gpus, kv_capacity=cap, bits_per_token=float(bits), temperature_k=temp, prices=prices,
+    )
+
+
+def stack_params(params_list):
+    """Stack parameter points along a leading axis (edges and the Poisson support shared)."""
+    import jax
+
+    first = params_list[0]
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *params_list)
+    return dataclasses.replace(stacked, edges=first.edges, arrival_k=first.arrival_k)

@@ -170,6 +170,31 @@ def section_ensembles(n_cells: int, reps_list) -> list[dict]:
     return rows
 
 
+def section_llm(n_models: int = 64, gpus: int = 8, slots: int = 256, steps: int = 500) -> dict:
+    """A serving-sized LLM cluster: ``n_models`` model instances of Llama-3-70B on ``gpus`` H100s
+    each (tensor parallel), ``slots`` decode-stream slots each, on a small-world graph with routing."""
+    from sim.llm import engine as llm_engine
+    from sim.llm.build import build_llm, compose
+
+    cfg = compose([
+        "experiment=serving", "model=llama3_70b", "gpu=h100", "topology=small_world",
+        f"topology.n_cells={n_models}", f"substrate.gpus_per_model={gpus}", f"substrate.chain_slots={slots}",
+        f"substrate.max_batch={slots}", "substrate.arrivals.rate_per_s=8", "replicates=1",
+        f"steps={steps}", f"record_every={steps}",
+    ])
+    llm = build_llm(cfg)
+    kw = dict(seed=0, steps=steps, record_every=steps, replicates=1)
+    r = llm_engine.run(llm.state, llm.params, **kw)
+    best = min(llm_engine.run(llm.state, llm.params, **kw).wall_s for _ in range(2))
+    agents = n_models * (1 + gpus + slots)
+    row = {"models": n_models, "gpus_per_model": gpus, "chain_slots": slots, "agents": agents,
+           "s_per_step": best / steps, "agent_updates_per_s": agents * steps / best, "compile_s": r.compile_s,
+           "simulated_s_per_wall_s": steps * float(cfg["dt"]) / best}
+    print(f"  llm cluster {n_models} x ({gpus} GPUs, {slots} slots): {1e3 * row['s_per_step']:.2f} ms/step, "
+          f"{row['agent_updates_per_s']:.3g} agent-updates/s, {row['simulated_s_per_wall_s']:.0f} simulated s per wall s")
+    return row
+
+
 def section_bandwidth() -> dict:
     """Copy bandwidth (read + write) of a 256 MB array, best of 5, numpy and JAX."""
     import jax
@@ -229,6 +254,12 @@ def write_readme_table(results: dict) -> None:
     lines += ["", "| replicates | cells | ms/step | throughput per replicate vs 1 |", "|---:|---:|---:|---:|"]
     for r in results.get("ensembles", []):
         lines.append(f"| {r['replicates']} | {r['cells']} | {1e3 * r['s_per_step']:.2f} | {r['relative_throughput_per_replicate']:.2f} |")
+    llm = results.get("llm")
+    if llm:
+        lines += ["", f"LLM preset, {llm['models']} Llama-3-70B instances x {llm['gpus_per_model']} H100 "
+                  f"({llm['chain_slots']} decode slots each, {llm['agents']:,} agents): "
+                  f"{1e3 * llm['s_per_step']:.2f} ms/step, {llm['agent_updates_per_s']:.3g} agent-updates/s, "
+                  f"{llm['simulated_s_per_wall_s']:.0f} simulated seconds per wall-clock second."]
     bw = results.get("bandwidth", {})
     if bw:
         lines += ["", f"Copy bandwidth on this machine: numpy {bw['numpy_copy_bytes_per_s'] / 1e9:.1f} GB/s, "
@@ -313,6 +344,8 @@ def main() -> int:
     results["scaling"] = section_scaling(targets, "float64") + ([] if args.quick else section_scaling([1e5, 1e6], "float32"))
     print("Ensembles:")
     results["ensembles"] = section_ensembles(20 if args.quick else 100, [1, 4] if args.quick else [1, 4, 16, 64, 256])
+    print("LLM cluster:")
+    results["llm"] = section_llm(steps=200 if args.quick else 1000)
     results["bandwidth"] = section_bandwidth()
     results["bytes"] = bytes_moved_per_agent_step()
     big = max(results["scaling"], key=lambda r: r["agents"]) if results["scaling"] else None

@@ -10,6 +10,7 @@ import numpy as np
 
 from sim import engine
 from sim.config.validate import check_stability, validate
+from sim.errors import ConfigError, NumericalError
 from sim.presets import build
 from sim.results import summarize, to_dataset
 
@@ -71,32 +72,79 @@ def _run_mesa(model, cfg) -> engine.RunResult:
     return engine.RunResult(state, records, times, steps, wall, 0.0, None)
 
 
-def run(cfg, on_chunk=None) -> RunOutput:
+def _merge_records(prior: dict | None, new: dict) -> dict:
+    if prior is None:
+        return new
+    return {k: prior[k] if new.get(k) is None else np.concatenate([prior[k], new[k]], axis=1) for k in prior}
+
+
+def _run_jax(model, cfg, on_chunk=None, run_dir=None) -> engine.RunResult:
+    """The engine run of a config, checkpointing into ``run_dir`` and resuming from ``cfg['resume']``."""
+    from sim import checkpoint
+
+    steps, every, reps = int(cfg["steps"]), int(cfg["record_every"]), int(cfg["replicates"])
+    # one chunk length for the whole run, also when resumed part-way (same compiled function)
+    chunk = engine.chunk_length(steps // every, int(cfg.get("chunk_records", 100)))
+    state0, keys, start, ckpt = model.state, None, 0, None
+    if cfg.get("resume"):
+        ckpt = checkpoint.load(cfg["resume"])
+        state0 = checkpoint.restore_state(ckpt, model.state, reps)
+        keys, start = jax.numpy.asarray(ckpt.keys), ckpt.steps_done
+        if start > steps or start % (chunk * every):
+            raise ConfigError("resume", str(cfg["resume"]), f"a checkpoint of this run ({start} steps done of {steps})")
+    every_n = int(cfg.get("checkpoint_every", 0) or 0)
+    writer = checkpoint.Checkpointer(run_dir, cfg, every_n, prior=ckpt) if every_n and run_dir is not None else None
+    if start < steps:
+        result = engine.run(
+            state0, model.params, seed=model.seed, steps=steps - start, record_every=every, replicates=reps,
+            chunk_records=chunk, on_chunk=on_chunk, start_step=start, keys=keys, checkpoint=writer,
+        )
+    else:  # the checkpoint is of a finished run: nothing left to compute
+        result = engine.RunResult(state0, {k: None for k in engine.RECORD_FIELDS}, np.zeros(0), 0, 0.0, 0.0)
+    if ckpt is not None:
+        result.records = _merge_records(ckpt.records, result.records)
+        result.steps_done += start
+    n_rec = result.steps_done // every
+    result.times = np.arange(1, n_rec + 1) * every * float(np.asarray(model.params.dt).reshape(-1)[0])
+    return result
+
+
+def run(cfg, on_chunk=None, *, run_dir=None) -> RunOutput:
+    """Validate, build and run a config. With ``run_dir`` and ``checkpoint_every > 0`` the JAX run
+    checkpoints into ``run_dir/checkpoint``; ``cfg['resume']`` (a run folder) continues from its
+    checkpoint (the caller passes the checkpoint's stored config, see :func:`sim.app.resume_run`)."""
     kind = (as_plain(cfg).get("experiment") or {}).get("kind", "tissue")
     if kind != "tissue":
         from sim import experiments
 
         fn = experiments.get(kind)
         if fn is None:
-            from sim.errors import ConfigError
-
             raise ConfigError("experiment.kind", kind, "one of " + ", ".join(experiments.kinds()))
-        return fn(as_plain(cfg))
+        plain = as_plain(cfg)
+        for key in ("checkpoint_every", "resume"):
+            if plain.get(key):
+                raise ConfigError(key, plain[key], f"{'0' if key == 'checkpoint_every' else 'null'} with "
+                                  f"experiment.kind={kind} (only tissue runs checkpoint and resume)")
+        return fn(plain)
     cfg, model = prepare(cfg)
     if cfg.get("backend", "jax") == "mesa":
+        if cfg.get("resume"):
+            raise ConfigError("resume", cfg["resume"], "null with backend=mesa (the reference backend does not checkpoint)")
         result = _run_mesa(model, cfg)
     else:
-        result = engine.run(
-            model.state, model.params, seed=model.seed, steps=int(cfg["steps"]),
-            record_every=int(cfg["record_every"]), replicates=int(cfg["replicates"]),
-            chunk_records=int(cfg.get("chunk_records", 100)), on_chunk=on_chunk,
-        )
+        result = _run_jax(model, cfg, on_chunk=on_chunk, run_dir=run_dir)
     result.state = jax.device_get(result.state)
     ds = to_dataset(model, result, cfg) if result.steps_done > 0 else None
     summary = summarize(model, result, model.state) if result.steps_done > 0 else {"status": "failed"}
     if result.error is not None:
         summary["status"] = "failed"
         summary["reason"] = str(result.error)
+        err = result.error
+        if isinstance(err, NumericalError):
+            summary.update(
+                failure_step=err.step, failure_cell=err.cell, failure_species=err.species,
+                failure_process=err.process, failure_replicate=err.replicate,
+            )
     return RunOutput(ds, summary, model, result)
 
 

@@ -1,8 +1,10 @@
 """Hydra entry point: ``python -m sim [overrides]`` writes one run folder; ``-m`` sweeps.
 
 Run folder (``runs/<experiment>/<timestamp>/``): ``.hydra/config.yaml`` (Hydra), ``results.nc``,
-``summary.json``, ``figures/*.png``. Exit codes: 0 ok, 2 invalid config (one line naming key,
-value and what is allowed), 3 numerical failure (NaN/Inf/negative pool; results up to the last
+``summary.json``, ``figures/*.png`` and, while a run with ``checkpoint_every > 0`` is going,
+``checkpoint/``; ``python -m sim resume=FOLDER`` continues a killed run there. Exit codes: 0 ok,
+2 invalid config (one line per problem naming key, value and what is allowed; a traceback only
+with ``debug=true``), 3 numerical failure (NaN/Inf/negative pool; results up to the last
 good chunk are kept), 4 any other failure. In a sweep a failing job records ``status: failed``
 in its summary and the sweep goes on.
 """
@@ -66,17 +68,34 @@ def print_summary(summary: dict, out_dir: Path) -> None:
         print(f"  {name:<{width}}  {value}")
 
 
-def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
-    """Run one job into ``out_dir``; returns the exit code (never raises for a failed run)."""
-    from sim.api import as_plain, run
-    from sim.plot import run_figures
+def _print_config_error(exc: ConfigError) -> None:
+    from sim.config.validate import problems_of
 
-    plain = as_plain(cfg)
-    debug = bool(plain.get("debug", False))
+    for problem in problems_of(exc):
+        print(f"error: {ConfigError.__str__(problem)}", file=sys.stderr)
+
+
+def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
+    """Run one job into ``out_dir``; returns the exit code (never raises for a failed run).
+
+    With ``checkpoint_every > 0`` the run checkpoints into ``out_dir/checkpoint`` (removed once
+    the results are written); ``resume`` set means ``cfg`` is a checkpoint's stored config and
+    ``out_dir`` its run folder (see :func:`resume_run`)."""
+    from sim.api import as_plain, run
+    from sim.checkpoint import clear
+
+    out_dir = Path(out_dir)
     summary: dict = {"status": "failed"}
     code = 0
+    debug = False
     try:
-        output = run(plain)
+        try:
+            plain = as_plain(cfg)
+        except Exception as exc:  # unresolvable interpolation (${...}) and the like
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(getattr(exc, "full_key", None) or "config", None, f"a resolvable config ({msg})") from None
+        debug = plain.get("debug") is True  # (a mistyped value such as "maybe" is refused, not obeyed)
+        output = run(plain, run_dir=out_dir)
         summary = dict(output.summary)
         summary["experiment"] = plain.get("experiment", {}).get("name")
         summary["substrate"] = plain.get("substrate", {}).get("name")
@@ -84,9 +103,11 @@ def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
         if output.dataset is not None:
             write_netcdf(out_dir / "results.nc", output.dataset)
         if plain.get("figures", True):
-            if output.figures is not None:
+            if getattr(output, "figures", None) is not None:
                 output.figures(out_dir)
             elif output.dataset is not None:
+                from sim.plot import run_figures
+
                 run_figures(output.dataset, out_dir)
         if output.result.error is not None:
             err = output.result.error
@@ -94,7 +115,9 @@ def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
             print(f"error: {err}", file=sys.stderr)
     except ConfigError as exc:
         summary.update(reason=str(exc))
-        print(f"error: {exc}", file=sys.stderr)
+        _print_config_error(exc)
+        if debug:
+            traceback.print_exc()
         code = EXIT_CONFIG
     except Exception as exc:  # any other failure: record it, keep what was computed
         summary.update(reason=f"{type(exc).__name__}: {exc}")
@@ -103,26 +126,140 @@ def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
             traceback.print_exc()
         code = EXIT_FAILED
     write_json(out_dir / "summary.json", summary)
-    if not quiet and code == 0:
-        print_summary(summary, out_dir)
+    if code == 0:
+        clear(out_dir)  # the results hold everything the checkpoint held
+        if not quiet:
+            print_summary(summary, out_dir)
     return code
+
+
+RESUME_OVERRIDABLE = ("debug",)
+
+
+def resume_run(path, overrides: dict | None = None, *, quiet: bool = False) -> int:
+    """Continue the killed run in folder ``path`` from its checkpoint, into that same folder.
+
+    The run's stored config is used as it was (only ``debug`` may be changed), so the result is
+    bit-identical to that of an uninterrupted run."""
+    from sim.checkpoint import find, load_config
+
+    overrides = dict(overrides or {})
+    try:
+        for key in overrides:
+            if key not in RESUME_OVERRIDABLE:
+                raise ConfigError(
+                    key, overrides[key],
+                    "no override with resume= (a resumed run keeps its stored config) except "
+                    + ", ".join(RESUME_OVERRIDABLE),
+                )
+        ckpt_dir = find(path)
+        cfg = load_config(ckpt_dir)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    cfg.update(overrides)
+    cfg["resume"] = str(ckpt_dir)
+    if not quiet:
+        print(f"resuming {ckpt_dir.parent}", file=sys.stderr)
+    return execute(cfg, ckpt_dir.parent, quiet=quiet)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
-    code = execute(cfg, Path(hc.runtime.output_dir))
+    if cfg.get("resume"):
+        code = resume_run(cfg.resume, {"debug": cfg.get("debug") is True})
+    else:
+        code = execute(cfg, Path(hc.runtime.output_dir))
     if code and hc.mode != RunMode.MULTIRUN:
         sys.exit(code)
 
 
-def entry() -> None:
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+def _hydra_error(exc: BaseException, args: list[str]) -> ConfigError:
+    """A Hydra parse/compose exception -> one ConfigError naming the key."""
+    chain, x = [], exc
+    while x is not None and len(chain) < 8:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    full_key = next((getattr(e, "full_key", None) for e in chain if getattr(e, "full_key", None)), None)
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    detail = "; ".join(str(e).splitlines()[0] for e in chain[1:] if str(e)) or first
+    if type(exc).__name__ == "OverrideParseException":
+        bad = next((a for a in args if f"'{a}'" in first), first)
+        return ConfigError(bad.partition("=")[0].lstrip("+~") or bad, bad, f"key=value (Hydra override grammar: {detail})")
+    if full_key:
+        value = next((a.partition("=")[2] for a in args if a.lstrip("+~").partition("=")[0] == full_key), None)
+        if "not in struct" in detail or "not in '" in detail:
+            return ConfigError(full_key, value, f"an existing key (add a new one with +{full_key}=...; {detail})")
+        return ConfigError(full_key, value, detail)
+    return ConfigError("overrides", " ".join(args), f"a composable config ({first}{'; ' + detail if detail != first else ''})")
+
+
+def precompose(argv: list[str]) -> None:
+    """Compose the config once before Hydra does, turning its multi-line errors into one line.
+
+    Sweeps (``-m a=1,2``) are composed with the first value of each sweep; anything this
+    cannot handle (other flags, glob sweeps) is left to Hydra."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    args = [a for a in argv if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in args):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     try:
-        preflight(sys.argv[1:])
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception as exc:
+        raise _hydra_error(exc, args) from None
+    if multirun:
+        try:
+            args = [
+                (o.input_line.partition("=")[0] + "=" + next(iter(o.sweep_string_iterator())))
+                if o.is_sweep_override() else o.input_line
+                for o in parsed
+            ]
+        except Exception:
+            return
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="sim"):
+            compose(config_name="config", overrides=args)
+    except Exception as exc:
+        raise _hydra_error(exc, args) from None
+
+
+def _resume_args(argv: list[str]):
+    paths = [a.partition("=")[2] for a in argv if a.startswith("resume=")]
+    if not paths or any(a in ("-m", "--multirun") for a in argv):
+        return None
+    others = {}
+    for a in argv:
+        if a.startswith("resume=") or a.lstrip("+~").startswith("hydra"):
+            continue  # Hydra's own settings (run folder, logging): a resumed run makes no new folder
+        key, _, value = a.lstrip("+~").partition("=")
+        others[key] = value.strip().lower() in ("true", "1", "yes") if key == "debug" else value
+    return paths[-1], others
+
+
+def _debug_flag(argv: list[str]) -> bool:
+    return any(a.lstrip("+").lower() in ("debug=true", "debug=1", "debug=yes") for a in argv)
+
+
+def entry() -> None:
+    argv = sys.argv[1:]
+    debug = _debug_flag(argv)
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1" if debug else "0")
+    try:
+        preflight(argv)
+        resume = _resume_args(argv)
+        if resume is None:
+            precompose(argv)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_config_error(exc)
+        if debug:
+            traceback.print_exc()
         sys.exit(EXIT_CONFIG)
+    if resume is not None:  # continue a run in its own folder: no new Hydra run folder
+        sys.exit(resume_run(*resume))
     try:
         main()
     except SystemExit as exc:

@@ -29,11 +29,31 @@ RECORD_FIELDS = (
 )
 
 
+def fixed_order_sum(x, axis: int = -1):
+    """Sum over ``axis`` as a left-to-right chain of adds (x0 + x1) + x2 + ...
+
+    XLA's CPU reduction emitter picks its accumulation order from the whole array shape, so
+    ``jnp.sum`` over a small agent axis can differ in the last bit between a batch of 8 and a
+    batch of 64 replicates. A chain of elementwise adds has one order whatever the batch, which
+    keeps replicate ``k`` bit-identical alone and in a batch (and equal to a sequential loop).
+    Meant for the short per-cell agent axes (producers, consumers); integers use ``jnp.sum``.
+    """
+    x = jnp.asarray(x)
+    axis = axis % x.ndim
+    n = x.shape[axis]
+    if n == 0 or not jnp.issubdtype(x.dtype, jnp.floating):
+        return jnp.sum(x, axis=axis)
+    total = jax.lax.index_in_dim(x, 0, axis, keepdims=False)
+    for i in range(1, n):
+        total = total + jax.lax.index_in_dim(x, i, axis, keepdims=False)
+    return total
+
+
 def observe(state) -> dict:
     """What is recorded at each record point (per cell)."""
     prod, led = state.producers, state.ledger
     n_alive = jnp.sum(prod.alive, axis=1)
-    health = jnp.sum(jnp.where(prod.alive, prod.health, 0.0), axis=1) / jnp.maximum(n_alive, 1)
+    health = fixed_order_sum(jnp.where(prod.alive, prod.health, 0.0), axis=1) / jnp.maximum(n_alive, 1)
     return {
         "pools": state.cells.pools,
         "alive": state.cells.alive,
@@ -41,8 +61,8 @@ def observe(state) -> dict:
         "n_producers": n_alive.astype(jnp.int32),
         "health_mean": health,
         "produced": led.produced,
-        "spent": jnp.sum(led.spent, axis=1) + led.repair_spent + led.birth_spent,
-        "work": jnp.sum(led.work, axis=1),
+        "spent": fixed_order_sum(led.spent, axis=1) + led.repair_spent + led.birth_spent,
+        "work": fixed_order_sum(led.work, axis=1),
         "transported_out": led.transported_out,
         "failures": led.failures,
         "births": led.births,
@@ -109,16 +129,56 @@ def bad_pools(pools: np.ndarray) -> np.ndarray:
 
 def diagnose(state, params, key, start_step: int, n_steps: int) -> NumericalError | None:
     """Replay steps one process at a time (one replicate) to name where a pool went bad."""
-    for i in range(n_steps):
+    for _ in range(n_steps):
+        step_no = int(np.asarray(state.step))
         for name, process in PROCESSES:
             state = process(state, params, key)
             pools = np.asarray(state.cells.pools)
             bad = bad_pools(pools)
             if bad.any():
                 cell, sp = map(int, np.argwhere(bad)[0])
-                return NumericalError(start_step + i, cell, SPECIES[sp], name, float(pools[cell, sp]))
+                return NumericalError(step_no, cell, SPECIES[sp], name, float(pools[cell, sp]))
         state = dataclasses.replace(state, step=state.step + 1)
     return None
+
+
+@jax.jit
+def _advance(state, params, key, n_steps):
+    """``n_steps`` steps of one replicate (a traced count: compiles once whatever the count)."""
+    return jax.lax.fori_loop(0, n_steps, lambda i, s: step(s, params, key), state)
+
+
+def locate_failure(state, params, keys, rec, record_every: int, chunk_start: int,
+                   batched_params: bool = False, first_replicate: int = 0) -> NumericalError:
+    """Name the step, cell, species and process of the first bad pool in a chunk.
+
+    ``state`` is the (batched) state at the start of the chunk and ``rec`` its records. The
+    replicate and record interval with the earliest bad pool are found from the records; that
+    replicate is advanced to the start of the interval, then replayed process by process.
+    """
+    bad = bad_pools(rec["pools"])  # (R, T, C, S)
+    n_rep, n_t = bad.shape[:2]
+    per_rt = bad.reshape(n_rep, n_t, -1).any(axis=2)
+    first_t = np.where(per_rt.any(axis=1), per_rt.argmax(axis=1), n_t)
+    r = int(np.argmin(first_t))
+    t = int(first_t[r])
+    cell, sp = map(int, np.argwhere(bad[r, t])[0])
+    value = float(rec["pools"][r, t, cell, sp])
+    s_r = jax.tree_util.tree_map(lambda x: x[r], state)
+    p_r = jax.tree_util.tree_map(lambda x: x[r], params) if batched_params else params
+    error = None
+    try:
+        if t:
+            s_r = _advance(s_r, p_r, keys[r], t * record_every)
+        error = diagnose(s_r, p_r, keys[r], chunk_start + t * record_every, record_every)
+    except Exception:  # the replay is a diagnosis aid: never let it hide the failure itself
+        error = None
+    if error is None:  # not reproduced step by step: report what the records show
+        error = NumericalError(
+            chunk_start + (t + 1) * record_every - 1, cell, SPECIES[sp],
+            f"unknown (seen at the record after step {chunk_start + (t + 1) * record_every - 1})", value,
+        )
+    return NumericalError(error.step, error.cell, error.species, error.process, error.value, first_replicate + r)
 
 
 def run(
@@ -135,9 +195,15 @@ def run(
     on_chunk: Callable | None = None,
     start_step: int = 0,
     keys=None,
+    checkpoint: Callable | None = None,
 ) -> RunResult:
     """Run ``steps`` steps of ``replicates`` replicates; ``state0`` is unbatched unless it has a
-    leading replicate axis already (resume). Stops at the first bad chunk, keeping earlier ones."""
+    leading replicate axis already (resume). Stops at the first bad chunk, keeping earlier ones.
+
+    After each good chunk ``on_chunk(state, steps_done, keys)`` and
+    ``checkpoint(state, steps_done, keys, chunk_records)`` are called (``steps_done``: steps of
+    this call, after ``start_step``). Resuming passes the checkpointed batched state, its ``keys`` and
+    ``start_step``; with the same chunk length the continuation is bit-identical."""
     if steps % record_every:
         raise ValueError("steps must be a multiple of record_every")
     n_records = steps // record_every
@@ -158,15 +224,10 @@ def run(
     for c in range(n_records // chunk):
         new_state, rec = compiled(state, params, keys)
         rec = jax.device_get(rec)
-        bad = bad_pools(rec["pools"])
-        if bad.any():
-            r = int(np.argwhere(bad.reshape(bad.shape[0], -1).any(axis=1))[0][0])
-            p_r = params if not batched_params else jax.tree_util.tree_map(lambda x: x[r], params)
-            s_r = jax.tree_util.tree_map(lambda x: x[r], state)
-            error = diagnose(s_r, p_r, keys[r], start_step + done, chunk * record_every)
-            if error is None:
-                error = NumericalError(start_step + done, -1, "?", "?", float("nan"), r)
-            error.replicate = r
+        if bad_pools(rec["pools"]).any():
+            error = locate_failure(
+                state, params, keys, rec, record_every, start_step + done, batched_params, first_replicate
+            )
             break
         state = new_state
         for k in RECORD_FIELDS:
@@ -174,6 +235,8 @@ def run(
         done += chunk * record_every
         if on_chunk is not None:
             on_chunk(state, done, keys)
+        if checkpoint is not None:
+            checkpoint(state, done, keys, rec)
     jax.block_until_ready(state)
     wall = time.perf_counter() - t1
     records = {k: (np.concatenate(v, axis=1) if v else None) for k, v in out.items()}

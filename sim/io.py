@@ -46,9 +46,11 @@ def _clean(obj):
     return obj
 
 
-def write_json(path, data) -> None:
+def write_json(path, data, *, sort_keys: bool = True) -> None:
+    """JSON with sorted keys by default; ``sort_keys=False`` keeps mapping order (configs, where
+    the order of e.g. producer kinds is meaningful)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=sort_keys) + "\n")
 
 
 def write_netcdf(path, ds) -> None:

@@ -139,6 +139,35 @@ def _parse_edgelist(text: str, path) -> nx.Graph:
     return g
 
 
+def _check_graphml(data: bytes, path) -> None:
+    """What networkx lets through: nodes without ids, edges without both ends or to undeclared
+    nodes (it would invent a node called "None"). Parsed with expat, which refuses entity bombs."""
+    from xml.etree import ElementTree
+
+    root = ElementTree.fromstring(data)
+
+    def local(tag):
+        return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+    if local(root.tag) != "graphml":
+        _refuse(path, f"a GraphML document (its root element is <{local(root.tag)}>)")
+    nodes = set()
+    for el in root.iter():
+        if local(el.tag) == "node":
+            nid = el.get("id")
+            if not nid:
+                _refuse(path, "GraphML whose every <node> has a non-empty id")
+            nodes.add(nid)
+    for el in root.iter():
+        if local(el.tag) == "edge":
+            src, dst = el.get("source"), el.get("target")
+            if not src or not dst:
+                _refuse(path, "GraphML whose every <edge> has a source and a target")
+            missing = [n for n in (src, dst) if n not in nodes]
+            if missing:
+                _refuse(path, f"GraphML whose edges join declared nodes (node {missing[0]!r} is not declared)")
+
+
 def _natural_labels(g: nx.Graph) -> nx.Graph:
     """Labels that are all integers ("0", "1", "10") become ints, so cell i is node i of the file."""
     try:
@@ -182,6 +211,7 @@ def load_graph_file(path, fmt: str = "auto") -> nx.Graph:
         fmt = "graphml" if path.lower().endswith((".graphml", ".xml")) or head.startswith((b"<?xml", b"<graphml")) else "edgelist"
     try:
         if fmt == "graphml":
+            _check_graphml(data, path)
             g = nx.read_graphml(io.BytesIO(data))
         else:
             if b"\x00" in data:

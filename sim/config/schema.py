@@ -52,10 +52,20 @@ class RunSchema:
     precision: str = "float64"
     debug: bool = False
     figures: bool = True
+    checkpoint_every: int = 0
+    resume: Optional[str] = None
     params: ParamsSchema = field(default_factory=ParamsSchema)
     topology: TopologySchema = field(default_factory=TopologySchema)
     experiment: ExperimentSchema = field(default_factory=ExperimentSchema)
     substrate: Any = None
+    # LLM preset (sim/llm): model and GPU groups, serving-calculator point, experiment options
+    model: Any = None
+    gpu: Any = None
+    batch: Optional[int] = None
+    context: Optional[int] = None
+    roofline: Any = None
+    serving: Any = None
+    cascade: Any = None
 
 
 def register() -> None:

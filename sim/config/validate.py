@@ -1,18 +1,24 @@
-"""Value checks on a composed config: one clear ``ConfigError`` naming key, value and what is allowed.
+"""Value checks on a composed config: one clear line per problem, naming key, value and what is allowed.
 
-Run before any compilation. Checks: types (through the structured schemas), known names, ranges
-(rates, capacities and affinities >= 0, probabilities in [0, 1], dt > 0), and stability of the
-explicit step: transport needs dt * g * max_degree * max(permeability) < 1 (else a cell can send
-more than it has); kinetics need dt well below the fastest pool relaxation time, estimated as
+Run before any compilation. Checks: types (through the structured schemas in
+:mod:`sim.config.schema`, key by key so every wrong key is reported), known names (backend,
+precision, topology kind and format, parameter names), ranges (rates, capacities and affinities
+>= 0, probabilities in [0, 1], dt > 0), and stability of the explicit step: transport needs
+dt * g * max_degree * max(permeability) < 1 (else a cell can send more than it has); kinetics
+need dt well below the fastest pool relaxation time, estimated as
 dt * max(sum V_prod / K_ADP, sum V_cons / K_ATP, uptake) <= 0.5.
+
+Every problem found is collected; :class:`ConfigErrors` (a :class:`~sim.errors.ConfigError`)
+carries them all, one line each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sim.config.schema import RunSchema
 from sim.errors import ConfigError
@@ -23,83 +29,248 @@ PRECISIONS = ("float64", "float32")
 NONNEG_SUFFIXES = ("_per_s", "_mm", "_mm_per_s", "_l", "count", "yield", "share", "value", "_k", "fraction")
 PROBABILITY_KEYS = ("energy_charge", "birth_min_energy_charge", "stress_threshold", "loss_fraction")
 
+# params.<name> overrides (sim.params.Params fields): (lower, lower_strict, upper) or None = any finite
+_POS, _NONNEG, _FRACTION, _NEG = (0.0, True, None), (0.0, False, None), (0.0, False, 1.0), "negative"
+PARAM_RULES = {
+    "dt": _POS, "temperature_k": _POS, "volume_l": _POS, "dg0_kj": _NEG, "k_ak": _POS,
+    "external_substrate": _NONNEG, "supply_scale": _NONNEG, "demand_scale": _NONNEG,
+    "uptake_scale": _NONNEG, "conductance_scale": _NONNEG, "p_yield": _POS, "p_substrate_dg_kj": _NEG,
+    "p_ceiling_kj": _POS, "p_k_s": _POS, "p_k_adp": _POS, "p_k_pi": _POS, "p_damage": _NONNEG,
+    "hazard0": _NONNEG, "hazard_beta": _NONNEG, "repair_rate": _NONNEG, "repair_cost": _NONNEG,
+    "birth_rate": _NONNEG, "birth_min_ec": _FRACTION, "birth_cost": _NONNEG,
+    "stress_threshold": _FRACTION, "stress_death_s": _POS, "stress_recovery": _NONNEG,
+}
+# vectors (per producer kind, per species, per junction): a scalar override would change their
+# shape; they are set in the substrate preset (substrate.producers.kinds.<kind>.<key>, ...)
+NOT_OVERRIDABLE = (
+    "edges", "permeability", "p_yield", "p_substrate_dg_kj", "p_ceiling_kj", "p_k_s", "p_k_adp", "p_k_pi", "p_damage",
+)
+# sections of a substrate preset that must be mappings (the builder reads keys inside them)
+SUBSTRATE_SECTIONS = (
+    "initial", "thermo", "supply", "producers", "producers.kinds", "consumers", "consumers.kinds", "cell",
+    "transport", "transport.permeability",
+)
+
+
+class ConfigErrors(ConfigError):
+    """Several config problems at once; ``problems`` holds one :class:`ConfigError` per line."""
+
+    def __init__(self, problems: list[ConfigError]):
+        first = problems[0]
+        super().__init__(first.key, first.value, first.allowed)
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(str(ConfigError.__str__(p)) for p in self.problems)
+
+
+def problems_of(exc: ConfigError) -> list[ConfigError]:
+    return list(getattr(exc, "problems", [exc]))
+
+
+class _Collector:
+    def __init__(self):
+        self.problems: list[ConfigError] = []
+        self.bad_keys: set[str] = set()
+
+    def add(self, key, value, allowed):
+        self.problems.append(ConfigError(key, value, allowed))
+        self.bad_keys.add(key)
+
+    def add_error(self, exc: ConfigError):
+        for p in problems_of(exc):
+            self.problems.append(p)
+            self.bad_keys.add(p.key)
+
+    def raise_if_any(self):
+        if self.problems:
+            raise ConfigErrors(self.problems)
+
 
 def _walk(node, prefix):
-    if isinstance(node, dict):
+    if isinstance(node, dict) and node:
         for k, v in node.items():
-            yield from _walk(v, f"{prefix}.{k}")
+            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
     else:
         yield prefix, node
 
 
-def _check_types(cfg: dict) -> None:
+def _nest(dotted: str, value):
+    out = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def _schema_keys(node, dotted: str) -> list[str]:
+    parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
+    sub = OmegaConf.select(node, parent) if parent else node
     try:
-        OmegaConf.merge(OmegaConf.structured(RunSchema), {k: v for k, v in cfg.items() if k != "hydra"})
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        value = getattr(exc, "value", None)
-        msg = str(exc).splitlines()[0]
-        raise ConfigError(key, value, f"a value of the schema's type ({msg})") from None
+        return sorted(str(k) for k in sub.keys())
+    except Exception:  # pragma: no cover - not a mapping
+        return []
 
 
-def _int_at_least(cfg, key, minimum):
+def _check_types(cfg: dict, out: _Collector) -> None:
+    """Merge each leaf (outside ``substrate``, whose numbers the preset builder checks) into the schema."""
+    schema = OmegaConf.structured(RunSchema)
+    for key, value in _walk({k: v for k, v in cfg.items() if k not in ("hydra", "substrate")}, ""):
+        if key in ("params", "topology", "experiment") and value == {}:
+            continue
+        if key.startswith("params."):
+            continue  # free-form names, checked against sim.params.Params below
+        try:
+            OmegaConf.merge(schema, _nest(key, value))
+        except ConfigKeyError:
+            out.add(key, value, "one of the known keys: " + ", ".join(_schema_keys(schema, key)))
+        except OmegaConfBaseException as exc:
+            msg = str(exc).splitlines()[0]
+            out.add(key, value, f"a value of the schema's type ({msg})")
+
+
+def _int_at_least(cfg, key, minimum, out: _Collector):
     v = cfg.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(key, v, f"an integer >= {minimum}")
+        out.add(key, v, f"an integer >= {minimum}")
+        return None
     return v
 
 
-def validate(cfg: dict) -> None:
-    """Raise ConfigError on the first problem found in the composed (resolved, plain) config."""
-    _check_types(cfg)
-    backend = cfg.get("backend")
-    if backend not in BACKENDS:
-        raise ConfigError("backend", backend, "one of " + ", ".join(BACKENDS))
-    if cfg.get("precision") not in PRECISIONS:
-        raise ConfigError("precision", cfg.get("precision"), "one of " + ", ".join(PRECISIONS))
-    _int_at_least(cfg, "seed", 0)
-    steps = _int_at_least(cfg, "steps", 1)
-    every = _int_at_least(cfg, "record_every", 1)
-    _int_at_least(cfg, "replicates", 1)
-    _int_at_least(cfg, "chunk_records", 1)
-    if steps % every:
-        raise ConfigError("steps", steps, f"a multiple of record_every={every}")
-    dt = cfg.get("dt")
-    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
-        raise ConfigError("dt", dt, "a finite time step > 0 (s)")
-    for name, value in (cfg.get("params") or {}).items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-            raise ConfigError(f"params.{name}", value, "a finite number >= 0")
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-    topo = cfg.get("topology") or {}
-    if topo.get("kind") != "single" and topo.get("kind") != "file":
-        _int_at_least({"topology.n_cells": topo.get("n_cells")}, "topology.n_cells", 1)
+
+def _check_params(params, out: _Collector) -> None:
+    from sim.params import Params
+
+    names = sorted(f.name for f in dataclasses.fields(Params) if f.name not in NOT_OVERRIDABLE)
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        out.add("params", params, "a mapping of parameter name -> number")
+        return
+    for name, value in params.items():
+        key = f"params.{name}"
+        if name in NOT_OVERRIDABLE:
+            out.add(key, value, "a scalar parameter (this one is a vector: set it in the substrate preset); "
+                    "one of " + ", ".join(names))
+            continue
+        if name not in names:
+            out.add(key, value, "a parameter of sim.params.Params: " + ", ".join(names))
+            continue
+        if not _number(value):
+            out.add(key, value, "a finite number")
+            continue
+        rule = PARAM_RULES.get(name)
+        if rule == _NEG:
+            if value > 0:
+                out.add(key, value, "a number <= 0 (kJ/mol released: free energies of hydrolysis are negative)")
+            continue
+        if rule is None:
+            continue
+        lo, strict, hi = rule
+        if value < lo or (strict and value == lo) or (hi is not None and value > hi):
+            allowed = f"a number {'>' if strict else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+            out.add(key, value, allowed)
+
+
+def _check_topology(topo, out: _Collector) -> None:
+    from sim.topology import FORMATS, KINDS
+
+    if not isinstance(topo, dict):
+        out.add("topology", topo, "a topology config group")
+        return
+    kind = topo.get("kind")
+    if "topology.kind" not in out.bad_keys and kind not in KINDS:
+        out.add("topology.kind", kind, "one of " + ", ".join(KINDS))
+    if kind == "file":
+        if "topology.format" not in out.bad_keys and topo.get("format", "auto") not in FORMATS:
+            out.add("topology.format", topo.get("format"), "one of " + ", ".join(FORMATS))
+    elif kind in KINDS and kind != "single" and "topology.n_cells" not in out.bad_keys:
+        n = topo.get("n_cells")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            out.add("topology.n_cells", n, "an integer >= 1")
+    p = topo.get("p")
+    if p is not None and "topology.p" not in out.bad_keys and not (_number(p) and 0 <= p <= 1):
+        out.add("topology.p", p, "a probability in [0, 1]")
+
+
+def _check_substrate_sections(sub, out: _Collector) -> None:
+    if not isinstance(sub, dict):
+        out.add("substrate", sub, "a substrate preset (a mapping; pick one with substrate=bio|generic)")
+        return
+    for dotted in SUBSTRATE_SECTIONS:
+        node, parts = sub, dotted.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            continue  # missing keys are named by the builder
+        value = node[parts[-1]]
+        if not isinstance(value, dict):
+            out.add(f"substrate.{dotted}", value, "a mapping (a section of the substrate preset), not a single value")
+        elif dotted.endswith("kinds"):
+            for kind, kcfg in value.items():
+                if not isinstance(kcfg, dict):
+                    out.add(f"substrate.{dotted}.{kind}", kcfg, "a mapping of the kind's parameters")
+
+
+def validate(cfg: dict) -> None:
+    """Raise :class:`ConfigErrors` listing every problem found in the composed (plain) config."""
+    out = _Collector()
+    _check_types(cfg, out)
+    bad = out.bad_keys
+    backend = cfg.get("backend")
+    if "backend" not in bad and backend not in BACKENDS:
+        out.add("backend", backend, "one of " + ", ".join(BACKENDS))
+    if "precision" not in bad and cfg.get("precision") not in PRECISIONS:
+        out.add("precision", cfg.get("precision"), "one of " + ", ".join(PRECISIONS))
+    ints = {}
+    for key, minimum in (("seed", 0), ("steps", 1), ("record_every", 1), ("replicates", 1),
+                         ("chunk_records", 1), ("checkpoint_every", 0)):
+        if key not in bad and (key in cfg or key != "checkpoint_every"):
+            ints[key] = _int_at_least(cfg, key, minimum, out)
+    steps, every = ints.get("steps"), ints.get("record_every")
+    if steps and every and steps % every:
+        out.add("steps", steps, f"a multiple of record_every={every}")
+    dt = cfg.get("dt")
+    if "dt" not in bad and not (_number(dt) and dt > 0):
+        out.add("dt", dt, "a finite time step > 0 (s)")
+    if ints.get("checkpoint_every") and backend == "mesa":
+        out.add("checkpoint_every", cfg.get("checkpoint_every"), "0 with backend=mesa (the reference backend does not checkpoint)")
+    resume = cfg.get("resume")
+    if "resume" not in bad and resume is not None and not (isinstance(resume, str) and resume):
+        out.add("resume", resume, "null or the path of a run folder with a checkpoint")
+    _check_params(cfg.get("params"), out)
+    _check_topology(cfg.get("topology") or {}, out)
 
     sub = cfg.get("substrate") or {}
+    _check_substrate_sections(sub, out)
     for key, value in _walk(sub, "substrate"):
         leaf = key.rsplit(".", 1)[-1]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if not math.isfinite(value):
-            raise ConfigError(key, value, "a finite number")
-        if leaf.endswith(NONNEG_SUFFIXES) and "dg" not in leaf and value < 0:
-            raise ConfigError(key, value, "a number >= 0 (rates, capacities, affinities and amounts cannot be negative)")
-        if leaf in PROBABILITY_KEYS and not 0 <= value <= 1:
-            raise ConfigError(key, value, "a fraction in [0, 1]")
+            out.add(key, value, "a finite number")
+        elif leaf.endswith(NONNEG_SUFFIXES) and "dg" not in leaf and value < 0:
+            out.add(key, value, "a number >= 0 (rates, capacities, affinities and amounts cannot be negative)")
+        elif leaf in PROBABILITY_KEYS and not 0 <= value <= 1:
+            out.add(key, value, "a fraction in [0, 1]")
+    out.raise_if_any()
 
 
 def check_stability(model, cfg: dict) -> None:
     """Stability of the explicit step for a built model (needs the graph and parameters)."""
     import numpy as np
 
+    out = _Collector()
     p = model.params
     dt = float(p.dt)
     g = np.asarray(p.edges.conductance) * float(p.conductance_scale)
     if g.size:
         deg = np.bincount(np.concatenate([p.edges.src, p.edges.dst]), minlength=model.n_cells).max()
         courant = dt * g.max() * deg * float(np.max(p.permeability))
-        if courant >= 1.0:
-            raise ConfigError(
+        if not courant < 1.0:
+            out.add(
                 "dt", dt,
                 f"dt * conductance * max_degree * permeability < 1 for stable transport (it is {courant:.3g}: "
                 f"conductance {g.max():.3g}/s, max degree {deg}); lower dt or substrate.transport.conductance_per_s",
@@ -110,9 +281,11 @@ def check_stability(model, cfg: dict) -> None:
     v_cons = float(np.max(np.sum(s.consumers.vmax, axis=1) * s.cells.demand_mult)) * float(p.demand_scale)
     k_atp = float(np.min(s.consumers.km))
     uptake = float(np.max(s.cells.uptake)) * float(p.uptake_scale)
-    rate = max(v_prod / k_adp, v_cons / k_atp, uptake)
-    if dt * rate > 0.5:
-        raise ConfigError(
+    with np.errstate(all="ignore"):
+        rate = max(v_prod / k_adp, v_cons / k_atp, uptake)
+    if not dt * rate <= 0.5:
+        out.add(
             "dt", dt,
             f"dt <= {0.5 / rate:.3g} s (half the fastest pool relaxation time, 1/{rate:.3g} s) for a stable explicit step",
         )
+    out.raise_if_any()

@@ -181,6 +181,33 @@ def locate_failure(state, params, keys, rec, record_every: int, chunk_start: int
     return NumericalError(error.step, error.cell, error.species, error.process, error.value, first_replicate + r)
 
 
+_EXECUTABLES: dict = {}
+COMPILE_COUNT = [0]  # executables built by this process (tests assert sweeps do not add to it)
+
+
+def _signature(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((np.shape(x), jnp.asarray(x).dtype.name) for x in leaves)
+
+
+def executable(chunk: int, record_every: int, batched_params: bool, state, params, keys):
+    """The compiled chunk function for these shapes and dtypes, built once per process.
+
+    Parameter *values* are arguments, not constants, so a sweep over them reuses one executable;
+    only a change of shapes (cells, slots, edges, replicates), dtypes or chunk length compiles.
+    Returns (executable, seconds spent compiling now: 0 when it was cached).
+    """
+    key = (chunk, record_every, batched_params, _signature(state), _signature(params), _signature(keys))
+    hit = _EXECUTABLES.get(key)
+    if hit is not None:
+        return hit, 0.0
+    t0 = time.perf_counter()
+    compiled = _compiled(chunk, record_every, batched_params).lower(state, params, keys).compile()
+    COMPILE_COUNT[0] += 1
+    _EXECUTABLES[key] = compiled
+    return compiled, time.perf_counter() - t0
+
+
 def run(
     state0,
     params,
@@ -213,10 +240,7 @@ def run(
     if keys is None:
         keys = replicate_keys(seed, replicates, first_replicate)
     chunk = chunk_length(n_records, chunk_records)
-    fn = _compiled(chunk, record_every, batched_params)
-    t0 = time.perf_counter()
-    compiled = fn.lower(state, params, keys).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = executable(chunk, record_every, batched_params, state, params, keys)
     out: dict[str, list] = {k: [] for k in RECORD_FIELDS}
     error = None
     done = 0

@@ -1,0 +1,74 @@
+"""No recompilation inside a run, across chunks, or between runs that only change parameter values.
+
+Counts XLA backend compilations with ``jax.monitoring`` (every executable JAX builds reports a
+backend-compile duration event) as well as the engine's own executable cache.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import sim  # noqa: F401
+from sim import engine
+from sim.llm.build import compose
+from sim.presets import build
+
+_events: list[str] = []
+
+
+def _listener(event: str, duration: float, **kwargs) -> None:
+    if "backend_compile" in event:
+        _events.append(event)
+
+
+jax.monitoring.register_event_duration_secs_listener(_listener)
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    cfg = compose(["topology=small_world", "topology.n_cells=12", "steps=40", "record_every=4"])
+    return build(cfg)
+
+
+def _run(model, params, steps=40, chunk=2, replicates=2):
+    return engine.run(model.state, params, seed=0, steps=steps, record_every=4,
+                      replicates=replicates, chunk_records=chunk)
+
+
+def test_sweep_of_parameter_values_compiles_once(tissue):
+    _run(tissue, tissue.params)  # warm: may compile
+    before_events, before_count = len(_events), engine.COMPILE_COUNT[0]
+    results = []
+    for demand, cond, hazard in [(0.5, 1.0, 1e-5), (1.5, 2.0, 1e-3), (2.0, 0.5, 0.0)]:
+        p = dataclasses.replace(
+            tissue.params,
+            demand_scale=np.float64(demand),
+            conductance_scale=np.float64(cond),
+            hazard0=np.float64(hazard),
+        )
+        r = _run(tissue, p)
+        assert r.error is None and r.compile_s == 0.0
+        results.append(r.records["pools"][:, -1])
+    assert engine.COMPILE_COUNT[0] == before_count
+    assert len(_events) == before_events, _events[before_events:]
+    # the parameter values really changed the dynamics (the test could fail)
+    assert not np.allclose(results[0], results[1])
+
+
+def test_long_run_is_one_executable_over_many_chunks(tissue):
+    _run(tissue, tissue.params, steps=40, chunk=2)
+    before_events, before_count = len(_events), engine.COMPILE_COUNT[0]
+    r = _run(tissue, tissue.params, steps=400, chunk=2)  # 50 chunks of the same executable
+    assert r.steps_done == 400
+    assert engine.COMPILE_COUNT[0] == before_count
+    assert len(_events) == before_events
+
+
+def test_new_shape_compiles(tissue):
+    """The counters do see a compilation when there is one (so the tests above can fail)."""
+    before, before_events = engine.COMPILE_COUNT[0], len(_events)
+    _run(tissue, tissue.params, replicates=3)
+    assert engine.COMPILE_COUNT[0] == before + 1
+    assert len(_events) > before_events

@@ -40,6 +40,14 @@ def prepare(cfg):
     """Validate and build; raises ConfigError before any compilation."""
     cfg = as_plain(cfg)
     validate(cfg)
+    sub_name = (cfg.get("substrate") or {}).get("name")
+    if sub_name == "llm":
+        from sim.errors import ConfigError
+
+        raise ConfigError(
+            "substrate", sub_name,
+            "bio or generic for a tissue run; the LLM preset runs with experiment=serving, roofline or cascade",
+        )
     model = build(cfg, dtype=np.float64)
     check_stability(model, cfg)
     if cfg.get("precision", "float64") == "float32":

@@ -46,7 +46,29 @@ def preflight(argv: list[str]) -> None:
                 raise ConfigError(key, choice, "one of " + ", ".join(options))
 
 
+PRINTED_KEYS = (  # shown first for experiments other than the tissue run, where present
+    "stable", "tokens_per_s", "step_time_s", "joules_per_token", "kv_capacity_tokens", "littles_law_error",
+    "mean_in_system", "throughput_req_per_s", "currency_produced", "currency_spent", "energy_j",
+    "usd_billed", "usd_energy", "landauer_ratio", "conservation_error", "exponent_bio", "exponent_llm_long",
+)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def print_summary(summary: dict, out_dir: Path) -> None:
+    if "energy_charge" not in summary:  # not a biology tissue: show the experiment's own outcomes
+        keys = [k for k in PRINTED_KEYS if k in summary]
+        keys += [k for k in sorted(summary) if k not in keys and isinstance(summary[k], (int, float, bool))]
+        keys = ["status"] + keys[:20]
+        width = max(len(k) for k in keys)
+        print(f"run: {out_dir}")
+        for k in keys:
+            print(f"  {k:<{width}}  {_fmt(summary.get(k))}")
+        return
     rows = [
         ("status", summary.get("status")),
         ("cells alive", f"{summary.get('cells_alive', float('nan')):.1f} / {summary.get('cells_total', '?')}"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 from collections.abc import Callable
 
@@ -190,6 +191,12 @@ def _signature(tree):
     return treedef, tuple((np.shape(x), jnp.asarray(x).dtype.name) for x in leaves)
 
 
+def clear_caches() -> None:
+    """Forget compiled executables (tests that patch the step functions call this)."""
+    _EXECUTABLES.clear()
+    _compiled.cache_clear()
+
+
 def executable(chunk: int, record_every: int, batched_params: bool, state, params, keys):
     """The compiled chunk function for these shapes and dtypes, built once per process.
 
@@ -197,7 +204,10 @@ def executable(chunk: int, record_every: int, batched_params: bool, state, param
     only a change of shapes (cells, slots, edges, replicates), dtypes or chunk length compiles.
     Returns (executable, seconds spent compiling now: 0 when it was cached).
     """
-    key = (chunk, record_every, batched_params, _signature(state), _signature(params), _signature(keys))
+    step_module = sys.modules["sim.kernels.step"]  # (the package attribute `step` is the function)
+
+    processes = tuple(id(fn) for _, fn in step_module.PROCESSES)  # a patched step is a new program
+    key = (chunk, record_every, batched_params, processes, _signature(state), _signature(params), _signature(keys))
     hit = _EXECUTABLES.get(key)
     if hit is not None:
         return hit, 0.0

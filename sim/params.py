@@ -53,6 +53,15 @@ class Params:
     stress_threshold: object  # maintenance fraction below which a cell is stressed
     stress_death_s: object  # s of stress that kill a cell
     stress_recovery: object  # s of stress forgiven per s unstressed
+    # chains (protein synthesis by ribosome cohorts, sim.kernels.translation); the chains realise
+    # the consumer kind ``chain_kind`` (its capacity, K_ATP, tier and ledger line); -1: none
+    chain_kind: object  # int consumer-kind index
+    chain_rate: object  # units/s per elongating chain at saturating ATP (aa/s)
+    chain_cost_per_unit: object  # currency molecules per unit per ribosome (4 ATP per aa)
+    chain_p_stop: object  # termination probability per unit (1 / mean length)
+    chain_n_max: object  # units (longest chain)
+    chain_init_rate: object  # 1/s per free slot
+    chain_init_cost: object  # currency molecules per initiation per ribosome
     # transport
     permeability: object  # (N_SPECIES,) multiplier per species on edge conductance
     conductance_scale: object  # multiplier on all edge conductances (sweeps)

@@ -2,6 +2,9 @@
 
 Amounts in the engine are mM of one cell's volume; the summary converts currency to molecules
 (x volume_l x 1e-3 x N_A) so biology and LLM ledgers count the same thing: currency units.
+Chains (protein synthesis) book their ATP and amino acids on the ledger line of the consumer
+kind they realise, so ``currency_spent`` and ``work_done`` include them; ``chain_summary`` adds
+their own accounts (proteins completed, units, the ATP of elongation and initiation).
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ def to_dataset(model, result, cfg: dict) -> xr.Dataset:
         "work_by_kind": (("replicate", "cell", "consumer_kind"), _np(led.work), {"units": "see work_units attribute"}),
         "heat": (("replicate", "cell"), _np(led.heat_j), {"units": "J", "long_name": "final ledger"}),
     }
+    cled = getattr(st, "chain_ledger", None)
+    if cled is not None and np.asarray(st.chains.active).shape[-1] > 0:  # protein synthesis chains
+        data["proteins_completed"] = (("replicate", "cell"), _np(cled.delivered),
+                                      {"units": "1", "long_name": "chains finished (proteins made by a cohort)"})
+        data["chain_units"] = (("replicate", "cell"), _np(cled.units),
+                               {"units": "aa per ribosome", "long_name": "units made by the chains (per ribosome)"})
+        data["chains_active"] = (("replicate", "cell"), _np(st.chains.active).sum(-1).astype(np.int32),
+                                 {"units": "1", "long_name": "chain slots translating at the end"})
     ds = xr.Dataset({k: xr.Variable(v[0], v[1], v[2]) for k, v in data.items()}, coords=coords)
     ds["time"].attrs["units"] = "s"
     ds.attrs.update(
@@ -148,7 +159,35 @@ def summarize(model, result, initial_state) -> dict:
         "wall_s": float(result.wall_s),
         "compile_s": float(result.compile_s),
     }
+    out.update(chain_summary(model, st, tissue, to_molecules))
     for k, kind in enumerate(model.consumer_kinds):
         out[f"work_{kind}"] = tissue(_np(led.work)[..., k]) * to_molecules
         out[f"spent_share_{kind}"] = tissue(_np(led.spent)[..., k]) / max(tissue(spent_all), 1e-300)
     return out
+
+
+def chain_summary(model, st, tissue, to_molecules) -> dict:
+    """Outcomes of the chains (empty without chains): ``spent_chains`` (ATP molecules),
+    ``work_chains`` (amino acids incorporated), ``proteins_completed``, the mean protein length
+    (units made / chains finished: the maximum-likelihood mean of geometric lengths, unbiased by
+    the chains still running at the end), the ATP per amino acid of elongation and initiation."""
+    cled = getattr(st, "chain_ledger", None)
+    if cled is None or np.asarray(st.chains.active).shape[-1] == 0:
+        return {}
+    k = int(np.asarray(model.params.chain_kind).reshape(-1)[0])
+    spent = _np(st.ledger.spent)[..., k]
+    work = _np(st.ledger.work)[..., k]
+    units, delivered = tissue(_np(cled.units)), tissue(_np(cled.delivered))
+    aa = tissue(work) * to_molecules
+    return {
+        "spent_chains": tissue(spent) * to_molecules,
+        "spent_chains_elongation": tissue(_np(cled.elongation_spent)) * to_molecules,
+        "spent_chains_initiation": tissue(_np(cled.init_spent)) * to_molecules,
+        "work_chains": aa,
+        "proteins_completed": delivered,
+        "chains_initiated": tissue(_np(cled.initiated)),
+        "chains_active": float(np.mean(_np(st.chains.active).sum((-1, -2)))),
+        "chain_units": units,
+        "protein_mean_length_aa": units / delivered if delivered > 0 else float("nan"),
+        "atp_per_aa": tissue(_np(cled.elongation_spent)) * to_molecules / aa if aa > 0 else float("nan"),
+    }

@@ -3,7 +3,10 @@
 A 30-cell small-world tissue (bio preset with test overrides that make producers fail, wear and
 get repaired, biogenesis happen, junctions leak, and some cells starve and die) is run for 300
 steps on both backends of ``sim.CurrencyModel``; every pool, health, alive mask and ledger field
-is compared, and each kind of event is asserted to have happened. Also: the DataCollector,
+is compared, and each kind of event is asserted to have happened. Protein synthesis runs as
+chains (ribosome cohorts, ``ChainAgent`` s on the Mesa side): their slots (active, length, made)
+and ledgers are compared too, and chains must have initiated, elongated, slowed as ATP fell
+(starving cells) and terminated during the run. Also: the DataCollector,
 ``AgentSet.select/groupby/agg`` and agents' alive flags on both backends, agent-order
 independence of the reference (``shuffle_do`` vs ``do``), and replicate keys.
 """
@@ -19,7 +22,7 @@ import yaml
 
 import sim  # noqa: F401  (switches on float64)
 from sim.errors import ConfigError
-from sim.mesa_model import CellAgent, ConsumerAgent, CurrencyModel, ProducerAgent
+from sim.mesa_model import CellAgent, ChainAgent, ConsumerAgent, CurrencyModel, ProducerAgent
 from sim.presets import build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -139,6 +142,54 @@ def test_events_happened(runs):
     np.testing.assert_array_equal(e.cells.alive, s.cells.alive)
     # dead cells keep no living producers
     assert not s.producers.alive[~s.cells.alive].any()
+
+
+def test_chains_ran_and_agree(runs):
+    ref, eng = runs["ref"].state, runs["eng"].state
+    led, ch = ref.chain_ledger, ref.chains
+    assert ch.active.shape == (30, 8)
+    assert led.initiated.sum() > 0, "no chain initiated"
+    assert led.units.sum() > 0 and led.elongation_spent.sum() > 0, "no chain elongated"
+    assert led.delivered.sum() > 0 and led.delivered_units.sum() > 0, "no chain terminated"
+    assert led.init_spent.sum() > 0
+    # the chains' ATP is what the protein-synthesis ledger line booked
+    k = runs["ref"].consumer_kinds.index("protein_synthesis")
+    np.testing.assert_allclose(led.spent, ref.ledger.spent[:, k], rtol=1e-12, atol=1e-15)
+    # cells that starved slowed their chains (ATP towards the tier-1 reserve, tier-1 rationing)
+    # before they died; the chains of dead cells are frozen
+    alive = ref.cells.alive
+    per_chain = led.units / 8 / (STEPS * runs["cfg"]["dt"])  # aa/s per slot, cell average
+    assert per_chain[alive].max() <= 5.0
+    assert per_chain[~alive].min() < 0.5 * per_chain[alive].min()
+    # JAX and Mesa: the same chains, to 1e-9 relative (counts exactly)
+    for name in ("active", "tool_wait"):
+        np.testing.assert_array_equal(getattr(ref.chains, name), getattr(eng.chains, name), err_msg=name)
+    for name in ("length", "made"):
+        np.testing.assert_allclose(getattr(ref.chains, name), getattr(eng.chains, name), rtol=RTOL, err_msg=name)
+    for name in ("initiated", "delivered", "tool_calls", "compressions"):
+        np.testing.assert_array_equal(getattr(led, name), getattr(eng.chain_ledger, name), err_msg=name)
+    assert_states_agree(ref.chain_ledger, eng.chain_ledger)
+
+
+@pytest.mark.parametrize("which", ["ref", "eng"])
+def test_chain_agents_mirror_the_state(runs, which):
+    model = runs[which]
+    s = model.state
+    chains = list(model.agents_by_type[ChainAgent])
+    assert len(chains) == model.n_cells * model.n_chain_slots == s.chains.active.size
+    assert [c.chain_id for c in chains] == list(range(len(chains)))
+    np.testing.assert_array_equal([c.active for c in chains], s.chains.active.ravel())
+    np.testing.assert_array_equal([c.length for c in chains], s.chains.length.ravel())
+    np.testing.assert_array_equal([c.made for c in chains], s.chains.made.ravel())
+    cells = list(model.agents_by_type[CellAgent])
+    assert all(len(c.chains) == 8 and all(ch.host is c for ch in c.chains) for c in cells)
+    assert [c.n_active_chains for c in cells] == s.chains.active.sum(axis=1).tolist()
+    assert sum(c.proteins_completed for c in cells) == pytest.approx(float(s.chain_ledger.delivered.sum()))
+    active = model.agents_by_type[ChainAgent].select(lambda c: c.active)
+    assert len(active) == int(s.chains.active.sum())
+    df = model.datacollector.get_model_vars_dataframe()
+    assert df["n_active_chains"].iloc[-1] == int(s.chains.active.sum())
+    assert df["proteins_completed"].iloc[-1] == float(s.chain_ledger.delivered.sum()) > 0
 
 
 def test_same_as_engine_run(runs):

@@ -3,6 +3,11 @@
 Reference ranges are those of ../shared/REFERENCES.md ("Biology: cell energetics" and the
 supply-demand sketch). Damage, hazard and biogenesis are switched off, so the cell has a true
 steady state; it is compared with the independent scipy root of ``sim.analysis.supply_demand``.
+Protein synthesis runs as chains (ribosome cohorts) in their deterministic mode: no termination
+(``params.chain_p_stop = 0``), so all 8 cohorts translate throughout and the chains' demand is
+``c0 x rate x A'/(K + A') x slots`` per step, rationed in tier 1 like the other consumers; the
+solver derives the same demand from the chain parameters (slots, elongation rate, occupancy 1).
+The stochastic chains (termination, initiation) are tested in tests/test_bio_chains.py.
 Every simulated point runs in one batched engine call (``batched_params``), once per module.
 """
 
@@ -70,7 +75,8 @@ def stack_params(plist):
 
 @pytest.fixture(scope="module")
 def model():
-    return build(dict(substrate=substrate(), topology=dict(kind="single"), seed=0, dt=DT))
+    cfg = dict(substrate=substrate(), topology=dict(kind="single"), seed=0, dt=DT, params=dict(chain_p_stop=0.0))
+    return build(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +112,8 @@ def sims(model):
             alive=bool(np.asarray(r2.state.cells.alive)[i, 0]),
             # drift of the pools over the last record interval (convergence check)
             drift=np.abs(r2.records["pools"][i, -1, 0] - r2.records["pools"][i, -2, 0]),
+            chains_active=int(np.asarray(r2.state.chains.active)[i, 0].sum()),
+            chain_aa_per_s=float(np.asarray(r2.state.chain_ledger.units - r1.state.chain_ledger.units)[i, 0]) / window_s,
             params=pt,
         )
     return out
@@ -142,6 +150,13 @@ def test_resting_cell_is_converged_and_in_physiological_ranges(sims, model):
     assert 2.0 <= p[GLC] <= 5.0  # between the K_S of hexokinase and plasma glucose
     # production balances consumption at the steady state
     assert rest["produced"] == pytest.approx(flux, rel=1e-12)
+    # protein synthesis ran as chains: 8 cohorts at ~5 aa/s (A'/(K + A') of 5 aa/s), ~30% of ATP use
+    slots = model.state.chains.active.shape[1]
+    assert rest["chains_active"] == slots == 8
+    k_ps = model.consumer_kinds.index("protein_synthesis")
+    sat = (p[ATP] - 1.0) / (0.1 + p[ATP] - 1.0)
+    assert rest["chain_aa_per_s"] / slots == pytest.approx(5.0 * sat, rel=1e-9)
+    assert 0.27 <= rest["consumer_rates"][k_ps] / flux <= 0.33
 
 
 def test_demand_lowers_energy_charge_smoothly(sims, model):

@@ -115,6 +115,14 @@ def test_tissue_ledgers_balance(tissue, i):
     glc0 = p0[:, GLC].sum() + led.substrate_uptake.sum() - led.substrate_used.sum()
     assert glc == pytest.approx(glc0, rel=1e-9)
 
+    # protein synthesis ran as chains (ribosome cohorts): their ATP is the protein-synthesis line
+    # of the ledger (included in `spent` below) and their work the amino acids made
+    k = model.consumer_kinds.index("protein_synthesis")
+    cl = s1.chain_ledger
+    assert cl.delivered.sum() > 0 and cl.initiated.sum() > 0
+    np.testing.assert_allclose(cl.spent, led.spent[:, k], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(cl.spent, cl.elongation_spent + cl.init_spent, rtol=1e-12)
+    np.testing.assert_allclose(led.work[:, k], cl.elongation_spent / 4.0, rtol=1e-9)  # 4 ATP per aa
     # per cell ATP: change = produced - spent (all kinds + repair + birth) + AK + in - out
     spent = led.spent.sum(axis=1) + led.repair_spent + led.birth_spent
     flows = led.produced - spent + led.ak_atp + led.transported_in - led.transported_out

@@ -102,7 +102,7 @@ def _inject(monkeypatch, process: str, at_step: int, cell: int, species: int, va
 @pytest.fixture
 def clean_compiled():
     yield
-    engine._compiled.cache_clear()
+    engine.clear_caches()
     engine._advance.clear_cache()
 
 

@@ -14,6 +14,15 @@ Equations (DESIGN.md 2.2; values and sources in conf/substrate/bio.yaml and REFE
   5/0.5/1 mM, 310 K)
 * consumer j: ``u_j = d m V_j A'/(K_j + A')``, ``A' = max(A - R_tier, 0)`` (Michaelis-Menten above the tier's reserve) with ``d`` = ``demand_scale`` and
   ``m`` the cell's demand multiplier
+* protein synthesis run as chains (S ribosome cohorts, each elongating at ``r A'/(K + A')`` aa/s
+  for ``c0 = V/(S r)`` mM ATP per aa, terminating with probability ``p_stop`` per aa, a free slot
+  initiating at ``k_i A'/(K + A')`` per s for ``c_i`` ATP per ribosome): in expectation over the
+  renewal of each slot (steps of ``dt``: an elongating run lasts ``1/q`` steps,
+  ``q = 1 - (1 - p_stop)^(r g dt)``, ``g = A'/(K + A')``; a free slot waits ``(1 - p_i)/p_i`` steps,
+  ``p_i = 1 - exp(-k_i g dt)``) the slots translate a fraction ``f = p_i/(p_i + q (1 - p_i))`` of
+  the time, so the chains spend ``u = d m V g f (1 + q c_i/(r g dt a))`` with ``a`` ATP per aa.
+  With ``p_stop = 0`` every slot keeps translating (``f = 1``): the demand is deterministic and
+  equals the Michaelis-Menten law of the consumer the chains realise.
 * adenylate kinase at equilibrium ``K_AK = A M / D^2`` (fast on the time scale of the fluxes):
   the adenine pool ``N = A + D + M`` and the high-energy phosphate ``E = 2A + D`` fix A, D, M
 * conserved moieties in a closed cell: ``N`` and ``Pi + E`` (ATP synthesis turns one Pi and one
@@ -124,6 +133,15 @@ class CellModel:
     supply_scale: float = 1.0
     demand_scale: float = 1.0
     uptake_scale: float = 1.0
+    # chains (protein synthesis by ribosome cohorts); c_chain marks the consumer they realise
+    c_chain: np.ndarray | None = None  # bool per consumer
+    ch_slots: int = 0
+    ch_active0: int = 0  # slots translating at the start (what stays when p_stop = 0, no initiation)
+    ch_dt: float = 0.0  # s, the step (the renewal is counted in steps)
+    ch_rate: float = 0.0  # aa/s at saturating ATP
+    ch_p_stop: float = 0.0  # per aa
+    ch_init_rate: float = 0.0  # 1/s per free slot at saturating ATP
+    ch_init_per_aa: float = 0.0  # initiation ATP per ribosome / ATP per aa
 
     def replace(self, **kw) -> "CellModel":
         return dataclasses.replace(self, **kw)
@@ -159,9 +177,30 @@ class CellModel:
     def uptake(self, s):
         return self.uptake_scale * self.k_uptake * (self.s_ext - np.asarray(s, dtype=float))
 
+    def chain_factor(self, g):
+        """Expected chain spend relative to ``d m V g`` at saturation factor ``g``: occupancy
+        ``f`` times (1 + the initiation ATP per elongation ATP); see the module docstring."""
+        g = np.asarray(g, dtype=float)
+        if self.ch_p_stop <= 0:
+            if self.ch_init_rate > 0:
+                return np.ones_like(g)
+            return np.full_like(g, self.ch_active0 / max(self.ch_slots, 1))
+        dt = self.ch_dt
+        step_aa = self.ch_rate * g * dt
+        q = -np.expm1(step_aa * np.log1p(-self.ch_p_stop))
+        p = -np.expm1(-self.ch_init_rate * g * dt)
+        den = p + q * (1.0 - p)
+        occ = np.where(den > 0, p / np.where(den > 0, den, 1.0), 0.0)
+        init = np.where(step_aa > 0, q * self.ch_init_per_aa / np.where(step_aa > 0, step_aa, 1.0), 0.0)
+        return occ * (1.0 + init)
+
     def consumer_rates(self, e):
         a = np.maximum(np.asarray(self.species(e)[0])[..., None] - self.c_reserve, 0.0)
-        return self.demand_scale * self.c_vmax * a / (self.c_km + a)
+        g = a / (self.c_km + a)
+        u = self.demand_scale * self.c_vmax * g
+        if self.c_chain is not None and self.ch_slots > 0:
+            u = np.where(self.c_chain, u * self.chain_factor(g), u)
+        return u
 
     def demand(self, e):
         return np.sum(self.consumer_rates(e), axis=-1)
@@ -209,6 +248,19 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
         demand_scale=f(pr.demand_scale),
         uptake_scale=f(pr.uptake_scale),
     )
+    ch = getattr(st, "chains", None)
+    slots = 0 if ch is None else int(np.asarray(ch.active).shape[-1])
+    if slots:
+        cm = cm.replace(
+            c_chain=np.asarray(st.consumers.kind)[cell] == int(np.asarray(pr.chain_kind)),
+            ch_slots=slots,
+            ch_active0=int(np.sum(np.asarray(ch.active)[cell])),
+            ch_dt=f(pr.dt),
+            ch_rate=f(pr.chain_rate),
+            ch_p_stop=f(pr.chain_p_stop),
+            ch_init_rate=f(pr.chain_init_rate),
+            ch_init_per_aa=f(pr.chain_init_cost) / f(pr.chain_cost_per_unit),
+        )
     return cm.replace(**overrides) if overrides else cm
 
 

@@ -137,9 +137,19 @@ def elongation_cost(c0, c1, length, delta):
     return c0 * delta + c1 * (length * delta + 0.5 * delta * delta)
 
 
-def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step, budget=None):
+def chain_demand(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step):
+    """Currency (C,) the chains of each cell would spend this step without a budget: the quote a
+    caller serves from its currency (e.g. in a priority tier) before calling :func:`chain_step`
+    with the budget it grants. Same arithmetic as ``chain_step(..., budget=None)``'s ``spent``."""
+    return chain_step(chains, ledger, params, key, step)[2]
+
+
+def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step, budget=None,
+               details: bool = False):
     """One step of every chain slot; ``budget`` (C,) caps each cell's elongation spend (None: no
-    cap). Returns ``(chains, ledger, spent)`` with ``spent`` (C,) the currency used this step."""
+    cap). Returns ``(chains, ledger, spent)`` with ``spent`` (C,) the currency used this step;
+    with ``details=True`` also a dict of this step's per-cell amounts (``units``, ``elongation``,
+    ``init``, ``memory``, ``delivered``, ``delivered_units``)."""
     n, s = chains.active.shape
     pc = lambda x: _pc(x, n)  # noqa: E731
     ids = jnp.arange(n * s, dtype=jnp.uint32)
@@ -229,7 +239,12 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
         compressions=ledger.compressions + jnp.sum(comp, axis=1).astype(f),
         units_removed=ledger.units_removed + jnp.sum(removed, axis=1),
     )
-    return ChainSlots(active=active, length=length, made=made, tool_wait=wait), ledger, spent
+    out = ChainSlots(active=active, length=length, made=made, tool_wait=wait)
+    if details:
+        info = dict(units=jnp.sum(delta, axis=1), elongation=spent_el, init=spent_init, memory=spent_mem,
+                    delivered=jnp.sum(done, axis=1).astype(f), delivered_units=jnp.sum(delivered_units, axis=1))
+        return out, ledger, spent, info
+    return out, ledger, spent
 
 
 def chain_step_reference(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step, budget=None):

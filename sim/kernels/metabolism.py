@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from sim.kernels import translation
+from sim.kernels.chains import chain_demand, chain_step
 from sim.kernels.thermo import brake, dg_atp_kj
 from sim.pytree import replace
 from sim.state import ADP, ATP, GLC, PI
@@ -119,9 +121,28 @@ def metabolism(state, params, key=None):
     glc_used = jnp.sum(glc_p, axis=1)
     substrate_energy = jnp.sum(glc_p * per_slot(jnp.abs(params.p_substrate_dg_kj), kind), axis=1) * params.volume_l
 
-    # consumption by priority tier, limited by ATP present at the start of the step
+    # consumption by priority tier, limited by ATP present at the start of the step; the chains
+    # (ribosome cohorts) quote their demand in place of the consumer kind they realise, are
+    # served in its tier and spend at most the share granted (sim.kernels.translation)
     u, saturated0 = consumption_demand(state, params)
-    served, rest = serve_tiers(u * dt, state.consumers.tier, a)
+    want = u * dt
+    chains_on = translation.has_chains(state)
+    if chains_on:
+        is_chain = state.consumers.kind == params.chain_kind
+        cp, cohort = translation.chain_params(state, params, is_chain, per_slot)
+        chain_want = chain_demand(state.chains, state.chain_ledger, cp, key, state.step)
+        want = jnp.where(is_chain, chain_want[:, None], want)
+    served, rest = serve_tiers(want, state.consumers.tier, a)
+    work = served * state.consumers.value
+    if chains_on:
+        share = jnp.sum(jnp.where(is_chain, served, 0.0), axis=1)
+        budget = jnp.where(share < chain_want, share, jnp.inf)  # inf: served in full
+        chains, chain_led, chain_spent, info = chain_step(
+            state.chains, state.chain_ledger, cp, key, state.step, budget, details=True
+        )
+        served = jnp.where(is_chain, chain_spent[:, None], served)
+        work = jnp.where(is_chain, (info["units"] * cohort)[:, None], work)  # amino acids (mM)
+        state = replace(state, chains=chains, chain_ledger=chain_led)
     tier0 = jnp.sum(jnp.where(state.consumers.tier == 0, served, 0.0), axis=1)
     maintenance = jnp.where(saturated0 > 0, _safe_div(tier0, saturated0 * dt), 1.0)
 
@@ -146,7 +167,7 @@ def metabolism(state, params, key=None):
         produced=led.produced + made,
         spent=led.spent + served,
         repair_spent=led.repair_spent + repair_spent,
-        work=led.work + served * state.consumers.value,
+        work=led.work + work,
         substrate_used=led.substrate_used + glc_used,
         substrate_uptake=led.substrate_uptake + uptake,
         substrate_energy_j=led.substrate_energy_j + substrate_energy,

@@ -1,6 +1,7 @@
 """One time step: the composition of the processes, in a fixed order shared with the Mesa reference.
 
-1 metabolism (uptake, production, consumption by tier, repair, damage; rates on the step-start
+1 metabolism (uptake, production, consumption by tier with the protein-synthesis chains served in
+tier 1 and stepped right after the tiers are served, repair, damage; rates on the step-start
 state) -> 2 transport over junctions -> 3 adenylate kinase equilibrium -> 4 producer failure ->
 5 biogenesis -> 6 cell stress and death -> step counter.
 """

@@ -1,16 +1,17 @@
-"""The Mesa layer: ``CurrencyModel`` (a ``mesa.Model``) with cell, producer and consumer agents.
+"""The Mesa layer: ``CurrencyModel`` (a ``mesa.Model``) with cell, producer, consumer and chain agents.
 
 ``backend="jax"`` steps the jitted engine and lets the agents read the state; ``backend="mesa"``
 is the plain-Python reference backend that steps agent by agent with the same equations, process
 order and random draws (see ``sim.mesa_model.model``).
 """
 
-from sim.mesa_model.agents import CellAgent, ConsumerAgent, ProducerAgent
+from sim.mesa_model.agents import CellAgent, ChainAgent, ConsumerAgent, ProducerAgent
 from sim.mesa_model.model import BACKENDS, CurrencyModel, host_draws, replicate_key
 
 __all__ = [
     "BACKENDS",
     "CellAgent",
+    "ChainAgent",
     "ConsumerAgent",
     "CurrencyModel",
     "ProducerAgent",

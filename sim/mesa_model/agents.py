@@ -1,4 +1,4 @@
-"""Mesa agents of a tissue: cells (graph nodes) and the producers and consumers they host.
+"""Mesa agents of a tissue: cells (graph nodes) and the producers, consumers and chains they host.
 
 Public attributes (``atp``, ``energy_charge``, ``alive``, ``health``, ...) are read-only
 properties taken from ``model.state``, the numpy copy of the current state, so inspection,
@@ -12,16 +12,23 @@ its own organelles; the model calls the phases on all cells in the order of
 ``sim.kernels.step.PROCESSES``. Transport is split into a compute phase (reads neighbours'
 pools, writes the fluxes of the junctions the cell owns) and an apply phase (sums the fluxes of
 its junctions), so results do not depend on the order in which agents are called.
+
+Chains (ribosome cohorts doing protein synthesis, ``sim.kernels.chains`` and
+``sim.kernels.translation``) are :class:`ChainAgent` s hosted by their cell: in the consumption
+phase the cell asks each of its chains for its quote (``ChainAgent.quote``), serves the sum in the
+tier of the consumer kind the chains realise, and steps them with the share granted
+(:func:`step_chain_agents`, the per-cell form of ``sim.kernels.chains.chain_step_reference``).
 """
 
 from __future__ import annotations
 
-from math import exp, expm1, log, sqrt
+from math import exp, expm1, inf, log, log1p, sqrt
 
 import numpy as np
 from mesa.discrete_space import FixedAgent
 
 from sim.constants import R_J_PER_MOL_K
+from sim.kernels.chains import elongation_cost
 from sim.kernels.thermo import TINY_MM
 from sim.state import ADP, AMP, ATP, GLC, N_SPECIES, PI
 
@@ -63,6 +70,111 @@ class _Constants:
         self.permeability = [f(x) for x in np.asarray(params.permeability)]
         self.tier_reserve = [f(x) for x in np.asarray(params.tier_reserve)]
         self.conductance_scale = f(params.conductance_scale)
+        self.chain_kind = int(np.asarray(params.chain_kind))
+        self.chain_rate = f(params.chain_rate)
+        self.chain_cost_per_unit = f(params.chain_cost_per_unit)
+        self.chain_log_keep = log1p(-f(params.chain_p_stop))  # ln(1 - p_stop)
+        self.chain_n_max = f(params.chain_n_max)
+        self.chain_init_rate = f(params.chain_init_rate)
+        self.chain_init_cost = f(params.chain_init_cost)
+
+
+class ChainStep:
+    """One cell's chain parameters for one step, as plain floats (``sim.kernels.chains.ChainParams``
+    with the rate already times dt and the per-unit probabilities as logs)."""
+
+    __slots__ = ("rate_dt", "c0", "c1", "log_keep_stop", "n_max", "l0", "p_init", "init_cost",
+                 "p_tool", "log_keep_tool", "tool_steps", "r_tool", "mem_threshold", "mem_factor", "mem_cost")
+
+    def __init__(self, rate_dt, c0, c1=0.0, p_stop=0.0, n_max=inf, l0=0.0, p_init=0.0, init_cost=0.0,
+                 p_tool=0.0, tool_steps=1, r_tool=0.0, mem_threshold=0.0, mem_factor=2.0, mem_cost=0.0,
+                 log_keep_stop=None):
+        self.rate_dt, self.c0, self.c1 = rate_dt, c0, c1
+        self.log_keep_stop = log1p(-p_stop) if log_keep_stop is None else log_keep_stop
+        self.n_max, self.l0, self.p_init, self.init_cost = n_max, l0, p_init, init_cost
+        self.p_tool = p_tool
+        self.log_keep_tool = log1p(-p_tool) if p_tool > 0 else 0.0
+        self.tool_steps, self.r_tool = int(tool_steps), r_tool
+        self.mem_threshold, self.mem_factor, self.mem_cost = mem_threshold, mem_factor, mem_cost
+
+
+CHAIN_LEDGER_FIELDS = ("spent", "elongation_spent", "init_spent", "memory_spent", "units", "initiated", "delivered",
+                       "delivered_units", "tool_calls", "tool_units", "compressions", "units_removed")
+
+
+def chain_quote(chains, P: ChainStep, u_init) -> float:
+    """Currency the chains of one cell would spend this step with no budget (``chain_demand``)."""
+    el = init = mem = 0.0
+    for ch in chains:
+        m, i, e = ch.quote(P, u_init[ch.chain_id])
+        el += e
+        init += i
+        mem += m
+    return el + init + mem
+
+
+def step_chain_agents(chains, P: ChainStep, led: dict, u_init, u_stop, u_tool=None, budget=inf):
+    """One step of one cell's chain agents (``sim.kernels.chains.chain_step_reference`` for a cell):
+    tools return, memory compressions and initiations are paid in slot order while their cumulative
+    cost fits the ``budget``; every elongating chain then slows by the same factor if the rest is
+    short; termination and tool calls. Updates ``led`` (``CHAIN_LEDGER_FIELDS``); returns
+    ``(spent, units)`` of this step."""
+    left = budget
+    run_mem = mem_sum = 0.0
+    tool_units = removed = 0.0
+    comps = 0
+    for ch in chains:  # 1 tools return, 2 memory module
+        tool_units += ch.tool_return(P)
+        cost = ch.memory_cost(P)
+        if cost is not None:
+            run_mem += cost
+            if run_mem <= left:
+                removed += ch.compress(P)
+                mem_sum += cost
+                comps += 1
+    left -= mem_sum
+    run_init = init_sum = 0.0
+    started = 0
+    for ch in chains:  # 3 initiation
+        if ch.wants_start(P, u_init[ch.chain_id]):
+            run_init += P.init_cost
+            if run_init <= left:
+                ch.start(P)
+                init_sum += P.init_cost
+                started += 1
+    left -= init_sum
+    demand = 0.0
+    for ch in chains:  # 4 elongation demand
+        demand += ch.elongation_quote(P)
+    phi = 1.0
+    avail = left if left > 0.0 else 0.0
+    if demand > avail:
+        phi = avail / demand if demand > 0 else 1.0
+    units = el_sum = delivered_units = 0.0
+    delivered = calls = 0
+    for ch in chains:  # 4 elongate, 5 terminate, 6 tool calls
+        ut = None if u_tool is None else u_tool[ch.chain_id]
+        d, cost, done_units, called = ch.elongate(P, phi, u_stop[ch.chain_id], ut)
+        units += d
+        el_sum += cost
+        if done_units is not None:
+            delivered += 1
+            delivered_units += done_units
+        calls += called
+    spent = el_sum + init_sum + mem_sum
+    led["spent"] += spent
+    led["elongation_spent"] += el_sum
+    led["init_spent"] += init_sum
+    led["memory_spent"] += mem_sum
+    led["units"] += units
+    led["initiated"] += started
+    led["delivered"] += delivered
+    led["delivered_units"] += delivered_units
+    led["tool_calls"] += calls
+    led["tool_units"] += tool_units
+    led["compressions"] += comps
+    led["units_removed"] += removed
+    return spent, units
 
 
 class CellAgent(FixedAgent):
@@ -74,6 +186,7 @@ class CellAgent(FixedAgent):
         self.cell = cell
         self.producers: list[ProducerAgent] = []  # slot order
         self.consumers: list[ConsumerAgent] = []  # slot order
+        self.chains: list[ChainAgent] = []  # slot order
 
     def __repr__(self) -> str:
         return f"CellAgent(index={self.index})"
@@ -157,6 +270,17 @@ class CellAgent(FixedAgent):
         return float(np.sum(self.model.state.ledger.work[self.index]))
 
     @property
+    def n_active_chains(self) -> int:
+        ch = self.model.state.chains
+        return int(np.sum(ch.active[self.index])) if ch is not None else 0
+
+    @property
+    def proteins_completed(self) -> float:
+        """Chains finished in this cell (each a protein per ribosome of the cohort)."""
+        led = self.model.state.chain_ledger
+        return float(led.delivered[self.index]) if led is not None else 0.0
+
+    @property
     def neighbours(self) -> list[CellAgent]:
         """Cell agents on the adjacent nodes of the Network space."""
         return [a for c in self.cell.neighborhood for a in c.agents if isinstance(a, CellAgent)]
@@ -192,6 +316,20 @@ class CellAgent(FixedAgent):
         self._living = [p for p in self.producers if p._alive]
         self._tiers = [[c for c in self.consumers if c.tier == t] for t in tiers]
         self._tier0 = [c for c in self.consumers if c.tier == 0]
+        # chains: the consumer they realise and their per-run constants (sim.kernels.translation)
+        self._chain_c = None
+        if self.chains:
+            self._chain_c = next((c for c in self.consumers if c.kind == q.chain_kind), None)
+        if self._chain_c is not None:
+            cc = self._chain_c
+            cc._chain = True
+            r_max = q.chain_rate
+            self._chain_c0 = cc._vmax_eff / (len(self.chains) * r_max) if r_max > 0 else 0.0
+            self._cohort = self._chain_c0 / q.chain_cost_per_unit
+            self._chain_init_cost = q.chain_init_cost * self._cohort
+            self._chain_led = {f: float(getattr(state.chain_ledger, f)[i]) for f in CHAIN_LEDGER_FIELDS}
+        elif self.chains:
+            self._chain_led = {f: float(getattr(state.chain_ledger, f)[i]) for f in CHAIN_LEDGER_FIELDS}
         # saturated tier-0 demand of a living cell (constant during a run)
         sat0 = 0.0
         for c in self._tier0:
@@ -203,8 +341,23 @@ class CellAgent(FixedAgent):
         self._flux = []
 
     # ------------------------------------------------------------------ reference backend: phases
-    def metabolise(self) -> None:
-        """Uptake, production, tiered consumption, repair and damage on the step-start state."""
+    def chain_step_params(self, a: float) -> ChainStep:
+        """This step's chain parameters from the step-start ATP ``a``: elongation and initiation
+        at ``A'/(K + A')`` of their maxima, ``A' = max(A - reserve of the tier, 0)``."""
+        q = self._q
+        cc = self._chain_c
+        ap = a - cc._reserve
+        ap = ap if ap > 0.0 else 0.0
+        sat = ap / (cc.km + ap)
+        return ChainStep(
+            rate_dt=(q.chain_rate * sat) * q.dt, c0=self._chain_c0, n_max=q.chain_n_max,
+            p_init=-expm1(-(q.chain_init_rate * sat) * q.dt), init_cost=self._chain_init_cost,
+            log_keep_stop=q.chain_log_keep,
+        )
+
+    def metabolise(self, chain_draws=None) -> None:
+        """Uptake, production, tiered consumption (chains included), repair and damage on the
+        step-start state; ``chain_draws`` = (u_init, u_stop) indexed by chain id."""
         q = self._q
         if not self._alive:
             self._maintenance = 1.0  # no tier-0 demand; every flux of a dead cell is zero
@@ -262,7 +415,13 @@ class CellAgent(FixedAgent):
             sub_e += g * p_abs_sdg[p._kind]
         substrate_energy = sub_e * q.volume
 
-        # consumption by priority tier, limited by the ATP present at the start of the step
+        # consumption by priority tier, limited by the ATP present at the start of the step; the
+        # chains quote their demand in place of the consumer they realise (served in its tier)
+        cc = self._chain_c
+        if cc is not None:
+            cp = self.chain_step_params(a)
+            chain_want = chain_quote(self.chains, cp, chain_draws[0])
+            cc._want = chain_want
         rest = a
         for group in self._tiers:
             want = 0.0
@@ -274,6 +433,12 @@ class CellAgent(FixedAgent):
             rest = rest - frac * want
             if rest < 0.0:
                 rest = 0.0
+        if cc is not None:  # the chains elongate with the share granted
+            share = cc._served
+            budget = share if share < chain_want else inf
+            spent_ch, units = step_chain_agents(self.chains, cp, self._chain_led, chain_draws[0], chain_draws[1],
+                                                None, budget)
+            cc.settle(spent_ch, units * self._cohort)
         tier0 = 0.0
         for c in self._tier0:
             tier0 += c._served
@@ -605,9 +770,13 @@ class ConsumerAgent(FixedAgent):
         self._work = float(state.ledger.work[i, s])
         self._want = 0.0
         self._served = 0.0
+        self._chain = False  # realised by its cell's chains (set by the cell)
 
     def demand(self, atp: float) -> float:
-        """ATP wanted this step: V A'/(K + A') dt (mM), A' = max(A - reserve of the tier, 0)."""
+        """ATP wanted this step: V A'/(K + A') dt (mM), A' = max(A - reserve of the tier, 0);
+        for the consumer the chains realise, the chains' quote (set by the cell)."""
+        if self._chain:
+            return self._want
         a = max(atp - self._reserve, 0.0)
         w = self._vmax_eff * a / (self.km + a) * self._q.dt
         self._want = w
@@ -616,8 +785,137 @@ class ConsumerAgent(FixedAgent):
     def serve(self, frac: float) -> None:
         served = self._want * frac
         self._served = served
+        if self._chain:  # the share granted to the chains; booked by settle()
+            return
         self._spent += served
         self._work += served * self.value
 
+    def settle(self, spent: float, work: float) -> None:
+        """Book what the chains spent (ATP, mM) and made (amino acids, mM) on this ledger line."""
+        self._served = spent
+        self._spent += spent
+        self._work += work
 
-__all__ = ["CellAgent", "ProducerAgent", "ConsumerAgent"]
+
+class ChainAgent(FixedAgent):
+    """A chain slot of a cell: a cohort of ribosomes translating one protein each, in lockstep
+    (biology), or a decode stream. ``chain_id = cell_index * slots + slot`` keys its draws.
+
+    Public attributes (``active``, ``length``, ``made``, ``tool_wait``) are read from
+    ``model.state.chains`` on both backends; the reference backend steps the underscored copies
+    with the methods below (the slot-wise operations of ``sim.kernels.chains.chain_step``)."""
+
+    def __init__(self, model, host, slot: int, n_slots: int):
+        super().__init__(model)
+        self.host = host
+        self.cell_index = host.index if host is not None else 0
+        self.slot = int(slot)
+        self.chain_id = self.cell_index * int(n_slots) + self.slot
+        if getattr(host, "cell", None) is not None:
+            self.cell = host.cell
+
+    def __repr__(self) -> str:
+        return f"ChainAgent(cell={self.cell_index}, slot={self.slot})"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.model.state.chains.active[self.cell_index, self.slot])
+
+    @property
+    def length(self) -> float:
+        """Units held (residues of the nascent protein)."""
+        return float(self.model.state.chains.length[self.cell_index, self.slot])
+
+    @property
+    def made(self) -> float:
+        return float(self.model.state.chains.made[self.cell_index, self.slot])
+
+    @property
+    def tool_wait(self) -> int:
+        return int(self.model.state.chains.tool_wait[self.cell_index, self.slot])
+
+    # ------------------------------------------------------------------ reference backend
+    def _ref_init(self, chains, i: int, s: int) -> None:
+        self._active = bool(chains.active[i, s])
+        self._length = float(chains.length[i, s])
+        self._made = float(chains.made[i, s])
+        self._wait = int(chains.tool_wait[i, s])
+        self._grow = False
+        self._delta = 0.0
+
+    def quote(self, P: ChainStep, u_init: float):
+        """(memory, initiation, elongation) cost of this step with no budget; changes nothing."""
+        active, length, made, wait = self._active, self._length, self._made, self._wait
+        if active and wait > 0:
+            wait -= 1
+            if wait == 0:
+                length += P.r_tool
+        mem = 0.0
+        if active and P.mem_threshold > 0 and length > P.mem_threshold:
+            mem = P.mem_cost * length
+            length = length / P.mem_factor
+        init = 0.0
+        if not active and u_init < P.p_init:
+            active, length, made, init = True, P.l0, 0.0, P.init_cost
+        el = 0.0
+        if active and wait == 0:
+            d = min(P.rate_dt, P.n_max - made)
+            el = elongation_cost(P.c0, P.c1, length, d if d > 0.0 else 0.0)
+        return mem, init, el
+
+    def tool_return(self, P: ChainStep) -> float:
+        if self._active and self._wait > 0:
+            self._wait -= 1
+            if self._wait == 0:
+                self._length += P.r_tool
+                return P.r_tool
+        return 0.0
+
+    def memory_cost(self, P: ChainStep):
+        """Cost of compressing this chain now (None: not a candidate)."""
+        if self._active and P.mem_threshold > 0 and self._length > P.mem_threshold:
+            return P.mem_cost * self._length
+        return None
+
+    def compress(self, P: ChainStep) -> float:
+        new = self._length / P.mem_factor
+        removed = self._length - new
+        self._length = new
+        return removed
+
+    def wants_start(self, P: ChainStep, u: float) -> bool:
+        return not self._active and u < P.p_init
+
+    def start(self, P: ChainStep) -> None:
+        self._active, self._length, self._made = True, P.l0, 0.0
+
+    def elongation_quote(self, P: ChainStep) -> float:
+        grow = self._active and self._wait == 0
+        d = 0.0
+        if grow:
+            d = min(P.rate_dt, P.n_max - self._made)
+            d = d if d > 0.0 else 0.0
+        self._grow, self._delta = grow, d
+        return elongation_cost(P.c0, P.c1, self._length, d)
+
+    def elongate(self, P: ChainStep, phi: float, u_stop: float, u_tool):
+        """Grow by ``phi`` of the quoted units; terminate or call a tool. Returns (units, cost,
+        units delivered or None, tool calls)."""
+        d = self._delta * phi
+        cost = elongation_cost(P.c0, P.c1, self._length, d)
+        self._length += d
+        self._made += d
+        stop = self._grow and d > 0 and u_stop < -expm1(d * P.log_keep_stop)
+        done = self._active and (self._made >= P.n_max or stop)
+        called = 0
+        if done:
+            delivered = self._made
+            self._active, self._length, self._made, self._wait = False, 0.0, 0.0, 0
+            return d, cost, delivered, 0
+        if self._grow and d > 0 and P.p_tool > 0 and u_tool < -expm1(d * P.log_keep_tool):
+            self._wait = P.tool_steps
+            called = 1
+        return d, cost, None, called
+
+
+__all__ = ["CellAgent", "ProducerAgent", "ConsumerAgent", "ChainAgent", "ChainStep", "step_chain_agents"]

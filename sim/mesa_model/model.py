@@ -32,7 +32,8 @@ from sim import engine, rng
 from sim.errors import ConfigError
 from sim.kernels.step import step as kernel_step
 from sim.kernels.thermo import energy_charge
-from sim.mesa_model.agents import CellAgent, ConsumerAgent, ProducerAgent, _Constants
+from sim.kernels import chains as ck
+from sim.mesa_model.agents import CHAIN_LEDGER_FIELDS, CellAgent, ChainAgent, ConsumerAgent, ProducerAgent, _Constants
 from sim.presets.build import Model as Preset
 from sim.presets.build import build
 from sim.state import ADP, AMP, ATP, Cells, Consumers, Ledger, Producers, State
@@ -102,12 +103,24 @@ def total_work(model) -> float:
     return float(model.state.ledger.work.sum())
 
 
+def n_active_chains(model) -> int:
+    ch = model.state.chains
+    return int(ch.active.sum()) if ch is not None else 0
+
+
+def proteins_completed(model) -> float:
+    led = model.state.chain_ledger
+    return float(led.delivered.sum()) if led is not None else 0.0
+
+
 MODEL_REPORTERS = {
     "mean_energy_charge": mean_energy_charge,
     "total_atp": total_atp,
     "n_alive_cells": n_alive_cells,
     "n_alive_producers": n_alive_producers,
     "total_work": total_work,
+    "n_active_chains": n_active_chains,
+    "proteins_completed": proteins_completed,
 }
 CELL_REPORTERS = {"atp": "atp", "energy_charge": "energy_charge", "alive": "alive", "stress": "stress"}
 PRODUCER_REPORTERS = {"alive": "alive", "health": "health"}
@@ -202,9 +215,16 @@ class CurrencyModel(mesa.Model):
         self.consumer_agents: list[ConsumerAgent] = [
             ConsumerAgent(self, c, s, n_cons) for c in self.cell_agents for s in range(n_cons)
         ]
+        chains0 = self._initial.chains
+        n_ch = 0 if chains0 is None else int(chains0.active.shape[1])
+        self.n_chain_slots = n_ch
+        self.chain_agents: list[ChainAgent] = [
+            ChainAgent(self, c, s, n_ch) for c in self.cell_agents for s in range(n_ch)
+        ]
         for c in self.cell_agents:
             c.producers = self.producer_agents[c.index * n_slots : (c.index + 1) * n_slots]
             c.consumers = self.consumer_agents[c.index * n_cons : (c.index + 1) * n_cons]
+            c.chains = self.chain_agents[c.index * n_ch : (c.index + 1) * n_ch]
 
         if backend == "jax":
             self._dev_params = jax.tree_util.tree_map(jnp.asarray, self.params)
@@ -285,6 +305,8 @@ class CurrencyModel(mesa.Model):
             a._ref_init(state, q)
         for a in self.producer_agents:
             a._ref_init(state, q)
+        for a in self.chain_agents:
+            a._ref_init(state.chains, a.cell_index, a.slot)
         for c in self.cell_agents:
             c._ref_init(state, q)
         # junctions: each is owned by its lower-index cell (src), which computes its flux
@@ -309,9 +331,13 @@ class CurrencyModel(mesa.Model):
         t = self._t
         u_fail = host_draws(self.key, t, rng.PRODUCER_FAILURE, self.n_cells * self.n_producer_slots)
         u_birth = host_draws(self.key, t, rng.PRODUCER_BIRTH, self.n_cells)
+        chain_draws = None
+        if self.n_chain_slots:
+            n_ids = self.n_cells * self.n_chain_slots
+            chain_draws = (host_draws(self.key, t, ck.CHAIN_INIT, n_ids), host_draws(self.key, t, ck.CHAIN_STOP, n_ids))
         cells = self._cells_set
         do = cells.shuffle_do if self.shuffle else cells.do
-        do("metabolise")  # 1: rates on the step-start state
+        do("metabolise", chain_draws)  # 1: rates on the step-start state (chains in the consumption)
         do("transport_compute")  # 2: fluxes from post-metabolism pools of all cells ...
         do("transport_apply")  # ... then applied by every cell
         do("adenylate_kinase")  # 3
@@ -365,12 +391,28 @@ class CurrencyModel(mesa.Model):
             births=col(cells, "_births", ldt.births.dtype),
             repair_health=col(cells, "_repair_health"),
         )
+        chains, chain_ledger = init.chains, init.chain_ledger
+        if chains is not None:
+            S, ch = self.n_chain_slots, self.chain_agents
+            chains = ck.ChainSlots(
+                active=col(ch, "_active", bool).reshape(C, S),
+                length=col(ch, "_length").reshape(C, S),
+                made=col(ch, "_made").reshape(C, S),
+                tool_wait=col(ch, "_wait", init.chains.tool_wait.dtype).reshape(C, S),
+            )
+            if S:
+                chain_ledger = ck.ChainLedger(**{
+                    f: np.array([c._chain_led[f] for c in cells], dtype=getattr(init.chain_ledger, f).dtype)
+                    for f in CHAIN_LEDGER_FIELDS
+                })
         return State(
             cells=new_cells,
             producers=new_prod,
             consumers=dataclasses.replace(init.consumers),
             ledger=ledger,
             step=np.asarray(self._t, dtype=np.asarray(init.step).dtype),
+            chains=chains,
+            chain_ledger=chain_ledger,
         )
 
 

@@ -16,7 +16,9 @@ import numpy as np
 
 from sim.constants import FARADAY_C_PER_MOL
 from sim.errors import ConfigError
+from sim.kernels import chains as ck
 from sim.kernels.thermo import adenylate_equilibrium
+from sim.kernels.translation import no_chain_params
 from sim.params import Edges, Params
 from sim.state import N_SPECIES, SPECIES, Cells, Consumers, Ledger, Producers, State
 from sim.topology import build_graph, edge_arrays
@@ -79,6 +81,36 @@ def _lognormal_mult(rng, cv, n):
         return np.ones(n)
     sigma2 = math.log1p(cv * cv)
     return rng.lognormal(-0.5 * sigma2, math.sqrt(sigma2), n)
+
+
+def _chains(sub, ckinds, dtype):
+    """``substrate.chains`` -> (slots per cell, Params chain fields); absent or ``consumer: null``:
+    no chains (the consumer kind keeps its Michaelis-Menten law)."""
+    ch = sub.get("chains")
+    if ch is None:
+        return 0, no_chain_params(dtype)
+    if not isinstance(ch, dict):
+        raise ConfigError("substrate.chains", ch, "a mapping (the chains section of the substrate preset)")
+    kind = ch.get("consumer")
+    if kind is None:
+        return 0, no_chain_params(dtype)
+    if kind not in ckinds:
+        raise ConfigError("substrate.chains.consumer", kind, "null or one of the consumer kinds " + ", ".join(ckinds))
+    slots = _num(sub, "chains.slots_per_cell", 1)
+    if not float(slots).is_integer():
+        raise ConfigError("substrate.chains.slots_per_cell", slots, "an integer >= 1")
+    mean_len = _num(sub, "chains.mean_length_aa", 1)
+    p = lambda v: np.asarray(v, dtype)  # noqa: E731
+    fields = dict(
+        chain_kind=np.asarray(ckinds.index(kind), np.int32),
+        chain_rate=p(_num(sub, "chains.elongation_aa_per_s", 0, strict_min=True)),
+        chain_cost_per_unit=p(_num(sub, "chains.atp_per_aa", 0, strict_min=True)),
+        chain_p_stop=p(1.0 / mean_len),
+        chain_n_max=p(_num(sub, "chains.max_length_aa", 0, strict_min=True)),
+        chain_init_rate=p(_num(sub, "chains.initiation_per_s", 0)),
+        chain_init_cost=p(_num(sub, "chains.initiation_atp", 0)),
+    )
+    return int(slots), fields
 
 
 def build(cfg, dtype=np.float64) -> Model:
@@ -200,7 +232,13 @@ def build(cfg, dtype=np.float64) -> Model:
         heat_j=zeros_c.copy(), hydrolysis_energy_j=zeros_c.copy(), failures=np.zeros(n, np.int32),
         births=np.zeros(n, np.int32), repair_health=zeros_c.copy(),
     )
-    state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, step=np.int32(0))
+    n_slots, chain_fields = _chains(sub, ckinds, dtype)
+    chains, chain_ledger = ck.empty(n, n_slots, dtype)
+    # every cohort is translating at t = 0 (termination is memoryless: no start-up transient but
+    # the few slots that wait for their next initiation)
+    chains = dataclasses.replace(chains, active=np.ones((n, n_slots), bool))
+    state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, step=np.int32(0),
+                  chains=chains, chain_ledger=chain_ledger)
 
     src, dst = edge_arrays(graph)
     tr = sub["transport"]
@@ -242,6 +280,7 @@ def build(cfg, dtype=np.float64) -> Model:
         stress_threshold=p(_num(sub, "cell.stress_threshold", 0, 1)),
         stress_death_s=p(_num(sub, "cell.stress_death_s", 0, strict_min=True)),
         stress_recovery=p(_num(sub, "cell.stress_recovery_per_s", 0)),
+        **chain_fields,
         permeability=perm,
         conductance_scale=p(1.0),
         edges=edges,

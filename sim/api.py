@@ -102,6 +102,9 @@ def _run_jax(model, cfg, on_chunk=None, run_dir=None) -> engine.RunResult:
             raise ConfigError("resume", str(cfg["resume"]), f"a checkpoint of this run ({start} steps done of {steps})")
     every_n = int(cfg.get("checkpoint_every", 0) or 0)
     writer = checkpoint.Checkpointer(run_dir, cfg, every_n, prior=ckpt) if every_n and run_dir is not None else None
+    from sim.kernels import ops
+
+    ops.set_fixed_order(bool(cfg.get("deterministic_reductions", False)))
     if start < steps:
         result = engine.run(
             state0, model.params, seed=model.seed, steps=steps - start, record_every=every, replicates=reps,

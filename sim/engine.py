@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sim.kernels.ops import rowsum
 from sim.kernels.step import PROCESSES, step
 from sim.kernels.thermo import energy_charge
 from sim.errors import NumericalError
@@ -30,31 +31,11 @@ RECORD_FIELDS = (
 )
 
 
-def fixed_order_sum(x, axis: int = -1):
-    """Sum over ``axis`` as a left-to-right chain of adds (x0 + x1) + x2 + ...
-
-    XLA's CPU reduction emitter picks its accumulation order from the whole array shape, so
-    ``jnp.sum`` over a small agent axis can differ in the last bit between a batch of 8 and a
-    batch of 64 replicates. A chain of elementwise adds has one order whatever the batch, which
-    keeps replicate ``k`` bit-identical alone and in a batch (and equal to a sequential loop).
-    Meant for the short per-cell agent axes (producers, consumers); integers use ``jnp.sum``.
-    """
-    x = jnp.asarray(x)
-    axis = axis % x.ndim
-    n = x.shape[axis]
-    if n == 0 or not jnp.issubdtype(x.dtype, jnp.floating):
-        return jnp.sum(x, axis=axis)
-    total = jax.lax.index_in_dim(x, 0, axis, keepdims=False)
-    for i in range(1, n):
-        total = total + jax.lax.index_in_dim(x, i, axis, keepdims=False)
-    return total
-
-
 def observe(state) -> dict:
     """What is recorded at each record point (per cell)."""
     prod, led = state.producers, state.ledger
     n_alive = jnp.sum(prod.alive, axis=1)
-    health = fixed_order_sum(jnp.where(prod.alive, prod.health, 0.0), axis=1) / jnp.maximum(n_alive, 1)
+    health = rowsum(jnp.where(prod.alive, prod.health, 0.0)) / jnp.maximum(n_alive, 1)
     return {
         "pools": state.cells.pools,
         "alive": state.cells.alive,
@@ -62,8 +43,8 @@ def observe(state) -> dict:
         "n_producers": n_alive.astype(jnp.int32),
         "health_mean": health,
         "produced": led.produced,
-        "spent": fixed_order_sum(led.spent, axis=1) + led.repair_spent + led.birth_spent,
-        "work": fixed_order_sum(led.work, axis=1),
+        "spent": rowsum(led.spent) + led.repair_spent + led.birth_spent,
+        "work": rowsum(led.work),
         "transported_out": led.transported_out,
         "failures": led.failures,
         "births": led.births,
@@ -82,7 +63,8 @@ def _run_records(state, params, key, n_records: int, record_every: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(n_records: int, record_every: int, batched_params: bool):
+def _compiled(n_records: int, record_every: int, batched_params: bool, fixed_order: bool = False):
+    """jit(vmap(scan)) of one chunk; `fixed_order` is part of the key because it changes the trace."""
     fn = functools.partial(_run_records, n_records=n_records, record_every=record_every)
     return jax.jit(jax.vmap(fn, in_axes=(0, 0 if batched_params else None, 0)))
 
@@ -207,12 +189,14 @@ def executable(chunk: int, record_every: int, batched_params: bool, state, param
     step_module = sys.modules["sim.kernels.step"]  # (the package attribute `step` is the function)
 
     processes = tuple(id(fn) for _, fn in step_module.PROCESSES)  # a patched step is a new program
-    key = (chunk, record_every, batched_params, processes, _signature(state), _signature(params), _signature(keys))
+    from sim.kernels import ops
+
+    key = (chunk, record_every, batched_params, processes, ops.FIXED_ORDER[0], _signature(state), _signature(params), _signature(keys))
     hit = _EXECUTABLES.get(key)
     if hit is not None:
         return hit, 0.0
     t0 = time.perf_counter()
-    compiled = _compiled(chunk, record_every, batched_params).lower(state, params, keys).compile()
+    compiled = _compiled(chunk, record_every, batched_params, ops.FIXED_ORDER[0]).lower(state, params, keys).compile()
     COMPILE_COUNT[0] += 1
     _EXECUTABLES[key] = compiled
     return compiled, time.perf_counter() - t0

@@ -391,14 +391,25 @@ def test_replicate_alone_equals_replicate_in_batch_of_256(batch_runs):
             np.testing.assert_allclose(one.records[name][0], big.records[name][k], rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.xfail(
-    reason="XLA's CPU reduction order depends on the batch shape (batch <= 8 vs >= 64 differ in the "
-    "last bit of jnp.sum over the producer axis); the kernels need fixed-order sums "
-    "(sim.engine.fixed_order_sum) for bitwise equality",
-    strict=False,
-)
-def test_replicate_alone_is_bitwise_the_replicate_in_a_batch(batch_runs):
-    big, alone = batch_runs
+@pytest.fixture(scope="module")
+def batch_runs_fixed_order():
+    """The same runs with deterministic_reductions on (fixed-order sums over agent axes)."""
+    from sim.kernels import ops
+
+    ops.set_fixed_order(True)
+    try:
+        cfg, model = sim.api.prepare(compose_cfg(*SMALL[:2], "topology.n_cells=4", "+params.hazard0=0.5", "+params.birth_rate=2.0"))
+        kw = dict(seed=11, steps=200, record_every=10, chunk_records=20)
+        big = engine.run(model.state, model.params, replicates=256, **kw)
+        alone = {k: engine.run(model.state, model.params, replicates=1, first_replicate=k, **kw) for k in (0, 7, 255)}
+    finally:
+        ops.set_fixed_order(False)
+    return big, alone
+
+
+def test_replicate_alone_is_bitwise_the_replicate_in_a_batch(batch_runs_fixed_order):
+    """With deterministic_reductions on, replicate k is bit for bit the same alone or in a batch."""
+    big, alone = batch_runs_fixed_order
     for k, one in alone.items():
         for name in engine.RECORD_FIELDS:
             assert np.array_equal(big.records[name][k], one.records[name][0]), (k, name)

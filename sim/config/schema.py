@@ -51,6 +51,7 @@ class RunSchema:
     chunk_records: int = 100
     precision: str = "float64"
     debug: bool = False
+    deterministic_reductions: bool = False
     figures: bool = True
     checkpoint_every: int = 0
     resume: Optional[str] = None

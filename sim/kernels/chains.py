@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import rng
+from sim.kernels.ops import rowsum
 from sim.pytree import pytree_dataclass, replace
 
 CHAIN_INIT = 41
@@ -170,7 +171,7 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
         budget = jnp.asarray(budget)
         comp = comp & (jnp.cumsum(mem_spent, axis=1) <= budget[:, None])
         mem_spent = jnp.where(comp, mem_spent, 0.0)
-        budget = budget - jnp.sum(mem_spent, axis=1)
+        budget = budget - rowsum(mem_spent)
     new_len = jnp.where(comp, length / pc(params.mem_factor), length)
     removed = length - new_len
     length = new_len
@@ -180,7 +181,7 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     start = ~active & (u_init < -jnp.expm1(-pc(params.init_rate) * params.dt))
     if budget is not None:
         start = start & (jnp.cumsum(jnp.where(start, pc(params.init_cost), 0.0), axis=1) <= budget[:, None])
-        budget = budget - jnp.sum(jnp.where(start, pc(params.init_cost), 0.0), axis=1)
+        budget = budget - rowsum(jnp.where(start, pc(params.init_cost), 0.0))
     active = active | start
     length = jnp.where(start, pc(params.l0), length)
     made = jnp.where(start, 0.0, made)
@@ -191,7 +192,7 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     delta = jnp.where(grow, jnp.minimum(pc(params.rate) * params.dt, pc(params.n_max) - made), 0.0)
     delta = jnp.maximum(delta, 0.0)
     c0, c1 = pc(params.c0), pc(params.c1)
-    demand = jnp.sum(elongation_cost(c0, c1, length, delta), axis=1)
+    demand = rowsum(elongation_cost(c0, c1, length, delta))
     if budget is None:
         phi = jnp.ones(n, demand.dtype)
     else:
@@ -219,9 +220,9 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     made = jnp.where(done, 0.0, made)
     wait = jnp.where(done, 0, wait)
 
-    spent_el = jnp.sum(el_cost, axis=1)
-    spent_init = jnp.sum(init_spent, axis=1)
-    spent_mem = jnp.sum(mem_spent, axis=1)
+    spent_el = rowsum(el_cost)
+    spent_init = rowsum(init_spent)
+    spent_mem = rowsum(mem_spent)
     spent = spent_el + spent_init + spent_mem
     f = ledger.spent.dtype
     ledger = replace(
@@ -230,19 +231,19 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
         elongation_spent=ledger.elongation_spent + spent_el,
         init_spent=ledger.init_spent + spent_init,
         memory_spent=ledger.memory_spent + spent_mem,
-        units=ledger.units + jnp.sum(delta, axis=1),
-        initiated=ledger.initiated + jnp.sum(start, axis=1).astype(f),
-        delivered=ledger.delivered + jnp.sum(done, axis=1).astype(f),
-        delivered_units=ledger.delivered_units + jnp.sum(delivered_units, axis=1),
-        tool_calls=ledger.tool_calls + jnp.sum(call, axis=1).astype(f),
-        tool_units=ledger.tool_units + jnp.sum(tool_units, axis=1),
-        compressions=ledger.compressions + jnp.sum(comp, axis=1).astype(f),
-        units_removed=ledger.units_removed + jnp.sum(removed, axis=1),
+        units=ledger.units + rowsum(delta),
+        initiated=ledger.initiated + rowsum(start).astype(f),
+        delivered=ledger.delivered + rowsum(done).astype(f),
+        delivered_units=ledger.delivered_units + rowsum(delivered_units),
+        tool_calls=ledger.tool_calls + rowsum(call).astype(f),
+        tool_units=ledger.tool_units + rowsum(tool_units),
+        compressions=ledger.compressions + rowsum(comp).astype(f),
+        units_removed=ledger.units_removed + rowsum(removed),
     )
     out = ChainSlots(active=active, length=length, made=made, tool_wait=wait)
     if details:
-        info = dict(units=jnp.sum(delta, axis=1), elongation=spent_el, init=spent_init, memory=spent_mem,
-                    delivered=jnp.sum(done, axis=1).astype(f), delivered_units=jnp.sum(delivered_units, axis=1))
+        info = dict(units=rowsum(delta), elongation=spent_el, init=spent_init, memory=spent_mem,
+                    delivered=rowsum(done).astype(f), delivered_units=rowsum(delivered_units))
         return out, ledger, spent, info
     return out, ledger, spent
 

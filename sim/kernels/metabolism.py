@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from sim.kernels import translation
 from sim.kernels.chains import chain_demand, chain_step
+from sim.kernels.ops import rowsum
 from sim.kernels.thermo import brake, dg_atp_kj
 from sim.pytree import replace
 from sim.state import ADP, ATP, GLC, PI
@@ -73,7 +74,7 @@ def consumption_demand(state, params):
     vmax = params.demand_scale * state.cells.demand_mult[:, None] * cons.vmax
     alive = state.cells.alive[:, None]
     u = jnp.where(alive, vmax * a / (cons.km + a), 0.0)
-    saturated0 = jnp.sum(jnp.where(alive & (cons.tier == 0), vmax, 0.0), axis=1)
+    saturated0 = rowsum(jnp.where(alive & (cons.tier == 0), vmax, 0.0))
     return u, saturated0
 
 
@@ -83,7 +84,7 @@ def serve_tiers(demand, tier, available):
     rest = available
     for t in range(N_TIERS):
         in_t = tier == t
-        want = jnp.sum(jnp.where(in_t, demand, 0.0), axis=1)
+        want = rowsum(jnp.where(in_t, demand, 0.0))
         frac = jnp.where(want > rest, _safe_div(rest, want), 1.0)
         served = jnp.where(in_t, demand * frac[:, None], served)
         rest = jnp.maximum(rest - frac * want, 0.0)
@@ -109,17 +110,17 @@ def metabolism(state, params, key=None):
     j = production_rates(state, params, dg)
     kind = prod.kind
     inv_yield = per_slot(1.0 / params.p_yield, kind)
-    want_atp = jnp.sum(j, axis=1) * dt
-    want_glc = jnp.sum(j * inv_yield, axis=1) * dt
+    want_atp = rowsum(j) * dt
+    want_glc = rowsum(j * inv_yield) * dt
     limit = jnp.minimum(
         jnp.minimum(_safe_div(d, want_atp), _safe_div(pi, want_atp)), _safe_div(s, want_glc)
     )
     f_prod = jnp.where(want_atp > 0, jnp.minimum(1.0, limit), 0.0)
     made_p = j * dt * f_prod[:, None]  # (C, P) mM made by each producer this step
-    made = jnp.sum(made_p, axis=1)
+    made = rowsum(made_p)
     glc_p = made_p * inv_yield
-    glc_used = jnp.sum(glc_p, axis=1)
-    substrate_energy = jnp.sum(glc_p * per_slot(jnp.abs(params.p_substrate_dg_kj), kind), axis=1) * params.volume_l
+    glc_used = rowsum(glc_p)
+    substrate_energy = rowsum(glc_p * per_slot(jnp.abs(params.p_substrate_dg_kj), kind)) * params.volume_l
 
     # consumption by priority tier, limited by ATP present at the start of the step; the chains
     # (ribosome cohorts) quote their demand in place of the consumer kind they realise, are
@@ -135,7 +136,7 @@ def metabolism(state, params, key=None):
     served, rest = serve_tiers(want, state.consumers.tier, a)
     work = served * state.consumers.value
     if chains_on:
-        share = jnp.sum(jnp.where(is_chain, served, 0.0), axis=1)
+        share = rowsum(jnp.where(is_chain, served, 0.0))
         budget = jnp.where(share < chain_want, share, jnp.inf)  # inf: served in full
         chains, chain_led, chain_spent, info = chain_step(
             state.chains, state.chain_ledger, cp, key, state.step, budget, details=True
@@ -143,17 +144,17 @@ def metabolism(state, params, key=None):
         served = jnp.where(is_chain, chain_spent[:, None], served)
         work = jnp.where(is_chain, (info["units"] * cohort)[:, None], work)  # amino acids (mM)
         state = replace(state, chains=chains, chain_ledger=chain_led)
-    tier0 = jnp.sum(jnp.where(state.consumers.tier == 0, served, 0.0), axis=1)
+    tier0 = rowsum(jnp.where(state.consumers.tier == 0, served, 0.0))
     maintenance = jnp.where(saturated0 > 0, _safe_div(tier0, saturated0 * dt), 1.0)
 
     # repair of damaged producers, served after all consumers
     repair_want_h = jnp.where(prod.alive, params.repair_rate * (1.0 - prod.health) * dt, 0.0)
-    repair_cost = params.repair_cost * jnp.sum(repair_want_h, axis=1)
+    repair_cost = params.repair_cost * rowsum(repair_want_h)
     f_rep = jnp.where(repair_cost > rest, _safe_div(rest, repair_cost), 1.0)
     repair_spent = repair_cost * f_rep
     repair_h = repair_want_h * f_rep[:, None]
 
-    spent_total = jnp.sum(served, axis=1) + repair_spent
+    spent_total = rowsum(served) + repair_spent
     new_pools = pools.at[:, GLC].add(uptake - glc_used)
     new_pools = new_pools.at[:, ATP].add(made - spent_total)
     new_pools = new_pools.at[:, ADP].add(spent_total - made)
@@ -174,7 +175,7 @@ def metabolism(state, params, key=None):
         stored_energy_j=led.stored_energy_j + stored_energy - hydrolysis_energy,
         heat_j=led.heat_j + (substrate_energy - stored_energy) + hydrolysis_energy,
         hydrolysis_energy_j=led.hydrolysis_energy_j + hydrolysis_energy,
-        repair_health=led.repair_health + jnp.sum(repair_h, axis=1),
+        repair_health=led.repair_health + rowsum(repair_h),
     )
     # damage grows with relative load (ROS / wear); applied here since it needs this step's flux
     load = _safe_div(made_p, prod.vmax * dt)

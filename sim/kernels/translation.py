@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.kernels.chains import ChainParams
+from sim.kernels.ops import rowsum
 from sim.state import ATP
 
 
@@ -47,9 +48,9 @@ def chain_params(state, params, is_chain, per_slot):
     cells, cons = state.cells, state.consumers
     n_slots = state.chains.active.shape[-1]
     ap = jnp.maximum(cells.pools[:, ATP, None] - per_slot(params.tier_reserve, cons.tier), 0.0)
-    sat = jnp.sum(jnp.where(is_chain, ap / (cons.km + ap), 0.0), axis=1)
+    sat = rowsum(jnp.where(is_chain, ap / (cons.km + ap), 0.0))
     vmax = params.demand_scale * cells.demand_mult[:, None] * cons.vmax
-    v = jnp.sum(jnp.where(is_chain, vmax, 0.0), axis=1)
+    v = rowsum(jnp.where(is_chain, vmax, 0.0))
     r_max = params.chain_rate
     c0 = jnp.where(r_max > 0, v / jnp.where(r_max > 0, n_slots * r_max, 1.0), 0.0)
     cohort = c0 / params.chain_cost_per_unit

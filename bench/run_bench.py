@@ -104,10 +104,20 @@ def section_vs_mesa(sizes, mesa_budget_s: float) -> list[dict]:
     return rows
 
 
-def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
-    """Run in a fresh process: compile time, throughput, peak RSS for one size."""
+def peak_rss_mb() -> float:
+    """Peak resident set of this process (VmHWM). Not ru_maxrss: Linux carries that across
+    fork+exec, so a worker would report its parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
+    """Run in a fresh process: compile time, throughput, peak RSS for one size."""
     import jax
 
     import sim  # noqa: F401  (x64 on)
@@ -115,7 +125,7 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     from sim.presets import build
 
     model = build(bio_cfg(n_cells))
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = peak_rss_mb()
     dt = np.float64 if dtype == "float64" else np.float32
     state = engine.cast(model.state, dt)
     params = engine.cast(model.params, dt)
@@ -126,13 +136,13 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     for _ in range(3):
         r2 = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=1)
         best = min(best, r2.wall_s)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    rss = peak_rss_mb()
     agents = int(round(agents_per_cell(model) * n_cells))
     return {
         "cells": n_cells, "agents": agents, "edges": int(params.edges.src.shape[0]), "dtype": dtype,
         "compile_s": r.compile_s, "s_per_step": best / steps, "agent_updates_per_s": agents * steps / best,
         "state_bytes": nbytes, "edge_bytes": ebytes, "bytes_per_agent": (nbytes + ebytes) / agents,
-        "peak_rss_mb": rss / 1024, "rss_before_run_mb": rss0 / 1024,
+        "peak_rss_mb": rss, "rss_before_run_mb": rss0,
     }
 
 
@@ -152,6 +162,62 @@ def section_scaling(agent_targets, dtype: str) -> list[dict]:
         print(f"  scaling {row['agents']:>8} agents ({dtype}): {row['agent_updates_per_s']:.3g} agent-updates/s, "
               f"compile {row['compile_s']:.2f} s, peak RSS {row['peak_rss_mb']:.0f} MB, {row['bytes_per_agent']:.0f} B/agent")
         rows.append(row)
+    return rows
+
+
+def section_edges(n_cells: int, ks) -> list[dict]:
+    """Time per step against the number of junctions at a fixed number of cells (small world, k)."""
+    from sim.presets import build
+
+    rows = []
+    for k in ks:
+        cfg = bio_cfg(n_cells)
+        cfg["topology"] = {"kind": "small_world", "n_cells": n_cells, "k": k, "p": 0.1}
+        model = build(cfg)
+        t = time_jax(model, steps=100, repeats=2)
+        rows.append({"cells": n_cells, "k": k, "edges": int(model.params.edges.src.shape[0]), "s_per_step": t["s_per_step"]})
+        print(f"  edges   {rows[-1]['edges']:>7} junctions, {n_cells} cells: {1e3 * t['s_per_step']:.2f} ms/step")
+    return rows
+
+
+def section_compile_vs_steps(n_cells: int, steps_list) -> list[dict]:
+    """Compile time of a run against its number of steps (chunked scan: it must not grow)."""
+    from sim import engine
+    from sim.presets import build
+
+    model = build(bio_cfg(n_cells))
+    rows = []
+    for steps in steps_list:
+        engine.clear_caches()
+        r = engine.run(model.state, model.params, seed=0, steps=steps, record_every=10, chunk_records=100)
+        rows.append({"steps": steps, "compile_s": r.compile_s, "run_s": r.wall_s})
+        print(f"  compile {steps:>7} steps: {r.compile_s:.2f} s (run {r.wall_s:.2f} s)")
+    return rows
+
+
+def section_experiments() -> list[dict]:
+    """Compile time and wall time of every shipped experiment, small sizes (target: compile < 10 s)."""
+    import sim.api
+    from sim import engine
+    from sim.llm.build import compose
+
+    cases = {
+        "tissue": ["steps=200"],
+        "tissue (mesa backend)": ["steps=20", "backend=mesa", "replicates=1", "record_every=10"],
+        "roofline": ["experiment=roofline"],
+        "serving": ["experiment=serving", "steps=1000"],
+        "cascade": ["experiment=cascade"],
+    }
+    rows = []
+    for name, over in cases.items():
+        engine.clear_caches()
+        t0 = time.perf_counter()
+        out = sim.api.run(compose(over + ["figures=false"]))
+        wall = time.perf_counter() - t0
+        rows.append({"experiment": name, "compile_s": out.summary.get("compile_s"), "wall_s": wall,
+                     "status": out.summary.get("status")})
+        c = rows[-1]["compile_s"]
+        print(f"  experiment {name:<22} compile {'n/a' if c is None else f'{c:.2f} s'}, wall {wall:.1f} s")
     return rows
 
 
@@ -254,6 +320,16 @@ def write_readme_table(results: dict) -> None:
     lines += ["", "| agents | cells | edges | dtype | agent-updates/s | compile s | peak RSS MB | bytes/agent |", "|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in results.get("scaling", []):
         lines.append(f"| {r['agents']:,} | {r['cells']:,} | {r['edges']:,} | {r['dtype']} | {r['agent_updates_per_s']:.3g} | {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['bytes_per_agent']:.0f} |")
+    lines += ["", "| junctions (10k cells) | ms/step |", "|---:|---:|"]
+    for r in results.get("edges", []):
+        lines.append(f"| {r['edges']:,} | {1e3 * r['s_per_step']:.2f} |")
+    lines += ["", "| steps in the run | compile s |", "|---:|---:|"]
+    for r in results.get("compile_vs_steps", []):
+        lines.append(f"| {r['steps']:,} | {r['compile_s']:.2f} |")
+    lines += ["", "| experiment | compile s | wall s (small run) |", "|---|---:|---:|"]
+    for r in results.get("experiments", []):
+        c = "n/a" if r["compile_s"] is None else f"{r['compile_s']:.2f}"
+        lines.append(f"| {r['experiment']} | {c} | {r['wall_s']:.1f} |")
     lines += ["", "| replicates | cells | ms/step | throughput per replicate vs 1 |", "|---:|---:|---:|---:|"]
     for r in results.get("ensembles", []):
         lines.append(f"| {r['replicates']} | {r['cells']} | {1e3 * r['s_per_step']:.2f} | {r['relative_throughput_per_replicate']:.2f} |")
@@ -286,7 +362,7 @@ def plot(results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     vm = results.get("vs_mesa", [])
     if vm:
         axes[0].loglog([r["agents"] for r in vm], [r["jax_s_per_step"] for r in vm], "o-", label="JAX")
@@ -309,6 +385,13 @@ def plot(results: dict) -> None:
         axes[2].axhline(0.8, color="r", ls=":", label="target 0.8")
         axes[2].set(xlabel="replicates in one call", ylabel="throughput per replicate / single", title="ensembles", ylim=(0, None))
         axes[2].legend()
+    ed = results.get("edges", [])
+    if ed:
+        e = np.array([r["edges"] for r in ed], float)
+        axes[3].plot(e, [1e3 * r["s_per_step"] for r in ed], "o-", label="measured")
+        axes[3].set(xlabel="junctions (edges)", ylabel="ms per step", title=f"time vs edges ({ed[0]['cells']} cells)")
+        axes[3].set_xlim(left=0)
+        axes[3].set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(RESULTS / "bench.png", dpi=110)
 
@@ -345,6 +428,12 @@ def main() -> int:
     print("JAX scaling:")
     targets = [1e3, 1e4] if args.quick else [1e3, 1e4, 1e5, 3e5, 1e6]
     results["scaling"] = section_scaling(targets, "float64") + ([] if args.quick else section_scaling([1e5, 1e6], "float32"))
+    print("Edges:")
+    results["edges"] = section_edges(2000 if args.quick else 10000, [2, 4, 8] if args.quick else [2, 4, 8, 16, 32])
+    print("Compile time vs steps:")
+    results["compile_vs_steps"] = section_compile_vs_steps(100, [1000, 10000] if args.quick else [1000, 10000, 100000])
+    print("Experiments:")
+    results["experiments"] = section_experiments()
     print("Ensembles:")
     results["ensembles"] = section_ensembles(20 if args.quick else 100, [1, 4] if args.quick else [1, 4, 16, 64, 256])
     print("LLM cluster:")

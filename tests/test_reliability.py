@@ -157,6 +157,23 @@ def test_params_override_that_makes_nan_is_named(monkeypatch, clean_compiled, tm
     assert not (tmp_path / "results.nc").exists()  # the first chunk failed: nothing good to keep
 
 
+def test_unstable_transport_is_stopped_naming_transport(monkeypatch, clean_compiled, tmp_path):
+    """A deliberately unstable tissue (junction conductance far past the explicit-step limit) is
+    refused by the validation; with the validation bypassed the engine stops it at the step where a
+    pool goes negative and names transport, the cell and the species."""
+    over = ("substrate.transport.conductance_per_s=40", "substrate.consumers.demand_cv=1.0")
+    with pytest.raises(ConfigError) as info:
+        sim.api.prepare(compose_cfg(*SMALL, *over))
+    assert info.value.key == "dt"
+    monkeypatch.setattr(sim.api, "check_stability", lambda model, cfg: None)
+    code = execute(compose_cfg(*SMALL, *over), tmp_path, quiet=True)
+    assert code == EXIT_NUMERICAL
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failure_process"] == "transport"
+    assert summary["failure_species"] in ("glucose", "atp", "adp", "amp", "pi")
+    assert 0 <= summary["failure_cell"] and 0 <= summary["failure_step"]
+
+
 def test_unstable_dt_is_refused_before_compiling(monkeypatch, tmp_path):
     def no_compile(*a, **k):
         raise AssertionError("compiled an invalid config")

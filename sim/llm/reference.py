@@ -176,182 +176,232 @@ class ReferenceLLM:
 
     # ---- processes ------------------------------------------------------------------------------
 
+    # Each process is split into per-cell steps (``*_cell``), which the Mesa layer
+    # (``sim.mesa_model.llm``) calls through its model-instance agents, and the few global parts
+    # (draws, routing scores, enqueueing in flat order), which the model runs between them.
+
     def tools(self):
-        p = self.p
         for cell in self.cells:
-            reserved = cell.reserved()  # before any chain of this step appends
-            room = cell.kv_capacity - reserved
-            before, got_sum, trunc, flops_sum = 0.0, 0.0, 0.0, 0.0
-            for c in cell.chains:
-                if not (c.active and c.tool_wait > 0):
-                    continue
-                c.tool_wait -= 1
-                if c.tool_wait != 0:
-                    continue
-                want = min(max(p["l_max"] - (c.base + c.target), 0.0), p["r_tool"])
-                got = min(max(room - before, 0.0), want)
-                before += want
-                flops_sum += self.prefill_flops(got, c.base + c.out)
-                c.base += got
-                got_sum += got
-                trunc += want - got
-            cell.add_debt(flops_sum, p["peak_flops"])
-            cell.kv_free -= got_sum
-            cell.ledger["tool_tokens"] += got_sum
-            cell.ledger["tool_truncated"] += trunc
-            cell.ledger["flops_prefill"] += flops_sum
+            self.tools_cell(cell)
+
+    def tools_cell(self, cell):
+        p = self.p
+        reserved = cell.reserved()  # before any chain of this step appends
+        room = cell.kv_capacity - reserved
+        before, got_sum, trunc, flops_sum = 0.0, 0.0, 0.0, 0.0
+        for c in cell.chains:
+            if not (c.active and c.tool_wait > 0):
+                continue
+            c.tool_wait -= 1
+            if c.tool_wait != 0:
+                continue
+            want = min(max(p["l_max"] - (c.base + c.target), 0.0), p["r_tool"])
+            got = min(max(room - before, 0.0), want)
+            before += want
+            flops_sum += self.prefill_flops(got, c.base + c.out)
+            c.base += got
+            got_sum += got
+            trunc += want - got
+        cell.add_debt(flops_sum, p["peak_flops"])
+        cell.kv_free -= got_sum
+        cell.ledger["tool_tokens"] += got_sum
+        cell.ledger["tool_truncated"] += trunc
+        cell.ledger["flops_prefill"] += flops_sum
 
     def memory(self):
         for cell in self.cells:
-            cost_sum, removed_sum, n = 0.0, 0.0, 0
-            for c in cell.chains:
-                if not c.active:
-                    continue
-                new, on, cost = self.compress(c.base)
-                if on:
-                    removed_sum += c.base - new
-                    cost_sum += cost
-                    n += 1
-                    c.base = new
-            cell.add_debt(cost_sum, self.p["peak_flops"])
-            cell.kv_free += removed_sum
-            cell.ledger["compressions"] += n
-            cell.ledger["tokens_removed"] += removed_sum
-            cell.ledger["flops_memory"] += cost_sum
+            self.memory_cell(cell)
+
+    def memory_cell(self, cell):
+        cost_sum, removed_sum, n = 0.0, 0.0, 0
+        for c in cell.chains:
+            if not c.active:
+                continue
+            new, on, cost = self.compress(c.base)
+            if on:
+                removed_sum += c.base - new
+                cost_sum += cost
+                n += 1
+                c.base = new
+        cell.add_debt(cost_sum, self.p["peak_flops"])
+        cell.kv_free += removed_sum
+        cell.ledger["compressions"] += n
+        cell.ledger["tokens_removed"] += removed_sum
+        cell.ledger["flops_memory"] += cost_sum
 
     def arrivals(self):
-        p, a = self.p, self.a
+        draws = self.arrival_draws()
+        entries = []
+        for cell in self.cells:
+            entries += self.arrivals_cell(cell, draws)
+        self.enqueue(entries)
+
+    def arrival_draws(self):
+        """This step's arrival draws and the routing scores (free capacity before any arrival)."""
+        a = self.a
         u = self.u(K.ARRIVAL_COUNT, self.n)
         up = self.u(K.PROMPT_LEN, self.n * a)
         uo = self.u(K.OUTPUT_LEN, self.n * a)
         scores = [cell.free_capacity() for cell in self.cells]
+        return u, up, uo, scores
+
+    def arrivals_cell(self, cell, draws):
+        """Arrivals at ``cell`` -> list of (destination cell, Request) to enqueue (flat order)."""
+        p, a = self.p, self.a
+        u, up, uo, scores = draws
+        i = cell.index
         entries = []
-        for i, cell in enumerate(self.cells):
-            lam = p["arrival_rate"][i] * p["dt"]
-            # inverse-CDF Poisson, same operation order as sim.llm.kernels.poisson_count
-            pk = math.exp(-lam)
-            cdf, count = pk, 0.0
-            for k in range(a):
-                count += 1.0 if cdf <= u[i] else 0.0
-                pk = pk * lam / (k + 1)
-                cdf = cdf + pk
-            if not cell.alive:
-                count = 0.0
-            best, nb, has = self.best_neighbour(scores, i)
-            dest = nb if (p["routing"] and has and best > scores[i]) else i
-            cell.ledger["arrived"] += count
-            if dest != i:
-                cell.ledger["routed_out"] += count
-                self.cells[dest].ledger["routed_in"] += count
-            for j in range(int(count)):
-                e = i * a + j
-                prompt = self.lognormal_tokens(float(up[e]), p["prompt_median"], p["prompt_sigma"])
-                target = self.lognormal_tokens(float(uo[e]), p["output_median"], p["output_sigma"])
-                prompt, target, _ = self.clip_lengths(prompt, target)
-                entries.append((dest, Request(prompt, target, self.step_count, 0, 0, -1)))
-        self.enqueue(entries)
+        lam = p["arrival_rate"][i] * p["dt"]
+        # inverse-CDF Poisson, same operation order as sim.llm.kernels.poisson_count
+        pk = math.exp(-lam)
+        cdf, count = pk, 0.0
+        for k in range(a):
+            count += 1.0 if cdf <= u[i] else 0.0
+            pk = pk * lam / (k + 1)
+            cdf = cdf + pk
+        if not cell.alive:
+            count = 0.0
+        best, nb, has = self.best_neighbour(scores, i)
+        dest = nb if (p["routing"] and has and best > scores[i]) else i
+        cell.ledger["arrived"] += count
+        if dest != i:
+            cell.ledger["routed_out"] += count
+            self.cells[dest].ledger["routed_in"] += count
+        for j in range(int(count)):
+            e = i * a + j
+            prompt = self.lognormal_tokens(float(up[e]), p["prompt_median"], p["prompt_sigma"])
+            target = self.lognormal_tokens(float(uo[e]), p["output_median"], p["output_sigma"])
+            prompt, target, _ = self.clip_lengths(prompt, target)
+            entries.append((dest, Request(prompt, target, self.step_count, 0, 0, -1)))
+        return entries
 
     def admission(self):
-        p = self.p
         for cell in self.cells:
-            waiting = sorted((r.seq, k) for k, r in enumerate(cell.queue) if r is not None)
-            room = cell.kv_capacity - cell.reserved()
-            n_active = sum(c.active for c in cell.chains)
-            limit = min(self.ns - n_active, max(p["max_batch"] - n_active, 0))
-            free_slots = [k for k, c in enumerate(cell.chains) if not c.active]
-            cum, admitted, flops, tokens = 0.0, 0, 0.0, 0.0
-            for _, k in waiting:
-                req = cell.queue[k]
-                cum += req.prompt + req.target
-                if cum > room or admitted >= limit or cell.n_gpu() <= 0:
-                    break
-                slot = free_slots[admitted]
-                cell.chains[slot] = Chain(True, req.prompt, 0.0, req.target, 0, req.born, req.turn, req.hop)
-                cell.queue[k] = None
-                admitted += 1
-                flops += self.prefill_flops(req.prompt)
-                tokens += req.prompt
-            cell.add_debt(flops, p["peak_flops"])
-            cell.kv_free -= tokens
-            cell.ledger["admitted"] += admitted
-            cell.ledger["tokens_in"] += tokens
-            cell.ledger["flops_prefill"] += flops
+            self.admission_cell(cell)
+
+    def admission_cell(self, cell):
+        p = self.p
+        waiting = sorted((r.seq, k) for k, r in enumerate(cell.queue) if r is not None)
+        room = cell.kv_capacity - cell.reserved()
+        n_active = sum(c.active for c in cell.chains)
+        limit = min(self.ns - n_active, max(p["max_batch"] - n_active, 0))
+        free_slots = [k for k, c in enumerate(cell.chains) if not c.active]
+        cum, admitted, flops, tokens = 0.0, 0, 0.0, 0.0
+        for _, k in waiting:
+            req = cell.queue[k]
+            cum += req.prompt + req.target
+            if cum > room or admitted >= limit or cell.n_gpu() <= 0:
+                break
+            slot = free_slots[admitted]
+            cell.chains[slot] = Chain(True, req.prompt, 0.0, req.target, 0, req.born, req.turn, req.hop)
+            cell.queue[k] = None
+            admitted += 1
+            flops += self.prefill_flops(req.prompt)
+            tokens += req.prompt
+        cell.add_debt(flops, p["peak_flops"])
+        cell.kv_free -= tokens
+        cell.ledger["admitted"] += admitted
+        cell.ledger["tokens_in"] += tokens
+        cell.ledger["flops_prefill"] += flops
 
     def decode(self):
+        u = self.decode_draws()
+        for cell in self.cells:
+            self.decode_cell(cell, u)
+
+    def decode_draws(self):
+        return self.u(K.TOOL_CALL, self.n * self.ns)
+
+    def decode_cell(self, cell, u):
         p = self.p
-        u = self.u(K.TOOL_CALL, self.n * self.ns)
-        for i, cell in enumerate(self.cells):
-            n_gpu = cell.n_gpu()
-            on = n_gpu > 0
-            dec = [c for c in cell.chains if c.active and c.tool_wait == 0]
-            b = float(len(dec))
-            s = 0.0
-            for c in dec:
-                s += c.ctx
-            busy = on and b > 0
-            flops_it = p["c0"] * b + p["c1"] * s
-            t = 0.0
-            if on:
-                t = max(flops_it / (p["peak_flops"] * n_gpu), (p["weight_bytes"] + p["kv_bytes"] * s) / (p["bandwidth"] * n_gpu))
-            pre = min(cell.debt_s, p["dt"]) if on else 0.0
-            dec_time = p["dt"] - pre if busy else 0.0
-            idle = p["dt"] - pre - dec_time if on else 0.0
-            g = dec_time / t if busy else 0.0
-            gain_sum, calls, grow_sum = 0.0, 0, 0.0
-            for k, c in enumerate(cell.chains):
-                if not (c.active and c.tool_wait == 0):
-                    continue
-                remaining = c.target - c.out
-                fin = g >= remaining
-                gain = remaining if fin else g
-                c.out = c.target if fin else c.out + gain
-                grow_sum += gain * (1.0 - p["freeze_context"])
-                c.base = c.base - gain * p["freeze_context"]
-                gain_sum += gain
-                p_call = -math.expm1(gain * math.log1p(-p["p_tool"])) if p["p_tool"] < 1 else 1.0
-                if not fin and p["p_tool"] > 0 and gain > 0 and u[i * self.ns + k] < p_call:
-                    c.tool_wait = p["tool_steps"]
-                    calls += 1
-            led = cell.ledger
-            led["tokens_out"] += gain_sum
-            led["iterations"] += g
-            led["flops_decode"] += g * flops_it
-            led["prefill_s"] += n_gpu * pre
-            led["decode_s"] += n_gpu * dec_time
-            led["idle_s"] += n_gpu * idle
-            led["energy_j"] += n_gpu * (p["power_prefill"] * pre + p["power_decode"] * dec_time + p["power_idle"] * idle)
-            led["tool_calls"] += calls
-            cell.kv_free -= grow_sum
-            cell.debt_s -= pre
-            cell.step_time_s = t if busy else 0.0
+        i = cell.index
+        n_gpu = cell.n_gpu()
+        on = n_gpu > 0
+        dec = [c for c in cell.chains if c.active and c.tool_wait == 0]
+        b = float(len(dec))
+        s = 0.0
+        for c in dec:
+            s += c.ctx
+        busy = on and b > 0
+        flops_it = p["c0"] * b + p["c1"] * s
+        t = 0.0
+        if on:
+            t = max(flops_it / (p["peak_flops"] * n_gpu), (p["weight_bytes"] + p["kv_bytes"] * s) / (p["bandwidth"] * n_gpu))
+        pre = min(cell.debt_s, p["dt"]) if on else 0.0
+        dec_time = p["dt"] - pre if busy else 0.0
+        idle = p["dt"] - pre - dec_time if on else 0.0
+        g = dec_time / t if busy else 0.0
+        gain_sum, calls, grow_sum = 0.0, 0, 0.0
+        for k, c in enumerate(cell.chains):
+            if not (c.active and c.tool_wait == 0):
+                continue
+            remaining = c.target - c.out
+            fin = g >= remaining
+            gain = remaining if fin else g
+            c.out = c.target if fin else c.out + gain
+            grow_sum += gain * (1.0 - p["freeze_context"])
+            c.base = c.base - gain * p["freeze_context"]
+            gain_sum += gain
+            p_call = -math.expm1(gain * math.log1p(-p["p_tool"])) if p["p_tool"] < 1 else 1.0
+            if not fin and p["p_tool"] > 0 and gain > 0 and u[i * self.ns + k] < p_call:
+                c.tool_wait = p["tool_steps"]
+                calls += 1
+        led = cell.ledger
+        led["tokens_out"] += gain_sum
+        led["iterations"] += g
+        led["flops_decode"] += g * flops_it
+        led["prefill_s"] += n_gpu * pre
+        led["decode_s"] += n_gpu * dec_time
+        led["idle_s"] += n_gpu * idle
+        led["energy_j"] += n_gpu * (p["power_prefill"] * pre + p["power_decode"] * dec_time + p["power_idle"] * idle)
+        led["tool_calls"] += calls
+        cell.kv_free -= grow_sum
+        cell.debt_s -= pre
+        cell.step_time_s = t if busy else 0.0
 
     def finish(self):
+        draws = self.finish_draws()
+        pending = []
+        for cell in self.cells:
+            pending += self.finish_cell(cell, draws)
+        self.finish_route(pending)
+
+    def finish_draws(self):
+        return self.u(K.FOLLOWUP, self.n * self.ns), self.u(K.FOLLOWUP_LEN, self.n * self.ns)
+
+    def finish_cell(self, cell, draws):
+        """Release the finished chains of ``cell`` -> its pending follow-ups / hand-offs / completions
+        (cell, slot, more, hop, history, compressed, comp, prompt, target, cut, chain copy)."""
         p = self.p
-        uf = self.u(K.FOLLOWUP, self.n * self.ns)
-        ul = self.u(K.FOLLOWUP_LEN, self.n * self.ns)
-        pending = []  # (cell, slot, kind, history, compressed, cost, prompt, target, cut, chain)
-        for i, cell in enumerate(self.cells):
-            released, mem_flops = 0.0, 0.0
-            for k, c in enumerate(cell.chains):
-                if not (c.active and c.out >= c.target):
-                    continue
-                e = i * self.ns + k
-                more = c.turn + 1 < p["max_turns"] and uf[e] < p["followup_prob"]
-                hop = (not more) and c.hop + 1 < p["hops"]
-                history = c.base + c.out + (p["followup_tokens"] if more else p["handoff_tokens"])
-                hist_c, comp, cost = self.compress(history)
-                comp = comp and (more or hop)
-                draw = self.lognormal_tokens(float(ul[e]), p["output_median"], p["output_sigma"])
-                prompt, target, cut = self.clip_lengths(hist_c, draw)
-                released += c.ctx
-                if comp:
-                    mem_flops += cost
-                pending.append((i, k, more, hop, history, hist_c, comp, prompt, target, cut,
-                                Chain(**dataclasses.asdict(c))))
-                c.active, c.base, c.out, c.target = False, 0.0, 0.0, 0.0
-            cell.kv_free += released
-            cell.add_debt(mem_flops, p["peak_flops"])
-            cell.ledger["flops_memory"] += mem_flops
+        uf, ul = draws
+        i = cell.index
+        pending = []
+        released, mem_flops = 0.0, 0.0
+        for k, c in enumerate(cell.chains):
+            if not (c.active and c.out >= c.target):
+                continue
+            e = i * self.ns + k
+            more = c.turn + 1 < p["max_turns"] and uf[e] < p["followup_prob"]
+            hop = (not more) and c.hop + 1 < p["hops"]
+            history = c.base + c.out + (p["followup_tokens"] if more else p["handoff_tokens"])
+            hist_c, comp, cost = self.compress(history)
+            comp = comp and (more or hop)
+            draw = self.lognormal_tokens(float(ul[e]), p["output_median"], p["output_sigma"])
+            prompt, target, cut = self.clip_lengths(hist_c, draw)
+            released += c.ctx
+            if comp:
+                mem_flops += cost
+            pending.append((i, k, more, hop, history, hist_c, comp, prompt, target, cut,
+                            Chain(**dataclasses.asdict(c))))
+            c.active, c.base, c.out, c.target = False, 0.0, 0.0, 0.0
+        cell.kv_free += released
+        cell.add_debt(mem_flops, p["peak_flops"])
+        cell.ledger["flops_memory"] += mem_flops
+        return pending
+
+    def finish_route(self, pending):
+        """Book the finished turns (flat order) and enqueue follow-ups and hand-offs."""
+        p = self.p
         scores = [cell.free_capacity() for cell in self.cells]
         entries = []
         for i, k, more, hop, history, hist_c, comp, prompt, target, cut, c in pending:
@@ -374,8 +424,11 @@ class ReferenceLLM:
 
     def account(self):
         for cell in self.cells:
-            n = sum(r is not None for r in cell.queue) + sum(c.active for c in cell.chains)
-            cell.ledger["occupancy_s"] += n * self.p["dt"]
+            self.account_cell(cell)
+
+    def account_cell(self, cell):
+        n = sum(r is not None for r in cell.queue) + sum(c.active for c in cell.chains)
+        cell.ledger["occupancy_s"] += n * self.p["dt"]
 
     def step(self):
         self.tools()

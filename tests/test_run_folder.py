@@ -1,0 +1,83 @@
+"""The run-folder and sweep contract of `python -m sim` (DESIGN.md section 6), end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import xarray as xr
+import yaml
+
+SMALL = ["steps=200", "record_every=10", "replicates=2", "topology.n_cells=12"]
+SUMMARY_KEYS = {
+    "currency_produced", "currency_spent", "currency_transported", "currency_lost", "work_done", "energy_j",
+    "heat_j", "currency_pool_turnover_s", "landauer_ratio", "conservation_error", "energy_charge",
+    "dg_atp_kj_per_mol", "status",
+}
+
+
+def _sim(args, cwd, module="sim"):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("fresh")
+    out = _sim(SMALL, cwd)
+    assert out.returncode == 0, out.stderr
+    runs = list((cwd / "runs" / "tissue").iterdir())
+    assert len(runs) == 1
+    assert "energy charge" in out.stdout and str(runs[0].name) in out.stdout  # the printed summary table
+    return runs[0]
+
+
+def test_run_folder_holds_config_results_summary_figures(run_dir: Path):
+    cfg = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    assert cfg["steps"] == 200 and cfg["substrate"]["name"] == "bio"
+    with xr.open_dataset(run_dir / "results.nc") as ds:
+        assert {"time", "cell", "replicate"} <= set(ds.dims)
+        assert ds.sizes["time"] == 20 and ds.sizes["cell"] == 12 and ds.sizes["replicate"] == 2
+        assert ds["pools"].attrs["units"] == "mM" and ds["time"].attrs["units"] == "s"
+        assert ds["dg_atp"].attrs["units"] == "kJ/mol"
+        ec = ds["energy_charge"].values
+        assert ((ec > 0.5) & (ec < 1.0)).all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert all(not isinstance(v, (dict, list)) for v in summary.values())  # flat
+    assert summary["status"] == "ok" and summary["conservation_error"] < 1e-9
+    assert 0.8 < summary["energy_charge"] < 0.99 and -65 < summary["dg_atp_kj_per_mol"] < -45
+    pngs = sorted((run_dir / "figures").glob("*.png"))
+    assert len(pngs) >= 3
+    import matplotlib.image as mpimg
+
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(p)
+        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0.01  # a real, non-blank picture
+
+
+def test_plot_command_redraws_figures(run_dir: Path):
+    for p in (run_dir / "figures").glob("*.png"):
+        p.unlink()
+    out = _sim([str(run_dir)], run_dir, module="sim.plot")
+    assert out.returncode == 0, out.stderr
+    assert len(list((run_dir / "figures").glob("*.png"))) >= 3
+
+
+def test_sweep_collects_parquet_even_with_a_failed_job(tmp_path):
+    # one job asks for a negative demand multiplier: it fails validation, the others must survive
+    out = _sim(["-m", "params.demand_scale=0.5,2,-1", *SMALL, "figures=false"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    sweeps = list((tmp_path / "runs" / "multirun").iterdir())
+    assert len(sweeps) == 1
+    df = pd.read_parquet(sweeps[0] / "summary.parquet")
+    assert len(df) == 3
+    df = df.set_index("override.params.demand_scale")
+    assert df.loc["0.5", "status"] == "ok" and df.loc["2", "status"] == "ok"
+    assert df.loc["-1", "status"] == "failed" and "params.demand_scale" in df.loc["-1", "reason"]
+    # a higher demand lowers the energy charge (the rows carry real outcomes)
+    assert df.loc["2", "energy_charge"] < df.loc["0.5", "energy_charge"]
+    for job in ("0", "1", "2"):
+        assert (sweeps[0] / job / "summary.json").is_file()

@@ -7,6 +7,7 @@ order and random draws (see ``sim.mesa_model.model``).
 
 from sim.mesa_model.agents import CellAgent, ChainAgent, ConsumerAgent, ProducerAgent
 from sim.mesa_model.model import BACKENDS, CurrencyModel, host_draws, replicate_key
+from sim.mesa_model.llm import DecodeStreamAgent, GPUAgent, LLMCurrencyModel, MemoryAgent, ModelInstanceAgent, ToolAgent  # noqa: F401,E501
 
 __all__ = [
     "BACKENDS",

@@ -70,10 +70,10 @@ def one_cell():
     sub = substrate()
     model = build(dict(substrate=sub, topology=dict(kind="single"), seed=0, dt=dt, params=dict(chain_p_stop=0.0)))
     marks, state, done = {}, model.state, 0
+    keys = engine.replicate_keys(0, 1)
     for until in (500, 1000, 40_000, 40_500):
         r = engine.run(state, model.params, seed=0, steps=until - done, record_every=500, chunk_records=1,
-                       start_step=done, keys=None if done == 0 else keys)  # one compiled shape
-        keys = engine.replicate_keys(0, 1)
+                       start_step=done, keys=keys)  # one compiled shape
         state, done = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], r.state), until
         marks[until] = state
     return model, sub, marks, dt

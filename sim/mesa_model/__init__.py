@@ -7,9 +7,22 @@ order and random draws (see ``sim.mesa_model.model``).
 
 from sim.mesa_model.agents import CellAgent, ChainAgent, ConsumerAgent, ProducerAgent
 from sim.mesa_model.model import BACKENDS, CurrencyModel, host_draws, replicate_key
-from sim.mesa_model.llm import DecodeStreamAgent, GPUAgent, LLMCurrencyModel, MemoryAgent, ModelInstanceAgent, ToolAgent  # noqa: F401,E501
+from sim.mesa_model.llm import (
+    DecodeStreamAgent,
+    GPUAgent,
+    LLMCurrencyModel,
+    MemoryAgent,
+    ModelInstanceAgent,
+    ToolAgent,
+)
 
 __all__ = [
+    "LLMCurrencyModel",
+    "ModelInstanceAgent",
+    "GPUAgent",
+    "DecodeStreamAgent",
+    "ToolAgent",
+    "MemoryAgent",
     "BACKENDS",
     "CellAgent",
     "ChainAgent",

@@ -30,11 +30,9 @@ Both backends expose ``model.state`` (a numpy ``sim.llm.state.LLMState``), ``mod
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
-import mesa
 import numpy as np
 from mesa.datacollection import DataCollector
 from mesa.discrete_space import FixedAgent
@@ -44,26 +42,8 @@ from sim.llm import kernels as K
 from sim.llm.build import LLMModel, build_llm
 from sim.llm.reference import ReferenceLLM
 from sim.llm.state import LEDGER_FIELDS, LLMState
+from sim.mesa_model.dual import DualBackendModel
 from sim.mesa_model.model import BACKENDS, _network, _plain, replicate_key
-
-
-# ---------------------------------------------------------------------------- compiled functions
-@functools.lru_cache(maxsize=1)
-def _jit_step():
-    return jax.jit(K.step)
-
-
-@functools.lru_cache(maxsize=32)
-def _jit_scan(n: int):
-    def run(state, params, key):
-        def body(s, _):
-            return K.step(s, params, key), None
-
-        state, _ = jax.lax.scan(body, state, None, length=n)
-        return state
-
-    return jax.jit(run)
-
 
 # ---------------------------------------------------------------------------- model reporters
 def _kv_occupied(state) -> np.ndarray:
@@ -384,7 +364,7 @@ class MemoryAgent(_Consumer):
 
 
 # ---------------------------------------------------------------------------- the model
-class LLMCurrencyModel(mesa.Model):
+class LLMCurrencyModel(DualBackendModel):
     """Model instances with GPUs, decode streams, tools and memory, on a Mesa ``Network``.
 
     Args:
@@ -398,6 +378,8 @@ class LLMCurrencyModel(mesa.Model):
             collects once at its end; also collected once at construction when > 0.
         collect_agents: also collect the per-agent reporters (instances and GPUs).
     """
+
+    KERNEL_STEP = staticmethod(K.step)
 
     def __init__(
         self,
@@ -478,56 +460,8 @@ class LLMCurrencyModel(mesa.Model):
         if self.collect_every > 0:
             self.datacollector.collect(self)
 
-    # ------------------------------------------------------------------------ state
-    @property
-    def state(self) -> LLMState:
-        """The current state as a numpy ``sim.llm.state.LLMState`` (same structure on both backends)."""
-        if self._host is None:
-            if self.backend == "jax":
-                self._host = jax.device_get(self._dev_state)
-            else:
-                self._host = self._ref.state()
-        return self._host
-
-    @property
-    def steps_taken(self) -> int:
-        return self._t
-
-    # ------------------------------------------------------------------------ stepping
-    def step(self) -> None:
-        """One time step dt (both backends)."""
-        if self._skip:  # Mesa's own step accounting for steps run() already took
-            self._skip -= 1
-            return
-        self._advance(1)
-        if self.collect_every > 0 and self.steps_taken % self.collect_every == 0:
-            self.datacollector.collect(self)
-
-    def run(self, n: int) -> None:
-        """Advance ``n`` steps (JAX: one ``lax.scan`` call), then collect data once."""
-        n = int(n)
-        if n <= 0:
-            return
-        self._advance(n)
-        self._skip = n
-        if hasattr(self, "_default_schedule") and hasattr(self, "run_for"):
-            self.run_for(n)
-        else:
-            for _ in range(n):
-                self.step()
-        self._skip = 0
-        if self.collect_every > 0:
-            self.datacollector.collect(self)
-
-    def _advance(self, n: int) -> None:
-        if self.backend == "jax":
-            fn = _jit_step() if n == 1 else _jit_scan(n)
-            self._dev_state = fn(self._dev_state, self._dev_params, self.key)
-            self._t += n
-        else:
-            for _ in range(n):
-                self._reference_step()
-        self._host = None
+    def _export_reference(self) -> LLMState:
+        return self._ref.state()
 
     def _collect(self) -> list:
         """Concatenate the agents' ``_out`` lists in cell order (the engine's flat order)."""

@@ -23,7 +23,6 @@ import inspect
 
 import jax
 import jax.numpy as jnp
-import mesa
 import numpy as np
 from mesa.datacollection import DataCollector
 from mesa.discrete_space import Network
@@ -33,30 +32,13 @@ from sim.errors import ConfigError
 from sim.kernels.step import step as kernel_step
 from sim.kernels.thermo import energy_charge
 from sim.kernels import chains as ck
+from sim.mesa_model.dual import DualBackendModel
 from sim.mesa_model.agents import CHAIN_LEDGER_FIELDS, CellAgent, ChainAgent, ConsumerAgent, ProducerAgent, _Constants
 from sim.presets.build import Model as Preset
 from sim.presets.build import build
-from sim.state import ADP, AMP, ATP, Cells, Consumers, Ledger, Producers, State
+from sim.state import ADP, AMP, ATP, Cells, Ledger, Producers, State
 
 BACKENDS = ("jax", "mesa")
-
-
-# ---------------------------------------------------------------------------- compiled functions
-@functools.lru_cache(maxsize=1)
-def _jit_step():
-    return jax.jit(kernel_step)
-
-
-@functools.lru_cache(maxsize=32)
-def _jit_scan(n: int):
-    def run(state, params, key):
-        def body(s, _):
-            return kernel_step(s, params, key), None
-
-        state, _ = jax.lax.scan(body, state, None, length=n)
-        return state
-
-    return jax.jit(run)
 
 
 @functools.partial(jax.jit, static_argnames=("purpose", "n"))
@@ -144,7 +126,7 @@ def _network(graph, random):
     return Network(graph, **kwargs)
 
 
-class CurrencyModel(mesa.Model):
+class CurrencyModel(DualBackendModel):
     """A tissue of cells with producers and consumers, on a Mesa ``Network``.
 
     Args:
@@ -158,6 +140,8 @@ class CurrencyModel(mesa.Model):
             collects once at its end; also collected once at construction when > 0.
         collect_agents: also collect the per-agent reporters (cells and producers).
     """
+
+    KERNEL_STEP = staticmethod(kernel_step)
 
     def __init__(
         self,
@@ -242,59 +226,6 @@ class CurrencyModel(mesa.Model):
         )
         if self.collect_every > 0:
             self.datacollector.collect(self)
-
-    # ------------------------------------------------------------------------ state
-    @property
-    def state(self) -> State:
-        """The current state as a numpy ``sim.state.State`` (same structure on both backends)."""
-        if self._host is None:
-            if self.backend == "jax":
-                self._host = jax.device_get(self._dev_state)
-            else:
-                self._host = self._export_reference()
-        return self._host
-
-    @property
-    def steps_taken(self) -> int:
-        """Engine steps taken (``state.step``), which is what the random draws are keyed by."""
-        return self._t
-
-    # ------------------------------------------------------------------------ stepping
-    def step(self) -> None:
-        """One time step dt (both backends)."""
-        if self._skip:  # Mesa's own step accounting for steps run() already took
-            self._skip -= 1
-            return
-        self._advance(1)
-        if self.collect_every > 0 and self.steps_taken % self.collect_every == 0:
-            self.datacollector.collect(self)
-
-    def run(self, n: int) -> None:
-        """Advance ``n`` steps (JAX: one ``lax.scan`` call), then collect data once."""
-        n = int(n)
-        if n <= 0:
-            return
-        self._advance(n)
-        # let Mesa count the steps (model.steps, and model.time on Mesa >= 3.5) without redoing them
-        self._skip = n
-        if hasattr(self, "_default_schedule") and hasattr(self, "run_for"):
-            self.run_for(n)
-        else:
-            for _ in range(n):
-                self.step()
-        self._skip = 0
-        if self.collect_every > 0:
-            self.datacollector.collect(self)
-
-    def _advance(self, n: int) -> None:
-        if self.backend == "jax":
-            fn = _jit_step() if n == 1 else _jit_scan(n)
-            self._dev_state = fn(self._dev_state, self._dev_params, self.key)
-            self._t += n
-        else:
-            for _ in range(n):
-                self._reference_step()
-        self._host = None
 
     # ------------------------------------------------------------------------ reference backend
     def _init_reference(self) -> None:

@@ -51,15 +51,23 @@ def observe(state) -> dict:
     }
 
 
-def _run_records(state, params, key, n_records: int, record_every: int):
+def scan_records(step_fn, observe_fn, state, params, key, n_records: int, record_every: int):
+    """``n_records`` x (``record_every`` steps of ``step_fn``, then ``observe_fn``): one chunk.
+
+    Shared by the biology and LLM engines; returns (final state, stacked observations)."""
+
     def inner(s, _):
-        return step(s, params, key), None
+        return step_fn(s, params, key), None
 
     def outer(s, _):
         s, _ = jax.lax.scan(inner, s, None, length=record_every)
-        return s, observe(s)
+        return s, observe_fn(s)
 
     return jax.lax.scan(outer, state, None, length=n_records)
+
+
+def _run_records(state, params, key, n_records: int, record_every: int):
+    return scan_records(step, observe, state, params, key, n_records, record_every)
 
 
 @functools.lru_cache(maxsize=64)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim.engine import RunResult, broadcast_state, chunk_length, replicate_keys
+from sim.engine import RunResult, broadcast_state, chunk_length, replicate_keys, scan_records
 from sim.errors import NumericalError
 from sim.llm.kernels import in_system, step
 
@@ -65,14 +65,7 @@ def observe(state) -> dict:
 
 
 def _run_records(state, params, key, n_records: int, record_every: int):
-    def inner(s, _):
-        return step(s, params, key), None
-
-    def outer(s, _):
-        s, _ = jax.lax.scan(inner, s, None, length=record_every)
-        return s, observe(s)
-
-    return jax.lax.scan(outer, state, None, length=n_records)
+    return scan_records(step, observe, state, params, key, n_records, record_every)
 
 
 @functools.lru_cache(maxsize=32)

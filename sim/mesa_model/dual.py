@@ -12,6 +12,11 @@ import functools
 
 import jax
 import mesa
+import numpy as np
+
+from sim.errors import ConfigError
+
+BACKENDS = ("jax", "mesa")
 
 
 @functools.lru_cache(maxsize=64)
@@ -33,6 +38,45 @@ def jit_scan(kernel_step, n: int):
 
 class DualBackendModel(mesa.Model):
     KERNEL_STEP = None  # set by subclasses
+
+    def _init_common(self, cfg, model, backend, replicate, shuffle, collect_every, build_fn):
+        """Resolve (config | built model), backend and replicate; set what both models keep.
+
+        Returns the built model. ``cfg`` is a config (dict or DictConfig) or None; exactly one of
+        ``cfg`` and ``model`` must be given.
+        """
+        from sim.api import as_plain
+        from sim.engine import replicate_keys
+
+        if (cfg is None) == (model is None):
+            raise TypeError(f"{type(self).__name__} needs exactly one of a config dict or model=")
+        if cfg is not None:
+            cfg = as_plain(cfg)
+            backend = backend if backend is not None else cfg.get("backend", "jax")
+            replicate = replicate if replicate is not None else cfg.get("replicate", 0)
+            model = build_fn(cfg)
+        backend = "jax" if backend is None else backend
+        if backend not in BACKENDS:
+            raise ConfigError("backend", backend, "one of " + ", ".join(BACKENDS))
+        replicate = 0 if replicate is None else replicate
+        if isinstance(replicate, bool) or not isinstance(replicate, (int, np.integer)) or replicate < 0:
+            raise ConfigError("replicate", replicate, "an integer >= 0")
+        mesa.Model.__init__(self, rng=int(model.seed))
+        self.preset = model
+        self.backend = backend
+        self.replicate = int(replicate)
+        self.seed = int(model.seed)
+        self.shuffle = bool(shuffle)
+        self.collect_every = int(collect_every)
+        self.graph = model.graph
+        self.params = jax.tree_util.tree_map(np.asarray, model.params)
+        self._initial = jax.tree_util.tree_map(np.asarray, jax.device_get(model.state))
+        # the engine's key of this replicate: fold_in(PRNGKey(seed), replicate)
+        self.key = replicate_keys(self.seed, 1, self.replicate)[0]
+        self._host = None  # numpy copy of the current state (built lazily)
+        self._skip = 0  # Mesa step() calls that only account for steps already taken by run()
+        self._t = int(np.asarray(self._initial.step))
+        return model
 
     @property
     def state(self):

@@ -37,13 +37,12 @@ import numpy as np
 from mesa.datacollection import DataCollector
 from mesa.discrete_space import FixedAgent
 
-from sim.errors import ConfigError
 from sim.llm import kernels as K
 from sim.llm.build import LLMModel, build_llm
 from sim.llm.reference import ReferenceLLM
 from sim.llm.state import LEDGER_FIELDS, LLMState
 from sim.mesa_model.dual import DualBackendModel
-from sim.mesa_model.model import BACKENDS, _network, _plain, replicate_key
+from sim.mesa_model.model import _network
 
 # ---------------------------------------------------------------------------- model reporters
 def _kv_occupied(state) -> np.ndarray:
@@ -392,34 +391,7 @@ class LLMCurrencyModel(DualBackendModel):
         collect_every: int = 1,
         collect_agents: bool = True,
     ):
-        if (cfg is None) == (model is None):
-            raise TypeError("LLMCurrencyModel needs exactly one of a config dict or model=")
-        if cfg is not None:
-            cfg = _plain(cfg)
-            backend = backend if backend is not None else cfg.get("backend", "jax")
-            replicate = replicate if replicate is not None else cfg.get("replicate", 0)
-            model = build_llm(cfg)
-        backend = "jax" if backend is None else backend
-        if backend not in BACKENDS:
-            raise ConfigError("backend", backend, "one of " + ", ".join(BACKENDS))
-        replicate = 0 if replicate is None else replicate
-        if isinstance(replicate, bool) or not isinstance(replicate, (int, np.integer)) or replicate < 0:
-            raise ConfigError("replicate", replicate, "an integer >= 0")
-        super().__init__(rng=int(model.seed))
-
-        self.preset = model
-        self.backend = backend
-        self.replicate = int(replicate)
-        self.seed = int(model.seed)
-        self.shuffle = bool(shuffle)
-        self.collect_every = int(collect_every)
-        self.graph = model.graph
-        self.params = jax.tree_util.tree_map(np.asarray, model.params)
-        self._initial: LLMState = jax.tree_util.tree_map(np.asarray, jax.device_get(model.state))
-        self.key = replicate_key(self.seed, self.replicate)
-        self._host = None
-        self._skip = 0
-        self._t = int(np.asarray(self._initial.step))
+        model = self._init_common(cfg, model, backend, replicate, shuffle, collect_every, build_llm)
         self._ref: ReferenceLLM | None = None
 
         n_cells, n_gpu = self._initial.gpus.alive.shape
@@ -440,7 +412,7 @@ class LLMCurrencyModel(DualBackendModel):
             h.streams = self.stream_agents[i * n_streams : (i + 1) * n_streams]
             h.tool, h.memory_module = self.tool_agents[i], self.memory_agents[i]
 
-        if backend == "jax":
+        if self.backend == "jax":
             self._dev_params = jax.tree_util.tree_map(jnp.asarray, model.params)
             self._dev_state = jax.tree_util.tree_map(jnp.asarray, self._initial)
         else:

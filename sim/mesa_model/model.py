@@ -28,17 +28,15 @@ from mesa.datacollection import DataCollector
 from mesa.discrete_space import Network
 
 from sim import engine, rng
-from sim.errors import ConfigError
 from sim.kernels.step import step as kernel_step
 from sim.kernels.thermo import energy_charge
 from sim.kernels import chains as ck
-from sim.mesa_model.dual import DualBackendModel
+from sim.mesa_model.dual import BACKENDS, DualBackendModel
 from sim.mesa_model.agents import CHAIN_LEDGER_FIELDS, CellAgent, ChainAgent, ConsumerAgent, ProducerAgent, _Constants
 from sim.presets.build import Model as Preset
 from sim.presets.build import build
 from sim.state import ADP, AMP, ATP, Cells, Ledger, Producers, State
 
-BACKENDS = ("jax", "mesa")
 
 
 @functools.partial(jax.jit, static_argnames=("purpose", "n"))
@@ -108,15 +106,6 @@ CELL_REPORTERS = {"atp": "atp", "energy_charge": "energy_charge", "alive": "aliv
 PRODUCER_REPORTERS = {"alive": "alive", "health": "health"}
 
 
-def _plain(cfg):
-    try:  # a Hydra / OmegaConf config
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 def _network(graph, random):
@@ -154,37 +143,10 @@ class CurrencyModel(DualBackendModel):
         collect_every: int = 1,
         collect_agents: bool = True,
     ):
-        if (cfg is None) == (model is None):
-            raise TypeError("CurrencyModel needs exactly one of a config dict or model=")
-        if cfg is not None:
-            cfg = _plain(cfg)
-            backend = backend if backend is not None else cfg.get("backend", "jax")
-            replicate = replicate if replicate is not None else cfg.get("replicate", 0)
-            model = build(cfg)
-        backend = "jax" if backend is None else backend
-        if backend not in BACKENDS:
-            raise ConfigError("backend", backend, "one of " + ", ".join(BACKENDS))
-        replicate = 0 if replicate is None else replicate
-        if isinstance(replicate, bool) or not isinstance(replicate, (int, np.integer)) or replicate < 0:
-            raise ConfigError("replicate", replicate, "an integer >= 0")
-        super().__init__(rng=int(model.seed))
-
-        self.preset = model
-        self.backend = backend
-        self.replicate = int(replicate)
-        self.seed = int(model.seed)
-        self.shuffle = bool(shuffle)
-        self.collect_every = int(collect_every)
-        self.graph = model.graph
+        model = self._init_common(cfg, model, backend, replicate, shuffle, collect_every, build)
         self.producer_kinds = model.producer_kinds
         self.consumer_kinds = model.consumer_kinds
         self.work_units = model.work_units
-        self.params = jax.tree_util.tree_map(np.asarray, model.params)
-        self._initial = jax.tree_util.tree_map(np.asarray, model.state)
-        self.key = replicate_key(self.seed, self.replicate)
-        self._host = None  # numpy copy of the current state (built lazily)
-        self._skip = 0  # Mesa step() calls that only account for steps already taken by run()
-        self._t = int(np.asarray(self._initial.step))
 
         n_cells, n_slots = self._initial.producers.alive.shape
         n_cons = self._initial.consumers.kind.shape[1]
@@ -210,7 +172,7 @@ class CurrencyModel(DualBackendModel):
             c.consumers = self.consumer_agents[c.index * n_cons : (c.index + 1) * n_cons]
             c.chains = self.chain_agents[c.index * n_ch : (c.index + 1) * n_ch]
 
-        if backend == "jax":
+        if self.backend == "jax":
             self._dev_params = jax.tree_util.tree_map(jnp.asarray, self.params)
             self._dev_state = jax.tree_util.tree_map(jnp.asarray, self._initial)
         else:

@@ -22,6 +22,34 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def generic_figures(ds: xr.Dataset, out_dir) -> list[Path]:
+    """Every (replicate, time, cell) variable, summed over cells and averaged over replicates."""
+    names = [n for n, v in ds.data_vars.items() if set(v.dims) == {"replicate", "time", "cell"}]
+    if not names:
+        return []
+    cols = 4
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    t = ds["time"].values
+    for ax, name in zip(axes.flat, names):
+        ax.plot(t, ds[name].sum("cell").mean("replicate"))
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(f"time ({ds['time'].attrs.get('units', 's')})", fontsize=8)
+        ax.set_ylabel(ds[name].attrs.get("units", ""), fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / "figures" / "trajectories.png")]
+
+
+def figures_for(ds: xr.Dataset, out_dir) -> list[Path]:
+    """The figures that fit the dataset: the biology tissue set, or every trajectory otherwise."""
+    if "pools" in ds and "energy_charge" in ds:
+        return run_figures(ds, out_dir)
+    (Path(out_dir) / "figures").mkdir(parents=True, exist_ok=True)
+    return generic_figures(ds, out_dir)
+
+
 def run_figures(ds: xr.Dataset, out_dir) -> list[Path]:
     out = Path(out_dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +123,7 @@ def main(argv=None) -> int:
     path = Path(argv[0])
     if (path / "results.nc").is_file():
         with xr.open_dataset(path / "results.nc", engine="netcdf4") as ds:
-            paths = run_figures(ds.load(), path)
+            paths = figures_for(ds.load(), path)
     elif (path / "summary.parquet").is_file():
         import pandas as pd
 

@@ -81,3 +81,16 @@ def test_sweep_collects_parquet_even_with_a_failed_job(tmp_path):
     assert df.loc["2", "energy_charge"] < df.loc["0.5", "energy_charge"]
     for job in ("0", "1", "2"):
         assert (sweeps[0] / job / "summary.json").is_file()
+
+
+def test_llm_serving_run_folder_and_plot(tmp_path):
+    out = _sim(["experiment=serving", "steps=500", "record_every=50", "replicates=1"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run,) = list((tmp_path / "runs" / "serving").iterdir())
+    with xr.open_dataset(run / "results.nc") as ds:
+        assert {"time", "cell", "replicate"} <= set(ds.dims)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "ok" and "stable" in summary
+    out = _sim([str(run)], run, module="sim.plot")
+    assert out.returncode == 0, out.stderr
+    assert (run / "figures" / "trajectories.png").read_bytes()[:4] == b"\x89PNG"

@@ -133,7 +133,7 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     ebytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params.edges))
     r = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=1)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):  # best of 5: this shared 2-core VM is noisy
         r2 = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=1)
         best = min(best, r2.wall_s)
     rss = peak_rss_mb()

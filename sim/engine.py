@@ -187,6 +187,25 @@ def clear_caches() -> None:
     _compiled.cache_clear()
 
 
+def cached_executable(key, build: Callable):
+    """``build()`` (a lowered-and-compiled function) once per ``key`` in this process.
+
+    Returns (executable, seconds spent compiling now: 0 when it was cached)."""
+    hit = _EXECUTABLES.get(key)
+    if hit is not None:
+        return hit, 0.0
+    t0 = time.perf_counter()
+    compiled = build()
+    COMPILE_COUNT[0] += 1
+    _EXECUTABLES[key] = compiled
+    return compiled, time.perf_counter() - t0
+
+
+def signature_key(*trees) -> tuple:
+    """Shapes, dtypes and tree structure of ``trees``: what decides whether XLA must recompile."""
+    return tuple(_signature(t) for t in trees)
+
+
 def executable(chunk: int, record_every: int, batched_params: bool, state, params, keys):
     """The compiled chunk function for these shapes and dtypes, built once per process.
 
@@ -194,20 +213,47 @@ def executable(chunk: int, record_every: int, batched_params: bool, state, param
     only a change of shapes (cells, slots, edges, replicates), dtypes or chunk length compiles.
     Returns (executable, seconds spent compiling now: 0 when it was cached).
     """
-    step_module = sys.modules["sim.kernels.step"]  # (the package attribute `step` is the function)
-
-    processes = tuple(id(fn) for _, fn in step_module.PROCESSES)  # a patched step is a new program
     from sim.kernels import ops
 
-    key = (chunk, record_every, batched_params, processes, ops.FIXED_ORDER[0], _signature(state), _signature(params), _signature(keys))
-    hit = _EXECUTABLES.get(key)
-    if hit is not None:
-        return hit, 0.0
-    t0 = time.perf_counter()
-    compiled = _compiled(chunk, record_every, batched_params, ops.FIXED_ORDER[0]).lower(state, params, keys).compile()
-    COMPILE_COUNT[0] += 1
-    _EXECUTABLES[key] = compiled
-    return compiled, time.perf_counter() - t0
+    step_module = sys.modules["sim.kernels.step"]  # (the package attribute `step` is the function)
+    processes = tuple(id(fn) for _, fn in step_module.PROCESSES)  # a patched step is a new program
+    fixed = ops.FIXED_ORDER[0]
+    key = ("bio", chunk, record_every, batched_params, processes, fixed, signature_key(state, params, keys))
+    return cached_executable(
+        key, lambda: _compiled(chunk, record_every, batched_params, fixed).lower(state, params, keys).compile()
+    )
+
+
+def drive_chunks(compiled, state, params, keys, *, n_chunks: int, chunk: int, record_every: int, fields,
+                 check: Callable, compile_s: float, start_step: int = 0,
+                 on_chunk: Callable | None = None, checkpoint: Callable | None = None) -> RunResult:
+    """The host loop shared by the biology and LLM engines: run ``n_chunks`` calls of a compiled
+    chunk, stop at the first chunk for which ``check(state_at_chunk_start, records, steps_done)``
+    returns an error (keeping every earlier chunk), then stack the records of ``fields``."""
+    out: dict[str, list] = {k: [] for k in fields}
+    error = None
+    done = 0
+    t1 = time.perf_counter()
+    for _ in range(n_chunks):
+        new_state, rec = compiled(state, params, keys)
+        rec = jax.device_get(rec)
+        error = check(state, rec, done)
+        if error is not None:
+            break
+        state = new_state
+        for k in fields:
+            out[k].append(rec[k])
+        done += chunk * record_every
+        if on_chunk is not None:
+            on_chunk(state, done, keys)
+        if checkpoint is not None:
+            checkpoint(state, done, keys, rec)
+    jax.block_until_ready(state)
+    wall = time.perf_counter() - t1
+    records = {k: (np.concatenate(v, axis=1) if v else None) for k, v in out.items()}
+    dt = float(np.asarray(params.dt).reshape(-1)[0])
+    times = (start_step + np.arange(1, done // record_every + 1) * record_every) * dt
+    return RunResult(state, records, times, done, wall, compile_s, error)
 
 
 def run(
@@ -243,32 +289,19 @@ def run(
         keys = replicate_keys(seed, replicates, first_replicate)
     chunk = chunk_length(n_records, chunk_records)
     compiled, compile_s = executable(chunk, record_every, batched_params, state, params, keys)
-    out: dict[str, list] = {k: [] for k in RECORD_FIELDS}
-    error = None
-    done = 0
-    t1 = time.perf_counter()
-    for c in range(n_records // chunk):
-        new_state, rec = compiled(state, params, keys)
-        rec = jax.device_get(rec)
+
+    def check(chunk_state, rec, done):
         if bad_pools(rec["pools"]).any():
-            error = locate_failure(
-                state, params, keys, rec, record_every, start_step + done, batched_params, first_replicate
+            return locate_failure(
+                chunk_state, params, keys, rec, record_every, start_step + done, batched_params, first_replicate
             )
-            break
-        state = new_state
-        for k in RECORD_FIELDS:
-            out[k].append(rec[k])
-        done += chunk * record_every
-        if on_chunk is not None:
-            on_chunk(state, done, keys)
-        if checkpoint is not None:
-            checkpoint(state, done, keys, rec)
-    jax.block_until_ready(state)
-    wall = time.perf_counter() - t1
-    records = {k: (np.concatenate(v, axis=1) if v else None) for k, v in out.items()}
-    dt = float(np.asarray(params.dt).reshape(-1)[0])
-    times = (start_step + np.arange(1, done // record_every + 1) * record_every) * dt
-    return RunResult(state, records, times, done, wall, compile_s, error)
+        return None
+
+    return drive_chunks(
+        compiled, state, params, keys, n_chunks=n_records // chunk, chunk=chunk, record_every=record_every,
+        fields=RECORD_FIELDS, check=check, compile_s=compile_s, start_step=start_step,
+        on_chunk=on_chunk, checkpoint=checkpoint,
+    )
 
 
 def summarize_state_np(state):

@@ -11,8 +11,8 @@ from __future__ import annotations
 from sim.kernels.adenylate import adenylate_kinase
 from sim.kernels.fate import cell_stress, producer_biogenesis, producer_failure
 from sim.kernels.metabolism import metabolism
+from sim.kernels.ops import run_processes
 from sim.kernels.transport import transport
-from sim.pytree import replace
 
 PROCESSES = (
     ("metabolism", metabolism),
@@ -25,6 +25,4 @@ PROCESSES = (
 
 
 def step(state, params, key):
-    for _, process in PROCESSES:
-        state = process(state, params, key)
-    return replace(state, step=state.step + 1)
+    return run_processes(PROCESSES, state, params, key)

@@ -9,14 +9,23 @@ good. Replicate ``r`` draws from ``fold_in(PRNGKey(seed), r)``.
 from __future__ import annotations
 
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim.engine import RunResult, broadcast_state, chunk_length, replicate_keys, scan_records
+from sim.engine import (
+    RunResult,
+    broadcast_state,
+    cached_executable,
+    chunk_length,
+    drive_chunks,
+    replicate_keys,
+    scan_records,
+    signature_key,
+)
 from sim.errors import NumericalError
+from sim.llm import kernels as K
 from sim.llm.kernels import in_system, step
 
 RECORD_FIELDS = (
@@ -92,37 +101,22 @@ def run(state0, params, *, seed: int, steps: int, record_every: int, replicates:
         keys = replicate_keys(seed, replicates)
     axes = params.batch_axes() if batched_params else None
     chunk = chunk_length(n_records, chunk_records)
-    fn = _compiled(chunk, record_every, axes)
-    t0 = time.perf_counter()
-    compiled = fn.lower(state, params, keys).compile()
-    compile_s = time.perf_counter() - t0
-    out: dict[str, list] = {k: [] for k in RECORD_FIELDS}
+    processes = tuple(id(fn) for _, fn in K.PROCESSES)
+    key = ("llm", chunk, record_every, axes, processes, signature_key(state, params, keys))
+    compiled, compile_s = cached_executable(
+        key, lambda: _compiled(chunk, record_every, axes).lower(state, params, keys).compile()
+    )
     capacity = np.asarray(state0.cells.kv_capacity)
-    error, done = None, 0
-    t1 = time.perf_counter()
-    for _ in range(n_records // chunk):
-        new_state, rec = compiled(state, params, keys)
-        rec = jax.device_get(rec)
-        bad = None
+
+    def check(chunk_state, rec, done):
         for name in ("kv_free", "kv_occupied", "tokens_out", "energy_j", "debt_s"):
-            b = ~np.isfinite(rec[name]) | (rec[name] < -1e-6 * np.maximum(capacity, 1.0))
-            if b.any():
-                bad = (name, np.argwhere(b)[0])
-                break
-        if bad is not None:
-            name, (r, ti, c) = bad
-            error = NumericalError(done + (int(ti) + 1) * record_every, int(c), name, "llm step",
-                                   float(rec[name][r, ti, c]), int(r))
-            break
-        state = new_state
-        for k in RECORD_FIELDS:
-            out[k].append(rec[k])
-        done += chunk * record_every
-        if on_chunk is not None:
-            on_chunk(state, done, keys)
-    jax.block_until_ready(state)
-    wall = time.perf_counter() - t1
-    records = {k: (np.concatenate(v, axis=1) if v else None) for k, v in out.items()}
-    dt = float(np.asarray(params.dt).reshape(-1)[0])
-    times = np.arange(1, done // record_every + 1) * record_every * dt
-    return RunResult(state, records, times, done, wall, compile_s, error)
+            bad = ~np.isfinite(rec[name]) | (rec[name] < -1e-6 * np.maximum(capacity, 1.0))
+            if bad.any():
+                r, ti, c = np.argwhere(bad)[0]
+                return NumericalError(done + (int(ti) + 1) * record_every, int(c), name, "llm step",
+                                      float(rec[name][r, ti, c]), int(r))
+        return None
+
+    return drive_chunks(compiled, state, params, keys, n_chunks=n_records // chunk, chunk=chunk,
+                        record_every=record_every, fields=RECORD_FIELDS, check=check, compile_s=compile_s,
+                        on_chunk=on_chunk)

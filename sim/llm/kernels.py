@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
 from sim import rng
+from sim.kernels.ops import run_processes
 from sim.pytree import replace
 
 # Draw purposes of the LLM engine (100-119 reserved for sim.llm; never renumber).
@@ -149,7 +150,6 @@ def enqueue(state, entries: dict, tcell, valid, cands):
     within = jnp.zeros((r_, k_), jnp.int32)
     seen = jnp.zeros((r_, k_), bool)
     offs = jnp.zeros((r_, n), jnp.int32)
-    uniq_seen = []
     for j in range(t_):
         mj = match[j].astype(jnp.int32)
         cj = jnp.cumsum(mj, axis=1)
@@ -499,6 +499,4 @@ PROCESSES = (
 
 
 def step(state, params, key):
-    for _, process in PROCESSES:
-        state = process(state, params, key)
-    return replace(state, step=state.step + 1)
+    return run_processes(PROCESSES, state, params, key)

@@ -13,26 +13,25 @@ independence of the reference (``shuffle_do`` vs ``do``), and replicate keys.
 
 from __future__ import annotations
 
-import pathlib
 
 import jax
 import numpy as np
 import pytest
-import yaml
+
+from _support import bio_substrate
 
 import sim  # noqa: F401  (switches on float64)
 from sim.errors import ConfigError
 from sim.mesa_model import CellAgent, ChainAgent, ConsumerAgent, CurrencyModel, ProducerAgent
 from sim.presets import build
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 300
 HALF = STEPS // 2
 RTOL = 1e-9
 
 
 def make_cfg(**top):
-    sub = yaml.safe_load((ROOT / "conf/substrate/bio.yaml").read_text())
+    sub = bio_substrate()
     prod = sub["producers"]
     prod["hazard_per_s"] = 0.05  # failures: ~300 over the run
     prod["birth_per_s"] = 0.5  # biogenesis into freed slots

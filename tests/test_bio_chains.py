@@ -18,7 +18,8 @@ import jax
 import mesa
 import numpy as np
 import pytest
-import yaml
+
+from _support import quiet_bio_substrate
 
 import sim  # noqa: F401  (float64)
 from sim import engine, rng
@@ -36,16 +37,7 @@ ATP_PER_AA = 4.0
 RESERVE, KM = 1.0, 0.1  # tier-1 reserve and K_ATP of protein synthesis (mM)
 
 
-def substrate(**chains):
-    with open("conf/substrate/bio.yaml") as f:
-        sub = yaml.safe_load(f)
-    prod = sub["producers"]
-    prod["hazard_per_s"] = 0.0
-    prod["birth_per_s"] = 0.0
-    for kind in prod["kinds"].values():
-        kind["damage_per_s"] = 0.0
-    sub["chains"].update(chains)
-    return sub
+substrate = quiet_bio_substrate
 
 
 def sat(a):

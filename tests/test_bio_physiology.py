@@ -19,7 +19,8 @@ import math
 import jax
 import numpy as np
 import pytest
-import yaml
+
+from _support import quiet_bio_substrate
 
 import sim  # noqa: F401  (switches on float64)
 from sim import engine
@@ -58,15 +59,7 @@ def key(**kw):
     return tuple(sorted((k, v) for k, v in full.items()))
 
 
-def substrate():
-    with open("conf/substrate/bio.yaml") as f:
-        sub = yaml.safe_load(f)
-    prod = sub["producers"]
-    prod["hazard_per_s"] = 0.0
-    prod["birth_per_s"] = 0.0
-    for kind in prod["kinds"].values():
-        kind["damage_per_s"] = 0.0
-    return sub
+substrate = quiet_bio_substrate
 
 
 def stack_params(plist):

@@ -14,7 +14,8 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-import yaml
+
+from _support import bio_substrate
 
 import sim  # noqa: F401  (switches on float64)
 from sim import engine
@@ -36,8 +37,7 @@ HE_WEIGHTS[[ATP, ADP, PI]] = [2.0, 1.0, 1.0]  # Pi + high-energy phosphate E = 2
 
 
 def tissue_config(loss=0.0, conductance=0.5, n_cells=20):
-    with open("conf/substrate/bio.yaml") as f:
-        sub = yaml.safe_load(f)
+    sub = bio_substrate()
     sub["supply"]["uptake_cv"] = 0.5  # heterogeneous cells, so gradients drive flux
     sub["consumers"]["demand_cv"] = 0.5
     sub["transport"]["conductance_per_s"] = conductance

@@ -21,9 +21,8 @@ import numpy as np
 
 from sim.kernels.ops import rowsum
 from sim.kernels.step import PROCESSES, step
-from sim.kernels.thermo import energy_charge
 from sim.errors import NumericalError
-from sim.state import ADP, AMP, ATP, SPECIES
+from sim.state import SPECIES
 
 RECORD_FIELDS = (
     "pools", "alive", "stress", "n_producers", "health_mean", "produced", "spent", "work",
@@ -302,9 +301,3 @@ def run(
         fields=RECORD_FIELDS, check=check, compile_s=compile_s, start_step=start_step,
         on_chunk=on_chunk, checkpoint=checkpoint,
     )
-
-
-def summarize_state_np(state):
-    """Energy charge per cell of a (batched) numpy state; helper for results."""
-    pools = np.asarray(state.cells.pools)
-    return energy_charge(pools[..., ATP], pools[..., ADP], pools[..., AMP], xp=np)

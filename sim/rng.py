@@ -18,7 +18,6 @@ import jax.numpy as jnp
 # Purposes are small integers folded into the key; never renumber them (it changes results).
 PRODUCER_FAILURE = 1
 PRODUCER_BIRTH = 2
-CELL_INIT = 3
 
 
 def base_key(seed: int) -> jax.Array:

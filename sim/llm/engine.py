@@ -83,12 +83,6 @@ def _compiled(n_records: int, record_every: int, params_axes):
     return jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)))
 
 
-def kv_balance_error(records) -> np.ndarray:
-    """|kv_free + occupied - capacity| is checked through free + occupied being constant in time."""
-    tot = records["kv_free"] + records["kv_occupied"]
-    return np.abs(tot - tot[:, :1])
-
-
 def run(state0, params, *, seed: int, steps: int, record_every: int, replicates: int = 1,
         chunk_records: int = 200, batched_params: bool = False, on_chunk=None, keys=None) -> RunResult:
     """Run ``steps`` steps of ``replicates`` replicates (with ``batched_params`` the parameter

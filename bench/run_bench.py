@@ -165,6 +165,58 @@ def section_scaling(agent_targets, dtype: str) -> list[dict]:
     return rows
 
 
+DETERMINISM_MODES = {
+    "default": "XLA reductions, FMA allowed",
+    "no_fma": "XLA reductions, no FMA",
+    "deterministic": "fixed-order sums, no FMA (deterministic_reductions=true)",
+}
+
+
+def determinism_worker(mode: str, n_cells: int, replicates: int, steps: int) -> dict:
+    """Run in a fresh process (the no-FMA flag is read when the backend starts): ms/step of one mode."""
+    from sim import determinism
+
+    if mode == "deterministic":
+        status = determinism.configure(True)
+        assert status.bitwise, status.reason
+    elif mode == "no_fma":
+        ok, why = determinism.request_no_fma()
+        assert ok, why
+    import sim  # noqa: F401
+    from sim.presets import build
+
+    model = build(bio_cfg(n_cells))
+    t = time_jax(model, steps, replicates=replicates)
+    agents = agents_per_cell(model) * n_cells * replicates
+    return {"mode": mode, "cells": n_cells, "replicates": replicates, "s_per_step": t["s_per_step"],
+            "compile_s": t["compile_s"], "agent_updates_per_s": agents / t["s_per_step"]}
+
+
+def section_determinism(shapes, steps: int) -> list[dict]:
+    """Cost of bitwise batch invariance (sim.determinism) at (cells, replicates) shapes; every mode
+    runs in its own process (the no-FMA flag is read when the backend starts)."""
+    rows = []
+    for n_cells, replicates in shapes:
+        shape_rows = []
+        for mode in DETERMINISM_MODES:
+            out = subprocess.run(
+                [sys.executable, __file__, "--det-worker", mode, str(n_cells), str(replicates), str(steps)],
+                capture_output=True, text=True, cwd=ROOT, timeout=600,
+                env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+            )
+            if out.returncode != 0:
+                print(out.stderr[-2000:], file=sys.stderr)
+                continue
+            shape_rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        base = next((r["s_per_step"] for r in shape_rows if r["mode"] == "default"), None)
+        for r in shape_rows:
+            r["relative_time"] = r["s_per_step"] / base if base else float("nan")
+            print(f"  {n_cells:>6} cells x {replicates:>3} replicates, {r['mode']:>13}: "
+                  f"{1e3 * r['s_per_step']:.2f} ms/step ({r['relative_time']:.2f}x)")
+        rows += shape_rows
+    return rows
+
+
 def section_edges(n_cells: int, ks) -> list[dict]:
     """Time per step against the number of junctions at a fixed number of cells (small world, k)."""
     from sim.presets import build
@@ -336,6 +388,12 @@ def write_readme_table(results: dict) -> None:
     lines += ["", "| replicates | cells | ms/step | throughput per replicate vs 1 |", "|---:|---:|---:|---:|"]
     for r in results.get("ensembles", []):
         lines.append(f"| {r['replicates']} | {r['cells']} | {1e3 * r['s_per_step']:.2f} | {r['relative_throughput_per_replicate']:.2f} |")
+    det = results.get("determinism", [])
+    if det:
+        lines += ["", "| reductions | cells x replicates | ms/step | relative to default |", "|---|---:|---:|---:|"]
+        for r in det:
+            lines.append(f"| {DETERMINISM_MODES[r['mode']]} | {r['cells']:,} x {r['replicates']} | "
+                         f"{1e3 * r['s_per_step']:.2f} | {r['relative_time']:.2f}x |")
     llm = results.get("llm")
     if llm:
         lines += ["", f"LLM preset, {llm['models']} Llama-3-70B instances x {llm['gpus_per_model']} H100 "
@@ -403,11 +461,16 @@ def plot(results: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--det-worker", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
     ap.add_argument("--mesa-budget-s", type=float, default=30.0, help="rough seconds to spend timing Mesa per size")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(scaling_worker(int(args.worker[0]), args.worker[1], int(args.worker[2]))))
+        return 0
+    if args.det_worker:
+        mode, n, reps, steps = args.det_worker
+        print(json.dumps(determinism_worker(mode, int(n), int(reps), int(steps))))
         return 0
     import jax
 
@@ -440,6 +503,8 @@ def main() -> int:
     results["experiments"] = section_experiments()
     print("Ensembles:")
     results["ensembles"] = section_ensembles(20 if args.quick else 100, [1, 4] if args.quick else [1, 4, 16, 64, 256])
+    print("Determinism (bitwise batch invariance) cost:")
+    results["determinism"] = section_determinism([(100, 16)] if args.quick else [(100, 256), (10000, 1)], 100)
     print("LLM cluster:")
     results["llm"] = section_llm(steps=200 if args.quick else 1000)
     results["bandwidth"] = section_bandwidth()

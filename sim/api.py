@@ -8,7 +8,7 @@ import time
 import jax
 import numpy as np
 
-from sim import engine
+from sim import determinism, engine
 from sim.config.validate import check_stability, validate
 from sim.errors import ConfigError, NumericalError
 from sim.presets import build
@@ -40,6 +40,8 @@ def prepare(cfg):
     """Validate and build; raises ConfigError before any compilation."""
     cfg = as_plain(cfg)
     validate(cfg)
+    # before anything touches JAX: the no-FMA flag is read when the backend starts (sim.determinism)
+    determinism.configure(bool(cfg.get("deterministic_reductions", False)))
     sub_name = (cfg.get("substrate") or {}).get("name")
     if sub_name == "llm":
         from sim.errors import ConfigError
@@ -64,7 +66,8 @@ def _run_mesa(model, cfg) -> engine.RunResult:
     steps, every = int(cfg["steps"]), int(cfg["record_every"])
     per_rep, finals = [], []
     t0 = time.perf_counter()
-    for r in range(int(cfg["replicates"])):
+    first = int(cfg.get("first_replicate", 0) or 0)
+    for r in range(first, first + int(cfg["replicates"])):
         m = CurrencyModel(model=model, backend="mesa", replicate=r)
         recs = []
         for s in range(steps):
@@ -102,13 +105,11 @@ def _run_jax(model, cfg, on_chunk=None, run_dir=None) -> engine.RunResult:
             raise ConfigError("resume", str(cfg["resume"]), f"a checkpoint of this run ({start} steps done of {steps})")
     every_n = int(cfg.get("checkpoint_every", 0) or 0)
     writer = checkpoint.Checkpointer(run_dir, cfg, every_n, prior=ckpt) if every_n and run_dir is not None else None
-    from sim.kernels import ops
-
-    ops.set_fixed_order(bool(cfg.get("deterministic_reductions", False)))
     if start < steps:
         result = engine.run(
             state0, model.params, seed=model.seed, steps=steps - start, record_every=every, replicates=reps,
             chunk_records=chunk, on_chunk=on_chunk, start_step=start, keys=keys, checkpoint=writer,
+            first_replicate=int(cfg.get("first_replicate", 0) or 0),
         )
     else:  # the checkpoint is of a finished run: nothing left to compute
         result = engine.RunResult(state0, {k: None for k in engine.RECORD_FIELDS}, np.zeros(0), 0, 0.0, 0.0)
@@ -147,6 +148,9 @@ def run(cfg, on_chunk=None, *, run_dir=None) -> RunOutput:
     result.state = jax.device_get(result.state)
     ds = to_dataset(model, result, cfg) if result.steps_done > 0 else None
     summary = summarize(model, result, model.state) if result.steps_done > 0 else {"status": "failed"}
+    status = determinism.current()
+    summary.update(first_replicate=int(cfg.get("first_replicate", 0) or 0),
+                   deterministic_reductions=status.fixed_order_sums, bitwise_batch_invariant=status.bitwise)
     if result.error is not None:
         summary["status"] = "failed"
         summary["reason"] = str(result.error)

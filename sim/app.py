@@ -1,8 +1,13 @@
 """Hydra entry point: ``python -m sim [overrides]`` writes one run folder; ``-m`` sweeps.
 
-Run folder (``runs/<experiment>/<timestamp>/``): ``.hydra/config.yaml`` (Hydra), ``results.nc``,
-``summary.json``, ``figures/*.png`` and, while a run with ``checkpoint_every > 0`` is going,
-``checkpoint/``; ``python -m sim resume=FOLDER`` continues a killed run there. Exit codes: 0 ok,
+Run folder (``runs/<experiment>/<timestamp>/``): ``.hydra/{config,hydra,overrides}.yaml``,
+``results.nc``, ``summary.json``, ``figures/*.png`` and, while a run with ``checkpoint_every > 0`` is
+going, ``checkpoint/``; ``python -m sim resume=FOLDER`` continues a killed run there. Every file is
+written atomically through :mod:`sim.io`, the ``.hydra`` files included: the config sets
+``hydra.output_subdir: null`` so that Hydra (which writes them with a plain ``open``) writes none,
+and :func:`main` writes the same three files itself (:func:`write_hydra_files`). While a job runs,
+its folder is locked (:mod:`sim.runlock`, ``<run_dir>/.lock``): a second process that wants the
+folder (a ``resume=`` of a run still going) is refused with exit code 2. Exit codes: 0 ok,
 2 invalid config (one line per problem naming key, value and what is allowed; a traceback only
 with ``debug=true``), 3 numerical failure (NaN/Inf/negative pool; results up to the last
 good chunk are kept), 4 any other failure. In a sweep a failing job records ``status: failed``
@@ -11,6 +16,7 @@ in its summary and the sweep goes on.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import traceback
@@ -19,15 +25,17 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, read_write
 
+from sim import runlock
 from sim.config.schema import register
 from sim.errors import ConfigError, NumericalError
-from sim.io import write_json, write_netcdf
+from sim.io import write_json, write_netcdf, write_text
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = tuple(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())) if CONF_DIR.is_dir() else ()
 EXIT_CONFIG, EXIT_NUMERICAL, EXIT_FAILED = 2, 3, 4
+HYDRA_SUBDIR = ".hydra"  # where a run folder keeps its config (Hydra's default output_subdir)
 
 register()
 
@@ -102,11 +110,31 @@ def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
 
     With ``checkpoint_every > 0`` the run checkpoints into ``out_dir/checkpoint`` (removed once
     the results are written); ``resume`` set means ``cfg`` is a checkpoint's stored config and
-    ``out_dir`` its run folder (see :func:`resume_run`)."""
+    ``out_dir`` its run folder (see :func:`resume_run`). The job holds the folder's lock
+    (:mod:`sim.runlock`) throughout; if another process holds it, nothing is computed or written
+    and the exit code is 2 (one line naming ``resume``, or ``hydra.run.dir`` for a fresh run, the
+    folder and the holder)."""
+    out_dir = Path(out_dir)
+    try:
+        key = "resume" if _get(cfg, "resume") else "hydra.run.dir"
+    except Exception:  # an unresolvable config: _execute reports it (under the lock)
+        key = "hydra.run.dir"
+    try:
+        with runlock.hold(out_dir, key=key):
+            return _execute(cfg, out_dir, quiet=quiet)
+    except ConfigError as exc:  # (only the lock refusal gets here: _execute catches its own)
+        _print_config_error(exc)
+        return EXIT_CONFIG
+
+
+def _get(cfg, key):
+    return cfg.get(key) if hasattr(cfg, "get") else None
+
+
+def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
     from sim.api import as_plain, run
     from sim.checkpoint import clear
 
-    out_dir = Path(out_dir)
     summary: dict = {"status": "failed"}
     code = 0
     debug = False
@@ -174,25 +202,66 @@ def resume_run(path, overrides: dict | None = None, *, quiet: bool = False) -> i
                     "no override with resume= (a resumed run keeps its stored config) except "
                     + ", ".join(RESUME_OVERRIDABLE),
                 )
-        ckpt_dir = find(path)
-        cfg = load_config(ckpt_dir)
+        try:
+            ckpt_dir = find(path)
+        except ConfigError:  # no checkpoint (yet): say so, unless the run is still going there
+            refusal = runlock.busy(path, key="resume") if isinstance(path, (str, os.PathLike)) else None
+            if refusal is not None:
+                raise refusal from None
+            raise
+        with runlock.hold(ckpt_dir.parent, key="resume"):  # refused at once if the run is still going
+            ckpt_dir = find(path)  # (a holder that just let go may have finished and removed it)
+            cfg = load_config(ckpt_dir)
+            cfg.update(overrides)
+            cfg["resume"] = str(ckpt_dir)
+            if not quiet:
+                print(f"resuming {ckpt_dir.parent}", file=sys.stderr)
+            return execute(cfg, ckpt_dir.parent, quiet=quiet)
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_CONFIG
-    cfg.update(overrides)
-    cfg["resume"] = str(ckpt_dir)
-    if not quiet:
-        print(f"resuming {ckpt_dir.parent}", file=sys.stderr)
-    return execute(cfg, ckpt_dir.parent, quiet=quiet)
+
+
+def write_hydra_files(cfg: DictConfig, out_dir: Path) -> None:
+    """Write ``out_dir/.hydra/{config,hydra,overrides}.yaml`` atomically, as Hydra 1.3 would.
+
+    Hydra's ``run_job`` (hydra/core/utils.py) writes, when ``hydra.output_subdir`` is not null,
+    ``OmegaConf.to_yaml`` of the task config (the config without its ``hydra`` node: what the task
+    function receives), of ``HydraConfig``'s config (``{hydra: ...}``) and of
+    ``hydra.overrides.task``, with a plain ``open(..., "w")``. conf/config.yaml sets
+    ``output_subdir: null``, so Hydra writes nothing and this writes the same text through
+    :mod:`sim.io` (temporary + rename). In ``hydra.yaml`` the null ``output_subdir`` is shown as
+    ``.hydra`` (where the files are), so all three files are byte-identical to Hydra's own. If a
+    user sets ``hydra.output_subdir`` to another folder, Hydra writes there as well (in place)."""
+    hydra_cfg = HydraConfig.instance().cfg
+    subdir = hydra_cfg.hydra.output_subdir
+    if subdir == HYDRA_SUBDIR:
+        return  # Hydra has written them already (hydra.output_subdir=.hydra given by hand)
+    if subdir is None:
+        hydra_cfg = copy.deepcopy(hydra_cfg)
+        with read_write(hydra_cfg.hydra):
+            hydra_cfg.hydra.output_subdir = HYDRA_SUBDIR
+    folder = Path(out_dir) / HYDRA_SUBDIR
+    write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
-    if cfg.get("resume"):
-        code = resume_run(cfg.resume, {"debug": cfg.get("debug") is True})
-    else:
-        code = execute(cfg, Path(hc.runtime.output_dir))
+    out_dir = Path(hc.runtime.output_dir)
+    key = "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir"
+    try:
+        with runlock.hold(out_dir, key=key):  # (execute takes it again: the lock is reentrant)
+            write_hydra_files(cfg, out_dir)
+            if cfg.get("resume"):
+                code = resume_run(cfg.resume, {"debug": cfg.get("debug") is True})
+            else:
+                code = execute(cfg, out_dir)
+    except ConfigError as exc:  # the folder is another process's: write nothing there
+        _print_config_error(exc)
+        code = EXIT_CONFIG
     if code and hc.mode != RunMode.MULTIRUN:
         sys.exit(code)
 

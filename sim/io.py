@@ -53,6 +53,12 @@ def write_json(path, data, *, sort_keys: bool = True) -> None:
         tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=sort_keys) + "\n")
 
 
+def write_text(path, text: str) -> None:
+    """A text file (UTF-8), e.g. the ``.hydra/*.yaml`` files of a run folder (see sim.app)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_netcdf(path, ds) -> None:
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")

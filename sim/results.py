@@ -30,7 +30,8 @@ def to_dataset(model, result, cfg: dict) -> xr.Dataset:
     dg = dg_atp_kj(pools[..., ATP], pools[..., ADP], pools[..., PI], float(p.dg0_kj), float(p.temperature_k), xp=np)
     n_rep, n_t, n_c = pools.shape[:3]
     coords = {
-        "replicate": np.arange(n_rep),
+        # replicate r of the run is replicate first_replicate + r of the seed's ensemble (same draws)
+        "replicate": int(cfg.get("first_replicate", 0) or 0) + np.arange(n_rep),
         "time": result.times,
         "cell": np.arange(n_c),
         "species": list(SPECIES),

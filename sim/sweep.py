@@ -3,6 +3,11 @@
 Runs as a Hydra callback at the end of a sweep and can be re-run by hand
 (``python -m sim.sweep PATH``). Jobs that failed still get a row (``status`` failed, ``reason``),
 so one failed job never loses the others' results.
+
+Every file of a sweep folder is written atomically (sim.io; the jobs' ``.hydra/`` by sim.app)
+except ``multirun.yaml``: Hydra's BasicSweeper writes it in place (``OmegaConf.save``) before the
+first job starts, whatever the launcher, and only a replacement sweeper could change that. A sweep
+killed during that write has no job folders and no ``summary.parquet``, so it never looks complete.
 """
 
 from __future__ import annotations

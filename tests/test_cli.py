@@ -42,6 +42,8 @@ CASES = {
     "range_seed": (["seed=-1"], ["seed"]),
     "range_chunk_records": (["chunk_records=0"], ["chunk_records"]),
     "range_checkpoint_every": (["checkpoint_every=-1"], ["checkpoint_every"]),
+    "range_first_replicate": (["first_replicate=-3"], ["first_replicate"]),
+    "type_first_replicate": (["first_replicate=last"], ["first_replicate"]),
     "checkpoint_with_mesa": (["backend=mesa", "checkpoint_every=2"], ["checkpoint_every"]),
     "checkpoint_with_experiment": (["experiment=roofline", "checkpoint_every=2"], ["checkpoint_every"]),
     "name_backend": (["backend=torch"], ["backend"]),

@@ -398,7 +398,8 @@ def batch_runs():
 
 def test_replicate_alone_equals_replicate_in_batch_of_256(batch_runs):
     """Replicate k draws from fold_in(PRNGKey(seed), k): alone or in a batch, the same random
-    events happen (failures, births, deaths) and the pools agree to round-off."""
+    events happen (failures, births, deaths) and the pools agree to round-off (the default fast
+    reductions; bitwise with deterministic_reductions=true: tests/test_determinism.py)."""
     big, alone = batch_runs
     assert big.records["failures"][:, -1].sum() > 0 and big.records["births"][:, -1].sum() > 0
     for k, one in alone.items():
@@ -406,40 +407,3 @@ def test_replicate_alone_equals_replicate_in_batch_of_256(batch_runs):
             assert np.array_equal(big.records[name][k], one.records[name][0]), (k, name)
         for name in engine.RECORD_FIELDS:
             np.testing.assert_allclose(one.records[name][0], big.records[name][k], rtol=1e-12, atol=1e-15)
-
-
-@pytest.fixture(scope="module")
-def batch_runs_fixed_order():
-    """The same runs with deterministic_reductions on (fixed-order sums over agent axes)."""
-    from sim.kernels import ops
-
-    ops.set_fixed_order(True)
-    try:
-        cfg, model = sim.api.prepare(compose_cfg(*SMALL[:2], "topology.n_cells=4", "+params.hazard0=0.5", "+params.birth_rate=2.0"))
-        kw = dict(seed=11, steps=200, record_every=10, chunk_records=20)
-        big = engine.run(model.state, model.params, replicates=256, **kw)
-        alone = {k: engine.run(model.state, model.params, replicates=1, first_replicate=k, **kw) for k in (0, 7, 255)}
-    finally:
-        ops.set_fixed_order(False)
-    return big, alone
-
-
-_JAX_MINOR = tuple(int(x) for x in jax.__version__.split(".")[:2])
-
-
-@pytest.mark.xfail(
-    _JAX_MINOR >= (0, 11),
-    reason="on jax >= 0.11 (XLA CPU) the fused adenylate-kinase kernel gives a last-bit (1.1e-16) "
-    "difference at step 14 between a batch of 256 and a batch of 1 even with fixed-order sums; the "
-    "ops alone (sqrt, div, log, exp) are batch-invariant, so it is likely FMA contraction differing "
-    "between the vectorised body and the scalar tail; bitwise on jax 0.10; the 1e-12 test holds on both",
-    strict=False,
-)
-def test_replicate_alone_is_bitwise_the_replicate_in_a_batch(batch_runs_fixed_order):
-    """With deterministic_reductions on, replicate k is bit for bit the same alone or in a batch."""
-    big, alone = batch_runs_fixed_order
-    for k, one in alone.items():
-        for name in engine.RECORD_FIELDS:
-            assert np.array_equal(big.records[name][k], one.records[name][0]), (k, name)
-        for a, b in zip(jax.tree_util.tree_leaves(big.state), jax.tree_util.tree_leaves(one.state)):
-            assert np.array_equal(np.asarray(a)[k], np.asarray(b)[0])

@@ -58,6 +58,28 @@ def test_run_folder_holds_config_results_summary_figures(run_dir: Path):
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0.01  # a real, non-blank picture
 
 
+def test_run_folder_hydra_files_are_complete_and_nothing_is_left_over(run_dir: Path):
+    """.hydra/{config,hydra,overrides}.yaml are written by sim.app through sim.io (Hydra's own
+    in-place writer is off: hydra.output_subdir is null) with the content Hydra gives them; no
+    temporary and no lock file stays in a finished run folder."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sim.app import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
+        composed = compose(config_name="config", overrides=SMALL)
+    hydra_dir = run_dir / ".hydra"
+    assert sorted(p.name for p in hydra_dir.iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert (hydra_dir / "config.yaml").read_text() == OmegaConf.to_yaml(composed)
+    assert yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) == SMALL
+    hyd = yaml.safe_load((hydra_dir / "hydra.yaml").read_text())["hydra"]
+    assert hyd["output_subdir"] == ".hydra" and hyd["overrides"]["task"] == SMALL
+    assert Path(hyd["runtime"]["output_dir"]) == run_dir
+    leftovers = [p for p in run_dir.rglob("*") if p.name.startswith(".tmp-") or p.name == ".lock"]
+    assert not leftovers and not (run_dir / "checkpoint").exists()
+
+
 def test_plot_command_redraws_figures(run_dir: Path):
     for p in (run_dir / "figures").glob("*.png"):
         p.unlink()

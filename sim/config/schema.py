@@ -46,6 +46,7 @@ class RunSchema:
     steps: int = 3000
     dt: float = 0.02
     replicates: int = 4
+    first_replicate: int = 0
     backend: str = "jax"
     record_every: int = 10
     chunk_records: int = 100

@@ -226,8 +226,8 @@ def validate(cfg: dict) -> None:
         out.add("precision", cfg.get("precision"), "one of " + ", ".join(PRECISIONS))
     ints = {}
     for key, minimum in (("seed", 0), ("steps", 1), ("record_every", 1), ("replicates", 1),
-                         ("chunk_records", 1), ("checkpoint_every", 0)):
-        if key not in bad and (key in cfg or key != "checkpoint_every"):
+                         ("chunk_records", 1), ("checkpoint_every", 0), ("first_replicate", 0)):
+        if key not in bad and (key in cfg or key not in ("checkpoint_every", "first_replicate")):
             ints[key] = _int_at_least(cfg, key, minimum, out)
     steps, every = ints.get("steps"), ints.get("record_every")
     if steps and every and steps % every:

@@ -26,7 +26,7 @@ def fixed_order_sum(x, axis: int = -1):
     return total
 
 
-# Off by default: fixed-order sums cost ~2.5x the step time on CPU (they defeat XLA's fused
+# Off by default: fixed-order sums cost up to ~2.5x the step time on CPU (they defeat XLA's fused
 # reductions). With them off, replicate k alone and in a batch agree to ~1e-15 relative, not
 # bitwise. `deterministic_reductions=true` in a config (or set_fixed_order(True)) turns them on.
 FIXED_ORDER = [False]

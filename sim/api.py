@@ -83,61 +83,52 @@ def _run_mesa(model, cfg) -> engine.RunResult:
     return engine.RunResult(state, records, times, steps, wall, 0.0, None)
 
 
-def _merge_records(prior: dict | None, new: dict) -> dict:
-    if prior is None:
-        return new
-    return {k: prior[k] if new.get(k) is None else np.concatenate([prior[k], new[k]], axis=1) for k in prior}
-
-
 def _run_jax(model, cfg, on_chunk=None, run_dir=None) -> engine.RunResult:
     """The engine run of a config, checkpointing into ``run_dir`` and resuming from ``cfg['resume']``."""
     from sim import checkpoint
 
-    steps, every, reps = int(cfg["steps"]), int(cfg["record_every"]), int(cfg["replicates"])
-    # one chunk length for the whole run, also when resumed part-way (same compiled function)
-    chunk = engine.chunk_length(steps // every, int(cfg.get("chunk_records", 100)))
-    state0, keys, start, ckpt = model.state, None, 0, None
-    if cfg.get("resume"):
-        ckpt = checkpoint.load(cfg["resume"])
-        state0 = checkpoint.restore_state(ckpt, model.state, reps)
-        keys, start = jax.numpy.asarray(ckpt.keys), ckpt.steps_done
-        if start > steps or start % (chunk * every):
-            raise ConfigError("resume", str(cfg["resume"]), f"a checkpoint of this run ({start} steps done of {steps})")
-    every_n = int(cfg.get("checkpoint_every", 0) or 0)
-    writer = checkpoint.Checkpointer(run_dir, cfg, every_n, prior=ckpt) if every_n and run_dir is not None else None
-    if start < steps:
-        result = engine.run(
-            state0, model.params, seed=model.seed, steps=steps - start, record_every=every, replicates=reps,
-            chunk_records=chunk, on_chunk=on_chunk, start_step=start, keys=keys, checkpoint=writer,
-            first_replicate=int(cfg.get("first_replicate", 0) or 0),
-        )
-    else:  # the checkpoint is of a finished run: nothing left to compute
-        result = engine.RunResult(state0, {k: None for k in engine.RECORD_FIELDS}, np.zeros(0), 0, 0.0, 0.0)
-    if ckpt is not None:
-        result.records = _merge_records(ckpt.records, result.records)
-        result.steps_done += start
-    n_rec = result.steps_done // every
-    result.times = np.arange(1, n_rec + 1) * every * float(np.asarray(model.params.dt).reshape(-1)[0])
-    return result
+    def run_fn(state, **kw):
+        return engine.run(state, model.params, seed=model.seed, record_every=int(cfg["record_every"]),
+                          replicates=int(cfg["replicates"]), first_replicate=int(cfg.get("first_replicate", 0) or 0),
+                          on_chunk=on_chunk, **kw)
+
+    return checkpoint.resumable_run(run_fn, model.state, cfg, run_dir, fields=engine.RECORD_FIELDS,
+                                    dt=float(np.asarray(model.params.dt).reshape(-1)[0]))
+
+
+def _determinism_summary(cfg: dict) -> dict:
+    status = determinism.current()
+    return {"deterministic_reductions": status.fixed_order_sums, "bitwise_batch_invariant": status.bitwise}
 
 
 def run(cfg, on_chunk=None, *, run_dir=None) -> RunOutput:
     """Validate, build and run a config. With ``run_dir`` and ``checkpoint_every > 0`` the JAX run
     checkpoints into ``run_dir/checkpoint``; ``cfg['resume']`` (a run folder) continues from its
     checkpoint (the caller passes the checkpoint's stored config, see :func:`sim.app.resume_run`)."""
-    kind = (as_plain(cfg).get("experiment") or {}).get("kind", "tissue")
+    plain = as_plain(cfg)
+    # first, before anything starts the JAX backend (sim.determinism); validation refuses a non-bool
+    determinism.configure(plain.get("deterministic_reductions") is True)
+    kind = (plain.get("experiment") or {}).get("kind", "tissue")
     if kind != "tissue":
         from sim import experiments
 
         fn = experiments.get(kind)
         if fn is None:
             raise ConfigError("experiment.kind", kind, "one of " + ", ".join(experiments.kinds()))
-        plain = as_plain(cfg)
-        for key in ("checkpoint_every", "resume"):
-            if plain.get(key):
-                raise ConfigError(key, plain[key], f"{'0' if key == 'checkpoint_every' else 'null'} with "
-                                  f"experiment.kind={kind} (only tissue runs checkpoint and resume)")
-        return fn(plain)
+        if getattr(fn, "checkpoints", False):  # the experiment checkpoints and resumes in run_dir itself
+            out = fn(plain, run_dir=run_dir)
+        else:
+            able = ", ".join(["tissue"] + sorted(k for k, f in experiments.REGISTRY.items() if getattr(f, "checkpoints", False)))
+            for key in ("checkpoint_every", "resume"):
+                if plain.get(key):
+                    raise ConfigError(key, plain[key], f"{'0' if key == 'checkpoint_every' else 'null'} with "
+                                      f"experiment.kind={kind} (only {able} runs checkpoint and resume)")
+            if plain.get("first_replicate"):
+                raise ConfigError("first_replicate", plain["first_replicate"],
+                                  f"0 with experiment.kind={kind} (only tissue and serving runs split an ensemble)")
+            out = fn(plain)
+        out.summary.update(_determinism_summary(plain))
+        return out
     cfg, model = prepare(cfg)
     if cfg.get("backend", "jax") == "mesa":
         if cfg.get("resume"):
@@ -148,9 +139,7 @@ def run(cfg, on_chunk=None, *, run_dir=None) -> RunOutput:
     result.state = jax.device_get(result.state)
     ds = to_dataset(model, result, cfg) if result.steps_done > 0 else None
     summary = summarize(model, result, model.state) if result.steps_done > 0 else {"status": "failed"}
-    status = determinism.current()
-    summary.update(first_replicate=int(cfg.get("first_replicate", 0) or 0),
-                   deterministic_reductions=status.fixed_order_sums, bitwise_batch_invariant=status.bitwise)
+    summary.update(_determinism_summary(cfg), first_replicate=int(cfg.get("first_replicate", 0) or 0))
     if result.error is not None:
         summary["status"] = "failed"
         summary["reason"] = str(result.error)

@@ -17,6 +17,11 @@ step counter inside the state: every draw is derived from (key, step, purpose, a
 restoring both restores the stream exactly. A resumed run uses the stored config (not the
 current defaults) and the same chunk length, so it executes the same compiled chunk function on
 the same inputs: its ``results.nc`` is bit-identical to that of an uninterrupted run.
+
+Nothing here depends on the preset: the state is any PyTree (the biology ``State`` or the LLM
+``LLMState``) and the records any dict of ``(replicate, time, ...)`` arrays.
+:func:`resumable_run` is the driver that checkpoints and resumes an engine run (the tissue run,
+``sim.api._run_jax``, and ``experiment=serving``).
 """
 
 from __future__ import annotations
@@ -189,3 +194,47 @@ def restore_state(ckpt: Checkpoint, template, replicates: int):
 def clear(run_dir) -> None:
     """Remove the checkpoint of a run that finished (its results hold everything)."""
     shutil.rmtree(Path(run_dir) / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def merge_records(prior: dict | None, new: dict) -> dict:
+    """The checkpoint's records followed by those of the continuation (``None``: nothing new)."""
+    if prior is None:
+        return new
+    return {k: prior[k] if new.get(k) is None else np.concatenate([prior[k], new[k]], axis=1) for k in prior}
+
+
+def resumable_run(run_fn, state, cfg: dict, run_dir=None, *, fields, dt: float):
+    """Run an engine for ``cfg`` with checkpoints and resume (the same contract as the tissue run).
+
+    ``run_fn(state, steps=, chunk_records=, start_step=, keys=, checkpoint=)`` is the engine's
+    ``run`` with everything else bound (it returns an ``engine.RunResult``); ``state`` is the
+    model's initial (unbatched) state, the template a checkpoint is checked against. With
+    ``cfg['checkpoint_every'] = N > 0`` and a ``run_dir`` the run checkpoints every N chunks into
+    ``run_dir/checkpoint``; with ``cfg['resume']`` it continues from that checkpoint, using the same
+    chunk length (so the same compiled chunk function) as the uninterrupted run. The result holds
+    the records of the whole run (``fields``: the record names), its steps and times (``dt`` s per
+    step)."""
+    from sim import engine
+
+    steps, every, reps = int(cfg["steps"]), int(cfg["record_every"]), int(cfg["replicates"])
+    # one chunk length for the whole run, also when resumed part-way (same compiled function)
+    chunk = engine.chunk_length(steps // every, int(cfg.get("chunk_records", 100)))
+    keys, start, ckpt = None, 0, None
+    if cfg.get("resume"):
+        ckpt = load(cfg["resume"])
+        state = restore_state(ckpt, state, reps)
+        keys, start = jax.numpy.asarray(ckpt.keys), ckpt.steps_done
+        if start > steps or start % (chunk * every):
+            raise ConfigError("resume", str(cfg["resume"]), f"a checkpoint of this run ({start} steps done of {steps})")
+    every_n = int(cfg.get("checkpoint_every", 0) or 0)
+    writer = Checkpointer(run_dir, cfg, every_n, prior=ckpt) if every_n and run_dir is not None else None
+    if start < steps:
+        result = run_fn(state, steps=steps - start, chunk_records=chunk, start_step=start, keys=keys, checkpoint=writer)
+    else:  # the checkpoint is of a finished run: nothing left to compute
+        result = engine.RunResult(state, {k: None for k in fields}, np.zeros(0), 0, 0.0, 0.0)
+    if ckpt is not None:
+        result.records = merge_records(ckpt.records, result.records)
+        result.steps_done += start
+    n_rec = result.steps_done // every
+    result.times = np.arange(1, n_rec + 1) * every * float(dt)
+    return result

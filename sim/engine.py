@@ -117,17 +117,59 @@ def bad_pools(pools: np.ndarray) -> np.ndarray:
     return ~np.isfinite(pools) | (pools < 0)
 
 
-def diagnose(state, params, key, start_step: int, n_steps: int) -> NumericalError | None:
-    """Replay steps one process at a time (one replicate) to name where a pool went bad."""
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """What a numerical guard looks for and how it replays a bad chunk to name the process.
+
+    The biology engine's guard (:data:`BIO_GUARD`, bad pools) is the default of :func:`diagnose`
+    and :func:`locate_failure`; ``sim.llm.engine`` builds its own (KV cache, token, energy
+    quantities). Every callable is looked up when a failure is being located, so a test that patches
+    a module's ``PROCESSES`` sees its patch.
+    """
+
+    first_bad: Callable  # records (R, T, ...) -> (replicate, record, cell, quantity, value) of the earliest bad value, or None
+    inspect: Callable  # (one replicate's state, its state before the process) -> (cell, quantity, value) or None
+    processes: Callable  # () -> the (name, process) pairs of one step, in order
+    advance: Callable  # (state, params, key, n_steps) -> state, one replicate
+    take_params: Callable | None = None  # (params, r) -> replicate r's parameters (batched params)
+    error: type = NumericalError  # (step, cell, quantity, process, value, replicate) -> the exception
+
+
+def _first_bad_pool(rec):
+    bad = bad_pools(rec["pools"])  # (R, T, C, S)
+    if not bad.any():
+        return None
+    n_rep, n_t = bad.shape[:2]
+    per_rt = bad.reshape(n_rep, n_t, -1).any(axis=2)
+    first_t = np.where(per_rt.any(axis=1), per_rt.argmax(axis=1), n_t)
+    r = int(np.argmin(first_t))
+    t = int(first_t[r])
+    cell, sp = map(int, np.argwhere(bad[r, t])[0])
+    return r, t, cell, SPECIES[sp], float(rec["pools"][r, t, cell, sp])
+
+
+def _bad_pool_in_state(state, before=None):
+    pools = np.asarray(state.cells.pools)
+    bad = bad_pools(pools)
+    if not bad.any():
+        return None
+    cell, sp = map(int, np.argwhere(bad)[0])
+    return cell, SPECIES[sp], float(pools[cell, sp])
+
+
+def diagnose(state, params, key, start_step: int, n_steps: int, guard: Guard | None = None) -> NumericalError | None:
+    """Replay steps one process at a time (one replicate) to name where a value went bad
+    (by default: a pool, with the biology step's processes)."""
+    guard = guard or BIO_GUARD
+    processes = guard.processes()
     for _ in range(n_steps):
         step_no = int(np.asarray(state.step))
-        for name, process in PROCESSES:
-            state = process(state, params, key)
-            pools = np.asarray(state.cells.pools)
-            bad = bad_pools(pools)
-            if bad.any():
-                cell, sp = map(int, np.argwhere(bad)[0])
-                return NumericalError(step_no, cell, SPECIES[sp], name, float(pools[cell, sp]))
+        for name, process in processes:
+            before, state = state, process(state, params, key)
+            hit = guard.inspect(state, before)
+            if hit is not None:
+                cell, quantity, value = hit
+                return guard.error(step_no, cell, quantity, name, value)
         state = dataclasses.replace(state, step=state.step + 1)
     return None
 
@@ -139,36 +181,44 @@ def _advance(state, params, key, n_steps):
 
 
 def locate_failure(state, params, keys, rec, record_every: int, chunk_start: int,
-                   batched_params: bool = False, first_replicate: int = 0) -> NumericalError:
-    """Name the step, cell, species and process of the first bad pool in a chunk.
+                   batched_params: bool = False, first_replicate: int = 0,
+                   guard: Guard | None = None) -> NumericalError:
+    """Name the step, cell, quantity (species) and process of the first bad value in a chunk.
 
     ``state`` is the (batched) state at the start of the chunk and ``rec`` its records. The
-    replicate and record interval with the earliest bad pool are found from the records; that
+    replicate and record interval with the earliest bad value are found from the records; that
     replicate is advanced to the start of the interval, then replayed process by process.
     """
-    bad = bad_pools(rec["pools"])  # (R, T, C, S)
-    n_rep, n_t = bad.shape[:2]
-    per_rt = bad.reshape(n_rep, n_t, -1).any(axis=2)
-    first_t = np.where(per_rt.any(axis=1), per_rt.argmax(axis=1), n_t)
-    r = int(np.argmin(first_t))
-    t = int(first_t[r])
-    cell, sp = map(int, np.argwhere(bad[r, t])[0])
-    value = float(rec["pools"][r, t, cell, sp])
+    guard = guard or BIO_GUARD
+    r, t, cell, quantity, value = guard.first_bad(rec)
     s_r = jax.tree_util.tree_map(lambda x: x[r], state)
-    p_r = jax.tree_util.tree_map(lambda x: x[r], params) if batched_params else params
+    if not batched_params:
+        p_r = params
+    elif guard.take_params is not None:
+        p_r = guard.take_params(params, r)
+    else:
+        p_r = jax.tree_util.tree_map(lambda x: x[r], params)
     error = None
     try:
         if t:
-            s_r = _advance(s_r, p_r, keys[r], t * record_every)
-        error = diagnose(s_r, p_r, keys[r], chunk_start + t * record_every, record_every)
+            s_r = guard.advance(s_r, p_r, keys[r], t * record_every)
+        error = diagnose(s_r, p_r, keys[r], chunk_start + t * record_every, record_every, guard=guard)
     except Exception:  # the replay is a diagnosis aid: never let it hide the failure itself
         error = None
     if error is None:  # not reproduced step by step: report what the records show
-        error = NumericalError(
-            chunk_start + (t + 1) * record_every - 1, cell, SPECIES[sp],
+        error = guard.error(
+            chunk_start + (t + 1) * record_every - 1, cell, quantity,
             f"unknown (seen at the record after step {chunk_start + (t + 1) * record_every - 1})", value,
         )
-    return NumericalError(error.step, error.cell, error.species, error.process, error.value, first_replicate + r)
+    return guard.error(error.step, error.cell, error.species, error.process, error.value, first_replicate + r)
+
+
+BIO_GUARD = Guard(
+    first_bad=_first_bad_pool,
+    inspect=_bad_pool_in_state,
+    processes=lambda: PROCESSES,  # (the module global at call time: tests patch it)
+    advance=lambda *args: _advance(*args),
+)
 
 
 _EXECUTABLES: dict = {}
@@ -180,10 +230,15 @@ def _signature(tree):
     return treedef, tuple((np.shape(x), jnp.asarray(x).dtype.name) for x in leaves)
 
 
+CACHE_CLEARERS: list[Callable] = []  # other engines' compiled caches (sim.llm.engine registers its own)
+
+
 def clear_caches() -> None:
     """Forget compiled executables (tests that patch the step functions call this)."""
     _EXECUTABLES.clear()
     _compiled.cache_clear()
+    for clear in CACHE_CLEARERS:
+        clear()
 
 
 def cached_executable(key, build: Callable):
@@ -290,7 +345,7 @@ def run(
     compiled, compile_s = executable(chunk, record_every, batched_params, state, params, keys)
 
     def check(chunk_state, rec, done):
-        if bad_pools(rec["pools"]).any():
+        if _first_bad_pool(rec) is not None:
             return locate_failure(
                 chunk_state, params, keys, rec, record_every, start_step + done, batched_params, first_replicate
             )

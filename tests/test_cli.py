@@ -44,6 +44,7 @@ CASES = {
     "range_checkpoint_every": (["checkpoint_every=-1"], ["checkpoint_every"]),
     "range_first_replicate": (["first_replicate=-3"], ["first_replicate"]),
     "type_first_replicate": (["first_replicate=last"], ["first_replicate"]),
+    "first_replicate_with_experiment": (["experiment=roofline", "first_replicate=3"], ["first_replicate"]),
     "checkpoint_with_mesa": (["backend=mesa", "checkpoint_every=2"], ["checkpoint_every"]),
     "checkpoint_with_experiment": (["experiment=roofline", "checkpoint_every=2"], ["checkpoint_every"]),
     "name_backend": (["backend=torch"], ["backend"]),

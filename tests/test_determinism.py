@@ -30,10 +30,17 @@ TISSUE = ["topology=ring", "topology.n_cells=4", "+params.hazard0=0.5", "+params
           "steps=200", "record_every=10", "chunk_records=20", "figures=false"]
 
 
-def _cli(args, out: Path):
+# LLM serving on three routed model instances, with tools, memory and agent loops in play
+SERVING = ["experiment=serving", "topology=ring", "topology.n_cells=3", "steps=600", "record_every=20",
+           "chunk_records=10", "figures=false", "seed=5", "substrate.arrivals.rate_per_s=3",
+           "substrate.tools.p_per_token=0.01", "substrate.memory.threshold_tokens=2000",
+           "substrate.agent.followup_prob=0.5", "substrate.agent.max_turns=3"]
+
+
+def _cli(args, out: Path, base=TISSUE):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the run must set the flag itself
     env.update(HYDRA_FULL_ERROR="0", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "sim", *TISSUE, *args, f"hydra.run.dir={out}"]
+    cmd = [sys.executable, "-m", "sim", *base, *args, f"hydra.run.dir={out}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -45,9 +52,12 @@ def split_runs(tmp_path_factory):
         "alone": ["replicates=1", "first_replicate=7", "deterministic_reductions=true"],
         "tail": ["replicates=3", "first_replicate=253", "deterministic_reductions=true"],
         "fast": ["replicates=256"],
+        "serving_batch": ["replicates=64", "deterministic_reductions=true"],
+        "serving_alone": ["replicates=1", "first_replicate=41", "deterministic_reductions=true"],
     }
     with ThreadPoolExecutor(2) as pool:
-        procs = dict(zip(jobs, pool.map(lambda kv: _cli(kv[1], tmp / kv[0]), jobs.items())))
+        procs = dict(zip(jobs, pool.map(
+            lambda kv: _cli(kv[1], tmp / kv[0], SERVING if kv[0].startswith("serving") else TISSUE), jobs.items())))
     for name, proc in procs.items():
         assert proc.returncode == 0, (name, proc.stderr[-2000:])
     return {name: (xr.load_dataset(tmp / name / "results.nc"), json.loads((tmp / name / "summary.json").read_text()))
@@ -66,6 +76,19 @@ def test_replicate_alone_is_bitwise_the_replicate_in_a_batch(split_runs):
         for var in batch.data_vars:
             a, b = batch[var].sel(replicate=reps).values, ds[var].values
             assert a.dtype == b.dtype and np.array_equal(a, b), (name, var, np.max(np.abs(a - b)))
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="no FMA switch off x86-64")
+def test_serving_replicate_alone_is_bitwise_the_replicate_in_a_batch(split_runs):
+    """The LLM engine too: replicate 41 of a serving ensemble, alone or among 64, bit for bit."""
+    batch, summary = split_runs["serving_batch"]
+    alone, s = split_runs["serving_alone"]
+    assert summary["bitwise_batch_invariant"] is True and s["bitwise_batch_invariant"] is True
+    assert list(alone["replicate"].values) == [41]
+    assert float(batch["completed"].isel(time=-1).sum()) > 0 and float(batch["tool_calls"].isel(time=-1).sum()) > 0
+    for var in batch.data_vars:
+        a, b = batch[var].sel(replicate=[41]).values, alone[var].values
+        assert a.dtype == b.dtype and np.array_equal(a, b), (var, np.max(np.abs(a - b)))
 
 
 def test_fast_reductions_agree_with_the_deterministic_run_to_round_off(split_runs):

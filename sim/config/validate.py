@@ -289,3 +289,50 @@ def check_stability(model, cfg: dict) -> None:
             f"dt <= {0.5 / rate:.3g} s (half the fastest pool relaxation time, 1/{rate:.3g} s) for a stable explicit step",
         )
     out.raise_if_any()
+
+
+# ------------------------------------------------------------------------------ LLM preset
+
+
+def validate_llm(cfg: dict) -> None:
+    """:func:`validate` plus the LLM preset's own keys, every problem at once (one line each).
+
+    Run by LLM experiments (``experiment=serving``) before anything is built or compiled. Beyond
+    the generic checks: the substrate must be ``llm``; ``model.*`` and ``gpu.*`` positive (group
+    names are refused by the command line before composing); every number of the substrate preset
+    in its range (``sim.llm.build.SUBSTRATE_NUMBERS``, shared with the builder) and its flags
+    booleans; for ``experiment.kind=serving`` also ``serving.warmup_fraction`` in [0, 1) and
+    ``substrate.arrivals.rate_per_s > 0`` (a serving run without arrivals has no steady state:
+    Little's law and J/token are undefined). A key the generic checks already named is not named
+    twice. Cross-checks that need built values (the weights fit the GPU, the Poisson truncation,
+    the initial batch fits the KV cache) are left to ``sim.llm.build.build_llm``.
+    """
+    from sim.llm.build import config_problems
+
+    out = _Collector()
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        out.add_error(exc)
+    sub = cfg.get("substrate")
+    kind = (cfg.get("experiment") or {}).get("kind") if isinstance(cfg.get("experiment"), dict) else None
+    if not isinstance(sub, dict) or sub.get("name") != "llm":
+        name = sub.get("name") if isinstance(sub, dict) else sub
+        if "substrate" not in out.bad_keys:
+            out.add("substrate", name, f"llm for experiment.kind={kind} (substrate=llm)")
+        out.raise_if_any()
+    for problem in config_problems(cfg):
+        if problem.key not in out.bad_keys:
+            out.add_error(problem)
+    if kind == "serving":
+        serving = cfg.get("serving")
+        w = serving.get("warmup_fraction", 0.25) if isinstance(serving, dict) else serving
+        if not isinstance(serving, dict):
+            out.add("serving", serving, "a mapping with warmup_fraction")
+        elif isinstance(w, bool) or not _number(w) or not 0 <= w < 1:
+            out.add("serving.warmup_fraction", w, "a fraction in [0, 1) (the part of the run before the steady window)")
+        rate = (sub.get("arrivals") or {}).get("rate_per_s") if isinstance(sub.get("arrivals"), dict) else None
+        key = "substrate.arrivals.rate_per_s"
+        if key not in out.bad_keys and _number(rate) and rate <= 0:
+            out.add(key, rate, "a rate > 0 (requests/s per model instance) for experiment=serving")
+    out.raise_if_any()

@@ -6,15 +6,25 @@ loop (agent turns) or hop to the next model. The summary checks Little's law ove
 window, says whether the run was ``stable`` (beyond the stability limit the queue grows without
 bound, then overflows) and reports the token, energy, dollar and Landauer ledgers
 (``sim.llm.results``).
+
+Reliability (as the tissue run): the config is checked first (``sim.config.validate.validate_llm``:
+one line per problem); ``checkpoint_every=N`` checkpoints every N chunks into the run folder and
+``python -m sim resume=RUN_DIR`` continues a killed run to bit-identical results
+(``sim.checkpoint.resumable_run``); a NaN/Inf or negative KV/token/energy quantity stops the run
+naming step, model instance, quantity and process (``sim.llm.engine``), keeping the good chunks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+import numpy as np
+
 from sim.api import RunOutput
-from sim.config.validate import validate
-from sim.errors import ConfigError
+from sim.checkpoint import resumable_run
+from sim.config.validate import validate_llm
+from sim.errors import ConfigError, NumericalError
 from sim.experiments import register
 from sim.llm import engine
 from sim.llm.build import build_llm
@@ -29,25 +39,43 @@ def warmup_fraction(cfg: dict) -> float:
 
 
 @register("serving")
-def run_serving(cfg: dict) -> RunOutput:
-    validate(cfg)
+def run_serving(cfg: dict, run_dir=None) -> RunOutput:
+    """Validate, build and run; with ``run_dir`` the run checkpoints there (``checkpoint_every``)
+    and ``cfg['resume']`` continues from a checkpoint (``sim.app.resume_run``)."""
+    validate_llm(cfg)
     warm = warmup_fraction(cfg)
     steps, every = int(cfg["steps"]), int(cfg["record_every"])
     if steps // every < 3:
         raise ConfigError("steps", steps, f"at least 3 records (steps / record_every = {steps // every})")
     llm = build_llm(cfg)
-    result = engine.run(
-        llm.state, llm.params, seed=llm.seed, steps=steps, record_every=every,
-        replicates=int(cfg["replicates"]), chunk_records=int(cfg.get("chunk_records", 100)),
-    )
+    reps, first = int(cfg["replicates"]), int(cfg.get("first_replicate", 0) or 0)
+
+    def run_fn(state, **kw):
+        return engine.run(state, llm.params, seed=llm.seed, record_every=every, replicates=reps,
+                          first_replicate=first, **kw)
+
+    result = resumable_run(run_fn, llm.state, cfg, run_dir, fields=engine.RECORD_FIELDS,
+                           dt=float(np.asarray(llm.params.dt)))
+    result.state = jax.device_get(result.state)
     ds = to_dataset(llm, result, cfg) if result.steps_done else None
     if result.steps_done // every >= 3:
         summary = summarize(llm, result, warm)
     else:
         summary = {"status": "failed"}
+    summary["first_replicate"] = first
     if result.error is not None:
-        summary.update(status="failed", reason=str(result.error))
+        err = result.error
+        summary.update(status="failed", reason=str(err))
+        if isinstance(err, NumericalError):
+            summary.update(
+                failure_step=err.step, failure_cell=err.cell, failure_quantity=err.species,
+                failure_species=err.species,  # (the tissue run's name for it)
+                failure_process=err.process, failure_replicate=err.replicate,
+            )
     return RunOutput(ds, summary, llm, result, figures=(lambda out: serving_figures(ds, out)) if ds is not None else None)
+
+
+run_serving.checkpoints = True  # sim.api.run passes run_dir and lets checkpoint_every / resume through
 
 
 def serving_figures(ds, out_dir):

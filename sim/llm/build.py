@@ -86,31 +86,109 @@ def poisson_tail(lam: float, kmax: int) -> float:
     return max(0.0, 1.0 - cdf)
 
 
+# The numbers of the LLM substrate preset and what each must be: (key under ``substrate``, keyword
+# arguments of :func:`num`; ``optional``: null allowed). Read here by :func:`read_numbers` (the first
+# problem raises) and checked all at once by :func:`config_problems` (``sim.config.validate.validate_llm``).
+SUBSTRATE_NUMBERS = (
+    ("gpus_per_model", dict(minimum=1, integer=True, what="GPUs per model instance")),
+    ("gpu_memory_utilization", dict(minimum=0, maximum=1, strict=True, what="a fraction of HBM")),
+    ("kv_capacity_tokens", dict(minimum=1, what="KV capacity (tokens)", optional=True)),
+    ("chain_slots", dict(minimum=1, integer=True, what="chain slots per model")),
+    ("max_batch", dict(minimum=1, integer=True, what="a batch size")),
+    ("queue_slots", dict(minimum=1, integer=True, what="queue slots per model")),
+    ("arrivals.rate_per_s", dict(minimum=0, what="an arrival rate (requests/s per model instance)")),
+    ("arrivals.max_per_step", dict(minimum=1, integer=True, what="arrivals per step")),
+    ("arrivals.prompt_median_tokens", dict(minimum=1, what="a median prompt length (tokens)")),
+    ("arrivals.output_median_tokens", dict(minimum=1, what="a median output length (tokens)")),
+    ("arrivals.prompt_sigma", dict(minimum=0, what="a lognormal shape")),
+    ("arrivals.output_sigma", dict(minimum=0, what="a lognormal shape")),
+    ("tools.p_per_token", dict(minimum=0, maximum=1, what="a probability per token")),
+    ("tools.latency_s", dict(minimum=0, what="a tool latency (s)")),
+    ("tools.tokens", dict(minimum=0, integer=True, what="tokens appended per tool call")),
+    ("memory.threshold_tokens", dict(minimum=0, what="a history length (tokens; 0 = off)")),
+    ("memory.factor", dict(minimum=1, strict=True, what="a compression factor")),
+    ("memory.cost_fraction", dict(minimum=0, what="a cost fraction")),
+    ("agent.followup_prob", dict(minimum=0, maximum=1, what="a probability")),
+    ("agent.max_turns", dict(minimum=1, integer=True, what="turns per conversation")),
+    ("agent.followup_tokens", dict(minimum=0, integer=True, what="tokens per follow-up")),
+    ("agent.hops", dict(minimum=1, integer=True, what="models per agentic chain")),
+    ("agent.handoff_tokens", dict(minimum=0, integer=True, what="tokens per hand-off")),
+    ("prices.usd_per_1m_input", dict(minimum=0, what="a price >= 0")),
+    ("prices.usd_per_1m_output", dict(minimum=0, what="a price >= 0")),
+    ("prices.usd_per_kwh", dict(minimum=0, what="a price >= 0")),
+    ("temperature_k", dict(minimum=0, strict=True, what="a temperature (K)")),
+    ("landauer_bits_per_unit", dict(minimum=0, strict=True, what="bits per token", optional=True)),
+    ("initial.active", dict(minimum=0, integer=True, what="initial chains per model")),
+    ("initial.queued", dict(minimum=0, integer=True, what="initial queued requests per model")),
+    ("initial.prompt_tokens", dict(minimum=1, integer=True, what="a prompt length (tokens)")),
+    ("initial.output_tokens", dict(minimum=1, what="an output length (tokens)")),
+)
+SUBSTRATE_FLAGS = ("routing", "freeze_context")  # booleans (freeze_context: false when absent)
+
+
+def _number(sub: dict, key: str, optional: bool = False, **rule):
+    dotted = f"substrate.{key}"
+    if optional:
+        node = sub
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return num({"substrate": sub}, dotted, **rule)
+
+
+def _flag(sub: dict, key: str) -> bool:
+    v = sub.get(key, False if key == "freeze_context" else None)
+    if not isinstance(v, bool):
+        raise ConfigError(f"substrate.{key}", v, "true or false")
+    return v
+
+
+def read_numbers(sub: dict) -> dict:
+    """The preset's numbers and flags by key (raises a ConfigError at the first problem)."""
+    out = {key: _number(sub, key, **rule) for key, rule in SUBSTRATE_NUMBERS}
+    out.update({key: _flag(sub, key) for key in SUBSTRATE_FLAGS})
+    return out
+
+
+def config_problems(cfg: dict) -> list[ConfigError]:
+    """Every problem of the LLM keys of a composed config (model, GPU, the substrate's numbers and
+    flags), one ConfigError each; cross-checks that need the values (the weights fit, the Poisson
+    truncation, the initial batch) are :func:`build_llm`'s."""
+    problems = []
+    sub = cfg.get("substrate") or {}
+    checks = [lambda: model_spec(cfg), lambda: gpu_spec(cfg)]
+    checks += [lambda key=key, rule=rule: _number(sub, key, **rule) for key, rule in SUBSTRATE_NUMBERS]
+    checks += [lambda key=key: _flag(sub, key) for key in SUBSTRATE_FLAGS]
+    for check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            problems.append(exc)
+    return problems
+
+
 def build_llm(cfg: dict) -> LLMModel:
     """Composed plain config (``substrate`` = llm, ``model``, ``gpu``, ``topology``) -> LLMModel."""
     sub = cfg.get("substrate") or {}
     if sub.get("name") != "llm":
         raise ConfigError("substrate", sub.get("name"), "llm for this experiment (substrate=llm)")
     model, gpu = model_spec(cfg), gpu_spec(cfg)
-    s = {"substrate": sub}
     seed = int(cfg.get("seed", 0))
     dt = num(cfg, "dt", 0, strict=True, what="a time step (s)")
-    n_gpus = num(s, "substrate.gpus_per_model", 1, integer=True, what="GPUs per model instance")
-    util = num(s, "substrate.gpu_memory_utilization", 0, 1, strict=True, what="a fraction of HBM")
+    v = read_numbers(sub)
+    n_gpus, util = v["gpus_per_model"], v["gpu_memory_utilization"]
     cap = check_fits(model, gpu, n_gpus, util)
-    if sub.get("kv_capacity_tokens") is not None:
-        cap_o = num(s, "substrate.kv_capacity_tokens", 1, what="KV capacity (tokens)")
+    if v["kv_capacity_tokens"] is not None:
+        cap_o = v["kv_capacity_tokens"]
         if cap_o > cap:
             raise ConfigError("substrate.kv_capacity_tokens", cap_o, f"at most the derived capacity {cap:.0f} tokens")
         cap = cap_o
     cap = float(math.floor(cap))
     l_max = float(model.max_context)
-    slots = num(s, "substrate.chain_slots", 1, integer=True, what="chain slots per model")
-    max_batch = num(s, "substrate.max_batch", 1, integer=True, what="a batch size")
-    q_slots = num(s, "substrate.queue_slots", 1, integer=True, what="queue slots per model")
+    slots, max_batch, q_slots = v["chain_slots"], v["max_batch"], v["queue_slots"]
 
-    rate = num(s, "substrate.arrivals.rate_per_s", 0, what="an arrival rate (requests/s per model instance)")
-    a_max = num(s, "substrate.arrivals.max_per_step", 1, integer=True, what="arrivals per step")
+    rate, a_max = v["arrivals.rate_per_s"], v["arrivals.max_per_step"]
     tail = poisson_tail(rate * dt, a_max)
     if tail > POISSON_TAIL:
         raise ConfigError(
@@ -118,49 +196,31 @@ def build_llm(cfg: dict) -> LLMModel:
             f"enough for rate_per_s x dt = {rate} x {dt} = {rate * dt:.3g} arrivals per step (P(more) = {tail:.2g} > "
             f"{POISSON_TAIL:g}); raise it or lower dt",
         )
-    p_med = num(s, "substrate.arrivals.prompt_median_tokens", 1, what="a median prompt length (tokens)")
-    o_med = num(s, "substrate.arrivals.output_median_tokens", 1, what="a median output length (tokens)")
-    p_sig = num(s, "substrate.arrivals.prompt_sigma", 0, what="a lognormal shape")
-    o_sig = num(s, "substrate.arrivals.output_sigma", 0, what="a lognormal shape")
-    p_tool = num(s, "substrate.tools.p_per_token", 0, 1, what="a probability per token")
-    latency = num(s, "substrate.tools.latency_s", 0, what="a tool latency (s)")
-    r_tool = num(s, "substrate.tools.tokens", 0, integer=True, what="tokens appended per tool call")
-    m_thr = num(s, "substrate.memory.threshold_tokens", 0, what="a history length (tokens; 0 = off)")
-    m_fac = num(s, "substrate.memory.factor", 1, strict=True, what="a compression factor")
-    m_cost = num(s, "substrate.memory.cost_fraction", 0, what="a cost fraction")
-    f_prob = num(s, "substrate.agent.followup_prob", 0, 1, what="a probability")
-    turns = num(s, "substrate.agent.max_turns", 1, integer=True, what="turns per conversation")
-    f_tok = num(s, "substrate.agent.followup_tokens", 0, integer=True, what="tokens per follow-up")
-    hops = num(s, "substrate.agent.hops", 1, integer=True, what="models per agentic chain")
-    h_tok = num(s, "substrate.agent.handoff_tokens", 0, integer=True, what="tokens per hand-off")
-    routing = sub.get("routing")
-    if not isinstance(routing, bool):
-        raise ConfigError("substrate.routing", routing, "true or false")
-    prices = {k: num(s, f"substrate.prices.{k}", 0, what="a price >= 0")
-              for k in ("usd_per_1m_input", "usd_per_1m_output", "usd_per_kwh")}
-    temp = num(s, "substrate.temperature_k", 0, strict=True, what="a temperature (K)")
-    bits = sub.get("landauer_bits_per_unit")
-    bits = model.bits_per_token if bits is None else num(s, "substrate.landauer_bits_per_unit", 0, strict=True,
-                                                          what="bits per token")
+    p_med, o_med = v["arrivals.prompt_median_tokens"], v["arrivals.output_median_tokens"]
+    p_sig, o_sig = v["arrivals.prompt_sigma"], v["arrivals.output_sigma"]
+    p_tool, latency, r_tool = v["tools.p_per_token"], v["tools.latency_s"], v["tools.tokens"]
+    m_thr, m_fac, m_cost = v["memory.threshold_tokens"], v["memory.factor"], v["memory.cost_fraction"]
+    f_prob, turns, f_tok = v["agent.followup_prob"], v["agent.max_turns"], v["agent.followup_tokens"]
+    hops, h_tok = v["agent.hops"], v["agent.handoff_tokens"]
+    routing = v["routing"]
+    prices = {k: v[f"prices.{k}"] for k in ("usd_per_1m_input", "usd_per_1m_output", "usd_per_kwh")}
+    temp = v["temperature_k"]
+    bits = model.bits_per_token if v["landauer_bits_per_unit"] is None else v["landauer_bits_per_unit"]
 
     graph = build_graph(cfg["topology"], seed=seed)
     n = graph.number_of_nodes()
     src, dst = edge_arrays(graph)
 
     # initial requests (serving calculator, agent loops)
-    n_act = num(s, "substrate.initial.active", 0, integer=True, what="initial chains per model")
-    n_q = num(s, "substrate.initial.queued", 0, integer=True, what="initial queued requests per model")
-    p0 = num(s, "substrate.initial.prompt_tokens", 1, integer=True, what="a prompt length (tokens)")
-    o0 = num(s, "substrate.initial.output_tokens", 1, what="an output length (tokens)")
+    n_act, n_q = v["initial.active"], v["initial.queued"]
+    p0, o0 = v["initial.prompt_tokens"], v["initial.output_tokens"]
     if n_act > slots:
         raise ConfigError("substrate.initial.active", n_act, f"at most substrate.chain_slots={slots}")
     if n_act > max_batch:
         raise ConfigError("substrate.initial.active", n_act, f"at most substrate.max_batch={max_batch}")
     if n_q > q_slots:
         raise ConfigError("substrate.initial.queued", n_q, f"at most substrate.queue_slots={q_slots}")
-    freeze = sub.get("freeze_context", False)
-    if not isinstance(freeze, bool):
-        raise ConfigError("substrate.freeze_context", freeze, "true or false")
+    freeze = v["freeze_context"]
     if not freeze and p0 + o0 > l_max and (n_act or n_q):
         raise ConfigError("substrate.initial.prompt_tokens", p0,
                           f"prompt + output <= max_context {l_max:.0f} of {model.name} (output {o0:g})")

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
 from sim import rng
-from sim.kernels.ops import run_processes
+from sim.kernels.ops import rowsum, run_processes
 from sim.pytree import replace
 
 # Draw purposes of the LLM engine (100-119 reserved for sim.llm; never renumber).
@@ -54,7 +54,7 @@ _U_MIN = 1e-12  # keep ndtri finite
 
 def cell_compute(state, params):
     """Live GPUs per cell and the cell's peak FLOP/s and bandwidth."""
-    n_gpu = jnp.sum(state.gpus.alive, axis=1).astype(params.peak_flops.dtype)
+    n_gpu = rowsum(state.gpus.alive).astype(params.peak_flops.dtype)
     n_gpu = jnp.where(state.cells.alive, n_gpu, 0.0)
     return n_gpu, params.peak_flops * n_gpu, params.bandwidth * n_gpu
 
@@ -78,9 +78,11 @@ def clip_lengths(prompt, target, l_max):
 
 
 def compress(history, params):
-    """Memory module on a history: above the threshold it becomes round(h / factor) (>= 1)."""
+    """Memory module on a history: above the threshold it becomes round(h / factor) (>= 1), never
+    more than it was (rounding a non-whole history, as frozen contexts make, could otherwise grow
+    it and book a negative removal; whole histories are unaffected)."""
     on = (params.mem_threshold > 0) & (history > params.mem_threshold)
-    new = jnp.where(on, jnp.maximum(jnp.round(history / params.mem_factor), 1.0), history)
+    new = jnp.where(on, jnp.minimum(jnp.maximum(jnp.round(history / params.mem_factor), 1.0), history), history)
     cost = jnp.where(on, params.mem_cost * prefill_flops(params, history), 0.0)
     return new, on, cost
 
@@ -101,8 +103,8 @@ def poisson_count(u, lam, kmax: int):
 def free_capacity(state):
     """Tokens of KV a cell could still promise: capacity - reservations - queued demand."""
     ch, q = state.chains, state.queue
-    reserved = jnp.sum(jnp.where(ch.active, ch.base + ch.target, 0.0), axis=1)
-    queued = jnp.sum(jnp.where(q.active, q.prompt + q.target, 0.0), axis=1)
+    reserved = rowsum(jnp.where(ch.active, ch.base + ch.target, 0.0))
+    queued = rowsum(jnp.where(q.active, q.prompt + q.target, 0.0))
     free = state.cells.kv_capacity - reserved - queued
     return jnp.where(state.cells.alive, free, -jnp.inf)
 
@@ -167,7 +169,7 @@ def enqueue(state, entries: dict, tcell, valid, cands):
     tc = tc.reshape(-1)
     valid = valid.reshape(-1)
     m = tc.shape[0]
-    n_free = jnp.sum(~q.active, axis=1)
+    n_free = rowsum(~q.active)
     slot_order = kth_free(q.active)
     ok = valid & (rank < n_free[tc])
     slot = slot_order[tc, jnp.clip(rank, 0, nq - 1)]
@@ -203,20 +205,20 @@ def tools(state, params, key=None):
     waiting = ch.active & (ch.tool_wait > 0)
     tw = jnp.where(waiting, ch.tool_wait - 1, ch.tool_wait)
     ret = waiting & (tw == 0)
-    reserved = jnp.sum(jnp.where(ch.active, ch.base + ch.target, 0.0), axis=1)
+    reserved = rowsum(jnp.where(ch.active, ch.base + ch.target, 0.0))
     room = cells.kv_capacity - reserved
     want = jnp.where(ret, jnp.clip(params.l_max - (ch.base + ch.target), 0.0, params.r_tool), 0.0)
     before = jnp.cumsum(want, axis=1) - want
     got = jnp.clip(room[:, None] - before, 0.0, want)
     flops = jnp.where(ret, prefill_flops(params, got, ch.base + ch.out), 0.0)
     _, f_cell, _ = cell_compute(state, params)
-    f_sum = jnp.sum(flops, axis=1)
+    f_sum = rowsum(flops)
     debt = cells.debt_s + jnp.where(f_cell > 0, f_sum / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
-    got_sum = jnp.sum(got, axis=1)
+    got_sum = rowsum(got)
     led = replace(
         led,
         tool_tokens=led.tool_tokens + got_sum,
-        tool_truncated=led.tool_truncated + jnp.sum(want - got, axis=1),
+        tool_truncated=led.tool_truncated + rowsum(want - got),
         flops_prefill=led.flops_prefill + f_sum,
     )
     ch = replace(ch, tool_wait=tw, base=ch.base + got)
@@ -231,12 +233,12 @@ def memory(state, params, key=None):
     removed = jnp.where(on, ch.base - new_base, 0.0)
     cost = jnp.where(on, cost, 0.0)
     _, f_cell, _ = cell_compute(state, params)
-    c_sum = jnp.sum(cost, axis=1)
-    r_sum = jnp.sum(removed, axis=1)
+    c_sum = rowsum(cost)
+    r_sum = rowsum(removed)
     debt = cells.debt_s + jnp.where(f_cell > 0, c_sum / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
     led = replace(
         led,
-        compressions=led.compressions + jnp.sum(on, axis=1).astype(led.compressions.dtype),
+        compressions=led.compressions + rowsum(on).astype(led.compressions.dtype),
         tokens_removed=led.tokens_removed + r_sum,
         flops_memory=led.flops_memory + c_sum,
     )
@@ -308,10 +310,10 @@ def admission(state, params, key=None):
     act_s = take(q.active)
     prompt_s = take(q.prompt)
     need_s = jnp.where(act_s, prompt_s + take(q.target), 0.0)
-    reserved = jnp.sum(jnp.where(ch.active, ch.base + ch.target, 0.0), axis=1)
+    reserved = rowsum(jnp.where(ch.active, ch.base + ch.target, 0.0))
     room = cells.kv_capacity - reserved
     n_gpu, f_cell, _ = cell_compute(state, params)
-    n_active = jnp.sum(ch.active, axis=1)
+    n_active = rowsum(ch.active)
     limit = jnp.minimum(ns - n_active, jnp.maximum(params.max_batch - n_active, 0))
     k = jnp.arange(nq)
     adm_s = (
@@ -342,14 +344,14 @@ def admission(state, params, key=None):
         turn=fill(ch.turn, q.turn),
         hop=fill(ch.hop, q.hop),
     )
-    n_adm = jnp.sum(adm_s, axis=1)
+    n_adm = rowsum(adm_s)
     admitted_q = jnp.zeros_like(q.active).at[jnp.arange(n)[:, None], order].set(adm_s)
     clear = lambda x: jnp.where(admitted_q, jnp.zeros_like(x), x)  # noqa: E731
     q = replace(q, active=q.active & ~admitted_q, prompt=clear(q.prompt), target=clear(q.target),
                 born=clear(q.born), turn=clear(q.turn), hop=clear(q.hop), seq=clear(q.seq))
     p_adm = jnp.where(adm_s, prompt_s, 0.0)
-    flops = jnp.sum(jnp.where(adm_s, prefill_flops(params, prompt_s), 0.0), axis=1)
-    tokens = jnp.sum(p_adm, axis=1)
+    flops = rowsum(jnp.where(adm_s, prefill_flops(params, prompt_s), 0.0))
+    tokens = rowsum(p_adm)
     debt = cells.debt_s + jnp.where(f_cell > 0, flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
     led = replace(
         led,
@@ -367,9 +369,9 @@ def decode(state, params, key):
     n_gpu, f_cell, bw_cell = cell_compute(state, params)
     on = n_gpu > 0
     dec = ch.active & (ch.tool_wait == 0)
-    b = jnp.sum(dec, axis=1).astype(ch.base.dtype)
+    b = rowsum(dec).astype(ch.base.dtype)
     ctx = ch.base + ch.out
-    s = jnp.sum(jnp.where(dec, ctx, 0.0), axis=1)
+    s = rowsum(jnp.where(dec, ctx, 0.0))
     busy = on & (b > 0)
     f_safe = jnp.where(on, f_cell, 1.0)
     bw_safe = jnp.where(on, bw_cell, 1.0)
@@ -390,7 +392,7 @@ def decode(state, params, key):
     p_call = -jnp.expm1(gain * jnp.log1p(-params.p_tool))
     call = dec & ~fin & (params.p_tool > 0) & (gain > 0) & (u < p_call)
     energy = n_gpu * (params.power_prefill * pre + params.power_decode * dec_time + params.power_idle * idle)
-    gain_sum = jnp.sum(gain, axis=1)
+    gain_sum = rowsum(gain)
     led = replace(
         led,
         tokens_out=led.tokens_out + gain_sum,
@@ -400,12 +402,12 @@ def decode(state, params, key):
         decode_s=led.decode_s + n_gpu * dec_time,
         idle_s=led.idle_s + n_gpu * idle,
         energy_j=led.energy_j + energy,
-        tool_calls=led.tool_calls + jnp.sum(call, axis=1).astype(led.tool_calls.dtype),
+        tool_calls=led.tool_calls + rowsum(call).astype(led.tool_calls.dtype),
     )
     ch = replace(ch, out=out, base=base, tool_wait=jnp.where(call, params.tool_steps, ch.tool_wait).astype(ch.tool_wait.dtype))
     cells = replace(
         cells,
-        kv_free=cells.kv_free - jnp.sum(grow, axis=1),
+        kv_free=cells.kv_free - rowsum(grow),
         debt_s=cells.debt_s - pre,
         step_time_s=jnp.where(busy, t, 0.0),
     )
@@ -417,7 +419,7 @@ def finish(state, params, key):
     n, ns = ch.active.shape
     done = ch.active & (ch.out >= ch.target)
     ctx = ch.base + ch.out
-    released = jnp.sum(jnp.where(done, ctx, 0.0), axis=1)
+    released = rowsum(jnp.where(done, ctx, 0.0))
     ids = jnp.arange(n * ns, dtype=jnp.uint32)
     u_f = rng.uniforms(key, state.step, FOLLOWUP, ids).reshape(n, ns)
     u_l = rng.uniforms(key, state.step, FOLLOWUP_LEN, ids).reshape(n, ns)
@@ -438,7 +440,7 @@ def finish(state, params, key):
         out=jnp.where(done, zero, ch.out),
         target=jnp.where(done, zero, ch.target),
     )
-    mem_flops = jnp.sum(jnp.where(comp_on, comp_cost, 0.0), axis=1)
+    mem_flops = rowsum(jnp.where(comp_on, comp_cost, 0.0))
     _, f_cell, _ = cell_compute(state, params)
     cells = replace(
         cells,
@@ -463,22 +465,22 @@ def finish(state, params, key):
     sojourn = jnp.where(complete, (state.step - ch.born).astype(f) * params.dt, 0.0)
     led = replace(
         led,
-        turns_done=led.turns_done + jnp.sum(done, axis=1).astype(f),
-        completed=led.completed + jnp.sum(complete, axis=1).astype(f),
-        sojourn_s=led.sojourn_s + jnp.sum(sojourn, axis=1),
-        handoffs=led.handoffs + jnp.sum(hop, axis=1).astype(f),
+        turns_done=led.turns_done + rowsum(done).astype(f),
+        completed=led.completed + rowsum(complete).astype(f),
+        sojourn_s=led.sojourn_s + rowsum(sojourn),
+        handoffs=led.handoffs + rowsum(hop).astype(f),
         dropped=led.dropped + dropped,
-        compressions=led.compressions + jnp.sum(comp_on, axis=1).astype(f),
-        tokens_removed=led.tokens_removed + jnp.sum(jnp.where(comp_on, history - hist_c, 0.0), axis=1),
+        compressions=led.compressions + rowsum(comp_on).astype(f),
+        tokens_removed=led.tokens_removed + rowsum(jnp.where(comp_on, history - hist_c, 0.0)),
         flops_memory=led.flops_memory + mem_flops,
-        truncated=led.truncated + jnp.sum(jnp.where(nxt, cut, 0.0), axis=1),
+        truncated=led.truncated + rowsum(jnp.where(nxt, cut, 0.0)),
     )
     return replace(state, ledger=led)
 
 
 def in_system(state):
     """Requests per cell in the queue or in a chain slot."""
-    return jnp.sum(state.queue.active, axis=1) + jnp.sum(state.chains.active, axis=1)
+    return rowsum(state.queue.active) + rowsum(state.chains.active)
 
 
 def account(state, params, key=None):

@@ -150,7 +150,8 @@ class ReferenceLLM:
     def compress(self, history: float):
         thr, fac = self.p["mem_threshold"], self.p["mem_factor"]
         if thr > 0 and history > thr:
-            return max(float(np.round(history / fac)), 1.0), True, self.p["mem_cost"] * self.prefill_flops(history)
+            new = min(max(float(np.round(history / fac)), 1.0), history)  # (never grows: see kernels.compress)
+            return new, True, self.p["mem_cost"] * self.prefill_flops(history)
         return history, False, 0.0
 
     def best_neighbour(self, scores, i):

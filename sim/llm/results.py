@@ -58,7 +58,9 @@ UNITS = {
 def to_dataset(llm, result, cfg: dict) -> xr.Dataset:
     rec = result.records
     n_rep, n_t, n_c = rec["in_system"].shape
-    coords = {"replicate": np.arange(n_rep), "time": result.times, "cell": np.arange(n_c)}
+    # replicate r of the run is replicate first_replicate + r of the seed's ensemble (same draws)
+    first = int(cfg.get("first_replicate", 0) or 0)
+    coords = {"replicate": first + np.arange(n_rep), "time": result.times, "cell": np.arange(n_c)}
     data = {}
     for k in RECORD_FIELDS:
         unit, long = UNITS[k]

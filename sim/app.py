@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from sim import runlock
 from sim.config.schema import register
 from sim.errors import ConfigError, NumericalError
-from sim.io import write_json, write_netcdf, write_text
+from sim.io import remove_temporaries, write_json, write_netcdf, write_text
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = tuple(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())) if CONF_DIR.is_dir() else ()
@@ -214,6 +214,8 @@ def resume_run(path, overrides: dict | None = None, *, quiet: bool = False) -> i
             cfg = load_config(ckpt_dir)
             cfg.update(overrides)
             cfg["resume"] = str(ckpt_dir)
+            # a kill during a write left a temporary (never a half file): nobody else is writing here now
+            remove_temporaries(ckpt_dir.parent)
             if not quiet:
                 print(f"resuming {ckpt_dir.parent}", file=sys.stderr)
             return execute(cfg, ckpt_dir.parent, quiet=quiet)

@@ -14,12 +14,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+TEMP_PREFIX = ".tmp-"  # what a temporary of ours is called (and what remove_temporaries removes)
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -32,6 +35,18 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_temporaries(folder) -> list[Path]:
+    """Delete the ``.tmp-*`` files a killed writer left under ``folder`` (recursively); returns them.
+
+    Only for a folder nobody is writing to (``sim.app.resume_run`` calls it under the run lock)."""
+    removed = []
+    for p in sorted(Path(folder).rglob(TEMP_PREFIX + "*")):
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _clean(obj):

@@ -114,9 +114,10 @@ def serving_configs(draw):
     c = dict(
         dt=draw(st.sampled_from([0.005, 0.02, 0.1])),
         max_context=l_max,
-        # KV capacity: derived (~427k tokens) or overridden, down to less than one full context
-        kv=draw(st.one_of(st.just(None), st.integers(max(1, need), max(need, l_max // 2)),
-                          st.integers(max(1, need), max(need, 4 * l_max)))),
+        # KV capacity: derived (~427k tokens) or overridden, down to one full context (the least
+        # the builder accepts: a smaller cache could never admit a full-context request)
+        kv=draw(st.one_of(st.just(None), st.integers(max(need, l_max), max(need, l_max) + l_max // 2),
+                          st.integers(max(need, l_max), max(need, 4 * l_max)))),
         gpu_scale=draw(st.sampled_from([0.02, 1.0, 5.0])),
         max_batch=max_batch,
         prompt_median=draw(st.sampled_from([1, 30, 300, 3000])),

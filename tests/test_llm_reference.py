@@ -17,6 +17,7 @@ OVERRIDES = [
     "substrate=llm", "topology=ring", "topology.n_cells=3", "dt=0.02", "seed=7",
     "substrate.chain_slots=8", "substrate.queue_slots=8", "substrate.max_batch=6",
     "substrate.kv_capacity_tokens=3000",  # small cache: requests wait, routing matters
+    "model.max_context=2048",  # (a cache must hold one full context)
     "substrate.arrivals.rate_per_s=20", "substrate.arrivals.prompt_median_tokens=200",
     "substrate.arrivals.prompt_sigma=0.5", "substrate.arrivals.output_median_tokens=40",
     "substrate.arrivals.output_sigma=0.5",

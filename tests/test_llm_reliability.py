@@ -12,10 +12,7 @@ itself SIGKILL right after a chunk that was not checkpointed.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import pytest
 import xarray as xr
 
 import sim  # noqa: F401  (float64)
+from _support import assert_same_results, run_child
 from sim import checkpoint, engine
 from sim.api import run
 from sim.app import EXIT_CONFIG, EXIT_NUMERICAL, execute, resume_run
@@ -49,23 +47,6 @@ FAULT_RUN = SMALL[:-1] + ["steps=100", "chunk_records=1", "checkpoint_every=1", 
 
 def load(path) -> xr.Dataset:
     return xr.load_dataset(path)
-
-
-def assert_same_results(a: Path, b: Path) -> None:
-    """Bit-identical results.nc (every variable, coordinate and attribute) and summary."""
-    da, db = load(a / "results.nc"), load(b / "results.nc")
-    xr.testing.assert_identical(da, db)
-    for name in list(da.data_vars) + list(da.coords):
-        assert np.array_equal(da[name].values, db[name].values), name
-    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
-    for key in ("wall_s", "compile_s"):
-        sa.pop(key), sb.pop(key)
-    assert sa == sb
-
-
-def run_child(args, timeout=180):
-    env = dict(os.environ, HYDRA_FULL_ERROR="0", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +269,7 @@ REFUSALS = {
     "model_value": (["model.n_layers=0"], ["model.n_layers"]),
     "gpu_value": (["gpu.hbm_gb=-80"], ["gpu.hbm_gb"]),
     "weights_do_not_fit": (["model=llama3_70b", "gpu=a100"], ["model"]),
+    "cache_below_one_context": (["substrate.kv_capacity_tokens=4000"], ["substrate.kv_capacity_tokens"]),
     "flag": (["substrate.routing=3"], ["substrate.routing"]),
     "not_llm": (["substrate=bio"], ["substrate"]),
     "several": (

@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,6 +22,7 @@ import xarray as xr
 from hydra import compose, initialize_config_dir
 
 import sim  # noqa: F401  (float64)
+from _support import assert_same_results, run_child
 import sim.api
 from sim import checkpoint, engine
 from sim.app import CONF_DIR, EXIT_CONFIG, EXIT_NUMERICAL, execute, resume_run
@@ -49,23 +48,6 @@ def compose_cfg(*overrides):
 
 def load(path) -> xr.Dataset:
     return xr.load_dataset(path)
-
-
-def assert_same_results(a: Path, b: Path) -> None:
-    """Bit-identical results.nc data (every variable, coordinate and attribute)."""
-    da, db = load(a / "results.nc"), load(b / "results.nc")
-    xr.testing.assert_identical(da, db)
-    for name in list(da.data_vars) + list(da.coords):
-        assert np.array_equal(da[name].values, db[name].values), name
-    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
-    for key in ("wall_s", "compile_s"):
-        sa.pop(key), sb.pop(key)
-    assert sa == sb
-
-
-def run_child(args, timeout=120):
-    env = dict(os.environ, HYDRA_FULL_ERROR="0", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -297,8 +279,14 @@ def test_resume_in_process_and_of_a_finished_checkpoint(monkeypatch, tmp_path, r
             with pytest.raises(_Stop):
                 execute(compose_cfg(*KILL_RUN), run_dir, quiet=True)
         assert checkpoint.load(run_dir).steps_done == (400 if stop_at == 5 else 600)
+        # what a kill in the middle of writing results.nc or a figure leaves: temporaries, no half files
+        leftovers = [run_dir / ".tmp-results.nc.k1ll3d", run_dir / "figures" / ".tmp-pools.png.k1ll3d"]
+        for p in leftovers:
+            p.parent.mkdir(exist_ok=True)
+            p.write_bytes(b"CDF\x01 half")
         assert resume_run(run_dir, quiet=True) == 0
         assert_same_results(reference, run_dir)
+        assert not any(p.exists() for p in leftovers)
 
 
 def test_resume_refusals(monkeypatch, tmp_path, capsys):

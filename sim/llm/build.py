@@ -183,6 +183,14 @@ def build_llm(cfg: dict) -> LLMModel:
         cap_o = v["kv_capacity_tokens"]
         if cap_o > cap:
             raise ConfigError("substrate.kv_capacity_tokens", cap_o, f"at most the derived capacity {cap:.0f} tokens")
+        if cap_o < model.max_context:
+            # a request of a full context could never be admitted and would block its queue for good;
+            # vLLM refuses to start in that case too (max_model_len larger than the KV cache)
+            raise ConfigError(
+                "substrate.kv_capacity_tokens", cap_o,
+                f"at least max_context={model.max_context} of {model.name} (one full context must fit); "
+                "lower model.max_context to study a smaller cache",
+            )
         cap = cap_o
     cap = float(math.floor(cap))
     l_max = float(model.max_context)

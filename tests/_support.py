@@ -48,3 +48,37 @@ def assert_same_results(a: Path, b: Path) -> None:
     for key in ("wall_s", "compile_s"):
         sa.pop(key), sb.pop(key)
     assert sa == sb
+
+
+class Stop(BaseException):
+    """Stands for a kill in in-process tests (``sim.app.execute`` does not catch BaseException)."""
+
+
+def stop_after_checkpoint(monkeypatch, n_chunks: int) -> None:
+    """Make the run stop (raise :class:`Stop`) right after its checkpoint of chunk ``n_chunks``."""
+    from sim import checkpoint
+
+    original = checkpoint.Checkpointer.__call__
+
+    def call(self, state, done, keys, rec):
+        original(self, state, done, keys, rec)
+        if self.n_chunks == n_chunks:
+            raise Stop
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "__call__", call)
+
+
+# a child `python child.py OVERRIDES` that runs sim like `python -m sim` and SIGKILLs itself
+KILL_BETWEEN_CHECKPOINTS = """
+import os, signal, sys
+import sim.checkpoint as ck
+original = ck.Checkpointer.__call__
+def call(self, state, done, keys, rec):
+    original(self, state, done, keys, rec)
+    if self.n_chunks == 3:  # chunk 3 computed, its checkpoint (after chunk 4) not yet written
+        os.kill(os.getpid(), signal.SIGKILL)
+ck.Checkpointer.__call__ = call
+from sim.app import entry
+sys.argv = ["sim"] + sys.argv[1:]
+entry()
+"""

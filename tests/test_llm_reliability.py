@@ -23,7 +23,9 @@ import pytest
 import xarray as xr
 
 import sim  # noqa: F401  (float64)
-from _support import assert_same_results, run_child
+from _support import Stop as _Stop
+from _support import KILL_BETWEEN_CHECKPOINTS, assert_same_results, run_child
+from _support import stop_after_checkpoint as _stop_after
 from sim import checkpoint, engine
 from sim.api import run
 from sim.app import EXIT_CONFIG, EXIT_NUMERICAL, execute, resume_run
@@ -64,24 +66,9 @@ def reference(tmp_path_factory):
 
 # ------------------------------------------------------------------------------ checkpoint / resume
 
-KILL_AFTER_CHUNK_3 = """
-import os, signal, sys
-import sim.checkpoint as ck
-original = ck.Checkpointer.__call__
-def call(self, state, done, keys, rec):
-    original(self, state, done, keys, rec)
-    if self.n_chunks == 3:  # chunk 3 computed, its checkpoint (after chunk 4) not yet written
-        os.kill(os.getpid(), signal.SIGKILL)
-ck.Checkpointer.__call__ = call
-from sim.app import entry
-sys.argv = ["sim"] + sys.argv[1:]
-entry()
-"""
-
-
 def test_serving_sigkill_and_resume_is_bit_identical(tmp_path, reference):
     script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(KILL_AFTER_CHUNK_3))
+    script.write_text(textwrap.dedent(KILL_BETWEEN_CHECKPOINTS))
     run_dir = tmp_path / "run"
     killed = run_child([str(script), *KILL_RUN, f"hydra.run.dir={run_dir}"])
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -98,21 +85,6 @@ def test_serving_sigkill_and_resume_is_bit_identical(tmp_path, reference):
     assert resumed.returncode == 0, resumed.stderr
     assert_same_results(reference, run_dir)
     assert not (run_dir / "checkpoint").exists()
-
-
-class _Stop(BaseException):
-    """Stands for a kill in in-process tests (execute does not catch BaseException)."""
-
-
-def _stop_after(monkeypatch, n_chunks):
-    original = checkpoint.Checkpointer.__call__
-
-    def call(self, state, done, keys, rec):
-        original(self, state, done, keys, rec)
-        if self.n_chunks == n_chunks:
-            raise _Stop
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "__call__", call)
 
 
 def test_serving_resume_in_process_finished_checkpoint_and_refusals(monkeypatch, tmp_path, reference, capsys):

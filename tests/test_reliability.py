@@ -22,7 +22,9 @@ import xarray as xr
 from hydra import compose, initialize_config_dir
 
 import sim  # noqa: F401  (float64)
-from _support import assert_same_results, run_child
+from _support import Stop as _Stop
+from _support import KILL_BETWEEN_CHECKPOINTS, assert_same_results, run_child
+from _support import stop_after_checkpoint as _stop_after
 import sim.api
 from sim import checkpoint, engine
 from sim.app import CONF_DIR, EXIT_CONFIG, EXIT_NUMERICAL, execute, resume_run
@@ -200,20 +202,6 @@ def test_numerical_failure_exit_code_3_from_the_command_line(tmp_path):
 
 # ------------------------------------------------------------------------------ checkpoint / resume
 
-KILL_BETWEEN_CHECKPOINTS = """
-import os, signal, sys
-import sim.checkpoint as ck
-original = ck.Checkpointer.__call__
-def call(self, state, done, keys, rec):
-    original(self, state, done, keys, rec)
-    if self.n_chunks == 3:  # chunk 3 computed, its checkpoint (after chunk 4) not yet written
-        os.kill(os.getpid(), signal.SIGKILL)
-ck.Checkpointer.__call__ = call
-from sim.app import entry
-sys.argv = ["sim"] + sys.argv[1:]
-entry()
-"""
-
 KILL_WHILE_WRITING_CHECKPOINT = """
 import os, signal, sys
 import numpy as np
@@ -254,21 +242,6 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, reference, child):
     assert resumed.returncode == 0, resumed.stderr
     assert_same_results(reference, run_dir)
     assert not ck_dir.exists()
-
-
-class _Stop(BaseException):
-    """Stands for a kill in in-process tests (execute does not catch BaseException)."""
-
-
-def _stop_after(monkeypatch, n_chunks):
-    original = checkpoint.Checkpointer.__call__
-
-    def call(self, state, done, keys, rec):
-        original(self, state, done, keys, rec)
-        if self.n_chunks == n_chunks:
-            raise _Stop
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "__call__", call)
 
 
 def test_resume_in_process_and_of_a_finished_checkpoint(monkeypatch, tmp_path, reference):

@@ -34,6 +34,8 @@ class RunOutput:
     model: object  # sim.presets.Model (or the experiment's own model object)
     result: object  # engine.RunResult or anything with .error (None if it succeeded)
     figures: object = None  # optional callable(out_dir) -> list of paths; default: run figures
+    files: object = None  # optional callable(out_dir): other outputs (tables), written even with figures=false
+    report: str | None = None  # optional text the command line prints before the summary (a table)
 
 
 def prepare(cfg):

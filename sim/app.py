@@ -138,6 +138,7 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
     summary: dict = {"status": "failed"}
     code = 0
     debug = False
+    report = None
     try:
         try:
             plain = as_plain(cfg)
@@ -150,8 +151,11 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
         summary["experiment"] = plain.get("experiment", {}).get("name")
         summary["substrate"] = plain.get("substrate", {}).get("name")
         summary["backend"] = plain.get("backend")
+        report = getattr(output, "report", None)
         if output.dataset is not None:
             write_netcdf(out_dir / "results.nc", output.dataset)
+        if getattr(output, "files", None) is not None:
+            output.files(out_dir)
         if plain.get("figures", True):
             if getattr(output, "figures", None) is not None:
                 output.figures(out_dir)
@@ -179,6 +183,8 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
     if code == 0:
         clear(out_dir)  # the results hold everything the checkpoint held
         if not quiet:
+            if report:
+                print(report, end="" if report.endswith("\n") else "\n")
             print_summary(summary, out_dir)
     return code
 

@@ -179,3 +179,25 @@ def test_transport_alone_conserves_every_species(loss):
             assert lost.sum() > 0
         arrived = led.transported_out.sum() - lost[ATP]
         np.testing.assert_allclose(led.transported_in.sum(), arrived, rtol=1e-12)
+
+
+def test_biogenesis_books_the_energy_of_the_atp_it_hydrolyses():
+    """Every ATP spent is on the energy ledger: a producer birth releases cost x |dG| x volume (J)
+    as heat, like the consumers' and repair's ATP (it once only reached the currency ledger)."""
+    from sim.kernels.fate import producer_biogenesis
+    from sim.kernels.thermo import dg_atp_kj
+    from sim.pytree import replace
+
+    model = build(tissue_config(n_cells=6))
+    p = replace(model.params, birth_rate=1e6)  # a birth in every cell with a free slot
+    s0 = jax.tree_util.tree_map(jax.numpy.asarray, model.state)
+    s1 = producer_biogenesis(s0, p, jax.random.PRNGKey(0))
+    born = np.asarray(s1.ledger.births - s0.ledger.births)
+    assert born.sum() >= 2
+    pools = np.asarray(s0.cells.pools)
+    abs_dg = np.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], float(p.dg0_kj), float(p.temperature_k), xp=np))
+    expected = born * float(p.birth_cost) * abs_dg * float(p.volume_l)
+    for name, sign in (("heat_j", 1), ("hydrolysis_energy_j", 1), ("stored_energy_j", -1)):
+        got = np.asarray(getattr(s1.ledger, name) - getattr(s0.ledger, name))
+        np.testing.assert_allclose(got, sign * expected, rtol=1e-12, atol=0)
+    assert expected.max() > 0

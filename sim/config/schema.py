@@ -68,6 +68,7 @@ class RunSchema:
     roofline: Any = None
     serving: Any = None
     cascade: Any = None
+    analogy: Any = None  # experiment=analogy: step, windows, cascade lengths and the LLM preset
 
 
 def register() -> None:

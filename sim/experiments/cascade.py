@@ -147,6 +147,34 @@ def chain_costs(cfg: dict, model: specs.ModelSpec) -> dict:
     }
 
 
+def plain_chain_costs(c0, c1, lengths, *, chain_steps: int = 400, dt: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Currency per finished chain for each length ``L`` of a plain series (no tools, no memory,
+    no early termination), run on the same chain kernel as :func:`chain_costs`: one chain per
+    length from 0 to ``L`` units in ``chain_steps`` elongation steps, the unit at context ``l``
+    costing ``c0 + c1 l`` (``c0``, ``c1``: scalars or one value per length). The result is the
+    ledger's elongation spending, ``c0 L + c1 L^2 / 2`` up to the step discretisation (exact for
+    ``c1 = 0``). Used by ``experiment=analogy`` for its cascade exponents."""
+    length = np.asarray(lengths, float)
+    n = length.size
+    if n == 0 or np.any(~np.isfinite(length)) or np.any(length <= 0):
+        raise ValueError(f"lengths must be finite and > 0, got {lengths!r}")
+    params = ck._as_params(dict(
+        dt=dt, rate=length / (chain_steps * dt), c0=np.broadcast_to(np.asarray(c0, float), (n,)),
+        c1=np.broadcast_to(np.asarray(c1, float), (n,)), p_stop=np.zeros(n), n_max=length, l0=np.zeros(n),
+        init_rate=np.zeros(n), init_cost=np.zeros(n), p_tool=np.zeros(n), tool_steps=1, r_tool=np.zeros(n),
+        mem_threshold=np.zeros(n), mem_factor=np.full(n, 2.0), mem_cost=np.zeros(n),
+    ))
+    chains, ledger = ck.empty(n, 1)
+    chains = dataclasses.replace(chains, active=np.ones((n, 1), bool))
+    every = max(1, chain_steps // 20)
+    key = replicate_keys(int(seed), 1)[0]
+    _, led, _ = _run_chains(chains, ledger, params, key, -(-(chain_steps + 1) // every), every)
+    led = jax.device_get(led)
+    if not np.all(np.asarray(led.delivered) == 1):
+        raise RuntimeError(f"plain chains did not finish in {chain_steps} steps")
+    return np.asarray(led.elongation_spent, float)
+
+
 def roofline_time(model, gpu, lengths) -> np.ndarray:
     """s to decode a chain of L tokens alone (batch 1) on the roofline: sum over its tokens."""
     out = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sim import rng
-from sim.kernels.thermo import energy_charge
+from sim.kernels.thermo import dg_atp_kj, energy_charge
 from sim.pytree import replace
 from sim.state import ADP, AMP, ATP, PI
 
@@ -50,11 +50,19 @@ def producer_biogenesis(state, params, key):
     slot = jnp.argmax(free, axis=1)
     new_mask = born[:, None] & (jnp.arange(p)[None, :] == slot[:, None])
     cost = jnp.where(born, params.birth_cost, 0.0)
+    # the ATP hydrolysed for the new producer releases |dG| per mol and ends as heat, booked like
+    # the consumers' and repair's (sim.kernels.metabolism), so the energy ledger covers every ATP spent
+    abs_dg = jnp.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], params.dg0_kj, params.temperature_k))
+    energy = cost * abs_dg * params.volume_l
     new_pools = pools.at[:, ATP].add(-cost).at[:, ADP].add(cost).at[:, PI].add(cost)
+    led = state.ledger
     led = replace(
-        state.ledger,
-        births=state.ledger.births + born.astype(state.ledger.births.dtype),
-        birth_spent=state.ledger.birth_spent + cost,
+        led,
+        births=led.births + born.astype(led.births.dtype),
+        birth_spent=led.birth_spent + cost,
+        heat_j=led.heat_j + energy,
+        hydrolysis_energy_j=led.hydrolysis_energy_j + energy,
+        stored_energy_j=led.stored_energy_j - energy,
     )
     prod = replace(prod, alive=prod.alive | new_mask, health=jnp.where(new_mask, 1.0, prod.health))
     return replace(state, producers=prod, cells=replace(cells, pools=new_pools), ledger=led)

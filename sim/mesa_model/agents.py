@@ -365,10 +365,8 @@ class CellAgent(FixedAgent):
         dt = q.dt
         pools = self._pools
         s, a, d, pi = pools[GLC], pools[ATP], pools[ADP], pools[PI]
-        ratio = ((d if d > TINY_MM else TINY_MM) * 1e-3) * ((pi if pi > TINY_MM else TINY_MM) * 1e-3)
-        ratio = ratio / ((a if a > TINY_MM else TINY_MM) * 1e-3)
         rt = q.rt
-        abs_dg = abs(q.dg0 + rt * log(ratio))
+        abs_dg = self._abs_dg()
 
         uptake = q.uptake_scale * self._uptake_rate * (q.ext - s) * dt
         if uptake < -s:
@@ -592,6 +590,14 @@ class CellAgent(FixedAgent):
             self._failures += fails
             self._living = [p for p in self._living if p._alive]
 
+    def _abs_dg(self) -> float:
+        """|dG_ATP| in kJ/mol at the current pools (sim.kernels.thermo.dg_atp_kj)."""
+        q, pools = self._q, self._pools
+        a, d, pi = pools[ATP], pools[ADP], pools[PI]
+        ratio = ((d if d > TINY_MM else TINY_MM) * 1e-3) * ((pi if pi > TINY_MM else TINY_MM) * 1e-3)
+        ratio = ratio / ((a if a > TINY_MM else TINY_MM) * 1e-3)
+        return abs(q.dg0 + q.rt * log(ratio))
+
     def biogenesis(self, draws) -> None:
         """A new producer in the first free slot, paid in ATP (-> ADP + Pi)."""
         if not self._alive:
@@ -608,6 +614,10 @@ class CellAgent(FixedAgent):
                 p.revive()
                 self._living = [p for p in self.producers if p._alive]
                 cost = q.birth_cost
+                energy = cost * self._abs_dg() * q.volume  # hydrolysed ATP: released, ends as heat
+                self._heat_j += energy
+                self._hydrolysis_energy_j += energy
+                self._stored_energy_j -= energy
                 pools[ATP] = a + -cost
                 pools[ADP] = d + cost
                 pools[PI] = pools[PI] + cost

@@ -61,3 +61,15 @@ def test_refuses_negative_arrival_rate():
 def test_refuses_poisson_truncation():
     with pytest.raises(ConfigError, match="max_per_step"):
         build_llm(compose(["experiment=serving", "substrate.arrivals.rate_per_s=5000"]))
+
+
+def test_a_full_queue_growing_beyond_the_limit_is_unstable_without_drops(steady):
+    """Beyond the limit the queue grows by the excess of arrivals over service, however much it
+    already holds: 3,000 queued at the start and 1.3x the fluid limit, no drops (room for 4,096),
+    the queue grows ~400 over the window (well under half the ~2,400 in the system, which the old
+    criterion required) and the run must say it is not stable."""
+    rate = 1.3 * steady.summary["stability_limit_req_per_s"]
+    s = run(compose(BASE + [f"substrate.arrivals.rate_per_s={rate:.3f}", "substrate.queue_slots=4096",
+                            "substrate.initial.queued=3000"])).summary
+    assert s["dropped"] == 0 and s["mean_in_system"] > 2000
+    assert s["stable"] is False and "grew" in s["stability_reason"]

@@ -91,12 +91,12 @@ from sim.kernels.thermo import dg_atp_kj, energy_charge
 from sim.llm import engine as llm_engine
 from sim.llm import results as llm_results
 from sim.llm.build import POISSON_TAIL, build_llm, poisson_tail
+from sim.llm.results import MAX_ACCUMULATION  # requests may grow by <= 5% of the window's arrivals
 from sim.results import summarize as bio_summarize
 from sim.results import to_dataset as bio_dataset
 from sim.state import ADP, AMP, ATP, PI
 
 E_FOLD = 1.0 - math.exp(-1.0)  # 63.2%: the relaxation time of an exponential approach
-MAX_ACCUMULATION = 0.05  # llm: requests in the system may grow by at most 5% of the window's arrivals
 
 # (key, quantity, units, definition); the values are bio_<key> / llm_<key> of the summary
 ROWS = (

@@ -108,11 +108,12 @@ def run(cfg, on_chunk=None, *, run_dir=None) -> RunOutput:
     checkpoints into ``run_dir/checkpoint``; ``cfg['resume']`` (a run folder) continues from its
     checkpoint (the caller passes the checkpoint's stored config, see :func:`sim.app.resume_run`)."""
     plain = as_plain(cfg)
-    # first, before anything starts the JAX backend (sim.determinism); validation refuses a non-bool
-    determinism.configure(plain.get("deterministic_reductions") is True)
     kind = (plain.get("experiment") or {}).get("kind", "tissue")
-    if kind != "tissue":
+    if kind != "tissue":  # (a tissue run configures in prepare, after validating)
         from sim import experiments
+
+        # first, before anything starts the JAX backend (sim.determinism); validation refuses a non-bool
+        determinism.configure(plain.get("deterministic_reductions") is True)
 
         fn = experiments.get(kind)
         if fn is None:

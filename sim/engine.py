@@ -135,15 +135,23 @@ class Guard:
     error: type = NumericalError  # (step, cell, quantity, process, value, replicate) -> the exception
 
 
+def earliest_record(bad_rt: np.ndarray):
+    """(replicate, record) of the earliest bad record, from a ``(R, T)`` mask (ties: lowest
+    replicate), or None when nothing is bad."""
+    if not bad_rt.any():
+        return None
+    n_t = bad_rt.shape[1]
+    first_t = np.where(bad_rt.any(axis=1), bad_rt.argmax(axis=1), n_t)
+    r = int(np.argmin(first_t))
+    return r, int(first_t[r])
+
+
 def _first_bad_pool(rec):
     bad = bad_pools(rec["pools"])  # (R, T, C, S)
-    if not bad.any():
+    hit = earliest_record(bad.reshape(bad.shape[0], bad.shape[1], -1).any(axis=2))
+    if hit is None:
         return None
-    n_rep, n_t = bad.shape[:2]
-    per_rt = bad.reshape(n_rep, n_t, -1).any(axis=2)
-    first_t = np.where(per_rt.any(axis=1), per_rt.argmax(axis=1), n_t)
-    r = int(np.argmin(first_t))
-    t = int(first_t[r])
+    r, t = hit
     cell, sp = map(int, np.argwhere(bad[r, t])[0])
     return r, t, cell, SPECIES[sp], float(rec["pools"][r, t, cell, sp])
 

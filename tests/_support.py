@@ -31,10 +31,19 @@ def quiet_bio_substrate(**chains) -> dict:
     return sub
 
 
-def run_child(args, timeout=180):
-    """``python ARGS`` in the repository root (a fresh process: JAX on CPU, Hydra's short errors)."""
-    env = dict(os.environ, HYDRA_FULL_ERROR="0", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def child_env(drop=(), **extra) -> dict:
+    """The environment of a child process: this one's without the names in ``drop``, JAX on CPU,
+    Hydra's short errors, this checkout importable from any working directory, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(HYDRA_FULL_ERROR="0", JAX_PLATFORMS="cpu", PYTHONPATH=path, **extra)
+    return env
+
+
+def run_child(args, timeout=180, cwd=ROOT, env=None):
+    """``python ARGS`` in a fresh process (in ``cwd``, with ``env`` or :func:`child_env`)."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env or child_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def assert_same_results(a: Path, b: Path) -> None:

@@ -10,13 +10,11 @@ exit code and stderr. A representative subset also runs as separate ``python -m 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from _support import run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["steps=20", "record_every=10", "replicates=1", "figures=false"]
@@ -89,9 +87,7 @@ def _files(tmp: Path) -> None:
 
 
 def _run(args, cwd, timeout=120, module=True):
-    env = dict(os.environ, HYDRA_FULL_ERROR="0", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "sim", *args] if module else [sys.executable, *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_child(["-m", "sim", *args] if module else list(args), timeout=timeout, cwd=cwd)
 
 
 DRIVER = """

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,10 +19,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from _support import child_env, run_child
 import sim.api
 from sim import determinism
 
-ROOT = Path(__file__).resolve().parent.parent
 # a small stochastic tissue: producers fail and are rebuilt and cells die, so the draws matter
 TISSUE = ["topology=ring", "topology.n_cells=4", "+params.hazard0=0.5", "+params.birth_rate=2.0", "seed=11",
           "steps=200", "record_every=10", "chunk_records=20", "figures=false"]
@@ -38,10 +36,8 @@ SERVING = ["experiment=serving", "topology=ring", "topology.n_cells=3", "steps=6
 
 
 def _cli(args, out: Path, base=TISSUE):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the run must set the flag itself
-    env.update(HYDRA_FULL_ERROR="0", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "sim", *base, *args, f"hydra.run.dir={out}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # no inherited XLA_FLAGS: the run must set the no-FMA flag itself
+    return run_child(["-m", "sim", *base, *args, f"hydra.run.dir={out}"], timeout=300, env=child_env(drop=("XLA_FLAGS",)))
 
 
 @pytest.fixture(scope="module")

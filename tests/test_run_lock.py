@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from _support import child_env, run_child
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -45,13 +46,8 @@ def compose_cfg(*overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def _env():
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return dict(os.environ, HYDRA_FULL_ERROR="0", JAX_PLATFORMS="cpu", PYTHONPATH=path)
-
-
 def _sim(args, cwd=ROOT, timeout=300):
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return run_child(args, timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture
@@ -62,7 +58,7 @@ def holder(tmp_path):
     def start(run_dir: Path) -> subprocess.Popen:
         script = tmp_path / "holder.py"
         script.write_text(textwrap.dedent(HOLDER))
-        proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], cwd=ROOT, env=_env(),
+        proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], cwd=ROOT, env=child_env(),
                                 stdout=subprocess.PIPE, text=True)
         children.append(proc)
         assert proc.stdout.readline().strip() == "locked"
@@ -154,7 +150,7 @@ def test_resume_refused_while_the_folder_is_held_and_proceeds_after_sigkill(monk
     _one_refusal(capsys.readouterr().err, "hydra.run.dir", run_dir, proc.pid)
     # the command line: `python -m sim resume=RUN_DIR` and a fresh run aimed at the same folder
     cli = {
-        key: subprocess.Popen([sys.executable, "-m", "sim", *args], cwd=ROOT, env=_env(), text=True,
+        key: subprocess.Popen([sys.executable, "-m", "sim", *args], cwd=ROOT, env=child_env(), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for key, args in (("resume", [f"resume={run_dir}"]), ("hydra.run.dir", [*TINY, f"hydra.run.dir={run_dir}"]))
     }
@@ -199,7 +195,7 @@ def test_python_m_sim_writes_the_hydra_files_atomically_with_hydras_content(tmp_
     through sim.io (a temporary next to each, renamed onto it), with the content Hydra writes."""
     script, log, run_dir = tmp_path / "spy.py", tmp_path / "replace.log", tmp_path / "run"
     script.write_text(textwrap.dedent(SPY))
-    env = dict(_env(), REPLACE_LOG=str(log))
+    env = child_env(REPLACE_LOG=str(log))
     res = subprocess.run([sys.executable, str(script), *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

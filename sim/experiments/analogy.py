@@ -90,7 +90,7 @@ from sim.experiments.cascade import fit_exponent, plain_chain_costs
 from sim.kernels.thermo import dg_atp_kj, energy_charge
 from sim.llm import engine as llm_engine
 from sim.llm import results as llm_results
-from sim.llm.build import POISSON_TAIL, build_llm, poisson_tail
+from sim.llm.build import POISSON_TAIL, build_llm, num, poisson_tail
 from sim.llm.results import MAX_ACCUMULATION  # requests may grow by <= 5% of the window's arrivals
 from sim.results import summarize as bio_summarize
 from sim.results import to_dataset as bio_dataset
@@ -141,19 +141,6 @@ ROWS = (
 # ---- config --------------------------------------------------------------------------------------
 
 
-def _number(node: dict, key: str, *, strict_min=None, minimum=None, prefix="analogy") -> float:
-    v = node.get(key) if isinstance(node, dict) else None
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-    if ok and strict_min is not None and not v > strict_min:
-        ok = False
-    if ok and minimum is not None and v < minimum:
-        ok = False
-    if not ok:
-        rng = f" > {strict_min:g}" if strict_min is not None else (f" >= {minimum:g}" if minimum is not None else "")
-        raise ConfigError(f"{prefix}.{key}", v, f"a finite number{rng}")
-    return float(v)
-
-
 def _records(key: str, seconds: float, rec_dt: float) -> int:
     n = int(round(seconds / rec_dt))
     if n < 1 or abs(n * rec_dt - seconds) > 1e-9 * max(seconds, rec_dt):
@@ -166,9 +153,9 @@ def options(cfg: dict) -> dict:
     a = cfg.get("analogy")
     if not isinstance(a, dict):
         raise ConfigError("analogy", a, "the analogy options (experiment=analogy sets them)")
-    out = {"step_factor": _number(a, "step_factor", strict_min=0.0)}
+    out = {"step_factor": num(cfg, "analogy.step_factor", 0, strict=True, what="a finite number")}
     for key in ("step_time_s", "after_s", "window_s"):
-        out[key] = _number(a, key, strict_min=0.0)
+        out[key] = num(cfg, f"analogy.{key}", 0, strict=True, what="a finite number")
     c = a.get("cascade")
     if not isinstance(c, dict):
         raise ConfigError("analogy.cascade", c, "a mapping with bio_lengths, llm_lengths, short_max_tokens, long_min_tokens")
@@ -179,7 +166,7 @@ def options(cfg: dict) -> dict:
             raise ConfigError(f"analogy.cascade.{key}", v, "a list of at least 4 lengths > 0")
         out[key] = np.asarray(v, float)
     for key in ("short_max_tokens", "long_min_tokens"):
-        out[key] = _number(c, key, strict_min=0.0, prefix="analogy.cascade")
+        out[key] = num(cfg, f"analogy.cascade.{key}", 0, strict=True, what="a finite number")
     llm_l = out["llm_lengths"]
     if (llm_l <= out["short_max_tokens"]).sum() < 2:
         raise ConfigError("analogy.cascade.short_max_tokens", c["short_max_tokens"], "at least 2 llm_lengths up to it")

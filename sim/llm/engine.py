@@ -33,6 +33,7 @@ from sim.engine import (
     cached_executable,
     chunk_length,
     drive_chunks,
+    earliest_record,
     locate_failure,
     replicate_keys,
     scan_records,
@@ -179,12 +180,10 @@ def _first_bad(rec: dict, capacity, start_ledger: dict):
     any_rt = np.zeros(rec["kv_free"].shape[:2], bool)
     for bad, _ in masks.values():
         any_rt |= bad.any(axis=2)
-    if not any_rt.any():
+    hit = earliest_record(any_rt)
+    if hit is None:
         return None
-    n_t = any_rt.shape[1]
-    first_t = np.where(any_rt.any(axis=1), any_rt.argmax(axis=1), n_t)
-    r = int(np.argmin(first_t))
-    t = int(first_t[r])
+    r, t = hit
     name, c, value = _first(masks, (r, t))
     return r, t, c, name, value
 

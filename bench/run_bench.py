@@ -48,17 +48,18 @@ def agents_per_cell(model) -> float:
 def time_jax(model, steps: int, replicates: int = 1, dtype=np.float64, repeats: int = 3) -> dict:
     import jax
 
-    from sim import engine
+    from sim.core import engine
+    from sim.substrates.bio import SUBSTRATE as BIO
 
     state = engine.cast(model.state, dtype)
     params = engine.cast(model.params, dtype)
     t0 = time.perf_counter()
-    r = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=replicates)
+    r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=replicates)
     first = time.perf_counter() - t0
     compile_s = r.compile_s
     best = float("inf")
     for _ in range(repeats):
-        r = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=replicates)
+        r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=replicates)
         jax.block_until_ready(r.state)
         best = min(best, r.wall_s)
     return {"s_per_step": best / steps, "compile_s": compile_s, "first_call_s": first}
@@ -121,7 +122,8 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     import jax
 
     import sim  # noqa: F401  (x64 on)
-    from sim import engine
+    from sim.core import engine
+    from sim.substrates.bio import SUBSTRATE as BIO
     from sim.presets import build
 
     model = build(bio_cfg(n_cells))
@@ -131,10 +133,10 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     params = engine.cast(model.params, dt)
     nbytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
     ebytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params.edges))
-    r = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=1)
+    r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1)
     best = float("inf")
     for _ in range(5):  # best of 5: this shared 2-core VM is noisy
-        r2 = engine.run(state, params, seed=0, steps=steps, record_every=steps, replicates=1)
+        r2 = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1)
         best = min(best, r2.wall_s)
     rss = peak_rss_mb()
     agents = int(round(agents_per_cell(model) * n_cells))
@@ -234,14 +236,15 @@ def section_edges(n_cells: int, ks) -> list[dict]:
 
 def section_compile_vs_steps(n_cells: int, steps_list) -> list[dict]:
     """Compile time of a run against its number of steps (chunked scan: it must not grow)."""
-    from sim import engine
+    from sim.core import engine
+    from sim.substrates.bio import SUBSTRATE as BIO
     from sim.presets import build
 
     model = build(bio_cfg(n_cells))
     rows = []
     for steps in steps_list:
         engine.clear_caches()
-        r = engine.run(model.state, model.params, seed=0, steps=steps, record_every=10, chunk_records=100)
+        r = engine.run(BIO, model.state, model.params, seed=0, steps=steps, record_every=10, chunk_records=100)
         rows.append({"steps": steps, "compile_s": r.compile_s, "run_s": r.wall_s})
         print(f"  compile {steps:>7} steps: {r.compile_s:.2f} s (run {r.wall_s:.2f} s)")
     return rows
@@ -250,7 +253,8 @@ def section_compile_vs_steps(n_cells: int, steps_list) -> list[dict]:
 def section_experiments() -> list[dict]:
     """Compile time and wall time of every shipped experiment, small sizes (target: compile < 10 s)."""
     import sim.api
-    from sim import engine
+    from sim.core import engine
+    from sim.substrates.bio import SUBSTRATE as BIO
     from sim.llm.build import compose
 
     cases = {
@@ -294,7 +298,8 @@ def section_ensembles(n_cells: int, reps_list) -> list[dict]:
 def section_llm(n_models: int = 64, gpus: int = 8, slots: int = 256, steps: int = 500) -> dict:
     """A serving-sized LLM cluster: ``n_models`` model instances of Llama-3-70B on ``gpus`` H100s
     each (tensor parallel), ``slots`` decode-stream slots each, on a small-world graph with routing."""
-    from sim.llm import engine as llm_engine
+    from sim.core import engine
+    from sim.substrates.llm import SUBSTRATE as LLM
     from sim.llm.build import build_llm, compose
 
     cfg = compose([
@@ -305,8 +310,8 @@ def section_llm(n_models: int = 64, gpus: int = 8, slots: int = 256, steps: int 
     ])
     llm = build_llm(cfg)
     kw = dict(seed=0, steps=steps, record_every=steps, replicates=1)
-    r = llm_engine.run(llm.state, llm.params, **kw)
-    best = min(llm_engine.run(llm.state, llm.params, **kw).wall_s for _ in range(2))
+    r = engine.run(LLM, llm.state, llm.params, **kw)
+    best = min(engine.run(LLM, llm.state, llm.params, **kw).wall_s for _ in range(2))
     agents = n_models * (1 + gpus + slots)
     row = {"models": n_models, "gpus_per_model": gpus, "chain_slots": slots, "agents": agents,
            "s_per_step": best / steps, "agent_updates_per_s": agents * steps / best, "compile_s": r.compile_s,

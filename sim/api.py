@@ -1,4 +1,11 @@
-"""Python API: ``sim.simulate(cfg) -> xarray.Dataset`` and ``run(cfg)`` with everything a run makes."""
+"""Python API: ``sim.simulate(cfg) -> xarray.Dataset`` and ``run(cfg)`` with everything a run makes.
+
+One run path for every substrate (``substrate=bio | llm | generic`` or one a user registered in
+:mod:`sim.substrates`): validate, build, run on the JAX engine (:mod:`sim.core.engine`, with
+checkpoints and resume, :mod:`sim.checkpoint`) or on the plain-Python reference (``backend=mesa``),
+then the substrate's dataset and summary. ``experiment=serving`` is this run on the LLM substrate;
+the other experiments (analogy, cascade, roofline) register in :mod:`sim.experiments`.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,11 @@ import time
 import jax
 import numpy as np
 
-from sim import determinism, engine
-from sim.config.validate import check_stability, validate
+from sim import determinism, substrates
+from sim.core import engine
 from sim.errors import ConfigError, NumericalError
-from sim.presets import build
-from sim.results import summarize, to_dataset
+
+RUN_KINDS = ("tissue", "serving")  # experiment kinds that are a plain run of the configured substrate
 
 
 def as_plain(cfg) -> dict:
@@ -31,132 +38,135 @@ def as_plain(cfg) -> dict:
 class RunOutput:
     dataset: object  # xarray.Dataset (None if nothing was recorded)
     summary: dict
-    model: object  # sim.presets.Model (or the experiment's own model object)
+    model: object  # what the substrate built (or the experiment's own model object)
     result: object  # engine.RunResult or anything with .error (None if it succeeded)
-    figures: object = None  # optional callable(out_dir) -> list of paths; default: run figures
+    figures: object = None  # optional callable(out_dir) -> list of paths; default: the substrate's figures
     files: object = None  # optional callable(out_dir): other outputs (tables), written even with figures=false
     report: str | None = None  # optional text the command line prints before the summary (a table)
 
 
+def substrate_of(cfg: dict):
+    """The substrate a (plain) config names."""
+    sub = cfg.get("substrate")
+    name = sub.get("name") if isinstance(sub, dict) else sub
+    return substrates.get(name)
+
+
 def prepare(cfg):
-    """Validate and build; raises ConfigError before any compilation."""
+    """Validate and build; raises ConfigError before any compilation. Returns (plain cfg, substrate, built)."""
     cfg = as_plain(cfg)
-    validate(cfg)
+    sub = substrate_of(cfg)
+    sub.validate(cfg)
     # before anything touches JAX: the no-FMA flag is read when the backend starts (sim.determinism)
-    determinism.configure(bool(cfg.get("deterministic_reductions", False)))
-    sub_name = (cfg.get("substrate") or {}).get("name")
-    if sub_name == "llm":
-        from sim.errors import ConfigError
-
-        raise ConfigError(
-            "substrate", sub_name,
-            "bio or generic for a tissue run; the LLM preset runs with experiment=serving, roofline or cascade",
-        )
-    model = build(cfg, dtype=np.float64)
-    check_stability(model, cfg)
-    if cfg.get("precision", "float64") == "float32":
-        model = dataclasses.replace(
-            model, state=engine.cast(model.state, np.float32), params=engine.cast(model.params, np.float32)
-        )
-    return cfg, model
+    determinism.configure(cfg.get("deterministic_reductions") is True)
+    return cfg, sub, sub.build(cfg)
 
 
-def _run_mesa(model, cfg) -> engine.RunResult:
-    """Reference backend: every agent steps itself in Python; same records as the engine."""
-    from sim.mesa_model import CurrencyModel
-
+def run_reference(sub, built, cfg) -> engine.RunResult:
+    """Reference backend: the substrate's plain-Python stepper, replicate by replicate; the same
+    records as the engine."""
     steps, every = int(cfg["steps"]), int(cfg["record_every"])
     per_rep, finals = [], []
     t0 = time.perf_counter()
     first = int(cfg.get("first_replicate", 0) or 0)
+    fields = sub.record_fields
     for r in range(first, first + int(cfg["replicates"])):
-        m = CurrencyModel(model=model, backend="mesa", replicate=r)
+        ref = sub.reference(built, r)
         recs = []
         for s in range(steps):
-            m.step()
+            ref.step()
             if (s + 1) % every == 0:
-                recs.append(jax.device_get(engine.observe(m.state)))
-        per_rep.append({k: np.stack([x[k] for x in recs]) for k in engine.RECORD_FIELDS})
-        finals.append(m.state)
+                recs.append(jax.device_get(sub.observe(ref.state())))
+        per_rep.append({k: np.stack([np.asarray(x[k]) for x in recs]) for k in fields})
+        finals.append(ref.state())
     wall = time.perf_counter() - t0
-    records = {k: np.stack([p[k] for p in per_rep]) for k in engine.RECORD_FIELDS}
+    records = {k: np.stack([p[k] for p in per_rep]) for k in fields}
     state = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *finals)
-    times = np.arange(1, steps // every + 1) * every * float(model.params.dt)
+    dt = float(np.asarray(built.params.dt).reshape(-1)[0])
+    times = np.arange(1, steps // every + 1) * every * dt
     return engine.RunResult(state, records, times, steps, wall, 0.0, None)
 
 
-def _run_jax(model, cfg, on_chunk=None, run_dir=None) -> engine.RunResult:
+def run_engine(sub, built, cfg, on_chunk=None, run_dir=None) -> engine.RunResult:
     """The engine run of a config, checkpointing into ``run_dir`` and resuming from ``cfg['resume']``."""
     from sim import checkpoint
 
     def run_fn(state, **kw):
-        return engine.run(state, model.params, seed=model.seed, record_every=int(cfg["record_every"]),
+        return engine.run(sub, state, built.params, seed=built.seed, record_every=int(cfg["record_every"]),
                           replicates=int(cfg["replicates"]), first_replicate=int(cfg.get("first_replicate", 0) or 0),
                           on_chunk=on_chunk, **kw)
 
-    return checkpoint.resumable_run(run_fn, model.state, cfg, run_dir, fields=engine.RECORD_FIELDS,
-                                    dt=float(np.asarray(model.params.dt).reshape(-1)[0]))
+    return checkpoint.resumable_run(run_fn, built.state, cfg, run_dir, fields=sub.record_fields,
+                                    dt=float(np.asarray(built.params.dt).reshape(-1)[0]))
 
 
-def _determinism_summary(cfg: dict) -> dict:
+def _determinism_summary() -> dict:
     status = determinism.current()
     return {"deterministic_reductions": status.fixed_order_sums, "bitwise_batch_invariant": status.bitwise}
 
 
+def failure_summary(err) -> dict:
+    """The summary entries that say why a run failed (and where, for a numerical failure)."""
+    out = {"status": "failed", "reason": str(err)}
+    if isinstance(err, NumericalError):
+        out.update(failure_step=err.step, failure_cell=err.cell, failure_quantity=err.quantity,
+                   failure_process=err.process, failure_replicate=err.replicate)
+    return out
+
+
+def _run_experiment(kind: str, plain: dict, run_dir) -> RunOutput:
+    from sim import experiments
+
+    # first, before anything starts the JAX backend (sim.determinism); validation refuses a non-bool
+    determinism.configure(plain.get("deterministic_reductions") is True)
+    fn = experiments.get(kind)
+    if fn is None:
+        raise ConfigError("experiment.kind", kind, "one of " + ", ".join(sorted(set(experiments.kinds()) | set(RUN_KINDS))))
+    for key in ("checkpoint_every", "resume"):
+        if plain.get(key):
+            raise ConfigError(key, plain[key], f"{'0' if key == 'checkpoint_every' else 'null'} with "
+                              f"experiment.kind={kind} (only {', '.join(RUN_KINDS)} runs checkpoint and resume)")
+    if plain.get("first_replicate"):
+        raise ConfigError("first_replicate", plain["first_replicate"],
+                          f"0 with experiment.kind={kind} (only {', '.join(RUN_KINDS)} runs split an ensemble)")
+    out = fn(plain)
+    out.summary.update(_determinism_summary())
+    return out
+
+
 def run(cfg, on_chunk=None, *, run_dir=None) -> RunOutput:
-    """Validate, build and run a config. With ``run_dir`` and ``checkpoint_every > 0`` the JAX run
+    """Validate, build and run a config. With ``run_dir`` and ``checkpoint_every > 0`` the engine run
     checkpoints into ``run_dir/checkpoint``; ``cfg['resume']`` (a run folder) continues from its
     checkpoint (the caller passes the checkpoint's stored config, see :func:`sim.app.resume_run`)."""
     plain = as_plain(cfg)
     kind = (plain.get("experiment") or {}).get("kind", "tissue")
-    if kind != "tissue":  # (a tissue run configures in prepare, after validating)
-        from sim import experiments
-
-        # first, before anything starts the JAX backend (sim.determinism); validation refuses a non-bool
-        determinism.configure(plain.get("deterministic_reductions") is True)
-
-        fn = experiments.get(kind)
-        if fn is None:
-            raise ConfigError("experiment.kind", kind, "one of " + ", ".join(experiments.kinds()))
-        if getattr(fn, "checkpoints", False):  # the experiment checkpoints and resumes in run_dir itself
-            out = fn(plain, run_dir=run_dir)
-        else:
-            able = ", ".join(["tissue"] + sorted(k for k, f in experiments.REGISTRY.items() if getattr(f, "checkpoints", False)))
-            for key in ("checkpoint_every", "resume"):
-                if plain.get(key):
-                    raise ConfigError(key, plain[key], f"{'0' if key == 'checkpoint_every' else 'null'} with "
-                                      f"experiment.kind={kind} (only {able} runs checkpoint and resume)")
-            if plain.get("first_replicate"):
-                raise ConfigError("first_replicate", plain["first_replicate"],
-                                  f"0 with experiment.kind={kind} (only tissue and serving runs split an ensemble)")
-            out = fn(plain)
-        out.summary.update(_determinism_summary(plain))
-        return out
-    cfg, model = prepare(cfg)
+    if kind not in RUN_KINDS:
+        return _run_experiment(kind, plain, run_dir)
+    if kind == "serving":
+        name = (plain.get("substrate") or {}).get("name") if isinstance(plain.get("substrate"), dict) else None
+        if name != "llm":
+            raise ConfigError("substrate", name, "llm for experiment.kind=serving (substrate=llm)")
+    cfg, sub, built = prepare(plain)
     if cfg.get("backend", "jax") == "mesa":
         if cfg.get("resume"):
             raise ConfigError("resume", cfg["resume"], "null with backend=mesa (the reference backend does not checkpoint)")
-        result = _run_mesa(model, cfg)
+        result = run_reference(sub, built, cfg)
     else:
-        result = _run_jax(model, cfg, on_chunk=on_chunk, run_dir=run_dir)
+        result = run_engine(sub, built, cfg, on_chunk=on_chunk, run_dir=run_dir)
     result.state = jax.device_get(result.state)
-    ds = to_dataset(model, result, cfg) if result.steps_done > 0 else None
-    summary = summarize(model, result, model.state) if result.steps_done > 0 else {"status": "failed"}
-    summary.update(_determinism_summary(cfg), first_replicate=int(cfg.get("first_replicate", 0) or 0))
+    ds = sub.to_dataset(built, result, cfg) if result.steps_done > 0 else None
+    summary = sub.summarize(built, result, cfg) if result.steps_done > 0 else {"status": "failed"}
+    summary.update(_determinism_summary(), first_replicate=int(cfg.get("first_replicate", 0) or 0))
     if result.error is not None:
-        summary["status"] = "failed"
-        summary["reason"] = str(result.error)
-        err = result.error
-        if isinstance(err, NumericalError):
-            summary.update(
-                failure_step=err.step, failure_cell=err.cell, failure_species=err.species,
-                failure_process=err.process, failure_replicate=err.replicate,
-            )
-    return RunOutput(ds, summary, model, result)
+        summary.update(failure_summary(result.error))
+    figures = None
+    if ds is not None and sub.figures is not None:
+        figures = lambda out_dir: sub.figures(ds, out_dir)  # noqa: E731
+    return RunOutput(ds, summary, built, result, figures=figures)
 
 
 def simulate(cfg):
-    """Run the configured tissue and return its ``xarray.Dataset`` (dims replicate, time, cell, ...)."""
+    """Run the configured substrate and return its ``xarray.Dataset`` (dims replicate, time, cell, ...)."""
     out = run(cfg)
     if out.result.error is not None:
         raise out.result.error

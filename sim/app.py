@@ -11,7 +11,22 @@ folder (a ``resume=`` of a run still going) is refused with exit code 2. Exit co
 2 invalid config (one line per problem naming key, value and what is allowed; a traceback only
 with ``debug=true``), 3 numerical failure (NaN/Inf/negative pool; results up to the last
 good chunk are kept), 4 any other failure. In a sweep a failing job records ``status: failed``
-in its summary and the sweep goes on.
+in its summary and the sweep goes on; once every job is done and the table is written, a sweep
+with a failed job exits 4 (see :mod:`sim.sweep` for how Hydra's multirun gets an exit code).
+
+What a run folder may hold. A folder that holds another run's checkpoint (``checkpoint/state.npz``
+of a killed or failed run) is refused to a fresh run with exit code 2 (one line naming
+``hydra.run.dir``, or ``hydra.sweep.dir`` in a sweep, and the folder) before anything is written
+into it: replacing the checkpoint would lose what that run computed, and writing beside it is how a
+resume once combined one run's state with another run's config. Continue it with ``resume=`` or
+choose another folder. A resume refuses a checkpoint whose config or code version does not match
+(:mod:`sim.checkpoint`).
+
+Nothing computed is lost when something fails. ``summary.json`` says ``status: failed`` and why
+whenever the exit code is not 0 (also when writing ``results.nc``, a table or a figure failed
+after a good run); the checkpoint is removed only after a run that exited 0; and when
+``results.nc`` cannot be written, the dataset goes to ``results.fallback.npz``
+(:func:`sim.io.write_dataset_npz`) and the summary names it.
 """
 
 from __future__ import annotations
@@ -30,11 +45,12 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from sim import runlock
 from sim.config.schema import register
 from sim.errors import ConfigError, NumericalError
-from sim.io import remove_temporaries, write_json, write_netcdf, write_text
+from sim.io import remove_temporaries, write_dataset_npz, write_json, write_netcdf, write_text
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = tuple(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())) if CONF_DIR.is_dir() else ()
 EXIT_CONFIG, EXIT_NUMERICAL, EXIT_FAILED = 2, 3, 4
+FALLBACK_RESULTS = "results.fallback.npz"  # the dataset, when results.nc cannot be written
 HYDRA_SUBDIR = ".hydra"  # where a run folder keeps its config (Hydra's default output_subdir)
 
 register()
@@ -113,16 +129,22 @@ def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
     ``out_dir`` its run folder (see :func:`resume_run`). The job holds the folder's lock
     (:mod:`sim.runlock`) throughout; if another process holds it, nothing is computed or written
     and the exit code is 2 (one line naming ``resume``, or ``hydra.run.dir`` for a fresh run, the
-    folder and the holder)."""
+    folder and the holder). A fresh run (no ``resume``) aimed at a folder that holds another run's
+    checkpoint is refused the same way, naming ``hydra.run.dir`` (see the module docstring)."""
+    from sim.checkpoint import holds_checkpoint, occupied_refusal
+
     out_dir = Path(out_dir)
     try:
-        key = "resume" if _get(cfg, "resume") else "hydra.run.dir"
+        resuming = bool(_get(cfg, "resume"))
     except Exception:  # an unresolvable config: _execute reports it (under the lock)
-        key = "hydra.run.dir"
+        resuming = False
+    key = "resume" if resuming else "hydra.run.dir"
     try:
         with runlock.hold(out_dir, key=key):
+            if not resuming and holds_checkpoint(out_dir):
+                raise occupied_refusal(out_dir, key)
             return _execute(cfg, out_dir, quiet=quiet)
-    except ConfigError as exc:  # (only the lock refusal gets here: _execute catches its own)
+    except ConfigError as exc:  # (only the lock and folder refusals get here: _execute catches its own)
         _print_config_error(exc)
         return EXIT_CONFIG
 
@@ -131,9 +153,24 @@ def _get(cfg, key):
     return cfg.get(key) if hasattr(cfg, "get") else None
 
 
+def _write_results(out_dir: Path, ds) -> None:
+    """``results.nc``; if that fails, the dataset goes to :data:`FALLBACK_RESULTS` (plain numpy, no
+    netCDF library involved) and the error, naming where the arrays are, is raised on."""
+    try:
+        write_netcdf(out_dir / "results.nc", ds)
+    except Exception as exc:
+        try:
+            write_dataset_npz(out_dir / FALLBACK_RESULTS, ds)
+            kept = f"the results are in {FALLBACK_RESULTS}"
+        except Exception as exc2:
+            kept = f"{FALLBACK_RESULTS} could not be written either ({type(exc2).__name__}: {exc2})"
+        raise RuntimeError(f"writing results.nc failed ({type(exc).__name__}: {exc}); {kept}") from exc
+
+
 def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
     from sim.api import as_plain, run
-    from sim.checkpoint import clear
+    from sim.checkpoint import CHECKPOINT_DIR, clear, holds_checkpoint
+    from sim.config.validate import check_group_keys
 
     summary: dict = {"status": "failed"}
     code = 0
@@ -146,6 +183,7 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(getattr(exc, "full_key", None) or "config", None, f"a resolvable config ({msg})") from None
         debug = plain.get("debug") is True  # (a mistyped value such as "maybe" is refused, not obeyed)
+        check_group_keys(plain)  # unknown keys in any group, also sections no validate() sees (analogy)
         output = run(plain, run_dir=out_dir)
         summary = dict(output.summary)
         summary["experiment"] = plain.get("experiment", {}).get("name")
@@ -153,7 +191,7 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
         summary["backend"] = plain.get("backend")
         report = getattr(output, "report", None)
         if output.dataset is not None:
-            write_netcdf(out_dir / "results.nc", output.dataset)
+            _write_results(out_dir, output.dataset)
         if getattr(output, "files", None) is not None:
             output.files(out_dir)
         if plain.get("figures", True):
@@ -168,18 +206,27 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
             code = EXIT_NUMERICAL if isinstance(err, NumericalError) else EXIT_FAILED
             print(f"error: {err}", file=sys.stderr)
     except ConfigError as exc:
-        summary.update(reason=str(exc))
+        summary.update(status="failed", reason=str(exc))
         _print_config_error(exc)
         if debug:
             traceback.print_exc()
         code = EXIT_CONFIG
     except Exception as exc:  # any other failure: record it, keep what was computed
-        summary.update(reason=f"{type(exc).__name__}: {exc}")
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        reason = f"{type(exc).__name__}: {exc}"
+        if holds_checkpoint(out_dir):
+            reason += f" ({CHECKPOINT_DIR}/ is kept)"
+        summary.update(status="failed", reason=reason)  # (the run itself may have been ok: the status says the job failed)
+        print(f"error: {reason}", file=sys.stderr)
         if debug:
             traceback.print_exc()
         code = EXIT_FAILED
-    write_json(out_dir / "summary.json", summary)
+    try:
+        write_json(out_dir / "summary.json", summary)
+    except Exception as exc:  # the job fails; the checkpoint (if any) and results.nc stay
+        print(f"error: writing summary.json failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        code = code or EXIT_FAILED
     if code == 0:
         clear(out_dir)  # the results hold everything the checkpoint held
         if not quiet:
@@ -257,19 +304,41 @@ def write_hydra_files(cfg: DictConfig, out_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
+    """The Hydra task. It never raises: in a sweep an exception would make Hydra stop the sweep
+    before its table is collected, so any unexpected failure is reported (one line, exit code 4,
+    ``summary.json`` failed where it can still be written) like a failed run."""
+    from sim.checkpoint import holds_checkpoint, occupied_refusal
+
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     key = "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir"
     try:
         with runlock.hold(out_dir, key=key):  # (execute takes it again: the lock is reentrant)
+            resume = cfg.get("resume")
+            if not resume and holds_checkpoint(out_dir):  # another run's: write nothing there
+                raise occupied_refusal(out_dir, key)
             write_hydra_files(cfg, out_dir)
-            if cfg.get("resume"):
-                code = resume_run(cfg.resume, {"debug": cfg.get("debug") is True})
+            if resume:
+                code = resume_run(resume, {"debug": cfg.get("debug") is True})
             else:
                 code = execute(cfg, out_dir)
     except ConfigError as exc:  # the folder is another process's: write nothing there
         _print_config_error(exc)
         code = EXIT_CONFIG
+    except Exception as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        try:
+            debug = cfg.get("debug") is True
+        except Exception:  # an unresolvable config
+            debug = False
+        if debug:
+            traceback.print_exc()
+        code = EXIT_FAILED
+        try:
+            if not (out_dir / "summary.json").exists():
+                write_json(out_dir / "summary.json", {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+        except Exception:  # (the folder itself may be what failed)
+            pass
     if code and hc.mode != RunMode.MULTIRUN:
         sys.exit(code)
 
@@ -321,14 +390,25 @@ def precompose(argv: list[str]) -> None:
             return
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="sim"):
-            compose(config_name="config", overrides=args)
+            composed = compose(config_name="config", overrides=args)
     except Exception as exc:
         raise _hydra_error(exc, args) from None
+    from sim.config.validate import check_group_keys
+
+    # unknown keys added with `+` (Hydra accepts any): refused before a run (or a sweep) starts
+    check_group_keys(OmegaConf.to_container(composed, resolve=False))
+
+
+def _is_null(value: str) -> bool:
+    """Hydra's null literal (``resume=null``: no resume, as in conf/config.yaml)."""
+    return value.strip().lower() == "null"
 
 
 def _resume_args(argv: list[str]):
+    """(path, other overrides) of ``resume=PATH``; None for no resume. ``resume=null`` is Hydra's
+    null, i.e. no resume (a fresh run with the other overrides), never a folder called "null"."""
     paths = [a.partition("=")[2] for a in argv if a.startswith("resume=")]
-    if not paths or any(a in ("-m", "--multirun") for a in argv):
+    if not paths or _is_null(paths[-1]) or any(a in ("-m", "--multirun") for a in argv):
         return None
     others = {}
     for a in argv:
@@ -344,6 +424,12 @@ def _debug_flag(argv: list[str]) -> bool:
 
 
 def entry() -> None:
+    """``python -m sim``: one run, a resume, or a sweep (``-m``), with the exit codes of the module
+    docstring. A sweep exits 4 when a job failed or its table could not be written, after the
+    table is written (:func:`sim.sweep.finish`)."""
+    from sim import sweep
+
+    sweep.reset()
     argv = sys.argv[1:]
     debug = _debug_flag(argv)
     os.environ.setdefault("HYDRA_FULL_ERROR", "1" if debug else "0")
@@ -362,7 +448,12 @@ def entry() -> None:
     try:
         main()
     except SystemExit as exc:
+        if exc.code not in (0, None) and sweep.outcome() is not None:  # Hydra stopped a sweep: collect what ran
+            sys.exit(sweep.finish() or EXIT_FAILED)
         # Hydra exits 1 when composing fails (bad override, wrong type): that is a config error.
         if exc.code == 1:
             sys.exit(EXIT_CONFIG)
         raise
+    code = sweep.finish()
+    if code:
+        sys.exit(code)

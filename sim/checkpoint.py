@@ -2,10 +2,12 @@
 
 Layout inside the run folder (every file written atomically through :mod:`sim.io`)::
 
-    checkpoint/config.json                 the resolved config of the run (written first, once)
+    checkpoint/config.json                 the resolved config of the run (written first, when
+                                           the run starts; never rewritten by a resume)
     checkpoint/records-<c0>-<c1>.npz       the records of chunks c0 .. c1-1 (each written once)
     checkpoint/state.npz                   the commit point: state leaves, PRNG keys, steps done,
-                                           chunks done and the list of records files
+                                           chunks done, the list of records files, and the
+                                           config hash and code version it belongs to
 
 ``state.npz`` is replaced only after the records files it lists exist, so a run killed at any
 moment (even while writing) leaves a consistent checkpoint: the last ``state.npz`` and the
@@ -18,6 +20,21 @@ restoring both restores the stream exactly. A resumed run uses the stored config
 current defaults) and the same chunk length, so it executes the same compiled chunk function on
 the same inputs: its ``results.nc`` is bit-identical to that of an uninterrupted run.
 
+A checkpoint belongs to one config and one version of the code, and says so: ``state.npz``'s
+meta holds ``config_sha256`` (:func:`config_hash` of ``config.json``'s content) and
+``code_version`` (:func:`code_version`: this package's ``__version__`` and jax's, the two things a
+bit-identical continuation depends on beyond the config). The hash lives inside the commit point,
+so ``config.json`` and ``state.npz`` cannot disagree silently: :func:`load_config` (and so
+:func:`load` and ``sim.app.resume_run``) refuses a checkpoint whose ``config.json`` was edited or
+replaced (by a hand, or by another run written into the same folder), one written by another code
+version, and :func:`resumable_run` refuses to continue it with a config other than its own (only
+``debug`` may differ). A fresh run is never written over another run's checkpoint: the
+:class:`Checkpointer` of a run that is not a resume refuses a folder whose ``checkpoint/`` holds a
+``state.npz`` (``sim.app`` refuses such a folder earlier still, before writing anything into it),
+because replacing it would lose the computed chunks of the other run and mixing them is what made
+a resume combine one run's state with another's config. A ``checkpoint/`` without ``state.npz``
+(a run killed before its first checkpoint) holds nothing computed and is simply reused.
+
 Nothing here depends on the preset: the state is any PyTree (the biology ``State`` or the LLM
 ``LLMState``) and the records any dict of ``(replicate, time, ...)`` arrays.
 :func:`resumable_run` is the driver that checkpoints and resumes an engine run (the tissue run,
@@ -27,6 +44,7 @@ Nothing here depends on the preset: the state is any PyTree (the biology ``State
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -36,12 +54,33 @@ import jax
 import numpy as np
 
 from sim.errors import ConfigError
-from sim.io import atomic_path, write_json
+from sim.io import atomic_path, json_text, to_json_value, write_text
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.npz"
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config_sha256 and code_version in the meta (1 had neither: not resumable)
+MAY_DIFFER_ON_RESUME = ("resume", "debug")  # keys outside the config hash (sim.app.RESUME_OVERRIDABLE)
+
+
+def _stored(cfg: dict) -> dict:
+    """The part of a run config that a checkpoint stores and hashes."""
+    return {k: v for k, v in cfg.items() if k not in MAY_DIFFER_ON_RESUME}
+
+
+def config_hash(cfg: dict) -> str:
+    """sha256 of the config as ``config.json`` holds it (keys sorted, compact; ``resume`` and
+    ``debug`` left out), so the hash of the written config and of the config read back agree."""
+    canon = json.dumps(to_json_value(_stored(cfg)), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def code_version() -> str:
+    """The version of the code a checkpoint belongs to: a resume continues the same compiled
+    computation, so it needs the same simulator and the same jax (whose kernels round)."""
+    import sim
+
+    return f"sim {sim.__version__}; jax {jax.__version__}"
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
@@ -54,8 +93,27 @@ def _leaves(tree) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
 
 
+def holds_checkpoint(run_dir) -> bool:
+    """Whether ``run_dir`` holds a committed checkpoint (``checkpoint/state.npz``) of some run."""
+    return (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).exists()
+
+
+def occupied_refusal(run_dir, key: str = "run_dir") -> ConfigError:
+    """The refusal of a fresh run aimed at a folder that holds another run's checkpoint."""
+    return ConfigError(
+        key, str(run_dir),
+        f"a folder without another run's checkpoint (it holds {CHECKPOINT_DIR}/{STATE_FILE} of an unfinished run: "
+        f"continue that run with resume={run_dir}, discard it by removing {CHECKPOINT_DIR}/ there, or choose "
+        "another folder; nothing was written)",
+    )
+
+
 class Checkpointer:
-    """Engine ``checkpoint`` callback: collects each chunk's records, saves every ``every`` chunks."""
+    """Engine ``checkpoint`` callback: collects each chunk's records, saves every ``every`` chunks.
+
+    A fresh run (``prior`` None) writes ``config.json`` (replacing one left by a run killed before
+    its first checkpoint) and refuses a folder that holds a committed checkpoint (see the module
+    docstring); a resumed run keeps the checkpoint's ``config.json`` and config hash."""
 
     def __init__(self, run_dir, cfg: dict, every: int, prior: Checkpoint | None = None):
         self.dir = Path(run_dir) / CHECKPOINT_DIR
@@ -65,10 +123,16 @@ class Checkpointer:
         self.n_chunks = prior.n_chunks if prior else 0
         self.start_step = prior.steps_done if prior else 0
         self.saved = 0
+        self.code_version = code_version()
+        if prior is not None:
+            self.config_hash = prior.config_hash
+            return
+        if holds_checkpoint(run_dir):
+            raise occupied_refusal(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        stored = {k: v for k, v in cfg.items() if k != "resume"}
-        if not (self.dir / CONFIG_FILE).is_file():
-            write_json(self.dir / CONFIG_FILE, stored, sort_keys=False)  # kinds keep their order
+        text = json_text(_stored(cfg), sort_keys=False)  # kinds keep their order
+        self.config_hash = config_hash(json.loads(text))  # what a reader of config.json will hash
+        write_text(self.dir / CONFIG_FILE, text)
 
     def __call__(self, state, done: int, keys, rec: dict) -> None:
         self.pending.append(rec)
@@ -88,6 +152,7 @@ class Checkpointer:
         meta = {
             "format": FORMAT_VERSION, "steps_done": int(steps_done), "n_chunks": int(self.n_chunks),
             "records_files": self.files, "n_leaves": len(leaves),
+            "config_sha256": self.config_hash, "code_version": self.code_version,
         }
         arrays = {f"leaf_{i:04d}": x for i, x in enumerate(leaves)}
         arrays["keys"] = np.asarray(jax.device_get(keys))
@@ -106,6 +171,8 @@ class Checkpoint:
     keys: np.ndarray
     leaves: list
     records: dict | None  # name -> (replicate, time, ...) records of the chunks done
+    config_hash: str = ""  # config_sha256 of the meta (checked against config.json by load_config)
+    code_version: str = ""  # the code version that wrote it (checked against this one)
 
     @property
     def run_dir(self) -> Path:
@@ -129,14 +196,49 @@ def find(path) -> Path:
     )
 
 
+def _read_meta(d: Path, path) -> dict:
+    """The meta of ``state.npz`` (only that member is read), refusing a damaged or foreign file."""
+    try:
+        with np.load(d / STATE_FILE, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+        if not isinstance(meta, dict):
+            raise ValueError("its meta is not a mapping")
+    except Exception as exc:
+        raise ConfigError("resume", str(path), f"an intact checkpoint ({type(exc).__name__}: {exc})") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise ConfigError(
+            "resume", str(path),
+            f"an intact checkpoint of format {FORMAT_VERSION} (this one has format {meta.get('format')}: "
+            "written by another version of the code; resume it with that version)",
+        )
+    return meta
+
+
 def load_config(path) -> dict:
+    """The stored config of the checkpoint at ``path``, after checking that it is the config the
+    checkpoint's ``state.npz`` was written with (its ``config_sha256``) and that this code wrote it
+    (``code_version``); any mismatch is refused with a ConfigError naming ``resume``."""
     d = find(path)
+    meta = _read_meta(d, path)
     try:
         cfg = json.loads((d / CONFIG_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError("resume", str(path), f"a readable {CONFIG_FILE} ({type(exc).__name__}: {exc})") from None
     if not isinstance(cfg, dict):
         raise ConfigError("resume", str(path), f"a {CONFIG_FILE} holding a config mapping")
+    got, want = config_hash(cfg), meta.get("config_sha256")
+    if got != want:
+        raise ConfigError(
+            "resume", str(path),
+            f"a checkpoint of this model and config: {CHECKPOINT_DIR}/{CONFIG_FILE} (sha256 {got[:12]}) is not the "
+            f"config its {STATE_FILE} was written with (sha256 {str(want)[:12]}): it was edited or replaced",
+        )
+    if meta.get("code_version") != code_version():
+        raise ConfigError(
+            "resume", str(path),
+            f"a checkpoint written by this code ({code_version()}); it was written by {meta.get('code_version')}: "
+            "resume it with that version, or start a new run",
+        )
     return cfg
 
 
@@ -147,8 +249,8 @@ def load(path) -> Checkpoint:
     try:
         with np.load(d / STATE_FILE, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            if meta.get("format") != FORMAT_VERSION:
-                raise ValueError(f"format {meta.get('format')} (this version reads {FORMAT_VERSION})")
+            if meta.get("format") != FORMAT_VERSION or meta.get("config_sha256") != config_hash(cfg):
+                raise ValueError(f"{STATE_FILE} changed while it was read")
             leaves = [z[f"leaf_{i:04d}"] for i in range(int(meta["n_leaves"]))]
             keys = z["keys"]
         parts = []
@@ -167,7 +269,7 @@ def load(path) -> Checkpoint:
         if leftover.name not in listed and (leftover.name.startswith(".tmp-") or leftover.name.startswith("records-")):
             leftover.unlink(missing_ok=True)
     return Checkpoint(d, cfg, int(meta["steps_done"]), int(meta["n_chunks"]), list(meta["records_files"]),
-                      keys, leaves, records)
+                      keys, leaves, records, str(meta["config_sha256"]), str(meta["code_version"]))
 
 
 def restore_state(ckpt: Checkpoint, template, replicates: int):
@@ -196,6 +298,33 @@ def clear(run_dir) -> None:
     shutil.rmtree(Path(run_dir) / CHECKPOINT_DIR, ignore_errors=True)
 
 
+def _first_difference(a, b, prefix=""):
+    """The dotted key of the first difference between two JSON-like configs (None if equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a or k not in b:
+                return key
+            found = _first_difference(a[k], b[k], key)
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (prefix or "config")
+
+
+def check_same_config(ckpt: Checkpoint, cfg: dict) -> None:
+    """Refuse to continue ``ckpt`` with a config other than its own (``resume``, ``debug`` aside)."""
+    if config_hash(cfg) == ckpt.config_hash:
+        return
+    mine = json.loads(json.dumps(to_json_value(_stored(cfg)), allow_nan=False))
+    key = _first_difference(_stored(ckpt.config), mine) or "config"
+    raise ConfigError(
+        "resume", str(ckpt.run_dir),
+        f"the config the checkpoint was written with (this run's config differs at {key}; "
+        f"a resumed run keeps its stored config, only {', '.join(MAY_DIFFER_ON_RESUME[1:])} may change)",
+    )
+
+
 def merge_records(prior: dict | None, new: dict) -> dict:
     """The checkpoint's records followed by those of the continuation (``None``: nothing new)."""
     if prior is None:
@@ -213,8 +342,10 @@ def resumable_run(run_fn, state, cfg: dict, run_dir=None, *, fields, dt: float):
     ``run_dir/checkpoint``; with ``cfg['resume']`` it continues from that checkpoint, using the same
     chunk length (so the same compiled chunk function) as the uninterrupted run. The result holds
     the records of the whole run (``fields``: the record names), its steps and times (``dt`` s per
-    step)."""
-    from sim import engine
+    step). A resume is refused (ConfigError naming ``resume``) unless ``cfg`` is the checkpoint's
+    own config (``debug`` aside) and this code version wrote it; a fresh checkpointing run is
+    refused (ConfigError naming ``run_dir``) if ``run_dir`` holds another run's checkpoint."""
+    from sim.core import engine
 
     steps, every, reps = int(cfg["steps"]), int(cfg["record_every"]), int(cfg["replicates"])
     # one chunk length for the whole run, also when resumed part-way (same compiled function)
@@ -222,6 +353,7 @@ def resumable_run(run_fn, state, cfg: dict, run_dir=None, *, fields, dt: float):
     keys, start, ckpt = None, 0, None
     if cfg.get("resume"):
         ckpt = load(cfg["resume"])
+        check_same_config(ckpt, cfg)
         state = restore_state(ckpt, state, reps)
         keys, start = jax.numpy.asarray(ckpt.keys), ckpt.steps_done
         if start > steps or start % (chunk * every):

@@ -104,9 +104,6 @@ def configure(deterministic: bool) -> Status:
 
     Idempotent. FMA is never switched back on in a process (the backend reads the flag once).
     Warns (RuntimeWarning) when determinism is asked for but bitwise invariance cannot be had."""
-    from sim.kernels import ops
-
-    ops.set_fixed_order(bool(deterministic))
     if not deterministic:
         status = Status(False, False, "deterministic_reductions is false")
     else:

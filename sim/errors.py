@@ -14,12 +14,16 @@ class ConfigError(SimError, ValueError):
 
 
 class NumericalError(SimError, FloatingPointError):
-    """A NaN, Inf or negative pool, with where it appeared."""
+    """A NaN, Inf, negative or otherwise impossible value (an invariant of the substrate broke),
+    with where it appeared: step, replicate, compartment (``cell``, called ``compartment`` in the
+    message: "cell" for biology, "model instance" for LLM serving), quantity and process."""
 
-    def __init__(self, step: int, cell: int, species: str, process: str, value: float, replicate: int = 0):
-        self.step, self.cell, self.species, self.process, self.value = step, cell, species, process, value
-        self.replicate = replicate
+    def __init__(self, step: int, cell: int, quantity: str, process: str, value: float, replicate: int = 0,
+                 compartment: str = "cell"):
+        self.step, self.cell, self.quantity, self.process, self.value = step, cell, quantity, process, value
+        self.replicate, self.compartment = replicate, compartment
+        where = f"cell {cell}" if compartment == "cell" else f"cell {cell} ({compartment})"
         super().__init__(
-            f"numerical failure at step {step}, replicate {replicate}, cell {cell}, species {species}, "
+            f"numerical failure at step {step}, replicate {replicate}, {where}, quantity {quantity}, "
             f"process {process}: value {value!r}"
         )

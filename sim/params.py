@@ -7,7 +7,6 @@ Every default number and its source is in ``conf/substrate/*.yaml`` and in ``sim
 
 from __future__ import annotations
 
-import dataclasses
 
 from sim.pytree import pytree_dataclass
 
@@ -67,13 +66,6 @@ class Params:
     conductance_scale: object  # multiplier on all edge conductances (sweeps)
     edges: Edges
 
-    def replicate_axes(self):
-        """``in_axes`` for vmapping over parameter points: scalars batched, edges shared."""
-        axes = {f.name: 0 for f in dataclasses.fields(self)}
-        axes["edges"] = None
-        axes["permeability"] = 0
-        axes["tier_reserve"] = 0
-        return dataclasses.replace(self, **axes)
 
 
 SWEEPABLE = (

@@ -1,7 +1,7 @@
 """Counter-based random draws shared by the JAX engine and the Mesa reference.
 
 Every draw is derived from (seed, replicate, step, purpose, agent id) with ``jax.random.fold_in``:
-the replicate key is ``fold_in(PRNGKey(seed), r)`` (``sim.engine.replicate_keys``), then the step
+the replicate key is ``fold_in(PRNGKey(seed), r)`` (:func:`replicate_keys`), then the step
 and the purpose are folded in once per step, then each agent's id. A number therefore depends only
 on *which* agent asks *what* at *which* step: not on agent order, on the batch layout, or on how
 many other agents exist. The two 32-bit words of the per-agent key ``fold_in(k, id)`` (one
@@ -11,6 +11,8 @@ at once (one vectorised call of the same function) and hands each agent the numb
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,12 @@ PRODUCER_BIRTH = 2
 
 def base_key(seed: int) -> jax.Array:
     return jax.random.PRNGKey(int(seed))
+
+
+def replicate_keys(seed: int, replicates: int, first: int = 0) -> jax.Array:
+    """Keys of replicates ``first .. first+replicates-1`` of a seed's ensemble: ``fold_in(PRNGKey(seed), r)``."""
+    base = base_key(seed)
+    return jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.arange(first, first + replicates, dtype=jnp.uint32))
 
 
 def _words_to_uniform(words, dtype):
@@ -39,3 +47,18 @@ def uniforms(key: jax.Array, step, purpose: int, ids: jax.Array, dtype=None) -> 
     k = jax.random.fold_in(jax.random.fold_in(key, step), purpose)
     words = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(k, i)))(ids)
     return _words_to_uniform(words, dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("purpose", "n"))
+def _host_uniforms(key, step, purpose: int, n: int):
+    return uniforms(key, step, purpose, jnp.arange(n, dtype=jnp.uint32))
+
+
+def host_uniforms(key, step: int, purpose: int, n: int):
+    """The engine's draws for ids ``0..n-1`` at ``step`` as a numpy array (one vectorised call):
+    what the plain-Python references hand to their agents, each taking the number for its id."""
+    import numpy as np
+
+    if n == 0:
+        return np.zeros(0)
+    return np.asarray(_host_uniforms(key, jnp.int32(step), purpose, int(n)))

@@ -106,37 +106,93 @@ def _refuse(path, allowed: str):
     raise ConfigError("topology.path", path, allowed)
 
 
+def _edgelist_line_ok(tokens: list[str], line: str) -> bool:
+    if len(tokens) == 2:
+        return True
+    if len(tokens) >= 3 and tokens[2].startswith("{"):
+        return line.endswith("}")
+    if len(tokens) == 3:
+        try:
+            return math.isfinite(float(tokens[2]))
+        except ValueError:
+            return False
+    return False
+
+
 def _parse_edgelist(text: str, path) -> nx.Graph:
     """Strict whitespace edge list: ``u v``, ``u v weight`` or ``u v {data}`` per line; ``#`` comments.
 
     Stricter than ``networkx.read_edgelist``, which silently skips lines it cannot read: a
     malformed line is refused with its line number instead of quietly dropping a junction.
+
+    Returns the finished tissue graph of the file (what :func:`load_graph_file` returns): simple
+    and undirected, self-loops dropped (a file of nothing but self-loops is refused), integer
+    labels as ints (:func:`_natural_labels`), nodes in order of first appearance.
+
+    Linear in the number of lines, and built once. Counting the graph's edges after every line
+    (``Graph.number_of_edges`` walks every node) made this quadratic: 40k lines took 109 s. Now the
+    lines are checked and their ends collected in plain lists, the labels are converted once, and
+    one ``nx.Graph`` is built from them (``add_nodes_from`` / ``add_edges_from``), with none of the
+    graph copies that relabelling and de-looping a networkx graph would make (each a pass that, at
+    1e6 lines, costs more than the parsing). The caps are checked as the lines are read, so an
+    oversized file is refused at the line that crosses them: distinct cells with a dict, distinct
+    junctions with a set that is only built once the number of lines passes :data:`MAX_FILE_EDGES`
+    (below it the distinct junctions cannot pass the cap either).
     """
-    g = nx.Graph()
+    nodes: dict[str, None] = {}  # insertion-ordered: the graph's node order
+    edges: list[tuple[str, str]] = []  # junctions between distinct cells, in line order
+    loops: set[str] = set()  # cells with a self-loop line (dropped, but counted as edges by the cap)
+    distinct: set | None = None
+    max_nodes, max_edges = MAX_FILE_NODES, MAX_FILE_EDGES
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
+        line = (raw.partition("#")[0] if "#" in raw else raw).strip()
         if not line:
             continue
         tokens = line.split()
-        ok = len(tokens) == 2
-        if len(tokens) >= 3:
-            if tokens[2].startswith("{"):
-                ok = line.rstrip().endswith("}")
-            elif len(tokens) == 3:
-                try:
-                    ok = math.isfinite(float(tokens[2]))
-                except ValueError:
-                    ok = False
-        if not ok:
+        if len(tokens) != 2 and not _edgelist_line_ok(tokens, line):
             shown = raw.strip()
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
             _refuse(path, f"an edge list with 'u v' (optionally a weight or {{data}}) on every line; line {number} reads {shown!r}")
-        g.add_edge(tokens[0], tokens[1])
-        if g.number_of_nodes() > MAX_FILE_NODES:
-            _refuse(path, f"a graph with at most {MAX_FILE_NODES} nodes")
-        if g.number_of_edges() > MAX_FILE_EDGES:
-            _refuse(path, f"a graph with at most {MAX_FILE_EDGES} edges")
+        u, v = tokens[0], tokens[1]
+        nodes[u] = None
+        nodes[v] = None
+        if len(nodes) > max_nodes:
+            _refuse(path, f"a graph with at most {max_nodes} nodes")
+        if u == v:
+            loops.add(u)
+        else:
+            edges.append((u, v))
+        if distinct is not None:
+            distinct.add((u, v) if u <= v else (v, u))
+        elif len(edges) + len(loops) > max_edges:
+            distinct = {(a, b) if a <= b else (b, a) for a, b in edges} | {(a, a) for a in loops}
+        if distinct is not None and len(distinct) > max_edges:
+            _refuse(path, f"a graph with at most {max_edges} edges")
+    if not nodes:
+        _refuse(path, "a graph with at least one node")
+    if loops and not edges:
+        _refuse(path, "a graph with junctions between distinct cells (every edge in this file is a self-loop)")
+    labels = _natural_mapping(nodes)
+    g = nx.Graph()
+    if labels is None:
+        g.add_nodes_from(nodes)
+        g.add_edges_from(edges)
+    else:
+        g.add_nodes_from(labels.values())
+        g.add_edges_from([(labels[a], labels[b]) for a, b in edges])
     return g
+
+
+def _natural_mapping(labels) -> dict | None:
+    """label -> int where every label is an integer ("0", "1", "10") and no two give the same
+    int ("01" and "1"); None where the labels stay as they are."""
+    try:
+        mapping = {u: int(str(u)) for u in labels}
+    except ValueError:
+        return None
+    if len(set(mapping.values())) != len(mapping):
+        return None
+    return mapping
 
 
 def _check_graphml(data: bytes, path) -> None:
@@ -170,13 +226,8 @@ def _check_graphml(data: bytes, path) -> None:
 
 def _natural_labels(g: nx.Graph) -> nx.Graph:
     """Labels that are all integers ("0", "1", "10") become ints, so cell i is node i of the file."""
-    try:
-        mapping = {u: int(str(u)) for u in g.nodes}
-    except ValueError:
-        return g
-    if len(set(mapping.values())) != len(mapping):  # "01" and "1": keep the strings
-        return g
-    return nx.relabel_nodes(g, mapping)
+    mapping = _natural_mapping(g.nodes)
+    return g if mapping is None else nx.relabel_nodes(g, mapping)
 
 
 def load_graph_file(path, fmt: str = "auto") -> nx.Graph:
@@ -220,7 +271,7 @@ def load_graph_file(path, fmt: str = "auto") -> nx.Graph:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 _refuse(path, f"a UTF-8 text edge list (byte {exc.start} is not UTF-8)")
-            g = _parse_edgelist(text, path)
+            return _parse_edgelist(text, path)  # (already the finished graph: no copies below)
     except ConfigError:
         raise
     except Exception as exc:  # any parser failure (XML, GraphML schema, recursion, memory) -> ConfigError

@@ -91,3 +91,59 @@ from sim.app import entry
 sys.argv = ["sim"] + sys.argv[1:]
 entry()
 """
+
+
+def with_fault(substrate_name: str, process: str, at_step: int, change):
+    """A copy of a registered substrate whose ``process`` is followed, at step ``at_step`` only, by
+    ``change(state) -> state`` (fault injection: the engine compiles the copy as a new program)."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from sim import substrates
+
+    sub = substrates.get(substrate_name)
+    procs = list(sub.processes)
+    i = [n for n, _ in procs].index(process)
+    original = procs[i][1]
+
+    def faulty(state, params, key=None):
+        s = original(state, params, key)
+        bad = change(s)
+        return jax.tree_util.tree_map(lambda x, y: jnp.where(s.step == at_step, x, y), bad, s)
+
+    procs[i] = (process, faulty)
+    return dataclasses.replace(sub, processes=tuple(procs))
+
+
+def inject(monkeypatch, faulty_substrate) -> None:
+    """Register ``faulty_substrate`` under its name for the rest of a test (restored at teardown)."""
+    from sim import substrates
+
+    substrates.get(faulty_substrate.name)  # (a built-in loads first, so teardown restores it)
+    monkeypatch.setitem(substrates._REGISTRY, faulty_substrate.name, faulty_substrate)
+
+
+FAULT_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from _support import with_fault
+from sim import substrates
+import jax.numpy as jnp
+from sim.pytree import replace
+{change}
+substrates.register(with_fault({name!r}, {process!r}, {at_step}, change), replace=True)
+from sim.app import entry
+sys.argv = ["sim"] + sys.argv[1:]
+entry()
+"""
+
+
+def fault_child_script(path, name: str, process: str, at_step: int, change_source: str):
+    """Write a child script that runs ``python -m sim`` with a fault injected (``change_source``
+    defines ``change(s) -> state``); returns the script's path."""
+    path = Path(path)
+    path.write_text(FAULT_CHILD.format(tests=str(ROOT / "tests"), change=change_source, name=name,
+                                       process=process, at_step=at_step))
+    return path

@@ -1,5 +1,5 @@
 """``experiment=analogy``: the structural table with measured numbers (biology and LLM tissues on
-one graph, a demand step, the cascade exponents), its files, its ranges (REFERENCES.md) and its
+one graph, a demand step, the cascade exponents), its files, its ranges (docs/references.md) and its
 refusals. A reduced config (6 cells, one replicate, 20 s + 30 s) keeps it short."""
 
 from __future__ import annotations

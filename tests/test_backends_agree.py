@@ -193,10 +193,11 @@ def test_chain_agents_mirror_the_state(runs, which):
 
 def test_same_as_engine_run(runs):
     """CurrencyModel's JAX backend is the engine's replicate 0 (same key, same kernels)."""
-    from sim import engine
+    from sim.core import engine
+    from sim.substrates.bio import SUBSTRATE as BIO
 
     m = build(runs["cfg"])
-    r = engine.run(m.state, m.params, seed=m.seed, steps=STEPS, record_every=STEPS, replicates=1)
+    r = engine.run(BIO, m.state, m.params, seed=m.seed, steps=STEPS, record_every=STEPS, replicates=1)
     final = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], r.state)
     assert_states_agree(final, runs["eng"].state)
 

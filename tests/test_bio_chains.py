@@ -1,12 +1,13 @@
 """Protein synthesis as chains (ribosome cohorts) in the biology preset (float64).
 
-Textbook numbers (../shared/REFERENCES.md "translation cost"): ~4 ATP-equivalents per amino acid
+Textbook numbers (docs/references.md, "Translation"): ~4 ATP-equivalents per amino acid
 whatever the length (c1 = 0), elongation ~5 aa/s in mammals, mean protein ~400 aa; at rest
 protein synthesis is ~25-30% of a cell's ATP use (Rolfe & Brown 1997). When ATP is short the
 chains are served in tier 1 (biosynthesis): they slow by the same factor as the other tier-1
 consumers, after the ion pumps (tier 0) are served, and stop below the tier-1 reserve.
-Also: the Mesa chain agents (``step_chain_agents``) equal ``sim.kernels.chains.chain_step`` with
-tools, memory compressions and budgets switched on (the bio preset runs none of them).
+Also: the chain reference (``sim.substrates.bio.reference.step_chains``, which the Mesa backend
+runs) equals ``sim.kernels.chains.chain_step`` with tools, memory compressions and budgets switched
+on (the bio preset runs none of them).
 """
 
 from __future__ import annotations
@@ -15,21 +16,22 @@ import dataclasses
 import math
 
 import jax
-import mesa
 import numpy as np
 import pytest
 
 from _support import quiet_bio_substrate
 
 import sim  # noqa: F401  (float64)
-from sim import engine, rng
+from sim import rng
+from sim.core import engine
+from sim.substrates.bio import SUBSTRATE as BIO
 from sim.analysis import supply_demand as sd
 from sim.constants import AVOGADRO_PER_MOL
 from sim.kernels import chains as ck
 from sim.kernels.metabolism import metabolism
-from sim.mesa_model.agents import CHAIN_LEDGER_FIELDS, ChainAgent, ChainStep, step_chain_agents
 from sim.presets import build
 from sim.state import ATP
+from sim.substrates.bio.reference import CHAIN_LEDGER_FIELDS, Chain, ChainStep, step_chains
 
 SLOTS = 8
 RATE = 5.0  # aa/s at saturating ATP
@@ -62,9 +64,9 @@ def one_cell():
     sub = substrate()
     model = build(dict(substrate=sub, topology=dict(kind="single"), seed=0, dt=dt, params=dict(chain_p_stop=0.0)))
     marks, state, done = {}, model.state, 0
-    keys = engine.replicate_keys(0, 1)
+    keys = rng.replicate_keys(0, 1)
     for until in (500, 1000, 40_000, 40_500):
-        r = engine.run(state, model.params, seed=0, steps=until - done, record_every=500, chunk_records=1,
+        r = engine.run(BIO, state, model.params, seed=0, steps=until - done, record_every=500, chunk_records=1,
                        start_step=done, keys=keys)  # one compiled shape
         state, done = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], r.state), until
         marks[until] = state
@@ -121,9 +123,9 @@ def tissue():
     sub = substrate()
     sub["transport"]["conductance_per_s"] = 0.0
     model = build(dict(substrate=sub, topology=dict(kind="ring", n_cells=256), seed=1, dt=dt))
-    half = engine.run(model.state, model.params, seed=1, steps=steps // 2, record_every=steps // 2)
-    r = engine.run(half.state, model.params, seed=1, steps=steps // 2, record_every=steps // 2,
-                   start_step=steps // 2, keys=engine.replicate_keys(1, 1))
+    half = engine.run(BIO, model.state, model.params, seed=1, steps=steps // 2, record_every=steps // 2)
+    r = engine.run(BIO, half.state, model.params, seed=1, steps=steps // 2, record_every=steps // 2,
+                   start_step=steps // 2, keys=rng.replicate_keys(1, 1))
     h = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], half.state)
     s = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], r.state)
     return model, h, s, dt * steps / 2
@@ -204,7 +206,7 @@ def test_chains_slow_with_tier_1_when_atp_is_short(demand_scale, atp):
     assert out.ledger.work[0, k] == pytest.approx(served[k] / ATP_PER_AA, rel=1e-12)
 
 
-# ------------------------------------------------------------------ Mesa chain agents, generic
+# ------------------------------------------------------------------ chain reference, generic
 def test_chain_agents_equal_the_kernel_with_tools_memory_and_budgets():
     n, slots, dt, steps = 3, 8, 0.5, 120
     p = ck.biology_params(dt, init_rate=0.2, init_cost=2.0, p_tool=0.01, tool_steps=3, r_tool=20.0,
@@ -215,15 +217,7 @@ def test_chain_agents_equal_the_kernel_with_tools_memory_and_budgets():
     chains, ledger = ck.empty(n, slots)
     step = jax.jit(lambda c, l, t: ck.chain_step(c, l, p, key, t, budget))
 
-    class Host:
-        def __init__(self, index):
-            self.index, self.cell = index, None
-
-    model = mesa.Model(rng=0)
-    agents = [[ChainAgent(model, Host(c), s, slots) for s in range(slots)] for c in range(n)]
-    for c in range(n):
-        for a in agents[c]:
-            a._ref_init(chains, c, a.slot)
+    agents = [[Chain.from_state(chains, c, s) for s in range(slots)] for c in range(n)]
     leds = [{f: 0.0 for f in CHAIN_LEDGER_FIELDS} for _ in range(n)]
     g = lambda name, c: float(np.broadcast_to(np.asarray(getattr(p, name)), (n,))[c])  # noqa: E731
     for t in range(steps):
@@ -236,11 +230,11 @@ def test_chain_agents_equal_the_kernel_with_tools_memory_and_budgets():
                           init_cost=g("init_cost", c), p_tool=g("p_tool", c), tool_steps=int(p.tool_steps),
                           r_tool=g("r_tool", c), mem_threshold=g("mem_threshold", c), mem_factor=g("mem_factor", c),
                           mem_cost=g("mem_cost", c))
-            sp, _ = step_chain_agents(agents[c], P, leds[c], u[0], u[1], u[2], float(budget[c]))
+            sp, _ = step_chains(agents[c], P, leds[c], u[0], u[1], u[2], float(budget[c]))
             assert sp == pytest.approx(float(spent[c]), rel=1e-9, abs=1e-9)
     flat = [a for row in agents for a in row]
-    got = dict(active=[a._active for a in flat], length=[a._length for a in flat], made=[a._made for a in flat],
-               tool_wait=[a._wait for a in flat])
+    got = dict(active=[a.active for a in flat], length=[a.length for a in flat], made=[a.made for a in flat],
+               tool_wait=[a.tool_wait for a in flat])
     for name, vals in got.items():
         np.testing.assert_allclose(np.asarray(vals, float), np.asarray(getattr(chains, name), float).ravel(),
                                    rtol=1e-9, atol=1e-12, err_msg=name)

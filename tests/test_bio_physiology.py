@@ -1,7 +1,7 @@
 """Physiology of one resting cell of the biology preset, simulated with the JAX engine (float64).
 
-Reference ranges are those of ../shared/REFERENCES.md ("Biology: cell energetics" and the
-supply-demand sketch). Damage, hazard and biogenesis are switched off, so the cell has a true
+Reference ranges are those of docs/references.md ("Biology" and the supply-demand
+sketch). Damage, hazard and biogenesis are switched off, so the cell has a true
 steady state; it is compared with the independent scipy root of ``sim.analysis.supply_demand``.
 Protein synthesis runs as chains (ribosome cohorts) in their deterministic mode: no termination
 (``params.chain_p_stop = 0``), so all 8 cohorts translate throughout and the chains' demand is
@@ -23,7 +23,8 @@ import pytest
 from _support import quiet_bio_substrate
 
 import sim  # noqa: F401  (switches on float64)
-from sim import engine
+from sim.core import engine
+from sim.substrates.bio import SUBSTRATE as BIO
 from sim.analysis import supply_demand as sd
 from sim.kernels.thermo import adenylate_equilibrium, dg_atp_kj, energy_charge
 from sim.presets import build
@@ -82,12 +83,12 @@ def sims(model):
     params = stack_params(plist)
     assert params.supply_scale.dtype == np.float64
     r1 = engine.run(
-        model.state, params, seed=0, steps=SETTLE_STEPS, record_every=RECORD_EVERY,
+        BIO, model.state, params, seed=0, steps=SETTLE_STEPS, record_every=RECORD_EVERY,
         replicates=len(POINTS), batched_params=True,
     )
     assert r1.error is None
     r2 = engine.run(
-        r1.state, params, seed=0, steps=WINDOW_STEPS, record_every=RECORD_EVERY,
+        BIO, r1.state, params, seed=0, steps=WINDOW_STEPS, record_every=RECORD_EVERY,
         replicates=len(POINTS), batched_params=True, start_step=SETTLE_STEPS,
     )
     assert r2.error is None
@@ -131,7 +132,7 @@ def test_resting_cell_is_converged_and_in_physiological_ranges(sims, model):
     assert 0.80 <= ec <= 0.99, ec
     assert -65.0 <= dg <= -45.0, dg
     assert 1.0 <= turnover <= 60.0, turnover
-    # REFERENCES.md ranges
+    # literature ranges (docs/references.md)
     assert 1.0 <= p[ATP] <= 8.0  # cytosolic ATP ~5 mM; survey 3.15 +- 1.70 mM (Traut 1994)
     assert 0.01 <= p[ADP] <= 1.0  # ~0.5 mM total, tens of uM free (Veech 1979)
     assert p[AMP] <= 0.1  # ~0.05 mM
@@ -169,7 +170,7 @@ def test_demand_lowers_energy_charge_smoothly(sims, model):
     # no jump: no 0.1 step of demand carries a third of the fall, nor twice its neighbour's drop
     assert steps.max() < (ecs[0] - ecs[-1]) / 3.0, steps
     assert np.all(steps[1:] < 2.0 * steps[:-1]), steps
-    # and the sketch's numbers (REFERENCES.md): EC ~0.87 and dG ~ -47 at 2x, turnover ~3 s
+    # and the sketch's numbers (docs/references.md): EC ~0.87 and dG ~ -47 at 2x, turnover ~3 s
     assert 0.8 <= ecs[-1] <= 0.9
     assert -50.0 <= dgs[-1] <= -44.0
     s2 = sims[key(demand_scale=2.0)]

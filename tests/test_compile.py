@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401
-from sim import engine
+from sim.core import engine
+from sim.substrates.bio import SUBSTRATE as BIO
 from sim.llm.build import compose
 from sim.presets import build
 
@@ -33,13 +34,13 @@ def tissue():
 
 
 def _run(model, params, steps=40, chunk=2, replicates=2):
-    return engine.run(model.state, params, seed=0, steps=steps, record_every=4,
+    return engine.run(BIO, model.state, params, seed=0, steps=steps, record_every=4,
                       replicates=replicates, chunk_records=chunk)
 
 
 def test_sweep_of_parameter_values_compiles_once(tissue):
     _run(tissue, tissue.params)  # warm: may compile
-    before_events, before_count = len(_events), engine.COMPILE_COUNT[0]
+    before_events, before_count = len(_events), engine.CACHE.compiles
     results = []
     for demand, cond, hazard in [(0.5, 1.0, 1e-5), (1.5, 2.0, 1e-3), (2.0, 0.5, 0.0)]:
         p = dataclasses.replace(
@@ -51,7 +52,7 @@ def test_sweep_of_parameter_values_compiles_once(tissue):
         r = _run(tissue, p)
         assert r.error is None and r.compile_s == 0.0
         results.append(r.records["pools"][:, -1])
-    assert engine.COMPILE_COUNT[0] == before_count
+    assert engine.CACHE.compiles == before_count
     assert len(_events) == before_events, _events[before_events:]
     # the parameter values really changed the dynamics (the test could fail)
     assert not np.allclose(results[0], results[1])
@@ -59,16 +60,16 @@ def test_sweep_of_parameter_values_compiles_once(tissue):
 
 def test_long_run_is_one_executable_over_many_chunks(tissue):
     _run(tissue, tissue.params, steps=40, chunk=2)
-    before_events, before_count = len(_events), engine.COMPILE_COUNT[0]
+    before_events, before_count = len(_events), engine.CACHE.compiles
     r = _run(tissue, tissue.params, steps=400, chunk=2)  # 50 chunks of the same executable
     assert r.steps_done == 400
-    assert engine.COMPILE_COUNT[0] == before_count
+    assert engine.CACHE.compiles == before_count
     assert len(_events) == before_events
 
 
 def test_new_shape_compiles(tissue):
     """The counters do see a compilation when there is one (so the tests above can fail)."""
-    before, before_events = engine.COMPILE_COUNT[0], len(_events)
+    before, before_events = engine.CACHE.compiles, len(_events)
     _run(tissue, tissue.params, replicates=3)
-    assert engine.COMPILE_COUNT[0] == before + 1
+    assert engine.CACHE.compiles == before + 1
     assert len(_events) > before_events

@@ -18,7 +18,8 @@ import pytest
 from _support import bio_substrate
 
 import sim  # noqa: F401  (switches on float64)
-from sim import engine
+from sim.core import engine
+from sim.substrates.bio import SUBSTRATE as BIO
 from sim.kernels.transport import transport
 from sim.presets import build
 from sim.state import ADP, AMP, ATP, GLC, N_SPECIES, PI
@@ -64,7 +65,7 @@ def tissue():
         plist.append(dataclasses.replace(model.params, edges=edges, supply_scale=np.float64(supply)))
     params = stack_params(plist)
     r = engine.run(
-        model.state, params, seed=11, steps=STEPS, record_every=RECORD_EVERY,
+        BIO, model.state, params, seed=11, steps=STEPS, record_every=RECORD_EVERY,
         replicates=len(REPLICATES), batched_params=True,
     )
     assert r.error is None

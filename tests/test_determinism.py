@@ -100,7 +100,7 @@ def test_fast_reductions_agree_with_the_deterministic_run_to_round_off(split_run
 def test_first_replicate_on_the_mesa_backend_is_the_engine_replicate(tmp_path):
     """Replicate numbering is one ensemble on both backends: Mesa's replicate 5 is the engine's."""
     base = ["substrate=generic", "topology=ring", "topology.n_cells=3", "steps=60", "record_every=10",
-            "figures=false", "+params.hazard0=0.5", "+params.birth_rate=2.0", "seed=3"]
+            "figures=false", "substrate.producers.hazard=2.0", "seed=3"]
     from hydra import compose, initialize_config_dir
 
     from sim.app import CONF_DIR
@@ -112,9 +112,10 @@ def test_first_replicate_on_the_mesa_backend_is_the_engine_replicate(tmp_path):
     assert list(mesa_ds["replicate"].values) == [5]
     ref = engine_ds.sel(replicate=[5])
     assert int(ref["failures"].isel(time=-1).sum()) > 0
-    for var in ("failures", "births", "alive"):
+    for var in ("failures", "producers_alive", "alive"):
         assert np.array_equal(ref[var].values, mesa_ds[var].values), var
-    np.testing.assert_allclose(mesa_ds["pools"].values, ref["pools"].values, rtol=1e-9, atol=1e-12)
+    for var in ("s", "a", "d"):
+        np.testing.assert_allclose(mesa_ds[var].values, ref[var].values, rtol=1e-9, atol=1e-12)
 
 
 def test_xla_flags_parsing():
@@ -130,17 +131,15 @@ def test_too_late_or_conflicting_flag_is_reported_not_ignored(monkeypatch):
     import jax.numpy as jnp
 
     jnp.zeros(1).block_until_ready()  # the backend is up
-    from sim.kernels import ops
-
     try:
         monkeypatch.setenv("XLA_FLAGS", "")
         with pytest.warns(RuntimeWarning, match="fresh process"):
             status = determinism.configure(True)
-        assert status.fixed_order_sums and not status.bitwise and ops.FIXED_ORDER[0]
+        assert status.fixed_order_sums and not status.bitwise and determinism.current().fixed_order_sums
         assert os.environ["XLA_FLAGS"] == ""  # nothing set that could not take effect
         monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX512")
         with pytest.warns(RuntimeWarning, match="allows FMA"):
             assert not determinism.configure(True).bitwise
     finally:
         determinism.configure(False)
-    assert not ops.FIXED_ORDER[0] and determinism.current().reason == "deterministic_reductions is false"
+    assert not determinism.current().fixed_order_sums and determinism.current().reason == "deterministic_reductions is false"

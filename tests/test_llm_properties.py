@@ -22,7 +22,7 @@ at every point where the engine's guard can look when it replays a chunk. Proper
   occupancy) is >= 0 and never decreases; energy == sum over power states of power x GPU time, and
   the GPU time of the states adds up to (live GPUs x dt) per step; the occupancy integral grows by
   (requests in the system) x dt per step (Little's law's L);
-- the engine's own guard (``sim.llm.engine.bad_values``) finds nothing on any of these states.
+- the engine's own guard (``sim.substrates.llm.spec.invariants``) finds nothing on any of these states.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 import sim  # noqa: F401  (float64)
 from sim.errors import ConfigError
-from sim.llm import engine as llm_engine
+from sim.substrates.llm import spec as llm_spec
 from sim.llm import kernels as K
 from sim.llm.build import build_llm, compose
 from sim.llm.params import Edges
@@ -70,7 +70,7 @@ def _observe(state, params):
     act = ch.active
     big = jnp.inf
     return {
-        "record": llm_engine.observe(state),
+        "record": llm_spec.observe(state),
         "kv_capacity": state.cells.kv_capacity,
         "reserved": jnp.sum(jnp.where(act, ch.base + ch.target, 0.0), axis=1),
         "queued": jnp.sum(q.active, axis=1),
@@ -291,7 +291,7 @@ def test_token_and_energy_ledgers(base_cfg, example):
     rec = {k: _flat(v) for k, v in obs["record"].items()}
     assert (rec["debt_s"] >= 0).all()
     # the engine's guard raises no false alarm at any process boundary
-    previous = {k: np.concatenate([np.zeros((1, N_CELLS)), rec[k][:-1]]) for k in llm_engine.CUMULATIVE}
-    masks = llm_engine.bad_values(rec, _flat(obs["kv_capacity"]), previous)
+    previous = {k: np.concatenate([np.zeros((1, N_CELLS)), rec[k][:-1]]) for k in llm_spec.CUMULATIVE}
+    masks = llm_spec.invariants(rec, previous)
     fired = [name for name, (bad, _) in masks.items() if bad.any()]
     assert not fired, fired

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
-from sim.llm import engine
+from sim.core import engine
+from sim.substrates.llm import SUBSTRATE as LLM
 from sim.llm.build import build_llm, compose
 from sim.llm.reference import ReferenceLLM
 
@@ -30,7 +31,7 @@ OVERRIDES = [
 @pytest.fixture(scope="module")
 def runs():
     model = build_llm(compose(OVERRIDES))
-    res = engine.run(model.state, model.params, seed=model.seed, steps=STEPS, record_every=STEPS, replicates=2)
+    res = engine.run(LLM, model.state, model.params, seed=model.seed, steps=STEPS, record_every=STEPS, replicates=2)
     refs = []
     for r in range(2):
         ref = ReferenceLLM(model, replicate=r)

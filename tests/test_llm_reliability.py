@@ -26,12 +26,13 @@ import sim  # noqa: F401  (float64)
 from _support import Stop as _Stop
 from _support import KILL_BETWEEN_CHECKPOINTS, assert_same_results, run_child
 from _support import stop_after_checkpoint as _stop_after
-from sim import checkpoint, engine
+from _support import fault_child_script, inject, with_fault
+from sim import checkpoint
+from sim.core import engine
+from sim import substrates
 from sim.api import run
 from sim.app import EXIT_CONFIG, EXIT_NUMERICAL, execute, resume_run
-from sim.errors import ConfigError
-from sim.llm import engine as llm_engine
-from sim.llm import kernels as K
+from sim.errors import ConfigError, NumericalError
 from sim.llm.build import build_llm, compose
 from sim.pytree import replace
 
@@ -132,19 +133,8 @@ def clean_compiled():
 
 
 def _inject(monkeypatch, process: str, at_step: int, cell: int, change) -> None:
-    """Wrap one LLM process so that at one step it applies ``change(state, cell)`` (a test hook)."""
-    procs = list(K.PROCESSES)
-    i = [n for n, _ in procs].index(process)
-    original = procs[i][1]
-
-    def faulty(state, params, key=None):
-        s = original(state, params, key)
-        bad = change(s, cell)
-        return jax.tree_util.tree_map(lambda x, y: jnp.where(s.step == at_step, x, y), bad, s)
-
-    procs[i] = (process, faulty)
-    monkeypatch.setattr(K, "PROCESSES", tuple(procs))
-    engine.clear_caches()
+    """Register an LLM substrate whose ``process`` applies ``change(state, cell)`` at one step."""
+    inject(monkeypatch, with_fault("llm", process, at_step, lambda s: change(s, cell)))
 
 
 def _energy_drop(s, cell):  # the energy ledger of one model instance goes back (and below zero)
@@ -185,37 +175,23 @@ def test_chunk_check_names_the_kv_balance(monkeypatch, clean_compiled):
 
     _inject(monkeypatch, "tools", 14, 0, leak)
     llm = build_llm(compose(FAULT_RUN))
-    res = llm_engine.run(llm.state, llm.params, seed=llm.seed, steps=100, record_every=10, replicates=2,
-                         chunk_records=1)
+    res = engine.run(substrates.get("llm"), llm.state, llm.params, seed=llm.seed, steps=100, record_every=10, replicates=2,
+                     chunk_records=1)
     err = res.error
-    assert isinstance(err, llm_engine.LLMNumericalError)
+    assert isinstance(err, NumericalError) and err.compartment == "model instance"
     assert (err.step, err.cell, err.quantity, err.process) == (14, 0, "kv_balance", "tools")
     assert err.value == pytest.approx(-100.0, abs=1e-6)
     assert res.steps_done == 10 and res.records["kv_free"].shape == (2, 1, 3)
 
 
-NUMERICAL_CHILD = """
-import sys, jax.numpy as jnp
-from sim.llm import kernels as K
-from sim.pytree import replace
-procs = list(K.PROCESSES)
-i = [n for n, _ in procs].index("finish")
-original = procs[i][1]
-def faulty(state, params, key=None):
-    s = original(state, params, key)
-    kv = jnp.where(s.step == 25, s.cells.kv_free.at[1].set(jnp.inf), s.cells.kv_free)
-    return replace(s, cells=replace(s.cells, kv_free=kv))
-procs[i] = ("finish", faulty)
-K.PROCESSES = tuple(procs)
-from sim.app import entry
-sys.argv = ["sim"] + sys.argv[1:]
-entry()
+NUMERICAL_CHILD_CHANGE = """
+def change(s):
+    return replace(s, cells=replace(s.cells, kv_free=s.cells.kv_free.at[1].set(jnp.inf)))
 """
 
 
 def test_llm_numerical_failure_exit_code_3_from_the_command_line(tmp_path):
-    script = tmp_path / "child.py"
-    script.write_text(NUMERICAL_CHILD)
+    script = fault_child_script(tmp_path / "child.py", "llm", "finish", 25, NUMERICAL_CHILD_CHANGE)
     out = tmp_path / "run"
     res = run_child([str(script), *FAULT_RUN, f"hydra.run.dir={out}"])
     assert res.returncode == EXIT_NUMERICAL, res.stderr

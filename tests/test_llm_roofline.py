@@ -1,4 +1,4 @@
-"""Serving calculator and roofline against REFERENCES.md (LLM table), and the refusals."""
+"""Serving calculator and roofline against docs/references.md (LLM serving), and the refusals."""
 
 from __future__ import annotations
 

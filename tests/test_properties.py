@@ -135,7 +135,7 @@ def _steps(state, params, key):
     return jax.lax.scan(body, state, None, length=STEPS)[0]
 
 
-@pytest.fixture(scope="module", params=["bio", "generic"])
+@pytest.fixture(scope="module", params=["bio"])  # generic: tests/test_generic_substrate.py
 def step_model(request):
     return _model(N_CELLS, kind="complete", substrate=request.param)
 

@@ -8,6 +8,7 @@ checkpoint), so the test never races a timer.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -25,8 +26,12 @@ import sim  # noqa: F401  (float64)
 from _support import Stop as _Stop
 from _support import KILL_BETWEEN_CHECKPOINTS, assert_same_results, run_child
 from _support import stop_after_checkpoint as _stop_after
+from _support import fault_child_script, inject, with_fault
 import sim.api
-from sim import checkpoint, engine
+VALIDATE = importlib.import_module("sim.config.validate")
+from sim import checkpoint
+from sim.core import engine
+from sim.substrates.bio import SUBSTRATE as BIO
 from sim.app import CONF_DIR, EXIT_CONFIG, EXIT_NUMERICAL, execute, resume_run
 from sim.errors import ConfigError
 from sim.io import atomic_path, write_json
@@ -34,7 +39,6 @@ from sim.pytree import replace
 from sim.state import ATP, GLC
 
 ROOT = Path(__file__).resolve().parent.parent
-STEP_MODULE = sys.modules["sim.kernels.step"]  # (sim.kernels re-exports the function `step`)
 # a small stochastic tissue: producers fail and are rebuilt, so the PRNG stream matters
 SMALL = [
     "topology=ring", "topology.n_cells=8", "replicates=2", "steps=600", "record_every=10",
@@ -65,29 +69,18 @@ def reference(tmp_path_factory):
 
 
 def _inject(monkeypatch, process: str, at_step: int, cell: int, species: int, value: float) -> None:
-    """Wrap one process so that it writes ``value`` into one pool at one step (a test hook)."""
-    procs = list(STEP_MODULE.PROCESSES)
-    names = [n for n, _ in procs]
-    i = names.index(process)
-    original = procs[i][1]
+    """Register a biology substrate whose ``process`` writes ``value`` into one pool at one step."""
 
-    def faulty(state, params, key=None):
-        s = original(state, params, key)
-        pools = s.cells.pools
-        pools = jnp.where(s.step == at_step, pools.at[cell, species].set(value), pools)
-        return replace(s, cells=replace(s.cells, pools=pools))
+    def change(s):
+        return replace(s, cells=replace(s.cells, pools=s.cells.pools.at[cell, species].set(value)))
 
-    procs[i] = (process, faulty)
-    monkeypatch.setattr(STEP_MODULE, "PROCESSES", tuple(procs))
-    monkeypatch.setattr(engine, "PROCESSES", tuple(procs))
-    engine._compiled.cache_clear()  # the cached compiled runs hold the healthy step
+    inject(monkeypatch, with_fault("bio", process, at_step, change))
 
 
 @pytest.fixture
 def clean_compiled():
     yield
     engine.clear_caches()
-    engine._advance.clear_cache()
 
 
 @pytest.mark.parametrize(
@@ -107,11 +100,11 @@ def test_bad_pool_stops_run_naming_step_cell_species_process(
     assert code == EXIT_NUMERICAL
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed"
-    assert (summary["failure_step"], summary["failure_cell"], summary["failure_species"], summary["failure_process"]) == (
+    assert (summary["failure_step"], summary["failure_cell"], summary["failure_quantity"], summary["failure_process"]) == (
         step, cell, name, process
     )
     reason = summary["reason"]
-    for part in (f"step {step}", f"cell {cell}", f"species {name}", f"process {process}"):
+    for part in (f"step {step}", f"cell {cell}", f"quantity {name}", f"process {process}"):
         assert part in reason, reason
     # everything computed before the bad chunk is kept: chunks end at steps 10, 20, ...
     good_chunks = step // 10
@@ -131,13 +124,13 @@ def test_params_override_that_makes_nan_is_named(monkeypatch, clean_compiled, tm
     with pytest.raises(ConfigError) as info:
         sim.api.prepare(compose_cfg(*SMALL, "+params.dg0_kj=nan"))
     assert info.value.key == "params.dg0_kj"
-    monkeypatch.setattr(sim.api, "validate", lambda cfg: None)
+    monkeypatch.setattr(VALIDATE, "validate", lambda cfg: None)
     code = execute(compose_cfg(*SMALL, "+params.dg0_kj=nan"), tmp_path, quiet=True)
     assert code == EXIT_NUMERICAL
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["failure_process"] == "metabolism" and summary["failure_step"] == 0
-    assert summary["failure_cell"] == 0 and summary["failure_species"] in ("glucose", "atp", "adp", "pi")
+    assert summary["failure_cell"] == 0 and summary["failure_quantity"] in ("glucose", "atp", "adp", "pi")
     assert not (tmp_path / "results.nc").exists()  # the first chunk failed: nothing good to keep
 
 
@@ -149,12 +142,12 @@ def test_unstable_transport_is_stopped_naming_transport(monkeypatch, clean_compi
     with pytest.raises(ConfigError) as info:
         sim.api.prepare(compose_cfg(*SMALL, *over))
     assert info.value.key == "dt"
-    monkeypatch.setattr(sim.api, "check_stability", lambda model, cfg: None)
+    monkeypatch.setattr(VALIDATE, "check_stability", lambda model, cfg: None)
     code = execute(compose_cfg(*SMALL, *over), tmp_path, quiet=True)
     assert code == EXIT_NUMERICAL
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["failure_process"] == "transport"
-    assert summary["failure_species"] in ("glucose", "atp", "adp", "amp", "pi")
+    assert summary["failure_quantity"] in ("glucose", "atp", "adp", "amp", "pi")
     assert 0 <= summary["failure_cell"] and 0 <= summary["failure_step"]
 
 
@@ -169,32 +162,18 @@ def test_unstable_dt_is_refused_before_compiling(monkeypatch, tmp_path):
     assert summary["status"] == "failed" and "invalid config: dt=10.0" in summary["reason"]
 
 
-NUMERICAL_CHILD = """
-import sys, jax.numpy as jnp
-import sim.engine as engine
-from sim.pytree import replace
-step_module = sys.modules["sim.kernels.step"]
-procs = list(step_module.PROCESSES)
-name, original = procs[1]
-def faulty(state, params, key=None):
-    s = original(state, params, key)
-    pools = jnp.where(s.step == 25, s.cells.pools.at[2, 1].set(jnp.nan), s.cells.pools)
-    return replace(s, cells=replace(s.cells, pools=pools))
-procs[1] = (name, faulty)
-step_module.PROCESSES = engine.PROCESSES = tuple(procs)
-from sim.app import entry
-sys.argv = ["sim"] + sys.argv[1:]
-entry()
+NUMERICAL_CHILD_CHANGE = """
+def change(s):
+    return replace(s, cells=replace(s.cells, pools=s.cells.pools.at[2, 1].set(jnp.nan)))
 """
 
 
 def test_numerical_failure_exit_code_3_from_the_command_line(tmp_path):
-    script = tmp_path / "child.py"
-    script.write_text(NUMERICAL_CHILD)
+    script = fault_child_script(tmp_path / "child.py", "bio", "transport", 25, NUMERICAL_CHILD_CHANGE)
     out = tmp_path / "run"
     res = run_child([str(script), *SMALL[:-2], "steps=100", "chunk_records=1", f"hydra.run.dir={out}"])
     assert res.returncode == EXIT_NUMERICAL, res.stderr
-    assert "numerical failure at step 25, replicate 0, cell 2, species atp, process transport" in res.stderr
+    assert "numerical failure at step 25, replicate 0, cell 2, quantity atp, process transport" in res.stderr
     assert "Traceback" not in res.stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
     assert load(out / "results.nc").sizes["time"] == 2
@@ -350,10 +329,10 @@ def test_same_config_and_seed_give_identical_runs_and_chunking_does_not_matter(t
 
 @pytest.fixture(scope="module")
 def batch_runs():
-    cfg, model = sim.api.prepare(compose_cfg(*SMALL[:2], "topology.n_cells=4", "+params.hazard0=0.5", "+params.birth_rate=2.0"))
+    cfg, _, model = sim.api.prepare(compose_cfg(*SMALL[:2], "topology.n_cells=4", "+params.hazard0=0.5", "+params.birth_rate=2.0"))
     kw = dict(seed=11, steps=200, record_every=10, chunk_records=20)
-    big = engine.run(model.state, model.params, replicates=256, **kw)
-    alone = {k: engine.run(model.state, model.params, replicates=1, first_replicate=k, **kw) for k in (0, 7, 255)}
+    big = engine.run(BIO, model.state, model.params, replicates=256, **kw)
+    alone = {k: engine.run(BIO, model.state, model.params, replicates=1, first_replicate=k, **kw) for k in (0, 7, 255)}
     return big, alone
 
 
@@ -366,5 +345,5 @@ def test_replicate_alone_equals_replicate_in_batch_of_256(batch_runs):
     for k, one in alone.items():
         for name in ("failures", "births", "alive", "n_producers"):
             assert np.array_equal(big.records[name][k], one.records[name][0]), (k, name)
-        for name in engine.RECORD_FIELDS:
+        for name in BIO.record_fields:
             np.testing.assert_allclose(one.records[name][0], big.records[name][k], rtol=1e-12, atol=1e-15)

@@ -6,7 +6,7 @@ from scipy import stats
 
 import sim  # noqa: F401  (x64)
 from sim import rng
-from sim.engine import replicate_keys
+from sim.rng import replicate_keys
 
 
 def test_draw_depends_only_on_id_not_layout():

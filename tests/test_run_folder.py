@@ -1,4 +1,4 @@
-"""The run-folder and sweep contract of `python -m sim` (DESIGN.md section 6), end to end."""
+"""The run-folder and sweep contract of `python -m sim` (README, "What a run writes"), end to end."""
 
 import json
 import subprocess
@@ -89,9 +89,10 @@ def test_plot_command_redraws_figures(run_dir: Path):
 
 
 def test_sweep_collects_parquet_even_with_a_failed_job(tmp_path):
-    # one job asks for a negative demand multiplier: it fails validation, the others must survive
+    # one job asks for a negative demand multiplier: it fails validation, the others must survive;
+    # the sweep writes its table and then exits 4 (not 0), so a script sees that a job failed
     out = _sim(["-m", "params.demand_scale=0.5,2,-1", *SMALL, "figures=false"], tmp_path)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 4, out.stderr
     sweeps = list((tmp_path / "runs" / "multirun").iterdir())
     assert len(sweeps) == 1
     df = pd.read_parquet(sweeps[0] / "summary.parquet")

@@ -4,14 +4,14 @@ This module re-derives the continuous-time rate equations of one cell in plain n
 never calls the JAX kernels, so the engine can be checked against it. Units: concentrations in
 mM, time in s, fluxes in mM/s, free energies in kJ/mol, temperature in K.
 
-Equations (DESIGN.md 2.2; values and sources in conf/substrate/bio.yaml and REFERENCES.md):
+Equations (values and sources in conf/substrate/bio.yaml and docs/references.md):
 
 * glucose uptake from the surroundings ``v_up = k_up (S_ext - S)``                       [mM/s]
 * producer p:  ``J_p = s V_p h_p S/(K_S,p+S) D/(K_D,p+D) Pi/(K_P,p+Pi) brake_p(dG)``         [mM/s]
   with ``s`` = ``supply_scale``, glucose use ``J_p / yield_p``; the thermodynamic brake is
   ``max(0, 1 - exp((|dG| - G_max,p)/RT))`` (OXPHOS: ``G_max = n_H F dp``)
-* ``dG = dG0' + RT ln(D Pi / A)`` with the concentrations in M (REFERENCES.md: -54.2 kJ/mol at
-  5/0.5/1 mM, 310 K)
+* ``dG = dG0' + RT ln(D Pi / A)`` with the concentrations in M (-54.2 kJ/mol at 5/0.5/1 mM,
+  310 K; docs/references.md)
 * consumer j: ``u_j = d m V_j A'/(K_j + A')``, ``A' = max(A - R_tier, 0)`` (Michaelis-Menten above the tier's reserve) with ``d`` = ``demand_scale`` and
   ``m`` the cell's demand multiplier
 * protein synthesis run as chains (S ribosome cohorts, each elongating at ``r A'/(K + A')`` aa/s

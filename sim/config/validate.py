@@ -8,6 +8,19 @@ dt * g * max_degree * max(permeability) < 1 (else a cell can send more than it h
 need dt well below the fastest pool relaxation time, estimated as
 dt * max(sum V_prod / K_ADP, sum V_cons / K_ATP, uptake) <= 0.5.
 
+Every group is strict. ``topology`` and ``experiment`` are typed by the schemas (an unknown key is
+refused by the merge into them); the free-form groups ``substrate``, ``model``, ``gpu`` and the
+experiment sections ``roofline``, ``serving``, ``cascade``, ``analogy`` (whose keys Hydra accepts
+with ``+``, so a typo such as ``+substrate.arrivals.rate_per_sec=50`` used to run with the default
+rate) are compared with the shipped yaml files of their group (:func:`check_group_keys`): the
+option named by the group's ``name`` (``substrate.name: bio`` -> ``conf/substrate/bio.yaml``), or
+the union over the group's options where no option has that name, or, for the experiment
+sections, the union over ``conf/experiment/*.yaml``. Producer and consumer ``kinds`` are named by
+the user; each kind may hold the keys any shipped kind holds. A ``substrate`` whose name is not a
+shipped option (a substrate written in Python, not from ``conf/``) is not compared: there is no
+yaml file that says what it holds. ``seed`` must fit ``jax.random.PRNGKey`` (signed 64 bits) and
+``first_replicate + replicates`` the uint32 replicate counter that is folded into each key.
+
 Every problem found is collected; :class:`ConfigErrors` (a :class:`~sim.errors.ConfigError`)
 carries them all, one line each.
 """
@@ -15,14 +28,22 @@ carries them all, one line each.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sim.config.schema import RunSchema
 from sim.errors import ConfigError
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+STRICT_GROUPS = ("substrate", "model", "gpu")  # free-form groups checked against conf/<group>/*.yaml
+EXPERIMENT_SECTIONS = ("roofline", "serving", "cascade", "analogy")  # set by conf/experiment/*.yaml
+MAX_SEED = 2**63 - 1  # jax.random.PRNGKey(seed) converts the seed to a signed 64-bit integer
+REPLICATE_LIMIT = 2**32  # replicate numbers are folded into the key as uint32 (fold_in)
 BACKENDS = ("jax", "mesa")
 PRECISIONS = ("float64", "float32")
 # substrate keys whose values must be non-negative (rates, capacities, affinities, amounts)
@@ -128,6 +149,124 @@ def _check_types(cfg: dict, out: _Collector) -> None:
             out.add(key, value, f"a value of the schema's type ({msg})")
 
 
+# ------------------------------------------------------------------------------ strict groups
+
+
+def _union(a, b):
+    """Key-wise union of two yaml trees (a mapping wins over a scalar: it allows more)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = _union(out[k], v) if k in out else v
+        return out
+    return a if isinstance(a, dict) else b
+
+
+def _template(node):
+    """A yaml tree as a key template: ``kinds`` mappings become ``{"*": union of the kinds}``."""
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k == "kinds" and isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+            merged = {}
+            for kind in v.values():
+                merged = _union(merged, kind)
+            out[k] = {"*": _template(merged)}
+        else:
+            out[k] = _template(v)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped(group: str) -> tuple:
+    """((option name, key template), ...) of ``conf/<group>/*.yaml`` (read once per process)."""
+    options = []
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        if isinstance(data, dict):
+            data.pop("defaults", None)
+            options.append((path.stem, _template(data)))
+    return tuple(options)
+
+
+@functools.lru_cache(maxsize=None)
+def _experiment_sections() -> dict:
+    """Section -> key template: the union over ``conf/experiment/*.yaml`` of each section."""
+    out: dict = {}
+    for _, data in _shipped("experiment"):
+        for section in EXPERIMENT_SECTIONS:
+            if isinstance(data.get(section), dict):
+                out[section] = _union(out.get(section, {}), data[section])
+    return out
+
+
+def _group_template(group: str, node: dict):
+    """(template, where) for a composed group; None where it cannot be known (see the docstring)."""
+    options = _shipped(group)
+    if not options:
+        return None
+    name = node.get("name")
+    for stem, data in options:
+        if data.get("name", stem) == name:
+            return data, f"conf/{group}/{stem}.yaml"
+    if group == "substrate":
+        return None  # a substrate written in Python: its keys are its own
+    merged: dict = {}
+    for _, data in options:
+        merged = _union(merged, data)
+    return merged, f"conf/{group}/*.yaml"
+
+
+def _unknown_keys(node: dict, template: dict, prefix: str, where: str, out: _Collector) -> None:
+    for k, v in node.items():
+        key = f"{prefix}.{k}"
+        if k in template:
+            t = template[k]
+        elif "*" in template and len(template) == 1:  # a kind named by the user
+            t = template["*"]
+        else:
+            allowed = ", ".join(sorted(str(x) for x in template if x != "*")) or "none"
+            for leaf, value in _walk(v, key):
+                out.add(leaf, value, f"a key of {prefix} in {where}: {allowed}")
+            continue
+        if isinstance(v, dict) and isinstance(t, dict):
+            _unknown_keys(v, t, key, where, out)
+
+
+def _check_group_keys(cfg: dict, out: _Collector) -> None:
+    for group in STRICT_GROUPS:
+        node = cfg.get(group)
+        if isinstance(node, dict):
+            found = _group_template(group, node)
+            if found is not None:
+                _unknown_keys(node, found[0], group, found[1], out)
+    sections = _experiment_sections()
+    for section, template in sections.items():
+        node = cfg.get(section)
+        if not isinstance(node, dict):
+            continue
+        template = dict(template)
+        if section == "analogy":  # its llm_substrate comes from the substrate group (a defaults entry)
+            template.pop("llm_substrate", None)
+            sub = node.get("llm_substrate")
+            found = _group_template("substrate", sub) if isinstance(sub, dict) else None
+            if found is not None:
+                _unknown_keys(sub, found[0], "analogy.llm_substrate", found[1], out)
+            node = {k: v for k, v in node.items() if k != "llm_substrate"}
+        _unknown_keys(node, template, section, "conf/experiment/*.yaml", out)
+
+
+def check_group_keys(cfg: dict) -> None:
+    """Refuse keys that no shipped yaml file of their group has (see the module docstring), every
+    one at once: ``invalid config: KEY=VALUE; allowed: a key of GROUP in conf/...: k1, k2, ...``.
+    Run by :func:`validate`, and by ``sim.app`` on the whole composed config before a run starts
+    (it also sees ``analogy``, which the analogy experiment splits off before validating)."""
+    out = _Collector()
+    _check_group_keys(cfg, out)
+    out.raise_if_any()
+
+
 def _int_at_least(cfg, key, minimum, out: _Collector):
     v = cfg.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
@@ -229,6 +368,18 @@ def validate(cfg: dict) -> None:
                          ("chunk_records", 1), ("checkpoint_every", 0), ("first_replicate", 0)):
         if key not in bad and (key in cfg or key not in ("checkpoint_every", "first_replicate")):
             ints[key] = _int_at_least(cfg, key, minimum, out)
+    seed = ints.get("seed")
+    if seed is not None and seed > MAX_SEED:
+        out.add("seed", seed, f"an integer in [0, 2**63 - 1 = {MAX_SEED}] (jax.random.PRNGKey takes a signed 64-bit seed)")
+    first, reps = ints.get("first_replicate"), ints.get("replicates")
+    if reps is not None and reps > REPLICATE_LIMIT:
+        out.add("replicates", reps, "an integer in [1, 2**32] (replicate numbers are uint32)")
+    elif first is not None and reps is not None and first + reps > REPLICATE_LIMIT:
+        out.add(
+            "first_replicate", first,
+            f"an integer in [0, 2**32 - replicates = {REPLICATE_LIMIT - reps}] (replicates first_replicate .. "
+            "first_replicate + replicates - 1 are folded into the PRNG key as uint32; larger numbers would wrap)",
+        )
     steps, every = ints.get("steps"), ints.get("record_every")
     if steps and every and steps % every:
         out.add("steps", steps, f"a multiple of record_every={every}")
@@ -242,13 +393,14 @@ def validate(cfg: dict) -> None:
         out.add("resume", resume, "null or the path of a run folder with a checkpoint")
     _check_params(cfg.get("params"), out)
     _check_topology(cfg.get("topology") or {}, out)
+    _check_group_keys(cfg, out)
 
     sub = cfg.get("substrate") or {}
     _check_substrate_sections(sub, out)
     for key, value in _walk(sub, "substrate"):
         leaf = key.rsplit(".", 1)[-1]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
+        if key in out.bad_keys or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # (an unknown key is named once)
         if not math.isfinite(value):
             out.add(key, value, "a finite number")
         elif leaf.endswith(NONNEG_SUFFIXES) and "dg" not in leaf and value < 0:

@@ -1,4 +1,4 @@
-"""``experiment=analogy``: the structural table of DESIGN.md section 1 with measured numbers.
+"""``experiment=analogy``: the structural table (docs/references.md) with measured numbers.
 
 One biology tissue (``substrate``, the ``bio`` preset) and one LLM serving tissue (the ``llm``
 preset under ``analogy.llm_substrate``, with the ``model`` and ``gpu`` groups) run on the SAME
@@ -80,17 +80,18 @@ import jax
 import numpy as np
 import xarray as xr
 
-from sim import engine
+from sim.core import engine
 from sim.api import RunOutput, prepare
+from sim.substrates.llm import SUBSTRATE as LLM
 from sim.config.validate import ConfigErrors, check_stability, problems_of, validate, validate_llm
 from sim.constants import AVOGADRO_PER_MOL, landauer_j
 from sim.errors import ConfigError
 from sim.experiments import register
 from sim.experiments.cascade import fit_exponent, plain_chain_costs
 from sim.kernels.thermo import dg_atp_kj, energy_charge
-from sim.llm import engine as llm_engine
 from sim.llm import results as llm_results
-from sim.llm.build import POISSON_TAIL, build_llm, num, poisson_tail
+from sim.core.config import num
+from sim.llm.build import POISSON_TAIL, build_llm, poisson_tail
 from sim.llm.results import MAX_ACCUMULATION  # requests may grow by <= 5% of the window's arrivals
 from sim.results import summarize as bio_summarize
 from sim.results import to_dataset as bio_dataset
@@ -310,13 +311,18 @@ def _mean(x):
     return float(np.mean(x))
 
 
+def step_demand(sub, params, factor: float):
+    """The parameters with the substrate's demand knob (``Substrate.demand_knob``) times ``factor``."""
+    x = np.asarray(getattr(params, sub.demand_knob))
+    return dataclasses.replace(params, **{sub.demand_knob: np.asarray(x * factor, dtype=x.dtype)})
+
+
 def run_bio(cfg: dict, opt: dict, ph: dict):
     """Build the biology tissue; returns (model, the stepped params, a phase runner)."""
-    cfg, model = prepare(cfg)
+    cfg, sub, model = prepare(cfg)
     p = model.params
     f = opt["step_factor"]
-    stepped = dataclasses.replace(p, demand_scale=np.asarray(np.asarray(p.demand_scale) * f,
-                                                             dtype=np.asarray(p.demand_scale).dtype))
+    stepped = step_demand(sub, p, f)
     try:
         check_stability(dataclasses.replace(model, params=stepped), cfg)
     except ConfigError as exc:
@@ -325,7 +331,7 @@ def run_bio(cfg: dict, opt: dict, ph: dict):
     every, reps = int(cfg["record_every"]), int(cfg["replicates"])
 
     def run_fn(state, params, steps, start_step):
-        return engine.run(state, params, seed=model.seed, steps=steps, record_every=every, replicates=reps,
+        return engine.run(sub, state, params, seed=model.seed, steps=steps, record_every=every, replicates=reps,
                           chunk_records=ph["chunk"], start_step=start_step)
 
     return model, stepped, run_fn
@@ -398,12 +404,12 @@ def run_llm(cfg: dict, opt: dict, ph: dict):
         raise ConfigError("analogy.step_factor", f, f"a stepped arrival rate the Poisson truncation takes ({rate:g}/s x "
                           f"dt: P(more than {a_max} per step) = {tail:.2g}); raise "
                           "analogy.llm_substrate.arrivals.max_per_step or lower dt")
-    stepped = dataclasses.replace(p, arrival_rate=np.asarray(p.arrival_rate) * f)
+    stepped = step_demand(LLM, p, f)
     every, reps = int(cfg["record_every"]), int(cfg["replicates"])
 
     def run_fn(state, params, steps, start_step):
-        return llm_engine.run(state, params, seed=llm.seed, steps=steps, record_every=every, replicates=reps,
-                              chunk_records=ph["chunk"], start_step=start_step)
+        return engine.run(LLM, state, params, seed=llm.seed, steps=steps, record_every=every, replicates=reps,
+                          chunk_records=ph["chunk"], start_step=start_step)
 
     return llm, stepped, run_fn
 

@@ -38,11 +38,13 @@ import xarray as xr
 
 from sim.api import RunOutput
 from sim.config.validate import validate
-from sim.engine import replicate_keys
+from sim.rng import replicate_keys
+from sim.core.config import num
 from sim.errors import ConfigError
 from sim.experiments import register
 from sim.kernels import chains as ck
-from sim.llm import engine as llm_engine
+from sim.core import engine
+from sim.substrates.llm import SUBSTRATE as LLM
 from sim.llm import specs
 from sim.llm.build import build_llm, stack_params
 
@@ -73,14 +75,8 @@ def _lengths(c, key):
 
 
 def _num(c, key, lo=0.0, strict=False, hi=None):
-    parts = key.split(".")
-    v = c
-    for p in parts:
-        v = _get(v, p)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (strict and v == lo) or (hi is not None and v > hi):
-        rng = f"{'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
-        raise ConfigError(f"cascade.{key}", v, f"a number {rng}")
-    return float(v)
+    """A number of the ``cascade`` section, through the one config reader."""
+    return num({"cascade": c}, f"cascade.{key}", lo, hi, strict=strict)
 
 
 # ---- part 1: chains ----------------------------------------------------------------------------
@@ -232,8 +228,8 @@ def agent_loops(cfg: dict) -> dict:
     steps = int(np.ceil(max(turns) * (per_turn / dt + 3) * 1.5)) + 10
     every = 10
     steps = -(-steps // every) * every
-    res = llm_engine.run(m0.state, params, seed=m0.seed, steps=steps, record_every=every, replicates=len(points),
-                         batched_params=True)
+    res = engine.run(LLM, m0.state, params, seed=m0.seed, steps=steps, record_every=every, replicates=len(points),
+                     batched_params=True)
     st = jax.device_get(res.state)
     tokens_in = np.asarray(st.ledger.tokens_in)[:, 0]
     turns_done = np.asarray(st.ledger.turns_done)[:, 0]

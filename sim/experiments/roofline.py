@@ -21,7 +21,9 @@ from sim.config.validate import validate
 from sim.constants import landauer_j
 from sim.errors import ConfigError
 from sim.experiments import register
-from sim.llm import engine, specs
+from sim.core import engine
+from sim.llm import specs
+from sim.substrates.llm import SUBSTRATE as LLM
 from sim.llm.build import build_llm
 from sim.llm.results import to_dataset
 
@@ -78,7 +80,7 @@ def run_roofline(cfg: dict) -> RunOutput:
     ecfg, batch, context, power_state = calculator_config(cfg)
     llm = build_llm(ecfg)
     result = engine.run(
-        llm.state, llm.params, seed=llm.seed, steps=int(cfg["steps"]), record_every=int(cfg["record_every"]),
+        LLM, llm.state, llm.params, seed=llm.seed, steps=int(cfg["steps"]), record_every=int(cfg["record_every"]),
         replicates=int(cfg["replicates"]), chunk_records=int(cfg.get("chunk_records", 100)),
     )
     ds = to_dataset(llm, result, cfg) if result.steps_done else None

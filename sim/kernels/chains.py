@@ -25,7 +25,7 @@ of the nascent protein, or the tokens of context) and has made ``made`` units. P
 
 Defaults for biology (``biology_params``): ~4 ATP-equivalents per amino acid (c0 = 4, c1 = 0:
 constant cost per unit), elongation ~5 aa/s in mammals, mean length ~400 aa (p_stop = 1/400)
-(textbook values, REFERENCES.md "translation cost"). For an LLM decode stream (``llm_params``)
+(textbook values; docs/references.md, "Translation"). For an LLM decode stream (``llm_params``)
 the currency is FLOPs: c0 = 2N, c1 = 2 n_layer d_model (Kaplan et al. 2020), so a chain of
 ``L`` units from ``l0 = 0`` costs ``2N L + n_layer d L^2`` = the prefill cost of ``L`` tokens.
 
@@ -106,7 +106,7 @@ def empty(n_cells: int, slots: int, dtype=np.float64) -> tuple[ChainSlots, Chain
 
 def biology_params(dt: float, **over) -> ChainParams:
     """Protein synthesis: 4 ATP/aa (c1 = 0), 5 aa/s, mean 400 aa (p_stop = 1/400), n_max 35,000 aa
-    (titin-sized ceiling; chosen). Textbook values quoted in REFERENCES.md."""
+    (titin-sized ceiling; chosen). Textbook values, cited in docs/references.md ("Translation")."""
     p = dict(dt=dt, rate=5.0, c0=4.0, c1=0.0, p_stop=1.0 / 400.0, n_max=35000.0, l0=0.0, init_rate=0.0,
              init_cost=0.0, p_tool=0.0, tool_steps=1, r_tool=0.0, mem_threshold=0.0, mem_factor=2.0, mem_cost=0.0)
     p.update(over)

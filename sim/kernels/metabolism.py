@@ -5,7 +5,7 @@ with limiters so no pool goes negative. Evaluating every reaction on the same st
 fixed point of the step map the exact root of supply = demand (no splitting error), which is
 what the steady-state tests compare against.
 
-Rate laws (DESIGN.md 2.2), per producer p in cell i and consumer j:
+Rate laws (docs/references.md, "The model in one table"), per producer p in cell i and consumer j:
   J_p = V_p h_p S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake_p(dG)     [mM/s], glucose use J_p/yield_p
   u_j = V_j A'/(K_j + A'), A' = max(A - R_tier, 0)               [mM/s]
 R_tier is the ATP reserve a tier cannot draw below (energy sensing, e.g. AMPK/mTOR shutting down
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from sim.kernels.capacity import consumer_vmax
 from sim.kernels import translation
 from sim.kernels.chains import chain_demand, chain_step
 from sim.kernels.ops import rowsum
@@ -71,7 +72,7 @@ def consumption_demand(state, params):
     """Unconstrained ATP demand per consumer slot (C, K) in mM/s and the saturated tier-0 rate."""
     cons = state.consumers
     a = jnp.maximum(state.cells.pools[:, ATP, None] - per_slot(params.tier_reserve, cons.tier), 0.0)
-    vmax = params.demand_scale * state.cells.demand_mult[:, None] * cons.vmax
+    vmax = consumer_vmax(state, params)
     alive = state.cells.alive[:, None]
     u = jnp.where(alive, vmax * a / (cons.km + a), 0.0)
     saturated0 = rowsum(jnp.where(alive & (cons.tier == 0), vmax, 0.0))

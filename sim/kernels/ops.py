@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
@@ -28,19 +30,27 @@ def fixed_order_sum(x, axis: int = -1):
 
 # Off by default: fixed-order sums cost up to ~2.5x the step time on CPU (they defeat XLA's fused
 # reductions). With them off, replicate k alone and in a batch agree to ~1e-15 relative, not
-# bitwise. `deterministic_reductions=true` in a config (or set_fixed_order(True)) turns them on.
-FIXED_ORDER = [False]
+# bitwise. The engine traces a step inside ``reduction_order(True)`` when a run asks for
+# ``deterministic_reductions`` and keys its compiled executables on that choice
+# (``sim.core.engine``), so the choice is explicit per compiled program, never a process-wide switch.
+_FIXED_ORDER = [False]
 
 
-def set_fixed_order(on: bool) -> None:
-    """Choose bitwise batch-invariant sums (True) or XLA's fast reductions (False) for later traces."""
-    FIXED_ORDER[0] = bool(on)
+@contextlib.contextmanager
+def reduction_order(fixed: bool):
+    """Trace the enclosed code with fixed-order (True) or XLA's fast (False) agent-axis sums."""
+    saved = _FIXED_ORDER[0]
+    _FIXED_ORDER[0] = bool(fixed)
+    try:
+        yield
+    finally:
+        _FIXED_ORDER[0] = saved
 
 
 def rowsum(x):
     """Sum over the per-cell agent axis (axis 1): XLA's reduction, or a fixed left-to-right order
-    when :data:`FIXED_ORDER` is on (see :func:`fixed_order_sum`)."""
-    if FIXED_ORDER[0]:
+    inside :func:`reduction_order` ``(True)`` (see :func:`fixed_order_sum`)."""
+    if _FIXED_ORDER[0]:
         return fixed_order_sum(x, axis=1)
     return jnp.sum(x, axis=1)
 

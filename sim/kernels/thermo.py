@@ -1,8 +1,9 @@
 """Thermodynamics of the adenylate system (vectorised; ``xp`` may be numpy or jax.numpy).
 
-dG_ATP = dG0' + RT ln([ADP][Pi]/[ATP]) with concentrations in M (REFERENCES.md: -54.2 kJ/mol at
-5/0.5/1 mM, 310 K). The thermodynamic brake of a producer whose free-energy ceiling is G_max
-(OXPHOS: n_H F dp, 3.67 H+/ATP x 0.18 V = 63.7 kJ/mol) is max(0, 1 - exp((|dG| - G_max)/RT)).
+dG_ATP = dG0' + RT ln([ADP][Pi]/[ATP]) with concentrations in M (-54.2 kJ/mol at 5/0.5/1 mM,
+310 K; in vivo -50 to -60, Mader 2003; docs/references.md). The thermodynamic brake of a
+producer whose free-energy ceiling is G_max (OXPHOS: n_H F dp, 3.67 H+/ATP (Watt et al. 2010)
+x 0.18 V = 63.7 kJ/mol) is max(0, 1 - exp((|dG| - G_max)/RT)).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from sim.kernels.capacity import consumer_vmax
 from sim.kernels.chains import ChainParams
 from sim.kernels.ops import rowsum
 from sim.state import ATP
@@ -49,7 +50,7 @@ def chain_params(state, params, is_chain, per_slot):
     n_slots = state.chains.active.shape[-1]
     ap = jnp.maximum(cells.pools[:, ATP, None] - per_slot(params.tier_reserve, cons.tier), 0.0)
     sat = rowsum(jnp.where(is_chain, ap / (cons.km + ap), 0.0))
-    vmax = params.demand_scale * cells.demand_mult[:, None] * cons.vmax
+    vmax = consumer_vmax(state, params)
     v = rowsum(jnp.where(is_chain, vmax, 0.0))
     r_max = params.chain_rate
     c0 = jnp.where(r_max > 0, v / jnp.where(r_max > 0, n_slots * r_max, 1.0), 0.0)

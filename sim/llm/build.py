@@ -14,6 +14,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
+from sim.core.config import num
 from sim.errors import ConfigError
 from sim.llm.params import Edges, LLMParams
 from sim.llm.specs import GpuSpec, ModelSpec, check_fits, gpu_spec, model_spec
@@ -53,28 +54,6 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = h_compose(config_name="config", overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=True)
-
-
-def _node(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(dotted, None, "a value (missing from the config)")
-        node = node[part]
-    return node
-
-
-def num(cfg, dotted, minimum=None, maximum=None, strict=False, integer=False, what="a number"):
-    v = _node(cfg, dotted)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(dotted, v, f"{what} (finite)")
-    if integer and float(v) != int(v):
-        raise ConfigError(dotted, v, f"{what}: an integer")
-    if minimum is not None and (v < minimum or (strict and v == minimum)):
-        raise ConfigError(dotted, v, f"{what} {'>' if strict else '>='} {minimum}")
-    if maximum is not None and v > maximum:
-        raise ConfigError(dotted, v, f"{what} <= {maximum}")
-    return int(v) if integer else float(v)
 
 
 def poisson_tail(lam: float, kmax: int) -> float:

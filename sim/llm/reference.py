@@ -12,22 +12,15 @@ It is a correctness oracle, not a fast path: use it on a few cells and slots.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.special import ndtri
 
 from sim import rng
 from sim.llm import kernels as K
 from sim.llm.state import Cells, Chains, Gpus, Ledger, LLMState, Queue
-
-
-@functools.partial(jax.jit, static_argnames=("purpose", "n"))
-def _draws(key, step, purpose: int, n: int):
-    return rng.uniforms(key, step, purpose, jnp.arange(n, dtype=jnp.uint32))
 
 
 @dataclasses.dataclass
@@ -132,7 +125,7 @@ class ReferenceLLM:
     # ---- helpers mirroring sim.llm.kernels ----------------------------------------------------
 
     def u(self, purpose: int, n: int) -> np.ndarray:
-        return np.asarray(_draws(self.key, np.uint32(self.step_count), purpose, n))
+        return rng.host_uniforms(self.key, self.step_count, purpose, n)
 
     def prefill_flops(self, tokens: float, cached: float = 0.0) -> float:
         return self.p["c0"] * tokens + 0.5 * self.p["c1"] * (tokens * tokens + 2.0 * cached * tokens)

@@ -25,35 +25,7 @@ import xarray as xr
 
 from sim.constants import landauer_j
 from sim.llm import specs
-from sim.llm.engine import RECORD_FIELDS
 
-UNITS = {
-    "queue_len": ("requests", "requests waiting in the queue"),
-    "batch": ("chains", "chain slots holding a request (decoding or waiting on a tool)"),
-    "decoding": ("chains", "chains decoding"),
-    "kv_occupied": ("tokens", "KV cache held by chains (conserved carrier, occupied)"),
-    "kv_free": ("tokens", "KV cache free"),
-    "in_system": ("requests", "requests queued or in a chain"),
-    "debt_s": ("s", "prefill/tool/memory GPU work owed"),
-    "step_time_s": ("s", "roofline time of the last decode iteration"),
-    "arrived": ("requests", "cumulative arrivals"),
-    "dropped": ("requests", "cumulative requests dropped (queue full)"),
-    "completed": ("requests", "cumulative conversations completed"),
-    "turns_done": ("turns", "cumulative turns finished"),
-    "sojourn_s": ("s", "cumulative time in system of completed requests"),
-    "occupancy_s": ("request s", "cumulative integral of requests in system"),
-    "tokens_in": ("tokens", "cumulative prompt tokens prefilled"),
-    "tokens_out": ("tokens", "cumulative tokens generated"),
-    "tool_calls": ("calls", "cumulative tool calls"),
-    "tool_tokens": ("tokens", "cumulative tokens appended by tools"),
-    "compressions": ("compressions", "cumulative memory-module compressions"),
-    "tokens_removed": ("tokens", "cumulative tokens removed by memory modules"),
-    "energy_j": ("J", "cumulative GPU energy"),
-    "prefill_s": ("GPU s", "cumulative time in the prefill state"),
-    "decode_s": ("GPU s", "cumulative time decoding"),
-    "idle_s": ("GPU s", "cumulative idle time"),
-    "routed_out": ("requests", "cumulative arrivals routed to a neighbour"),
-}
 
 
 def to_dataset(llm, result, cfg: dict) -> xr.Dataset:
@@ -62,16 +34,16 @@ def to_dataset(llm, result, cfg: dict) -> xr.Dataset:
     # replicate r of the run is replicate first_replicate + r of the seed's ensemble (same draws)
     first = int(cfg.get("first_replicate", 0) or 0)
     coords = {"replicate": first + np.arange(n_rep), "time": result.times, "cell": np.arange(n_c)}
-    data = {}
-    for k in RECORD_FIELDS:
-        unit, long = UNITS[k]
-        data[k] = xr.Variable(("replicate", "time", "cell"), rec[k], {"units": unit, "long_name": long})
+    from sim.substrates.llm.spec import RECORDS
+
+    data = {q.name: xr.Variable(("replicate", "time", "cell"), rec[q.name], {"units": q.unit, "long_name": q.long_name})
+            for q in RECORDS}
     ds = xr.Dataset(data, coords=coords)
     ds["time"].attrs["units"] = "s"
     ds.attrs.update(
         substrate="llm", currency="token", model=llm.model.name, gpu=llm.gpu.name, gpus_per_model=llm.n_gpus,
         kv_capacity_tokens=float(llm.kv_capacity), experiment=str(cfg.get("experiment", {}).get("name", "")),
-        seed=int(cfg.get("seed", 0)), dt_s=float(np.asarray(llm.params.dt)), backend="jax",
+        seed=int(cfg.get("seed", 0)), dt_s=float(np.asarray(llm.params.dt)), backend=str(cfg.get("backend", "jax")),
     )
     return ds
 

@@ -13,7 +13,7 @@ by construction. Units: FLOP, bytes, s, W, tokens.
   ``2N P + n_layer d ((c + P)^2 - c^2)`` FLOPs (``c = 0``: ``2N P + n_layer d P^2``), compute-bound.
 - KV bytes per token: ``2 n_layer n_kv_heads head_dim bytes_per_kv`` (Vidur memory planner).
 - KV capacity (tokens): ``(u * HBM - W_bytes) / kv_bytes`` with ``u = 0.9`` (vLLM's default
-  ``gpu_memory_utilization``); ~427k tokens for Llama-3-8B on an 80 GB GPU (REFERENCES.md).
+  ``gpu_memory_utilization``); ~427k tokens for Llama-3-8B on an 80 GB GPU (derived; docs/references.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 
 from sim.errors import ConfigError
 
-GB = 1e9  # NVIDIA quotes HBM in decimal GB; REFERENCES.md's 427k tokens uses 80e9 bytes
+GB = 1e9  # NVIDIA quotes HBM in decimal GB; the ~427k-token KV capacity (docs/references.md) uses 80e9 bytes
 
 
 @dataclasses.dataclass(frozen=True)

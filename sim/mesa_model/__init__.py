@@ -1,4 +1,6 @@
-"""The Mesa layer: ``CurrencyModel`` (a ``mesa.Model``) with cell, producer, consumer and chain agents.
+"""The Mesa layer: ``SubstrateModel`` (any registered substrate as a ``mesa.Model``, agents generated
+from its entity specs) and the hand-written ``CurrencyModel`` (biology: cell, producer, consumer
+and chain agents) and ``LLMCurrencyModel`` (LLM serving).
 
 ``backend="jax"`` steps the jitted engine and lets the agents read the state; ``backend="mesa"``
 is the plain-Python reference backend that steps agent by agent with the same equations, process
@@ -15,8 +17,11 @@ from sim.mesa_model.llm import (
     ModelInstanceAgent,
     ToolAgent,
 )
+from sim.mesa_model.substrate_model import SubstrateModel, agent_class
 
 __all__ = [
+    "SubstrateModel",
+    "agent_class",
     "LLMCurrencyModel",
     "ModelInstanceAgent",
     "GPUAgent",

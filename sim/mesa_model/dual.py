@@ -1,9 +1,12 @@
-"""What both Mesa models share: stepping on two backends and Mesa's step accounting.
+"""What the Mesa models share: stepping on two backends and Mesa's step accounting.
 
-A subclass sets ``KERNEL_STEP`` (the pure JAX step ``(state, params, key) -> state``), keeps
-``_dev_state``/``_dev_params``/``key`` for the JAX backend, and implements ``_reference_step``
-(one step agent by agent in plain Python) and ``_export_reference`` (the reference state as the
-engine's numpy PyTree) for the Mesa backend.
+:class:`DualBackendModel` keeps ``_dev_state``/``_dev_params``/``key`` for the JAX backend and
+steps them with the jitted kernel step (``step()``: one call; ``run(n)``: one ``lax.scan``); the
+kernel is :meth:`DualBackendModel._kernel_step` (a subclass's ``KERNEL_STEP`` by default, the
+substrate's ``step`` in :class:`sim.mesa_model.substrate_model.SubstrateModel`), traced in the
+reduction order the engine uses (:func:`sim.determinism.current`). A subclass implements
+``_reference_step`` (one step of the plain-Python reference) and ``_export_reference`` (the
+reference state as the engine's numpy PyTree) for the Mesa backend.
 """
 
 from __future__ import annotations
@@ -19,16 +22,30 @@ from sim.errors import ConfigError
 BACKENDS = ("jax", "mesa")
 
 
-@functools.lru_cache(maxsize=64)
-def jit_step(kernel_step):
-    return jax.jit(kernel_step)
+def _traced(kernel_step, fixed_order: bool):
+    """``kernel_step`` traced inside :func:`sim.kernels.ops.reduction_order` ``(fixed_order)`` (as the
+    engine traces its chunks), so the Mesa layer's JAX backend is the engine's arithmetic."""
+    from sim.kernels import ops
+
+    def step(state, params, key):
+        with ops.reduction_order(fixed_order):
+            return kernel_step(state, params, key)
+
+    return step
 
 
 @functools.lru_cache(maxsize=64)
-def jit_scan(kernel_step, n: int):
+def jit_step(kernel_step, fixed_order: bool = False):
+    return jax.jit(_traced(kernel_step, fixed_order))
+
+
+@functools.lru_cache(maxsize=64)
+def jit_scan(kernel_step, n: int, fixed_order: bool = False):
+    step = _traced(kernel_step, fixed_order)
+
     def run(state, params, key):
         def body(s, _):
-            return kernel_step(s, params, key), None
+            return step(s, params, key), None
 
         state, _ = jax.lax.scan(body, state, None, length=n)
         return state
@@ -36,8 +53,22 @@ def jit_scan(kernel_step, n: int):
     return jax.jit(run)
 
 
+def resolve_run(backend, replicate, cfg: dict | None = None) -> tuple[str, int]:
+    """(backend, replicate) from the arguments, else the (plain) config, else ("jax", 0); checked."""
+    if cfg is not None:
+        backend = backend if backend is not None else cfg.get("backend", "jax")
+        replicate = replicate if replicate is not None else cfg.get("replicate", 0)
+    backend = "jax" if backend is None else backend
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, "one of " + ", ".join(BACKENDS))
+    replicate = 0 if replicate is None else replicate
+    if isinstance(replicate, bool) or not isinstance(replicate, (int, np.integer)) or replicate < 0:
+        raise ConfigError("replicate", replicate, "an integer >= 0")
+    return backend, int(replicate)
+
+
 class DualBackendModel(mesa.Model):
-    KERNEL_STEP = None  # set by subclasses
+    KERNEL_STEP = None  # set by subclasses (or override _kernel_step)
 
     def _init_common(self, cfg, model, backend, replicate, shuffle, collect_every, build_fn):
         """Resolve (config | built model), backend and replicate; set what both models keep.
@@ -46,21 +77,23 @@ class DualBackendModel(mesa.Model):
         ``cfg`` and ``model`` must be given.
         """
         from sim.api import as_plain
-        from sim.engine import replicate_keys
 
         if (cfg is None) == (model is None):
             raise TypeError(f"{type(self).__name__} needs exactly one of a config dict or model=")
         if cfg is not None:
             cfg = as_plain(cfg)
-            backend = backend if backend is not None else cfg.get("backend", "jax")
-            replicate = replicate if replicate is not None else cfg.get("replicate", 0)
+            backend, replicate = resolve_run(backend, replicate, cfg)
             model = build_fn(cfg)
-        backend = "jax" if backend is None else backend
-        if backend not in BACKENDS:
-            raise ConfigError("backend", backend, "one of " + ", ".join(BACKENDS))
-        replicate = 0 if replicate is None else replicate
-        if isinstance(replicate, bool) or not isinstance(replicate, (int, np.integer)) or replicate < 0:
-            raise ConfigError("replicate", replicate, "an integer >= 0")
+        self._init_run(model, backend, replicate, shuffle, collect_every)
+        return model
+
+    def _init_run(self, model, backend, replicate, shuffle, collect_every) -> None:
+        """Start the Mesa model (seeded with the model's seed) and keep what stepping needs:
+        ``preset`` (the built model), ``params`` and ``_initial`` (numpy), the replicate's key."""
+        from sim import determinism
+        from sim.rng import replicate_keys
+
+        backend, replicate = resolve_run(backend, replicate)
         mesa.Model.__init__(self, rng=int(model.seed))
         self.preset = model
         self.backend = backend
@@ -73,10 +106,11 @@ class DualBackendModel(mesa.Model):
         self._initial = jax.tree_util.tree_map(np.asarray, jax.device_get(model.state))
         # the engine's key of this replicate: fold_in(PRNGKey(seed), replicate)
         self.key = replicate_keys(self.seed, 1, self.replicate)[0]
+        # the reduction order the engine would trace with in this process (sim.determinism)
+        self.fixed_order = bool(determinism.current().fixed_order_sums)
         self._host = None  # numpy copy of the current state (built lazily)
         self._skip = 0  # Mesa step() calls that only account for steps already taken by run()
         self._t = int(np.asarray(self._initial.step))
-        return model
 
     @property
     def state(self):
@@ -116,10 +150,15 @@ class DualBackendModel(mesa.Model):
         if self.collect_every > 0:
             self.datacollector.collect(self)
 
+    def _kernel_step(self):
+        """The pure JAX step ``(state, params, key) -> state`` of the JAX backend."""
+        return type(self).KERNEL_STEP
+
     def _advance(self, n: int) -> None:
         if self.backend == "jax":
-            kernel = type(self).KERNEL_STEP
-            fn = jit_step(kernel) if n == 1 else jit_scan(kernel, n)
+            kernel = self._kernel_step()
+            fixed = getattr(self, "fixed_order", False)
+            fn = jit_step(kernel, fixed) if n == 1 else jit_scan(kernel, n, fixed)
             self._dev_state = fn(self._dev_state, self._dev_params, self.key)
             self._t += n
         else:

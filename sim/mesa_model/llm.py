@@ -42,7 +42,7 @@ from sim.llm.build import LLMModel, build_llm
 from sim.llm.reference import ReferenceLLM
 from sim.llm.state import LEDGER_FIELDS, LLMState
 from sim.mesa_model.dual import DualBackendModel
-from sim.mesa_model.model import _network
+from sim.mesa_model.substrate_model import network_space as _network
 
 # ---------------------------------------------------------------------------- model reporters
 def _kv_occupied(state) -> np.ndarray:

@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 
 from sim.constants import FARADAY_C_PER_MOL
+from sim.core.config import get, num
 from sim.errors import ConfigError
 from sim.kernels import chains as ck
 from sim.kernels.thermo import adenylate_equilibrium
@@ -42,25 +43,13 @@ class Model:
         return int(self.state.cells.alive.shape[0])
 
 
-def _get(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        if node is None or part not in node:
-            raise ConfigError(f"substrate.{dotted}", None, "a value (missing from the substrate config)")
-        node = node[part]
-    return node
+def _get(sub, dotted):
+    return get({"substrate": sub}, f"substrate.{dotted}")
 
 
-def _num(cfg, dotted, minimum=None, maximum=None, strict_min=False):
-    value = _get(cfg, dotted)
-    key = f"substrate.{dotted}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(key, value, "a finite number")
-    if minimum is not None and (value < minimum or (strict_min and value == minimum)):
-        raise ConfigError(key, value, f"a number {'>' if strict_min else '>='} {minimum}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(key, value, f"a number <= {maximum}")
-    return float(value)
+def _num(sub, dotted, minimum=None, maximum=None, strict_min=False):
+    """A number of the substrate section (``substrate.<dotted>``), through the one config reader."""
+    return num({"substrate": sub}, f"substrate.{dotted}", minimum, maximum, strict=strict_min)
 
 
 def _ceiling_kj(kind_cfg, prefix):

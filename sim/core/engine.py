@@ -1,0 +1,367 @@
+"""The engine, written once for every substrate: ``jit(vmap(scan))`` over steps and replicates.
+
+A run is ``lax.scan`` over record intervals, each an inner ``lax.scan`` of ``record_every`` steps of
+``substrate.step``; the host loops over chunks of records so long runs can report progress, be
+checked by the numerical guard, and checkpoint. Replicate ``r`` draws from
+``fold_in(PRNGKey(seed), r)`` (:func:`sim.rng.replicate_keys`), so it is the same whether it runs
+alone or in a batch. The chunk length is a divisor of the number of records, so a whole run
+compiles exactly once, and a sweep over parameter *values* (arguments, not constants) reuses the
+executable: only a new substrate, new shapes/dtypes, a new chunk length or another reduction order
+compiles (:class:`ExecutableCache`, keyed on exactly those).
+
+The guard (:func:`check_chunk`): after every chunk the substrate's ``invariants`` are evaluated on
+the records (and, for monotone ledgers, on each record against the one before, the first against
+the chunk's starting state). The first chunk with a bad entry stops the run, keeping every earlier
+chunk; the replicate and record interval that went bad first are replayed process by process
+(each process jitted on its own) and the :class:`~sim.errors.NumericalError` names step,
+replicate, compartment, quantity and process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sim.errors import NumericalError
+from sim.kernels import ops
+from sim.rng import replicate_keys
+
+# ------------------------------------------------------------------------------ small helpers
+
+
+def broadcast_state(state, replicates: int):
+    """An unbatched state repeated along a new leading replicate axis."""
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (replicates,) + np.shape(x)), state)
+
+
+def cast(tree, dtype):
+    """Cast the floating leaves of a PyTree to ``dtype`` (float32 runs)."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
+        tree,
+    )
+
+
+def chunk_length(n_records: int, target: int) -> int:
+    """Largest divisor of ``n_records`` not above ``target`` (so every chunk has one shape)."""
+    target = max(1, min(target, n_records))
+    for c in range(target, 0, -1):
+        if n_records % c == 0:
+            return c
+    return 1
+
+
+def take(tree, r: int, axes=0):
+    """Replicate ``r`` of a PyTree batched along ``axes`` (an ``in_axes`` prefix: 0, None or a tree)."""
+    if axes is None:
+        return tree
+    if axes == 0:
+        return jax.tree_util.tree_map(lambda x: x[r], tree)
+    return jax.tree_util.tree_map(lambda a, x: x if a is None else x[r], axes, tree,
+                                  is_leaf=lambda a: a is None)
+
+
+@dataclasses.dataclass
+class RunResult:
+    state: object  # final batched state (jax or numpy arrays)
+    records: dict  # name -> np.ndarray (replicate, time, cell, ...)
+    times: np.ndarray  # s, the time of each record
+    steps_done: int
+    wall_s: float
+    compile_s: float
+    error: Exception | None = None
+
+
+# ------------------------------------------------------------------------------ compiled chunks
+
+
+def scan_records(step_fn, observe_fn, state, params, key, n_records: int, record_every: int):
+    """``n_records`` x (``record_every`` steps of ``step_fn``, then ``observe_fn``): one chunk."""
+
+    def inner(s, _):
+        return step_fn(s, params, key), None
+
+    def outer(s, _):
+        s, _ = jax.lax.scan(inner, s, None, length=record_every)
+        return s, observe_fn(s)
+
+    return jax.lax.scan(outer, state, None, length=n_records)
+
+
+def _signature(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((np.shape(x), jnp.asarray(x).dtype.name) for x in leaves)
+
+
+def signature_key(*trees) -> tuple:
+    """Shapes, dtypes and tree structure of ``trees``: what decides whether XLA must recompile."""
+    return tuple(_signature(t) for t in trees)
+
+
+class ExecutableCache:
+    """Compiled executables of this process, keyed on what changes the program.
+
+    The key holds the substrate itself (identity: a changed substrate is another program), the
+    chunk length and record interval, the parameter batching, the reduction order and the shapes
+    and dtypes of the arguments. ``compiles`` counts executables built (tests assert that a sweep
+    of same-shaped configs adds none)."""
+
+    def __init__(self):
+        self._table: dict = {}
+        self.compiles = 0
+
+    def get(self, key, build: Callable):
+        """``build()`` once per ``key``; returns (executable, seconds spent compiling now)."""
+        hit = self._table.get(key)
+        if hit is not None:
+            return hit, 0.0
+        t0 = time.perf_counter()
+        compiled = build()
+        self.compiles += 1
+        self._table[key] = compiled
+        return compiled, time.perf_counter() - t0
+
+    def clear(self) -> None:
+        self._table.clear()
+
+
+CACHE = ExecutableCache()
+
+
+def _axes_key(axes):
+    """A hashable form of an ``in_axes`` prefix."""
+    if axes is None or isinstance(axes, int):
+        return axes
+    leaves, treedef = jax.tree_util.tree_flatten(axes, is_leaf=lambda a: a is None)
+    return treedef, tuple(leaves)
+
+
+def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixed_order: bool,
+                     state, params, keys):
+    """The compiled ``jit(vmap(scan))`` of one chunk for these shapes; built once per process."""
+    key = (substrate, chunk, record_every, _axes_key(params_axes), bool(fixed_order),
+           signature_key(state, params, keys))
+
+    def build():
+        fn = functools.partial(scan_records, substrate.step, substrate.observe,
+                               n_records=chunk, record_every=record_every)
+        jitted = jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)))
+        with ops.reduction_order(fixed_order):  # read while tracing, and part of the key above
+            return jitted.lower(state, params, keys).compile()
+
+    return CACHE.get(key, build)
+
+
+# ------------------------------------------------------------------------------ the guard
+
+
+def earliest_record(bad_rt: np.ndarray):
+    """(replicate, record) of the earliest bad record, from a ``(R, T)`` mask (ties: lowest
+    replicate), or None when nothing is bad."""
+    if not bad_rt.any():
+        return None
+    n_t = bad_rt.shape[1]
+    first_t = np.where(bad_rt.any(axis=1), bad_rt.argmax(axis=1), n_t)
+    r = int(np.argmin(first_t))
+    return r, int(first_t[r])
+
+
+def _first(masks: dict, index=()):
+    """(quantity, cell, value) of the first bad entry at ``index`` (the leading axes), or None."""
+    for name, (bad, value) in masks.items():
+        row = np.asarray(bad)[index]
+        if row.any():
+            c = int(np.argmax(row))
+            return name, c, float(np.asarray(value)[index][c])
+    return None
+
+
+def first_bad(substrate, rec: dict, start_obs: dict | None):
+    """(replicate, record, cell, quantity, value) of the earliest bad entry of a chunk's records
+    (``(R, T, C, ...)``), or None. ``start_obs``: the observation at the chunk start ``(R, C, ...)``."""
+    previous = None
+    if start_obs is not None:
+        previous = {k: np.concatenate([np.asarray(start_obs[k])[:, None], np.asarray(rec[k])[:, :-1]], axis=1)
+                    for k in rec}
+    masks = substrate.invariants(rec, previous)
+    any_rt = None
+    for bad, _ in masks.values():
+        b = np.asarray(bad)
+        b = b.reshape(b.shape[0], b.shape[1], -1).any(axis=2)
+        any_rt = b if any_rt is None else any_rt | b
+    if any_rt is None:
+        return None
+    hit = earliest_record(any_rt)
+    if hit is None:
+        return None
+    r, t = hit
+    name, c, value = _first(masks, (r, t))
+    return r, t, c, name, value
+
+
+@functools.lru_cache(maxsize=32)
+def _observe_jit(substrate, batched: bool):
+    fn = jax.vmap(substrate.observe) if batched else substrate.observe
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=32)
+def _process_jit(substrate, fixed_order: bool):
+    """Each process of the step jitted on its own (a replay runs them one at a time)."""
+    out = []
+    for name, fn in substrate.processes:
+        def traced(state, params, key, _fn=fn):
+            with ops.reduction_order(fixed_order):
+                return _fn(state, params, key)
+        out.append((name, jax.jit(traced)))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=32)
+def _advance_jit(substrate, fixed_order: bool):
+    def advance(state, params, key, n_steps):
+        with ops.reduction_order(fixed_order):
+            return jax.lax.fori_loop(0, n_steps, lambda i, s: substrate.step(s, params, key), state)
+
+    return jax.jit(advance)
+
+
+def make_error(substrate, step: int, cell: int, quantity: str, process: str, value: float, replicate: int = 0):
+    return NumericalError(step, cell, quantity, process, value, replicate, compartment=substrate.compartment)
+
+
+def diagnose(substrate, state, params, key, start_step: int, n_steps: int, fixed_order: bool = False):
+    """Replay ``n_steps`` steps of one replicate process by process; the first process after which
+    an invariant fails is named (None if nothing goes bad)."""
+    observe = _observe_jit(substrate, False)
+    processes = _process_jit(substrate, fixed_order)
+    obs = jax.device_get(observe(state))
+    for _ in range(n_steps):
+        step_no = int(np.asarray(state.step))
+        for name, process in processes:
+            state = process(state, params, key)
+            new = jax.device_get(observe(state))
+            hit = _first(substrate.invariants(new, obs))
+            obs = new
+            if hit is not None:
+                quantity, cell, value = hit
+                return make_error(substrate, step_no, cell, quantity, name, value)
+        state = dataclasses.replace(state, step=state.step + 1)
+    return None
+
+
+def check_chunk(substrate, chunk_state, rec, params, keys, *, record_every: int, chunk_start: int,
+                params_axes=None, first_replicate: int = 0, fixed_order: bool = False):
+    """The guard of one chunk: None, or the error naming step, replicate, cell, quantity, process.
+
+    ``chunk_state`` is the (batched) state at the start of the chunk and ``rec`` its records. The
+    replicate and record interval with the earliest bad value are found from the records; that
+    replicate is advanced to the start of the interval, then replayed process by process."""
+    start_obs = jax.device_get(_observe_jit(substrate, True)(chunk_state))
+    hit = first_bad(substrate, rec, start_obs)
+    if hit is None:
+        return None
+    r, t, cell, quantity, value = hit
+    s_r, p_r = take(chunk_state, r), take(params, r, params_axes)
+    error = None
+    try:
+        if t:
+            s_r = _advance_jit(substrate, fixed_order)(s_r, p_r, keys[r], t * record_every)
+        error = diagnose(substrate, s_r, p_r, keys[r], chunk_start + t * record_every, record_every, fixed_order)
+    except Exception:  # the replay is a diagnosis aid: never let it hide the failure itself
+        error = None
+    if error is None:  # not reproduced step by step: report what the records show
+        last = chunk_start + (t + 1) * record_every - 1
+        error = make_error(substrate, last, cell, quantity, f"unknown (seen at the record after step {last})", value)
+    return make_error(substrate, error.step, error.cell, error.quantity, error.process, error.value,
+                      first_replicate + r)
+
+
+# ------------------------------------------------------------------------------ the host loop
+
+
+def drive_chunks(compiled, state, params, keys, *, n_chunks: int, chunk: int, record_every: int, fields,
+                 check: Callable, compile_s: float, dt: float, start_step: int = 0,
+                 on_chunk: Callable | None = None, checkpoint: Callable | None = None) -> RunResult:
+    """Run ``n_chunks`` calls of a compiled chunk, stop at the first chunk for which
+    ``check(state_at_chunk_start, records, steps_done)`` returns an error (keeping every earlier
+    chunk), then stack the records of ``fields``."""
+    out: dict[str, list] = {k: [] for k in fields}
+    error = None
+    done = 0
+    t1 = time.perf_counter()
+    for _ in range(n_chunks):
+        new_state, rec = compiled(state, params, keys)
+        rec = jax.device_get(rec)
+        error = check(state, rec, done)
+        if error is not None:
+            break
+        state = new_state
+        for k in fields:
+            out[k].append(rec[k])
+        done += chunk * record_every
+        if on_chunk is not None:
+            on_chunk(state, done, keys)
+        if checkpoint is not None:
+            checkpoint(state, done, keys, rec)
+    jax.block_until_ready(state)
+    wall = time.perf_counter() - t1
+    records = {k: (np.concatenate(v, axis=1) if v else None) for k, v in out.items()}
+    times = (start_step + np.arange(1, done // record_every + 1) * record_every) * dt
+    return RunResult(state, records, times, done, wall, compile_s, error)
+
+
+def run(substrate, state0, params, *, seed: int, steps: int, record_every: int, replicates: int = 1,
+        chunk_records: int = 200, batched_params: bool = False, first_replicate: int = 0,
+        on_chunk: Callable | None = None, start_step: int = 0, keys=None,
+        checkpoint: Callable | None = None, fixed_order: bool | None = None) -> RunResult:
+    """Run ``steps`` steps of ``replicates`` replicates of ``substrate``.
+
+    ``state0`` is unbatched unless it has a leading replicate axis already (resume). With
+    ``batched_params`` the parameter PyTree holds one point per replicate along the axes
+    ``substrate.params_axes(params)``. Replicate ``r`` of the call draws as replicate
+    ``first_replicate + r`` of the seed's ensemble. After each good chunk
+    ``on_chunk(state, steps_done, keys)`` and ``checkpoint(state, steps_done, keys, chunk_records)``
+    are called (``steps_done``: steps of this call, after ``start_step``); resuming passes the
+    checkpointed batched state, its ``keys`` and ``start_step``, and with the same chunk length the
+    continuation is bit-identical. ``fixed_order``: fixed-order reductions (bitwise batch
+    invariance, :mod:`sim.determinism`); None takes the process's configured choice. Stops at the
+    first bad chunk, keeping the earlier ones (``RunResult.error``)."""
+    if steps % record_every:
+        raise ValueError("steps must be a multiple of record_every")
+    if fixed_order is None:
+        from sim import determinism
+
+        fixed_order = determinism.current().fixed_order_sums
+    n_records = steps // record_every
+    state = broadcast_state(state0, replicates) if np.ndim(state0.step) == 0 else state0
+    if keys is None:
+        keys = replicate_keys(seed, replicates, first_replicate)
+    axes = substrate.params_axes(params) if batched_params else None
+    chunk = chunk_length(n_records, chunk_records)
+    compiled, compile_s = chunk_executable(substrate, chunk, record_every, axes, fixed_order, state, params, keys)
+
+    def check(chunk_state, rec, done):
+        return check_chunk(substrate, chunk_state, rec, params, keys, record_every=record_every,
+                           chunk_start=start_step + done, params_axes=axes, first_replicate=first_replicate,
+                           fixed_order=fixed_order)
+
+    dt = float(np.asarray(params.dt).reshape(-1)[0])
+    return drive_chunks(compiled, state, params, keys, n_chunks=n_records // chunk, chunk=chunk,
+                        record_every=record_every, fields=substrate.record_fields, check=check,
+                        compile_s=compile_s, dt=dt, start_step=start_step, on_chunk=on_chunk,
+                        checkpoint=checkpoint)
+
+
+def clear_caches() -> None:
+    """Forget compiled executables and jitted replay functions."""
+    CACHE.clear()
+    _observe_jit.cache_clear()
+    _process_jit.cache_clear()
+    _advance_jit.cache_clear()

@@ -1,0 +1,132 @@
+"""A substrate is a value: everything the core needs to run one kind of currency economy.
+
+The engine, the numerical guard, checkpoints, the run path (``sim.api``), the command line and
+the Mesa layer are written once over this interface; biology (``sim.substrates.bio``), LLM serving
+(``sim.substrates.llm``) and the dimensionless generic economy (``sim.substrates.generic``) are
+values of it, and so is any substrate a user writes (see ``tests/test_toy_substrate.py``).
+Compare brax's pipelines or gymnax's environments: a named bundle of pure functions over
+separate state and parameter PyTrees.
+
+What a substrate provides (all pure or host-side functions; none reads module state at trace time):
+
+``build(cfg) -> Built``
+    the initial (unbatched) state, the parameters, the graph and the seed from a plain config
+    dict; raises :class:`sim.errors.ConfigError` for bad values.
+``processes``
+    the ordered ``(name, process)`` pairs of one step, each ``(state, params, key) -> state``. The
+    step is their composition followed by ``state.step + 1``; the guard replays them one by one to
+    name the process where a value went bad.
+``observe(state) -> dict``
+    what is recorded at a record point, per compartment (leading axis: cells); ``records`` lists
+    the names, units and extra dimensions (:class:`Quantity`).
+``invariants(obs, previous) -> dict``
+    quantity name -> ``(bad mask, values)``, each of shape ``(..., n_cells)``, for one
+    observation or a stack of them; ``previous`` is the observation one record (or one process)
+    earlier, so monotone ledgers can be checked (None: not checked). NaN/Inf and negative amounts
+    belong here; the guard stops a run at the first chunk with a bad entry and names step,
+    replicate, compartment, quantity and process.
+``to_dataset(built, result, cfg)`` / ``summarize(built, result, cfg)`` / ``figures(ds, out_dir)``
+    the results of a run (``result`` is a :class:`sim.core.engine.RunResult`).
+``reference(built, replicate) -> stepper``
+    the plain-Python float64 reference: an object with ``step()`` and ``state()`` (the engine's
+    state as a numpy PyTree) that the JAX engine must reproduce.
+``validate(cfg)``
+    config rules beyond the generic ones, every problem at once (``sim.config.validate``).
+``demand_knob``
+    the name of the parameter field a demand step multiplies (``demand_scale`` for biology,
+    ``arrival_scale`` for LLM serving): the analogy experiment turns it without knowing the
+    substrate.
+``params_axes(params)``
+    ``in_axes`` of the parameter PyTree when a run evaluates one parameter point per replicate.
+``entities``
+    what the Mesa layer builds agents from (:class:`EntitySpec`).
+``compartment``
+    what a cell is called in messages ("cell", "model instance").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantity:
+    """One recorded quantity: name, unit, meaning and the dimensions after ``(replicate, time, cell)``."""
+
+    name: str
+    unit: str
+    long_name: str
+    extra_dims: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class EntitySpec:
+    """An agent kind of the Mesa layer: which state block it reads and what it exposes.
+
+    ``block``: attribute path of its ``(n_cells, slots)`` arrays in the state (``""`` for the cell
+    itself, whose arrays are ``(n_cells,)``); ``attributes``: public name -> field path below the
+    block (e.g. ``"health": "health"``), read from the current host state."""
+
+    name: str
+    block: str
+    attributes: tuple[tuple[str, str], ...]
+    alive: str | None = None  # field path of its alive mask (None: always there)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Substrate:
+    """A currency economy the core can run. Hashing is by identity: a substrate is a program, so a
+    changed copy (``dataclasses.replace(sub, processes=...)``) is compiled afresh."""
+
+    name: str
+    build: Callable
+    processes: tuple
+    observe: Callable
+    records: tuple[Quantity, ...]
+    invariants: Callable
+    to_dataset: Callable
+    summarize: Callable
+    validate: Callable = lambda cfg: None
+    reference: Callable | None = None
+    figures: Callable | None = None
+    demand_knob: str | None = None
+    params_axes: Callable = lambda params: 0
+    entities: tuple[EntitySpec, ...] = ()
+    compartment: str = "cell"
+    currency: str = "currency"
+    description: str = ""
+
+    @property
+    def record_fields(self) -> tuple[str, ...]:
+        return tuple(q.name for q in self.records)
+
+    @property
+    def process_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.processes)
+
+    def step(self, state, params, key):
+        """One time step: every process in order, then the step counter."""
+        for _, process in self.processes:
+            state = process(state, params, key)
+        return dataclasses.replace(state, step=state.step + 1)
+
+    def __repr__(self) -> str:
+        return f"Substrate({self.name!r}, processes={list(self.process_names)})"
+
+
+@dataclasses.dataclass
+class Built:
+    """What ``Substrate.build`` returns at least: the initial state, the parameters, the graph and
+    the seed (substrates return richer objects with these attributes)."""
+
+    state: object
+    params: object
+    graph: object
+    seed: int
+
+    @property
+    def n_cells(self) -> int:
+        import numpy as np
+
+        return int(np.shape(self.state.cells.alive)[0])

@@ -1,0 +1,860 @@
+"""Plain-Python reference stepper of the biology engine: same equations, same draws, cell by cell.
+
+Cells, their producers (mitochondria, glycolysis), consumers (ion pumps, biosynthesis, ...) and
+chain slots (ribosome cohorts doing protein synthesis) are plain Python objects holding Python
+floats; :class:`ReferenceBio` holds the parameters once (as Python floats) and steps them with the
+equations of ``sim/kernels`` written cell by cell, operation for operation in the same order, so
+float64 results agree with the JAX engine to round-off. It is the physics of the Mesa reference
+backend (``sim.mesa_model.CurrencyModel(backend="mesa")``), and works on its own too::
+
+    ref = ReferenceBio(build(cfg), replicate=0)
+    for _ in range(n):
+        ref.step()
+    ref.state()  # the engine's numpy ``sim.state.State``
+
+One method per process of ``sim.kernels.step.PROCESSES`` (``metabolism``, ``transport``,
+``adenylate_kinase``, ``producer_failure``, ``producer_biogenesis``, ``cell_stress``) steps every
+cell; each has a per-cell variant (``metabolism_cell(cell, draws)``, ...) that a Mesa layer calls
+on all cells through ``AgentSet.do``, and, where the process is random, a ``*_draws()`` method
+that makes the step's draws (one vectorised ``sim.rng.uniforms`` call per purpose, the engine's
+stream; each cell takes the numbers of its agents' ids). A per-cell method reads only its own cell,
+except transport, which is split into a compute phase (reads the neighbours' pools, writes the
+fluxes of the junctions the cell owns) and an apply phase (sums the fluxes of its junctions), so
+the results do not depend on the order in which cells are called.
+
+Chains (``sim.kernels.chains``, ``sim.kernels.translation``): in the consumption of
+:meth:`ReferenceBio.metabolism_cell` a cell asks its chains for their quote (:func:`chain_quote`),
+serves it in the tier of the consumer kind the chains realise, and steps them with the share
+granted (:func:`step_chains`, the per-cell form of ``sim.kernels.chains.chain_step``, also
+usable with tools, memory compressions and budgets switched on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from math import exp, expm1, inf, log, log1p, sqrt
+
+import jax
+import numpy as np
+
+from sim import rng
+from sim.constants import R_J_PER_MOL_K
+from sim.kernels import chains as ck
+from sim.kernels.chains import elongation_cost
+from sim.kernels.thermo import TINY_MM
+from sim.state import ADP, AMP, ATP, GLC, N_SPECIES, PI, Ledger, State
+
+_S = tuple(range(N_SPECIES))
+CHAIN_LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(ck.ChainLedger))
+
+
+# ---------------------------------------------------------------------------- random draws
+def host_draws(key, step: int, purpose: int, n: int) -> list[float]:
+    """The engine's draws for ids ``0..n-1`` at ``step`` as Python floats (one vectorised call)."""
+    if n == 0:
+        return []
+    return rng.host_uniforms(key, step, purpose, n).tolist()
+
+
+# ---------------------------------------------------------------------------- chains
+class ChainStep:
+    """One cell's chain parameters for one step, as plain floats (``sim.kernels.chains.ChainParams``
+    with the rate already times dt and the per-unit probabilities as logs)."""
+
+    __slots__ = ("rate_dt", "c0", "c1", "log_keep_stop", "n_max", "l0", "p_init", "init_cost",
+                 "p_tool", "log_keep_tool", "tool_steps", "r_tool", "mem_threshold", "mem_factor", "mem_cost")
+
+    def __init__(self, rate_dt, c0, c1=0.0, p_stop=0.0, n_max=inf, l0=0.0, p_init=0.0, init_cost=0.0,
+                 p_tool=0.0, tool_steps=1, r_tool=0.0, mem_threshold=0.0, mem_factor=2.0, mem_cost=0.0,
+                 log_keep_stop=None):
+        self.rate_dt, self.c0, self.c1 = rate_dt, c0, c1
+        self.log_keep_stop = log1p(-p_stop) if log_keep_stop is None else log_keep_stop
+        self.n_max, self.l0, self.p_init, self.init_cost = n_max, l0, p_init, init_cost
+        self.p_tool = p_tool
+        self.log_keep_tool = log1p(-p_tool) if p_tool > 0 else 0.0
+        self.tool_steps, self.r_tool = int(tool_steps), r_tool
+        self.mem_threshold, self.mem_factor, self.mem_cost = mem_threshold, mem_factor, mem_cost
+
+
+class Chain:
+    """A chain slot (``chain_id = cell * slots + slot`` keys its draws): a ribosome cohort
+    translating one protein per ribosome in lockstep, or a decode stream. The methods are the
+    slot-wise operations of ``sim.kernels.chains.chain_step``, called by :func:`step_chains`."""
+
+    __slots__ = ("chain_id", "active", "length", "made", "tool_wait", "grow", "delta")
+
+    def __init__(self, chain_id: int, active=False, length=0.0, made=0.0, tool_wait=0):
+        self.chain_id = int(chain_id)
+        self.active, self.length, self.made, self.tool_wait = bool(active), float(length), float(made), int(tool_wait)
+        self.grow, self.delta = False, 0.0  # this step's elongation quote
+
+    @classmethod
+    def from_state(cls, chains: ck.ChainSlots, i: int, s: int) -> Chain:
+        """Slot ``s`` of cell ``i`` of ``chains`` (numpy or JAX ``ChainSlots``)."""
+        return cls(i * chains.active.shape[1] + s, chains.active[i, s], chains.length[i, s], chains.made[i, s],
+                   chains.tool_wait[i, s])
+
+    def __repr__(self) -> str:
+        return (f"Chain({self.chain_id}, active={self.active}, length={self.length}, made={self.made}, "
+                f"tool_wait={self.tool_wait})")
+
+    def quote(self, P: ChainStep, u_init: float):
+        """(memory, initiation, elongation) cost of this step with no budget; changes nothing."""
+        active, length, made, wait = self.active, self.length, self.made, self.tool_wait
+        if active and wait > 0:
+            wait -= 1
+            if wait == 0:
+                length += P.r_tool
+        mem = 0.0
+        if active and P.mem_threshold > 0 and length > P.mem_threshold:
+            mem = P.mem_cost * length
+            length = length / P.mem_factor
+        init = 0.0
+        if not active and u_init < P.p_init:
+            active, length, made, init = True, P.l0, 0.0, P.init_cost
+        el = 0.0
+        if active and wait == 0:
+            d = min(P.rate_dt, P.n_max - made)
+            el = elongation_cost(P.c0, P.c1, length, d if d > 0.0 else 0.0)
+        return mem, init, el
+
+    def tool_return(self, P: ChainStep) -> float:
+        if self.active and self.tool_wait > 0:
+            self.tool_wait -= 1
+            if self.tool_wait == 0:
+                self.length += P.r_tool
+                return P.r_tool
+        return 0.0
+
+    def memory_cost(self, P: ChainStep):
+        """Cost of compressing this chain now (None: not a candidate)."""
+        if self.active and P.mem_threshold > 0 and self.length > P.mem_threshold:
+            return P.mem_cost * self.length
+        return None
+
+    def compress(self, P: ChainStep) -> float:
+        new = self.length / P.mem_factor
+        removed = self.length - new
+        self.length = new
+        return removed
+
+    def wants_start(self, P: ChainStep, u: float) -> bool:
+        return not self.active and u < P.p_init
+
+    def start(self, P: ChainStep) -> None:
+        self.active, self.length, self.made = True, P.l0, 0.0
+
+    def elongation_quote(self, P: ChainStep) -> float:
+        grow = self.active and self.tool_wait == 0
+        d = 0.0
+        if grow:
+            d = min(P.rate_dt, P.n_max - self.made)
+            d = d if d > 0.0 else 0.0
+        self.grow, self.delta = grow, d
+        return elongation_cost(P.c0, P.c1, self.length, d)
+
+    def elongate(self, P: ChainStep, phi: float, u_stop: float, u_tool):
+        """Grow by ``phi`` of the quoted units; terminate or call a tool. Returns (units, cost,
+        units delivered or None, tool calls)."""
+        d = self.delta * phi
+        cost = elongation_cost(P.c0, P.c1, self.length, d)
+        self.length += d
+        self.made += d
+        stop = self.grow and d > 0 and u_stop < -expm1(d * P.log_keep_stop)
+        if self.active and (self.made >= P.n_max or stop):
+            delivered = self.made
+            self.active, self.length, self.made, self.tool_wait = False, 0.0, 0.0, 0
+            return d, cost, delivered, 0
+        if self.grow and d > 0 and P.p_tool > 0 and u_tool < -expm1(d * P.log_keep_tool):
+            self.tool_wait = P.tool_steps
+            return d, cost, None, 1
+        return d, cost, None, 0
+
+
+def chain_quote(chains, P: ChainStep, u_init) -> float:
+    """Currency the chains of one cell would spend this step with no budget (``chain_demand``)."""
+    el = init = mem = 0.0
+    for ch in chains:
+        m, i, e = ch.quote(P, u_init[ch.chain_id])
+        el += e
+        init += i
+        mem += m
+    return el + init + mem
+
+
+def step_chains(chains, P: ChainStep, led: dict, u_init, u_stop, u_tool=None, budget=inf):
+    """One step of one cell's chains (``sim.kernels.chains.chain_step`` for a cell): tools return,
+    memory compressions and initiations are paid in slot order while their cumulative cost fits
+    the ``budget``; every elongating chain then slows by the same factor if the rest is short;
+    termination and tool calls. Draws are indexed by chain id. Updates ``led``
+    (``CHAIN_LEDGER_FIELDS``); returns ``(spent, units)`` of this step."""
+    left = budget
+    run_mem = mem_sum = 0.0
+    tool_units = removed = 0.0
+    comps = 0
+    for ch in chains:  # 1 tools return, 2 memory module
+        tool_units += ch.tool_return(P)
+        cost = ch.memory_cost(P)
+        if cost is not None:
+            run_mem += cost
+            if run_mem <= left:
+                removed += ch.compress(P)
+                mem_sum += cost
+                comps += 1
+    left -= mem_sum
+    run_init = init_sum = 0.0
+    started = 0
+    for ch in chains:  # 3 initiation
+        if ch.wants_start(P, u_init[ch.chain_id]):
+            run_init += P.init_cost
+            if run_init <= left:
+                ch.start(P)
+                init_sum += P.init_cost
+                started += 1
+    left -= init_sum
+    demand = 0.0
+    for ch in chains:  # 4 elongation demand
+        demand += ch.elongation_quote(P)
+    phi = 1.0
+    avail = left if left > 0.0 else 0.0
+    if demand > avail:
+        phi = avail / demand if demand > 0 else 1.0
+    units = el_sum = delivered_units = 0.0
+    delivered = calls = 0
+    for ch in chains:  # 4 elongate, 5 terminate, 6 tool calls
+        ut = None if u_tool is None else u_tool[ch.chain_id]
+        d, cost, done_units, called = ch.elongate(P, phi, u_stop[ch.chain_id], ut)
+        units += d
+        el_sum += cost
+        if done_units is not None:
+            delivered += 1
+            delivered_units += done_units
+        calls += called
+    spent = el_sum + init_sum + mem_sum
+    led["spent"] += spent
+    led["elongation_spent"] += el_sum
+    led["init_spent"] += init_sum
+    led["memory_spent"] += mem_sum
+    led["units"] += units
+    led["initiated"] += started
+    led["delivered"] += delivered
+    led["delivered_units"] += delivered_units
+    led["tool_calls"] += calls
+    led["tool_units"] += tool_units
+    led["compressions"] += comps
+    led["units_removed"] += removed
+    return spent, units
+
+
+# ---------------------------------------------------------------------------- cells and organelles
+class Producer:
+    """A producer slot (``pid = cell * slots + slot`` keys its draws)."""
+
+    __slots__ = ("pid", "kind", "ss_vmax", "vmax_dt", "health", "alive", "j", "made", "want_h")
+
+    def __repr__(self) -> str:
+        return f"Producer({self.pid}, kind={self.kind}, health={self.health}, alive={self.alive})"
+
+
+class Consumer:
+    """A consumer slot; ``chain``: realised by its cell's chains (their quote is its demand)."""
+
+    __slots__ = ("cid", "km", "value", "vmax_eff", "reserve", "spent", "work", "want", "served", "chain")
+
+    def __repr__(self) -> str:
+        return f"Consumer({self.cid}, spent={self.spent}, work={self.work})"
+
+
+# state (``sim.state.Cells``) and ledger (``sim.state.Ledger``) fields a Cell steps; the other
+# fields of ``Cells`` are constant in a run and the consumer lines of the ledger live on Consumer
+CELL_FIELDS = ("pools", "alive", "stress", "maintenance")
+CELL_LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(Ledger) if f.name not in ("spent", "work"))
+
+
+class Cell:
+    """A cell: its state and ledger (attributes named as the fields of ``sim.state.Cells`` and
+    ``sim.state.Ledger``), its organelles and chains in slot order, and per-run constants."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.producers: list[Producer] = []
+        self.consumers: list[Consumer] = []
+        self.chains: list[Chain] = []
+        self.living: list[Producer] = []  # living producers, slot order
+        self.tiers: list[list[Consumer]] = []  # consumers by priority tier (served 0, 1, 2)
+        self.tier0: list[Consumer] = []
+        self.saturated0 = 0.0  # saturated tier-0 demand of a living cell (mM/s)
+        self.chain_c: Consumer | None = None  # the consumer the chains realise
+        self.chain_led: dict | None = None  # chain ledger (CHAIN_LEDGER_FIELDS)
+        self.chain_c0 = self.cohort = self.chain_init_cost = 0.0
+        self.out_edges = []  # [(dst Cell, (g p_s) per species, keep, leak)] junctions this cell owns
+        self.in_edges = []  # [(src Cell, index in its flux, keep, leak)]
+        self.flux = []  # this step's signed flux per owned junction (None: closed)
+
+    def __repr__(self) -> str:
+        return f"Cell({self.index}, alive={self.alive}, pools={self.pools})"
+
+
+# ---------------------------------------------------------------------------- the stepper
+class ReferenceBio:
+    """Steps one replicate of a biology model (``sim.presets.build.Model``) in plain Python.
+
+    ``key``: the replicate's key (default ``sim.rng.replicate_keys(model.seed, 1, replicate)[0]``,
+    the engine's). Parameters are attributes (Python floats; per-kind vectors as lists).
+    """
+
+    def __init__(self, model, replicate: int = 0, key=None):
+        self.model = model
+        self.key = key if key is not None else rng.replicate_keys(int(model.seed), 1, int(replicate))[0]
+        params = jax.tree_util.tree_map(np.asarray, model.params)
+        s = jax.tree_util.tree_map(np.asarray, jax.device_get(model.state))
+        self._init = s
+        self.step_count = int(s.step)
+        self._read_params(params)
+        n, n_p = s.producers.alive.shape
+        n_k = s.consumers.kind.shape[1]
+        n_ch = 0 if s.chains is None else int(s.chains.active.shape[1])
+        self.n, self.n_producer_slots, self.n_consumer_slots, self.n_chain_slots = n, n_p, n_k, n_ch
+        self.cells = [self._make_cell(s, i) for i in range(n)]
+        self.producers = [p for c in self.cells for p in c.producers]
+        self.consumers = [k for c in self.cells for k in c.consumers]
+        self.chains = [ch for c in self.cells for ch in c.chains]
+        # junctions: each is owned by its src cell, which computes its flux
+        e = params.edges
+        cond, loss = e.conductance.tolist(), e.loss.tolist()
+        for u, v, g_e, l_e in zip(e.src.tolist(), e.dst.tolist(), cond, loss):
+            owner, other = self.cells[u], self.cells[v]
+            g = g_e * self.conductance_scale * self.dt
+            gp = tuple(g * perm for perm in self.permeability)
+            keep = 1.0 - l_e
+            leak = 1.0 - keep
+            other.in_edges.append((owner, len(owner.out_edges), keep, leak))
+            owner.out_edges.append((other, gp, keep, leak))
+            owner.flux.append(None)
+
+    def _read_params(self, params) -> None:
+        f = float
+
+        def vec(x):
+            return [f(v) for v in np.asarray(x)]
+
+        self.dt = dt = f(params.dt)
+        self.rt = R_J_PER_MOL_K * f(params.temperature_k) * 1e-3  # sim.kernels.thermo.rt_kj
+        self.volume = f(params.volume_l)
+        self.dg0 = f(params.dg0_kj)
+        self.one_m_4k = 1.0 - 4.0 * f(params.k_ak)
+        self.ext = f(params.external_substrate)
+        self.supply_scale = f(params.supply_scale)
+        self.demand_scale = f(params.demand_scale)
+        self.uptake_scale = f(params.uptake_scale)
+        self.p_yield = vec(params.p_yield)
+        self.p_abs_sdg = [abs(x) for x in vec(params.p_substrate_dg_kj)]
+        self.p_ceiling = vec(params.p_ceiling_kj)
+        self.p_k_s = vec(params.p_k_s)
+        self.p_k_adp = vec(params.p_k_adp)
+        self.p_k_pi = vec(params.p_k_pi)
+        self.p_damage = vec(params.p_damage)
+        self.n_pkinds = len(self.p_yield)
+        self.hazard0 = f(params.hazard0)
+        self.hazard_beta = f(params.hazard_beta)
+        self.repair_rate = f(params.repair_rate)
+        self.repair_cost = f(params.repair_cost)
+        self.birth_p = -expm1(-f(params.birth_rate) * dt)
+        self.birth_min_ec = f(params.birth_min_ec)
+        self.birth_cost = f(params.birth_cost)
+        self.stress_threshold = f(params.stress_threshold)
+        self.stress_death_s = f(params.stress_death_s)
+        self.stress_recovery_dt = f(params.stress_recovery) * dt
+        self.permeability = vec(params.permeability)
+        self.tier_reserve = vec(params.tier_reserve)
+        self.conductance_scale = f(params.conductance_scale)
+        self.chain_kind = int(params.chain_kind)
+        self.chain_rate = f(params.chain_rate)
+        self.chain_cost_per_unit = f(params.chain_cost_per_unit)
+        self.chain_log_keep = log1p(-f(params.chain_p_stop))  # ln(1 - p_stop)
+        self.chain_n_max = f(params.chain_n_max)
+        self.chain_init_rate = f(params.chain_init_rate)
+        self.chain_init_cost = f(params.chain_init_cost)
+
+    def _make_cell(self, s: State, i: int) -> Cell:
+        cell = Cell(i)
+        cells, led, prod, cons = s.cells, s.ledger, s.producers, s.consumers
+        for name in CELL_FIELDS:
+            setattr(cell, name, getattr(cells, name)[i].tolist())
+        for name in CELL_LEDGER_FIELDS:
+            setattr(cell, name, getattr(led, name)[i].tolist())
+        cell.uptake = float(cells.uptake[i])
+        n_p = prod.alive.shape[1]
+        for k in range(n_p):
+            p = Producer()
+            p.pid, p.kind = i * n_p + k, int(prod.kind[i, k])
+            vmax = float(prod.vmax[i, k])
+            p.ss_vmax, p.vmax_dt = self.supply_scale * vmax, vmax * self.dt
+            p.health, p.alive = float(prod.health[i, k]), bool(prod.alive[i, k])
+            p.j = p.made = p.want_h = 0.0
+            cell.producers.append(p)
+        cell.living = [p for p in cell.producers if p.alive]
+        n_k = cons.kind.shape[1]
+        demand_mult = float(cells.demand_mult[i])
+        kinds, tiers = cons.kind[i].tolist(), cons.tier[i].tolist()
+        for k in range(n_k):
+            c = Consumer()
+            c.cid, c.km, c.value = i * n_k + k, float(cons.km[i, k]), float(cons.value[i, k])
+            c.vmax_eff = self.demand_scale * demand_mult * float(cons.vmax[i, k])
+            c.reserve = self.tier_reserve[tiers[k]]
+            c.spent, c.work = float(led.spent[i, k]), float(led.work[i, k])
+            c.want = c.served = 0.0
+            c.chain = False
+            cell.consumers.append(c)
+        cell.tiers = [[c for c, t in zip(cell.consumers, tiers) if t == tier] for tier in sorted(set(tiers))]
+        cell.tier0 = [c for c, t in zip(cell.consumers, tiers) if t == 0]
+        sat0 = 0.0
+        for c in cell.tier0:
+            sat0 += c.vmax_eff
+        cell.saturated0 = sat0
+        if s.chains is not None:
+            cell.chains = [Chain.from_state(s.chains, i, k) for k in range(s.chains.active.shape[1])]
+            cell.chain_led = {f: float(getattr(s.chain_ledger, f)[i]) for f in CHAIN_LEDGER_FIELDS}
+        if cell.chains:  # the consumer the chains realise and their per-run constants (sim.kernels.translation)
+            cc = next((c for c, kind in zip(cell.consumers, kinds) if kind == self.chain_kind), None)
+            if cc is not None:
+                cc.chain = True
+                cell.chain_c = cc
+                r_max = self.chain_rate
+                cell.chain_c0 = cc.vmax_eff / (len(cell.chains) * r_max) if r_max > 0 else 0.0
+                cell.cohort = cell.chain_c0 / self.chain_cost_per_unit
+                cell.chain_init_cost = self.chain_init_cost * cell.cohort
+        return cell
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def draws(self, purpose: int, n: int) -> list[float]:
+        """This step's draws of ``purpose`` for ids ``0..n-1``."""
+        return host_draws(self.key, self.step_count, purpose, n)
+
+    def abs_dg(self, pools) -> float:
+        """|dG_ATP| in kJ/mol at ``pools`` (sim.kernels.thermo.dg_atp_kj)."""
+        a, d, pi = pools[ATP], pools[ADP], pools[PI]
+        ratio = ((d if d > TINY_MM else TINY_MM) * 1e-3) * ((pi if pi > TINY_MM else TINY_MM) * 1e-3)
+        ratio = ratio / ((a if a > TINY_MM else TINY_MM) * 1e-3)
+        return abs(self.dg0 + self.rt * log(ratio))
+
+    def chain_params_cell(self, cell: Cell, a: float) -> ChainStep:
+        """This step's chain parameters from the step-start ATP ``a``: elongation and initiation
+        at ``A'/(K + A')`` of their maxima, ``A' = max(A - reserve of the tier, 0)``."""
+        cc = cell.chain_c
+        ap = a - cc.reserve
+        ap = ap if ap > 0.0 else 0.0
+        sat = ap / (cc.km + ap)
+        return ChainStep(
+            rate_dt=(self.chain_rate * sat) * self.dt, c0=cell.chain_c0, n_max=self.chain_n_max,
+            p_init=-expm1(-(self.chain_init_rate * sat) * self.dt), init_cost=cell.chain_init_cost,
+            log_keep_stop=self.chain_log_keep,
+        )
+
+    # ---- processes (sim.kernels.step.PROCESSES) -------------------------------------------------
+
+    # 1 metabolism
+    def metabolism(self) -> None:
+        draws = self.metabolism_draws()
+        for cell in self.cells:
+            self.metabolism_cell(cell, draws)
+
+    def metabolism_draws(self):
+        """(u_init, u_stop) of the chains, indexed by chain id (None without chains)."""
+        if not self.n_chain_slots:
+            return None
+        n = self.n * self.n_chain_slots
+        return self.draws(ck.CHAIN_INIT, n), self.draws(ck.CHAIN_STOP, n)
+
+    def metabolism_cell(self, cell: Cell, chain_draws=None) -> None:
+        """Uptake, production, tiered consumption (chains included), repair and damage on the
+        step-start state (sim.kernels.metabolism)."""
+        if not cell.alive:
+            cell.maintenance = 1.0  # no tier-0 demand; every flux of a dead cell is zero
+            return
+        dt = self.dt
+        pools = cell.pools
+        s, a, d, pi = pools[GLC], pools[ATP], pools[ADP], pools[PI]
+        rt = self.rt
+        abs_dg = self.abs_dg(pools)
+
+        uptake = self.uptake_scale * cell.uptake * (self.ext - s) * dt
+        if uptake < -s:
+            uptake = -s
+
+        # saturation and thermodynamic-brake factors per producer kind (shared by the cell's
+        # organelles of that kind)
+        factors = []
+        for k in range(self.n_pkinds):
+            x = (abs_dg - self.p_ceiling[k]) / rt
+            br = 1.0 - exp(x) if x < 0.0 else 0.0
+            factors.append((s / (self.p_k_s[k] + s), d / (self.p_k_adp[k] + d), pi / (self.p_k_pi[k] + pi), br))
+        # desired rate of each living producer J = V h S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake (mM/s)
+        # and the repair it wants (a dead producer adds exact zeros)
+        sum_j = 0.0
+        sum_jg = 0.0
+        living = cell.living
+        p_yield = self.p_yield
+        repair_rate = self.repair_rate
+        for p in living:
+            fs, fd, fp, br = factors[p.kind]
+            h = p.health
+            j = p.ss_vmax * h * fs * fd * fp * br
+            p.j = j
+            p.want_h = repair_rate * (1.0 - h) * dt
+            sum_j += j
+            sum_jg += j / p_yield[p.kind]
+        want_atp = sum_j * dt
+        want_glc = sum_jg * dt
+        if want_atp > 0:
+            lim_d = d / want_atp
+            lim_p = pi / want_atp
+            lim = lim_d if lim_d < lim_p else lim_p
+            lim_s = s / want_glc if want_glc > 0 else 0.0
+            if lim_s < lim:
+                lim = lim_s
+            f_prod = lim if lim < 1.0 else 1.0
+        else:
+            f_prod = 0.0
+        made = 0.0
+        glc_used = 0.0
+        sub_e = 0.0
+        p_abs_sdg = self.p_abs_sdg
+        for p in living:
+            m = p.j * dt * f_prod
+            p.made = m
+            made += m
+            g = m / p_yield[p.kind]
+            glc_used += g
+            sub_e += g * p_abs_sdg[p.kind]
+        substrate_energy = sub_e * self.volume
+
+        # consumption by priority tier, limited by the ATP present at the start of the step: each
+        # consumer wants V A'/(K + A') dt, A' = max(A - reserve of its tier, 0); the chains quote
+        # their demand in place of the consumer they realise (served in its tier)
+        cc = cell.chain_c
+        if cc is not None:
+            cp = self.chain_params_cell(cell, a)
+            chain_want = chain_quote(cell.chains, cp, chain_draws[0])
+            cc.want = chain_want
+        rest = a
+        for group in cell.tiers:
+            want = 0.0
+            for c in group:
+                if not c.chain:
+                    ap = max(a - c.reserve, 0.0)
+                    c.want = c.vmax_eff * ap / (c.km + ap) * dt
+                want += c.want
+            frac = (rest / want if want > 0 else 0.0) if want > rest else 1.0
+            for c in group:
+                served = c.want * frac
+                c.served = served
+                if not c.chain:  # the chains' share is booked once they have spent it
+                    c.spent += served
+                    c.work += served * c.value
+            rest = rest - frac * want
+            if rest < 0.0:
+                rest = 0.0
+        if cc is not None:  # the chains elongate with the share granted
+            share = cc.served
+            budget = share if share < chain_want else inf
+            spent_ch, units = step_chains(cell.chains, cp, cell.chain_led, chain_draws[0], chain_draws[1], None,
+                                          budget)
+            cc.served = spent_ch  # ATP spent (mM) and amino acids made (mM) on this ledger line
+            cc.spent += spent_ch
+            cc.work += units * cell.cohort
+        tier0 = 0.0
+        for c in cell.tier0:
+            tier0 += c.served
+        sat0 = cell.saturated0
+        if sat0 > 0:
+            den = sat0 * dt
+            cell.maintenance = tier0 / den if den > 0 else 0.0
+        else:
+            cell.maintenance = 1.0
+
+        # repair of damaged producers, served after all consumers; wear from this step's load
+        want_h = 0.0
+        for p in living:
+            want_h += p.want_h
+        repair_cost = self.repair_cost * want_h
+        f_rep = (rest / repair_cost if repair_cost > 0 else 0.0) if repair_cost > rest else 1.0
+        repair_spent = repair_cost * f_rep
+        repaired = 0.0
+        p_damage = self.p_damage
+        for p in living:
+            rh = p.want_h * f_rep
+            vdt = p.vmax_dt
+            load = p.made / vdt if vdt > 0 else 0.0
+            h = p.health + rh - p_damage[p.kind] * load * dt
+            p.health = 0.0 if h < 0.0 else (1.0 if h > 1.0 else h)
+            repaired += rh
+
+        spent = 0.0
+        for c in cell.consumers:
+            spent += c.served
+        spent_total = spent + repair_spent
+        x = s + (uptake - glc_used)
+        pools[GLC] = x if x > 0.0 else 0.0
+        x = a + (made - spent_total)
+        pools[ATP] = x if x > 0.0 else 0.0
+        x = d + (spent_total - made)
+        pools[ADP] = x if x > 0.0 else 0.0
+        x = pi + (spent_total - made)
+        pools[PI] = x if x > 0.0 else 0.0
+
+        hydrolysis = spent_total * abs_dg * self.volume
+        stored = made * abs_dg * self.volume
+        cell.produced += made
+        cell.repair_spent += repair_spent
+        cell.substrate_used += glc_used
+        cell.substrate_uptake += uptake
+        cell.substrate_energy_j += substrate_energy
+        cell.stored_energy_j += stored - hydrolysis
+        cell.heat_j += (substrate_energy - stored) + hydrolysis
+        cell.hydrolysis_energy_j += hydrolysis
+        cell.repair_health += repaired
+
+    # 2 transport
+    def transport(self) -> None:
+        for cell in self.cells:
+            self.transport_compute_cell(cell)
+        for cell in self.cells:
+            self.transport_apply_cell(cell)
+
+    def transport_compute_cell(self, cell: Cell) -> None:
+        """Signed flux (src -> dst) per species over each junction this cell owns (its src);
+        reads the neighbours' pools, writes only this cell's fluxes."""
+        flux = cell.flux
+        if not cell.alive:
+            for k in range(len(flux)):
+                flux[k] = None  # closed junctions
+            return
+        p0, p1, p2, p3, p4 = cell.pools
+        for k, (nb, gp, _, _) in enumerate(cell.out_edges):
+            if nb.alive:
+                q = nb.pools
+                flux[k] = (
+                    gp[0] * (p0 - q[0]),
+                    gp[1] * (p1 - q[1]),
+                    gp[2] * (p2 - q[2]),
+                    gp[3] * (p3 - q[3]),
+                    gp[4] * (p4 - q[4]),
+                )
+            else:
+                flux[k] = None
+
+    def transport_apply_cell(self, cell: Cell) -> None:
+        """Add the fluxes of this cell's junctions (those it owns, then those it receives); what
+        leaks in transit is booked to the sender (sim.kernels.transport)."""
+        if not cell.alive:
+            return  # every junction of a dead cell is closed
+        d_own = [0.0] * N_SPECIES
+        lost_own = [0.0] * N_SPECIES
+        in_own = out_own = 0.0
+        for (_, _, keep, leak), flux in zip(cell.out_edges, cell.flux):
+            if flux is None:
+                continue
+            for s in _S:
+                j = flux[s]
+                if j > 0.0:  # sent to the neighbour
+                    d_own[s] += -j
+                    lost_own[s] += leak * j
+                elif j < 0.0:  # received from the neighbour
+                    d_own[s] += keep * -j
+            j = flux[ATP]
+            if j > 0.0:
+                out_own += j
+            elif j < 0.0:
+                in_own += keep * -j
+        d_in = [0.0] * N_SPECIES
+        lost_in = [0.0] * N_SPECIES
+        in_in = out_in = 0.0
+        for src, k, keep, leak in cell.in_edges:
+            flux = src.flux[k]
+            if flux is None:
+                continue
+            for s in _S:
+                j = flux[s]
+                if j > 0.0:  # received from the owner
+                    d_in[s] += keep * j
+                elif j < 0.0:  # sent to the owner
+                    d_in[s] += j
+                    lost_in[s] += leak * -j
+            j = flux[ATP]
+            if j > 0.0:
+                in_in += keep * j
+            elif j < 0.0:
+                out_in += -j
+        pools = cell.pools
+        lost = cell.lost
+        for s in _S:
+            x = pools[s] + (d_own[s] + d_in[s])
+            pools[s] = x if x > 0.0 else 0.0
+            lost[s] += lost_own[s] + lost_in[s]
+        cell.transported_in += in_own + in_in
+        cell.transported_out += out_own + out_in
+
+    # 3 adenylate kinase
+    def adenylate_kinase(self) -> None:
+        for cell in self.cells:
+            self.adenylate_kinase_cell(cell)
+
+    def adenylate_kinase_cell(self, cell: Cell) -> None:
+        """2 ADP <-> ATP + AMP to equilibrium (sim.kernels.thermo.adenylate_equilibrium)."""
+        if not cell.alive:
+            return
+        pools = cell.pools
+        a0, d0, m0 = pools[ATP], pools[ADP], pools[AMP]
+        n = a0 + d0 + m0
+        e = 2.0 * a0 + d0
+        if e < 0.0:
+            e = 0.0
+        n2 = 2.0 * n
+        if e > n2:
+            e = n2
+        c = e * (n2 - e)
+        disc = n * n - self.one_m_4k * c
+        if disc < 0.0:
+            disc = 0.0
+        denom = n + sqrt(disc)
+        d = c / denom if denom > 0 else 0.0
+        a = 0.5 * (e - d)
+        m = n - a - d
+        pools[ATP] = a
+        pools[ADP] = d
+        pools[AMP] = m if m > 0.0 else 0.0
+        cell.ak_atp += a - a0
+
+    # 4 producer failure
+    def producer_failure(self) -> None:
+        u = self.producer_failure_draws()
+        for cell in self.cells:
+            self.producer_failure_cell(cell, u)
+
+    def producer_failure_draws(self) -> list[float]:
+        return self.draws(rng.PRODUCER_FAILURE, self.n * self.n_producer_slots)
+
+    def producer_failure_cell(self, cell: Cell, u) -> None:
+        """Each living producer fails with hazard ``hazard0 exp(beta (1 - h))`` (``u`` by producer id)."""
+        fails = 0
+        for p in cell.living:
+            hazard = self.hazard0 * exp(self.hazard_beta * (1.0 - p.health))
+            if u[p.pid] < -expm1(-hazard * self.dt):
+                p.alive = False
+                fails += 1
+        if fails:
+            cell.failures += fails
+            cell.living = [p for p in cell.living if p.alive]
+
+    # 5 biogenesis
+    def producer_biogenesis(self) -> None:
+        u = self.producer_biogenesis_draws()
+        for cell in self.cells:
+            self.producer_biogenesis_cell(cell, u)
+
+    def producer_biogenesis_draws(self) -> list[float]:
+        return self.draws(rng.PRODUCER_BIRTH, self.n)
+
+    def producer_biogenesis_cell(self, cell: Cell, u) -> None:
+        """A new producer (health 1) in the first free slot, paid in ATP (-> ADP + Pi); ``u`` by cell."""
+        if not cell.alive:
+            return
+        pools = cell.pools
+        a, d, m = pools[ATP], pools[ADP], pools[AMP]
+        total = a + d + m
+        ec = (a + 0.5 * d) / total if total > 0 else 0.0
+        if not (ec > self.birth_min_ec and a >= self.birth_cost and u[cell.index] < self.birth_p):
+            return
+        for p in cell.producers:
+            if not p.alive:
+                p.alive, p.health = True, 1.0
+                cell.living = [p for p in cell.producers if p.alive]
+                cost = self.birth_cost
+                energy = cost * self.abs_dg(pools) * self.volume  # hydrolysed ATP: released, ends as heat
+                cell.heat_j += energy
+                cell.hydrolysis_energy_j += energy
+                cell.stored_energy_j -= energy
+                pools[ATP] = a + -cost
+                pools[ADP] = d + cost
+                pools[PI] = pools[PI] + cost
+                cell.births += 1
+                cell.birth_spent += cost
+                return
+
+    # 6 stress and death
+    def cell_stress(self) -> None:
+        for cell in self.cells:
+            self.cell_stress_cell(cell)
+
+    def cell_stress_cell(self, cell: Cell) -> None:
+        """Accumulate stress while maintenance is short, recover otherwise; die at the threshold
+        (its producers stop, its junctions close, its pools stay)."""
+        if not cell.alive:
+            return
+        if cell.maintenance < self.stress_threshold:
+            stress = cell.stress + self.dt
+        else:
+            stress = cell.stress - self.stress_recovery_dt
+            if stress < 0.0:
+                stress = 0.0
+        cell.stress = stress
+        if stress >= self.stress_death_s:
+            cell.alive = False
+            for p in cell.living:
+                p.alive = False
+            cell.living = []
+
+    def step(self) -> None:
+        """One time step: the processes in the order of ``sim.kernels.step.PROCESSES``."""
+        self.metabolism()
+        self.transport()
+        self.adenylate_kinase()
+        self.producer_failure()
+        self.producer_biogenesis()
+        self.cell_stress()
+        self.step_count += 1
+
+    # ---- export -------------------------------------------------------------------------------
+
+    def state(self) -> State:
+        """The reference's state in the engine's PyTree layout (numpy, the initial state's dtypes)."""
+        init = self._init
+
+        def col(objs, name, like):
+            return np.array([getattr(o, name) for o in objs], dtype=like.dtype).reshape(like.shape)
+
+        cells = dataclasses.replace(
+            jax.tree_util.tree_map(np.copy, init.cells),
+            **{f: col(self.cells, f, getattr(init.cells, f)) for f in CELL_FIELDS},
+        )
+        prod = init.producers
+        producers = dataclasses.replace(
+            jax.tree_util.tree_map(np.copy, prod),
+            health=col(self.producers, "health", prod.health),
+            alive=col(self.producers, "alive", prod.alive),
+        )
+        led = init.ledger
+        ledger = Ledger(**{f.name: col(self.consumers if f.name in ("spent", "work") else self.cells, f.name,
+                                       getattr(led, f.name)) for f in dataclasses.fields(Ledger)})
+        chains, chain_ledger = init.chains, init.chain_ledger
+        if chains is not None:
+            chains = ck.ChainSlots(**{f.name: col(self.chains, f.name, getattr(chains, f.name))
+                                      for f in dataclasses.fields(ck.ChainSlots)})
+            chain_ledger = ck.ChainLedger(**{f: np.array([c.chain_led[f] for c in self.cells],
+                                                         dtype=getattr(chain_ledger, f).dtype)
+                                             for f in CHAIN_LEDGER_FIELDS})
+        return State(
+            cells=cells,
+            producers=producers,
+            consumers=jax.tree_util.tree_map(np.copy, init.consumers),
+            ledger=ledger,
+            step=np.asarray(self.step_count, dtype=np.asarray(init.step).dtype),
+            chains=chains,
+            chain_ledger=chain_ledger,
+        )
+
+
+__all__ = ["ReferenceBio", "Cell", "Producer", "Consumer", "Chain", "ChainStep", "chain_quote", "step_chains",
+           "host_draws", "CHAIN_LEDGER_FIELDS"]

@@ -1,0 +1,139 @@
+"""The biology substrate as a value: cells (mM pools of glucose, ATP, ADP, AMP, Pi), mitochondria and
+glycolysis as producers, organelle processes as consumers, ribosome cohorts as chains, gap junctions.
+
+The equations are the kernels of :mod:`sim.kernels` (process order in ``sim.kernels.step``), the
+initial state and parameters come from ``conf/substrate/bio.yaml`` through
+:func:`sim.presets.build.build`, and the results (dataset, summary in molecules) from
+:mod:`sim.results`. The guard's invariant: every pool finite and non-negative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from sim.core.substrate import EntitySpec, Quantity, Substrate
+from sim.kernels.ops import rowsum
+from sim.kernels.step import PROCESSES
+from sim.state import SPECIES
+
+RECORDS = (
+    Quantity("pools", "mM", "pool concentration", ("species",)),
+    Quantity("alive", "1", "cell alive"),
+    Quantity("stress", "s", "time spent with maintenance below threshold"),
+    Quantity("n_producers", "1", "producers alive"),
+    Quantity("health_mean", "1", "mean health of living producers"),
+    Quantity("produced", "mM", "cumulative currency made"),
+    Quantity("spent", "mM", "cumulative currency spent"),
+    Quantity("work", "work units", "cumulative work (sum over kinds)"),
+    Quantity("transported_out", "mM", "cumulative currency sent over junctions"),
+    Quantity("failures", "1", "cumulative producer failures"),
+    Quantity("births", "1", "cumulative producer births"),
+)
+
+
+def observe(state) -> dict:
+    """What is recorded at each record point (per cell)."""
+    prod, led = state.producers, state.ledger
+    n_alive = jnp.sum(prod.alive, axis=1)
+    health = rowsum(jnp.where(prod.alive, prod.health, 0.0)) / jnp.maximum(n_alive, 1)
+    return {
+        "pools": state.cells.pools,
+        "alive": state.cells.alive,
+        "stress": state.cells.stress,
+        "n_producers": n_alive.astype(jnp.int32),
+        "health_mean": health,
+        "produced": led.produced,
+        "spent": rowsum(led.spent) + led.repair_spent + led.birth_spent,
+        "work": rowsum(led.work),
+        "transported_out": led.transported_out,
+        "failures": led.failures,
+        "births": led.births,
+    }
+
+
+def invariants(obs: dict, previous: dict | None = None) -> dict:
+    """Every pool finite and non-negative, one entry per species (``(..., cells)`` masks)."""
+    pools = np.asarray(obs["pools"])
+    out = {}
+    for s, name in enumerate(SPECIES):
+        x = pools[..., s]
+        with np.errstate(invalid="ignore"):
+            out[name] = (~np.isfinite(x) | (x < 0), x)
+    return out
+
+
+def build(cfg: dict):
+    """Config -> :class:`sim.presets.build.Model` (validated, stability-checked, cast if float32)."""
+    from sim.config.validate import check_stability
+    from sim.core.engine import cast
+    from sim.presets import build as build_preset
+
+    model = build_preset(cfg, dtype=np.float64)
+    check_stability(model, cfg)
+    if cfg.get("precision", "float64") == "float32":
+        model = dataclasses.replace(model, state=cast(model.state, np.float32), params=cast(model.params, np.float32))
+    return model
+
+
+def validate(cfg: dict) -> None:
+    from sim.config.validate import validate as validate_config
+
+    validate_config(cfg)
+
+
+def to_dataset(model, result, cfg: dict):
+    from sim.results import to_dataset as bio_dataset
+
+    return bio_dataset(model, result, cfg)
+
+
+def summarize(model, result, cfg: dict) -> dict:
+    from sim.results import summarize as bio_summary
+
+    return bio_summary(model, result, model.state)
+
+
+def figures(ds, out_dir):
+    from sim.plot import run_figures
+
+    return run_figures(ds, out_dir)
+
+
+def reference(model, replicate: int = 0):
+    from sim.substrates.bio.reference import ReferenceBio
+
+    return ReferenceBio(model, replicate=replicate)
+
+
+ENTITIES = (
+    EntitySpec("cell", "cells", (("alive", "alive"), ("stress", "stress"), ("theta", "theta"),
+                                 ("maintenance", "maintenance"))),
+    EntitySpec("producer", "producers", (("kind", "kind"), ("vmax", "vmax"), ("health", "health"),
+                                         ("alive", "alive")), alive="alive"),
+    EntitySpec("consumer", "consumers", (("kind", "kind"), ("vmax", "vmax"), ("km", "km"), ("tier", "tier"),
+                                         ("value", "value"))),
+    EntitySpec("chain", "chains", (("active", "active"),), alive="active"),
+)
+
+SUBSTRATE = Substrate(
+    name="bio",
+    build=build,
+    processes=PROCESSES,
+    observe=observe,
+    records=RECORDS,
+    invariants=invariants,
+    to_dataset=to_dataset,
+    summarize=summarize,
+    validate=validate,
+    reference=reference,
+    figures=figures,
+    demand_knob="demand_scale",
+    params_axes=lambda params: 0,  # a batched study stacks every leaf (edges included)
+    entities=ENTITIES,
+    compartment="cell",
+    currency="ATP",
+    description="cells on ATP: glucose -> ATP in mitochondria/glycolysis, organelles spend it (mM, s, kJ/mol)",
+)

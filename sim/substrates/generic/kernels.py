@@ -1,0 +1,123 @@
+"""The processes of one step of the generic substrate, each a pure ``(state, params, key) -> state``.
+
+Explicit Euler steps of length ``dt``; every quantity is dimensionless. Per cell i, in this order:
+
+``supply``       S += dt k_in u (S_ext - S)                        (u = uptake_scale)
+``production``   P = dt sum_k alive_k V_k s h_k  S/(K_S+S)  D/(K_D+D)   (s = supply_scale)
+                 A += P, D -= P, S -= P / Y; produced += P, substrate_used += P / Y
+``consumption``  q_k = dt V_k d A/(K_k+A) (d = demand_scale, A at the start of the process);
+                 tier 0 is served first, then tier 1, from what is left; a tier asking
+                 Q = sum q_k > A gets the fraction A / Q of each request and leaves A = 0.
+                 A -= spent, D += spent; spent += sum spent_k, work += sum value_k spent_k
+``transport``    per junction e = (i, j) and carrier form X in (A, D):
+                 J = dt g_e c (X_i - X_j) (c = conductance_scale; 0 unless both cells are alive);
+                 the sender loses |J|, the receiver gains (1 - loss_e)|J|, the sender's ledger
+                 books loss_e |J| as lost and |J| of A as transported_out (segment sums, no loops)
+``failure``      a living producer fails with probability 1 - exp(-h0 dt), from the draw
+                 ``sim.rng.uniforms(key, step, PRODUCER_FAILURE, id)``, id = cell * slots + slot
+``birth``        a living cell with a free slot revives its first free slot with probability
+                 1 - exp(-b dt), from the draw ``sim.rng.uniforms(key, step, PRODUCER_BIRTH, cell)``
+
+A + D of a cell changes only by transport, so sum_i (A_i + D_i) + sum_i lost_i is constant.
+Production and transport need no clamp when dt passes the build's stability check; consumption
+is rationed, so A never goes below zero.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sim import rng
+from sim.kernels.ops import rowsum
+from sim.pytree import replace
+from sim.substrates.generic.state import N_TIERS
+
+
+def supply(state, params, key=None):
+    c = state.cells
+    ds = params.dt * params.exchange_rate * params.uptake_scale * (params.external - c.s)
+    return replace(state, cells=replace(c, s=c.s + jnp.where(c.alive, ds, 0.0)))
+
+
+def production(state, params, key=None):
+    c, p = state.cells, state.producers
+    s, d = c.s, c.d
+    sat = (s / (params.k_substrate + s)) * (d / (params.k_discharged + d))
+    rate = jnp.where(p.alive & c.alive[:, None], p.vmax * params.supply_scale * p.health, 0.0)
+    made = params.dt * rowsum(rate) * sat
+    used = made / params.yield_
+    cells = replace(c, s=s - used, a=c.a + made, d=d - made)
+    led = replace(state.ledger, produced=state.ledger.produced + made,
+                  substrate_used=state.ledger.substrate_used + used)
+    return replace(state, cells=cells, ledger=led)
+
+
+def consumption(state, params, key=None):
+    c, k = state.cells, state.consumers
+    a0 = c.a
+    ask = params.dt * k.vmax * params.demand_scale * a0[:, None] / (k.km + a0[:, None])
+    ask = jnp.where(c.alive[:, None], ask, 0.0)
+    a, spent = a0, jnp.zeros_like(ask)
+    for t in range(N_TIERS):
+        mine = k.tier == t
+        q = jnp.where(mine, ask, 0.0)
+        total = rowsum(q)
+        short = total > a
+        share = jnp.where(short, a / jnp.where(short, total, 1.0), 1.0)
+        spent = spent + q * share[:, None]
+        a = jnp.where(short, 0.0, a - total)
+    out = rowsum(spent)
+    cells = replace(c, a=a, d=c.d + out)
+    led = replace(state.ledger, spent=state.ledger.spent + out, work=state.ledger.work + rowsum(k.value * spent))
+    return replace(state, cells=cells, ledger=led)
+
+
+def transport(state, params, key=None):
+    c, e = state.cells, params.edges
+    n = c.alive.shape[0]
+    x = jnp.stack([c.a, c.d], axis=1)  # (C, 2)
+    g = jnp.where(c.alive[e.src] & c.alive[e.dst], params.dt * e.conductance * params.conductance_scale, 0.0)
+    j = g[:, None] * (x[e.src] - x[e.dst])  # (E, 2), positive: src -> dst
+    fwd, back = jnp.maximum(j, 0.0), jnp.maximum(-j, 0.0)
+    keep = (1.0 - e.loss)[:, None]
+    leak = e.loss[:, None]
+    # per end of a junction: change of (A, D), A sent, carrier lost (booked to the sender)
+    at_src = jnp.concatenate([keep * back - fwd, fwd[:, :1], rowsum(leak * fwd)[:, None]], axis=1)
+    at_dst = jnp.concatenate([keep * fwd - back, back[:, :1], rowsum(leak * back)[:, None]], axis=1)
+    booked = jax.ops.segment_sum(jnp.concatenate([at_src, at_dst]), jnp.concatenate([e.src, e.dst]),
+                                 num_segments=n)
+    cells = replace(c, a=c.a + booked[:, 0], d=c.d + booked[:, 1])
+    led = replace(state.ledger, transported_out=state.ledger.transported_out + booked[:, 2],
+                  lost=state.ledger.lost + booked[:, 3])
+    return replace(state, cells=cells, ledger=led)
+
+
+def failure(state, params, key):
+    p = state.producers
+    n, slots = p.alive.shape
+    u = rng.uniforms(key, state.step, rng.PRODUCER_FAILURE, jnp.arange(n * slots, dtype=jnp.uint32)).reshape(n, slots)
+    fails = p.alive & (u < -jnp.expm1(-params.hazard * params.dt))
+    led = replace(state.ledger, failures=state.ledger.failures + rowsum(fails.astype(state.ledger.failures.dtype)))
+    return replace(state, producers=replace(p, alive=p.alive & ~fails), ledger=led)
+
+
+def birth(state, params, key):
+    p, c = state.producers, state.cells
+    n, slots = p.alive.shape
+    u = rng.uniforms(key, state.step, rng.PRODUCER_BIRTH, jnp.arange(n, dtype=jnp.uint32))
+    free = ~p.alive
+    born = c.alive & jnp.any(free, axis=1) & (u < -jnp.expm1(-params.birth_rate * params.dt))
+    new = born[:, None] & (jnp.arange(slots)[None, :] == jnp.argmax(free, axis=1)[:, None])
+    led = replace(state.ledger, births=state.ledger.births + born.astype(state.ledger.births.dtype))
+    return replace(state, producers=replace(p, alive=p.alive | new), ledger=led)
+
+
+PROCESSES = (
+    ("supply", supply),
+    ("production", production),
+    ("consumption", consumption),
+    ("transport", transport),
+    ("failure", failure),
+    ("birth", birth),
+)

@@ -1,0 +1,162 @@
+"""Plain-Python float64 reference of the generic substrate: the equations of
+:mod:`sim.substrates.generic.kernels` written cell by cell, agent by agent, with Python floats.
+
+Random draws come from the engine's counter-based stream (``sim.rng.uniforms`` keyed by
+(seed, replicate, step, purpose, producer id)): one vectorised call per step, each producer taking
+the number of its id. The JAX engine reproduces this stepper to round-off
+(``tests/test_generic_substrate.py``). A correctness oracle and the ``backend=mesa`` physics::
+
+    ref = ReferenceGeneric(build(cfg), replicate=0)
+    for _ in range(n):
+        ref.step()
+    ref.state()  # the engine's numpy State
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from math import expm1
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sim import rng
+from sim.substrates.generic.state import N_TIERS, Cells, Consumers, Ledger, Producers, State
+
+LEDGER = tuple(f.name for f in dataclasses.fields(Ledger))
+
+
+@functools.partial(jax.jit, static_argnames=("purpose", "n"))
+def _uniforms(key, step, purpose: int, n: int):
+    return rng.uniforms(key, step, purpose, jnp.arange(n, dtype=jnp.uint32))
+
+
+class ReferenceGeneric:
+    """Steps one replicate of a built generic economy (``spec.build``) in plain Python."""
+
+    def __init__(self, built, replicate: int = 0, key=None):
+        p = built.params
+        self.p = {f.name: float(np.asarray(getattr(p, f.name))) for f in dataclasses.fields(p) if f.name != "edges"}
+        e = p.edges
+        self.edges = list(zip(np.asarray(e.src).tolist(), np.asarray(e.dst).tolist(),
+                              np.asarray(e.conductance, float).tolist(), np.asarray(e.loss, float).tolist()))
+        self.key = key if key is not None else jax.random.fold_in(jax.random.PRNGKey(int(built.seed)), replicate)
+        s = jax.device_get(built.state)
+        c, pr, co = s.cells, s.producers, s.consumers
+        lst = lambda x, t=float: np.asarray(x).astype(t).tolist()  # noqa: E731
+        self.alive, self.S, self.A, self.D = lst(c.alive, bool), lst(c.s), lst(c.a), lst(c.d)
+        self.p_alive, self.p_vmax, self.p_health = lst(pr.alive, bool), lst(pr.vmax), lst(pr.health)
+        self.c_vmax, self.c_km, self.c_tier, self.c_value = lst(co.vmax), lst(co.km), lst(co.tier, int), lst(co.value)
+        self.ledger = {name: lst(getattr(s.ledger, name)) for name in LEDGER}
+        self.n, self.slots = np.asarray(pr.alive).shape
+        self.step_count = int(s.step)
+
+    # ---- processes, in the order of kernels.PROCESSES ---------------------------------------------
+
+    def supply(self):
+        p = self.p
+        for i in range(self.n):
+            if self.alive[i]:
+                self.S[i] += p["dt"] * p["exchange_rate"] * p["uptake_scale"] * (p["external"] - self.S[i])
+
+    def production(self):
+        p, led = self.p, self.ledger
+        for i in range(self.n):
+            s, d = self.S[i], self.D[i]
+            sat = (s / (p["k_substrate"] + s)) * (d / (p["k_discharged"] + d))
+            rate = 0.0
+            for k in range(self.slots):
+                if self.alive[i] and self.p_alive[i][k]:
+                    rate += self.p_vmax[i][k] * p["supply_scale"] * self.p_health[i][k]
+            made = p["dt"] * rate * sat
+            used = made / p["yield_"]
+            self.S[i], self.A[i], self.D[i] = s - used, self.A[i] + made, d - made
+            led["produced"][i] += made
+            led["substrate_used"][i] += used
+
+    def consumption(self):
+        p, led = self.p, self.ledger
+        for i in range(self.n):
+            if not self.alive[i]:
+                continue
+            a0 = a = self.A[i]
+            ask = [p["dt"] * v * p["demand_scale"] * a0 / (km + a0) for v, km in zip(self.c_vmax[i], self.c_km[i])]
+            spent = [0.0] * len(ask)
+            for t in range(N_TIERS):  # tier 0 first; proportional shares within a tier when A is short
+                mine = [k for k in range(len(ask)) if self.c_tier[i][k] == t]
+                total = sum(ask[k] for k in mine)
+                share = a / total if total > a else 1.0
+                for k in mine:
+                    spent[k] += ask[k] * share
+                a = 0.0 if total > a else a - total
+            out = sum(spent)
+            self.A[i], self.D[i] = a, self.D[i] + out
+            led["spent"][i] += out
+            led["work"][i] += sum(v * x for v, x in zip(self.c_value[i], spent))
+
+    def transport(self):
+        p, led = self.p, self.ledger
+        delta_a, delta_d = [0.0] * self.n, [0.0] * self.n
+        sent, lost = [0.0] * self.n, [0.0] * self.n
+        for i, j, g, loss in self.edges:
+            if not (self.alive[i] and self.alive[j]):
+                continue
+            gdt = p["dt"] * g * p["conductance_scale"]
+            ja, jd = gdt * (self.A[i] - self.A[j]), gdt * (self.D[i] - self.D[j])
+            for flux, delta in ((ja, delta_a), (jd, delta_d)):
+                src, dst = (i, j) if flux >= 0 else (j, i)
+                delta[src] -= abs(flux)
+                delta[dst] += (1.0 - loss) * abs(flux)
+                lost[src] += loss * abs(flux)
+            sent[i if ja >= 0 else j] += abs(ja)
+        for i in range(self.n):
+            self.A[i] += delta_a[i]
+            self.D[i] += delta_d[i]
+            led["transported_out"][i] += sent[i]
+            led["lost"][i] += lost[i]
+
+    def failure(self):
+        n, slots = self.n, self.slots
+        u = np.asarray(_uniforms(self.key, jnp.int32(self.step_count), rng.PRODUCER_FAILURE, n * slots)).tolist()
+        threshold = -expm1(-self.p["hazard"] * self.p["dt"])
+        for i in range(n):
+            for k in range(slots):
+                if self.p_alive[i][k] and u[i * slots + k] < threshold:
+                    self.p_alive[i][k] = False
+                    self.ledger["failures"][i] += 1.0
+
+    def birth(self):
+        u = np.asarray(_uniforms(self.key, jnp.int32(self.step_count), rng.PRODUCER_BIRTH, self.n)).tolist()
+        threshold = -expm1(-self.p["birth_rate"] * self.p["dt"])
+        for i in range(self.n):
+            free = [k for k in range(self.slots) if not self.p_alive[i][k]]
+            if self.alive[i] and free and u[i] < threshold:
+                self.p_alive[i][free[0]] = True
+                self.ledger["births"][i] += 1.0
+
+    def step(self):
+        self.supply()
+        self.production()
+        self.consumption()
+        self.transport()
+        self.failure()
+        self.birth()
+        self.step_count += 1
+
+    # ---- export -------------------------------------------------------------------------------------
+
+    def state(self) -> State:
+        """The reference's state in the engine's PyTree layout (numpy)."""
+        f = lambda x: np.array(x, np.float64)  # noqa: E731
+        return State(
+            cells=Cells(alive=np.array(self.alive, bool), s=f(self.S), a=f(self.A), d=f(self.D)),
+            producers=Producers(alive=np.array(self.p_alive, bool).reshape(self.n, self.slots),
+                                vmax=f(self.p_vmax).reshape(self.n, self.slots),
+                                health=f(self.p_health).reshape(self.n, self.slots)),
+            consumers=Consumers(vmax=f(self.c_vmax), km=f(self.c_km), tier=np.array(self.c_tier, np.int32),
+                                value=f(self.c_value)),
+            ledger=Ledger(**{name: f(self.ledger[name]) for name in LEDGER}),
+            step=np.int32(self.step_count),
+        )

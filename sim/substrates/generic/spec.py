@@ -1,0 +1,362 @@
+"""The generic substrate as a value: a dimensionless economy of ONE currency (``substrate=generic``).
+
+Per cell a substrate pool S fed from outside, a charged currency pool A and a discharged carrier
+pool D; producers turn D back into A using substrate, consumers spend A (-> D) for work, junctions
+exchange A and D between cells. The equations are in :mod:`sim.substrates.generic.kernels`, their
+plain-Python float64 reference in :mod:`sim.substrates.generic.reference`, the parameters in
+``conf/substrate/generic.yaml``. Every quantity is dimensionless (unit "1"); time is in units of
+the config's ``dt`` x steps.
+
+Config refusals (:func:`validate`, before anything is built; every problem at once, one
+:class:`~sim.errors.ConfigError` each, collected in :class:`sim.config.validate.ConfigErrors`):
+the generic checks of :func:`sim.config.validate.validate` (types, steps, seed, params >= 0, keys
+not in ``conf/substrate/generic.yaml`` refused by name), then the generic preset's own numbers
+(:data:`NUMBERS`, :data:`KIND_NUMBERS`: missing, non-numeric, non-finite or out of range; integer
+counts and tiers; ``producers.count <= producers.slots``), then ``params.<name>`` other than
+:data:`PARAM_NAMES` (the biology parameters the generic checks accept mean nothing here). A key the
+generic checks named already is not named twice. :func:`build` also refuses a ``dt`` the explicit
+step cannot take: ``dt g c max_degree < 1`` (transport sends less than a cell holds) and
+``dt max(s V_cell / K_D, s V_cell / (Y K_S), k_in u) <= 0.5`` with V_cell = sum over a cell's slots
+of V h (production, with every slot alive, and supply take at most half of D and S in a step), so no pool goes negative without a clamp; consumption is rationed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from sim.core.substrate import Built, EntitySpec, Quantity, Substrate
+from sim.errors import ConfigError
+from sim.substrates.generic.kernels import PROCESSES
+from sim.substrates.generic.state import N_TIERS, Cells, Consumers, Edges, Ledger, Params, Producers, State
+
+PARAM_NAMES = ("supply_scale", "demand_scale", "uptake_scale", "conductance_scale")
+LEDGER = tuple(f.name for f in dataclasses.fields(Ledger))
+POOLS = ("s", "a", "d")  # records (and cell fields) of the pools S, A, D
+DECREASED = " (decreased)"  # suffix of a cumulative ledger that went down; its value is the change
+
+# ------------------------------------------------------------------------------ config
+
+# (key under ``substrate``, minimum, minimum excluded, maximum, integer)
+NUMBERS = (
+    ("initial.substrate", 0, False, None, False),
+    ("initial.carrier", 0, False, None, False),
+    ("initial.charged_fraction", 0, False, 1, False),
+    ("supply.external", 0, False, None, False),
+    ("supply.exchange_rate", 0, False, None, False),
+    ("producers.slots", 1, False, None, True),
+    ("producers.count", 0, False, None, True),
+    ("producers.capacity", 0, False, None, False),
+    ("producers.health", 0, False, 1, False),
+    ("producers.k_substrate", 0, True, None, False),
+    ("producers.k_discharged", 0, True, None, False),
+    ("producers.yield", 0, True, None, False),
+    ("producers.hazard", 0, False, None, False),
+    ("producers.birth_rate", 0, False, None, False),
+    ("transport.conductance", 0, False, None, False),
+    ("transport.loss_fraction", 0, False, 1, False),
+)
+KIND_NUMBERS = (  # each consumers.kinds.<kind>
+    ("count", 0, False, None, True),
+    ("tier", 0, False, N_TIERS - 1, True),
+    ("capacity", 0, False, None, False),
+    ("affinity", 0, True, None, False),
+    ("value", 0, False, None, False),
+)
+
+
+def _number(node, key: str, rule, prefix: str):
+    """(value, None) or (None, ConfigError) for ``node[key]`` (dotted) under ``rule``."""
+    lo, strict, hi, integer = rule
+    v = node
+    for part in key.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    dotted = f"{prefix}.{key}"
+    what = ("an integer" if integer else "a finite number") + f" {'>' if strict else '>='} {lo}"
+    what += f" and <= {hi}" if hi is not None else ""
+    if v is None:
+        return None, ConfigError(dotted, v, f"{what} (missing from the config)")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (integer and v != int(v)):
+        return None, ConfigError(dotted, v, what)
+    if v < lo or (strict and v == lo) or (hi is not None and v > hi):
+        return None, ConfigError(dotted, v, what)
+    return (int(v) if integer else float(v)), None
+
+
+def read_substrate(sub) -> tuple[dict, list, list[ConfigError]]:
+    """(numbers by key, [(kind, numbers)] of the consumer kinds, every problem) of a generic preset."""
+    values, kinds, problems = {}, [], []
+    if not isinstance(sub, dict):
+        return values, kinds, [ConfigError("substrate", sub, "the generic substrate preset (a mapping)")]
+    for key, *rule in NUMBERS:
+        values[key], problem = _number(sub, key, rule, "substrate")
+        problems += [problem] if problem else []
+    slots, count = values.get("producers.slots"), values.get("producers.count")
+    if slots is not None and count is not None and count > slots:
+        problems.append(ConfigError("substrate.producers.count", count, f"an integer <= producers.slots={slots}"))
+    table = (sub.get("consumers") or {}).get("kinds") if isinstance(sub.get("consumers"), dict) else None
+    if not isinstance(table, dict) or not all(isinstance(k, dict) for k in table.values()):
+        problems.append(ConfigError("substrate.consumers.kinds", table, "a mapping of kind name -> {count, tier, "
+                                    "capacity, affinity, value}"))
+        return values, kinds, problems
+    for name, kcfg in table.items():
+        numbers = {}
+        for key, *rule in KIND_NUMBERS:
+            numbers[key], problem = _number(kcfg, key, rule, f"substrate.consumers.kinds.{name}")
+            problems += [problem] if problem else []
+        kinds.append((name, numbers))
+    return values, kinds, problems
+
+
+def validate(cfg: dict) -> None:
+    """Every problem of a generic run config at once (see the module docstring)."""
+    from sim.config.validate import ConfigErrors, problems_of
+    from sim.config.validate import validate as validate_config
+
+    problems = []
+    try:
+        validate_config(cfg)
+    except ConfigError as exc:
+        problems += problems_of(exc)
+    named = {p.key for p in problems}
+    problems += [p for p in read_substrate(cfg.get("substrate"))[2] if p.key not in named]
+    params = cfg.get("params")
+    for name, value in (params.items() if isinstance(params, dict) else ()):
+        if name not in PARAM_NAMES and f"params.{name}" not in named:
+            problems.append(ConfigError(f"params.{name}", value, "a parameter of the generic substrate: "
+                                        + ", ".join(PARAM_NAMES)))
+    if problems:
+        raise ConfigErrors(problems)
+
+
+def check_stability(built: Built) -> None:
+    """Refuse a ``dt`` the explicit step cannot take (see the module docstring)."""
+    from sim.config.validate import ConfigErrors
+
+    p, s = built.params, built.state
+    dt, problems = float(p.dt), []
+    g = np.asarray(p.edges.conductance) * float(p.conductance_scale)
+    if g.size:
+        deg = np.bincount(np.concatenate([p.edges.src, p.edges.dst]), minlength=built.n_cells).max()
+        courant = dt * g.max() * deg
+        if not courant < 1.0:
+            problems.append(ConfigError("dt", dt, f"dt * conductance * max_degree < 1 for stable transport (it is "
+                                        f"{courant:.3g}); lower dt or substrate.transport.conductance"))
+    v = float(np.max(np.sum(s.producers.vmax * s.producers.health, axis=1)))  # every slot alive (births)
+    v *= float(p.supply_scale)
+    rate = max(v / float(p.k_discharged), v / (float(p.yield_) * float(p.k_substrate)),
+               float(p.exchange_rate) * float(p.uptake_scale))
+    if not dt * rate <= 0.5:
+        problems.append(ConfigError("dt", dt, f"dt <= {0.5 / rate:.3g} (half the fastest pool relaxation time, "
+                                    f"1/{rate:.3g}) for a stable explicit step"))
+    if problems:
+        raise ConfigErrors(problems)
+
+
+def build(cfg: dict) -> Built:
+    """Config (``substrate``, ``topology``, ``dt``, ``seed``, ``params``) -> :class:`Built` (numpy)."""
+    from sim.config.validate import ConfigErrors
+    from sim.core.engine import cast
+    from sim.topology import build_graph, edge_arrays
+
+    values, kinds, problems = read_substrate(cfg.get("substrate"))
+    if problems:
+        raise ConfigErrors(problems)
+    v = values
+    seed = int(cfg.get("seed", 0))
+    graph = build_graph(cfg["topology"], seed=seed)
+    n, slots = graph.number_of_nodes(), v["producers.slots"]
+    src, dst = edge_arrays(graph)
+    full = lambda x, shape=(n,): np.full(shape, x, np.float64)  # noqa: E731
+    carrier, fraction = v["initial.carrier"], v["initial.charged_fraction"]
+    cells = Cells(alive=np.ones(n, bool), s=full(v["initial.substrate"]), a=full(carrier * fraction),
+                  d=full(carrier - carrier * fraction))
+    producers = Producers(alive=np.broadcast_to(np.arange(slots) < v["producers.count"], (n, slots)).copy(),
+                          vmax=full(v["producers.capacity"], (n, slots)), health=full(v["producers.health"], (n, slots)))
+    row = lambda key, dtype=np.float64: np.tile(np.array([k[key] for _, k in kinds for _ in range(k["count"])],  # noqa: E731
+                                                          dtype).reshape(1, -1), (n, 1))
+    consumers = Consumers(vmax=row("capacity"), km=row("affinity"), tier=row("tier", np.int32), value=row("value"))
+    ledger = Ledger(**{name: full(0.0) for name in LEDGER})
+    state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, step=np.int32(0))
+    scales = cfg.get("params") or {}
+    f = np.float64
+    edges = Edges(src=src, dst=dst, conductance=full(v["transport.conductance"], src.shape),
+                  loss=full(v["transport.loss_fraction"], src.shape))
+    params = Params(dt=f(cfg["dt"]), **{k: f(scales.get(k, 1.0)) for k in PARAM_NAMES},
+                    external=f(v["supply.external"]), exchange_rate=f(v["supply.exchange_rate"]),
+                    k_substrate=f(v["producers.k_substrate"]), k_discharged=f(v["producers.k_discharged"]),
+                    yield_=f(v["producers.yield"]), hazard=f(v["producers.hazard"]),
+                    birth_rate=f(v["producers.birth_rate"]), edges=edges)
+    built = Built(state=state, params=params, graph=graph, seed=seed)
+    check_stability(built)
+    if cfg.get("precision", "float64") == "float32":
+        built = Built(cast(state, np.float32), cast(params, np.float32), graph, seed)
+    return built
+
+
+# ------------------------------------------------------------------------------ records and guard
+
+RECORDS = (
+    Quantity("s", "1", "substrate pool S"),
+    Quantity("a", "1", "charged currency pool A"),
+    Quantity("d", "1", "discharged carrier pool D"),
+    Quantity("charged_fraction", "1", "A / (A + D)"),
+    Quantity("alive", "1", "cell alive"),
+    Quantity("producers_alive", "1", "producers alive"),
+    Quantity("produced", "1", "cumulative currency made"),
+    Quantity("spent", "1", "cumulative currency spent"),
+    Quantity("work", "1", "cumulative work (value x spent)"),
+    Quantity("transported_out", "1", "cumulative charged currency sent over junctions"),
+    Quantity("lost", "1", "cumulative carrier lost in transit"),
+    Quantity("substrate_used", "1", "cumulative substrate used by producers"),
+    Quantity("failures", "1", "cumulative producer failures"),
+    Quantity("births", "1", "cumulative producer births"),
+)
+
+
+def observe(state) -> dict:
+    """Per-cell record at each record point."""
+    c, led = state.cells, state.ledger
+    total = c.a + c.d
+    return {
+        "s": c.s, "a": c.a, "d": c.d,
+        "charged_fraction": jnp.where(total > 0, c.a / jnp.where(total > 0, total, 1.0), 0.0),
+        "alive": c.alive, "producers_alive": jnp.sum(state.producers.alive, axis=1).astype(jnp.int32),
+        **{name: getattr(led, name) for name in LEDGER},
+    }
+
+
+def invariants(obs: dict, previous: dict | None = None) -> dict:
+    """Pools and ledgers finite and >= 0, the charged fraction finite; with ``previous``, every
+    cumulative ledger non-decreasing (``<name> (decreased)``, value: the change)."""
+    out = {}
+    with np.errstate(invalid="ignore"):
+        for name in POOLS + LEDGER + ("charged_fraction",):
+            x = np.asarray(obs[name])
+            out[name] = (~np.isfinite(x) | ((x < 0) if name != "charged_fraction" else False), x)
+        if previous is not None:
+            for name in LEDGER:
+                change = np.asarray(obs[name]) - np.asarray(previous[name])
+                out[name + DECREASED] = (change < 0, change)
+    return out
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def to_dataset(built, result, cfg: dict):
+    import xarray as xr
+
+    rec = result.records
+    n_rep, _, n_c = rec["a"].shape
+    first = int(cfg.get("first_replicate", 0) or 0)  # replicate r of the run is r + first of the ensemble
+    coords = {"replicate": first + np.arange(n_rep), "time": result.times, "cell": np.arange(n_c)}
+    data = {q.name: xr.Variable(("replicate", "time", "cell"),
+                                rec[q.name].astype(np.int8) if q.name == "alive" else rec[q.name],
+                                {"units": q.unit, "long_name": q.long_name}) for q in RECORDS}
+    ds = xr.Dataset(data, coords=coords)
+    ds["time"].attrs["units"] = "1"
+    ds.attrs.update(substrate="generic", currency="currency", units="dimensionless",
+                    experiment=str((cfg.get("experiment") or {}).get("name", "")), seed=int(cfg.get("seed", 0)),
+                    dt=float(np.asarray(built.params.dt)), backend=str(cfg.get("backend", "jax")))
+    return ds
+
+
+def summarize(built, result, cfg: dict) -> dict:
+    """Totals summed over cells, averaged over replicates (final state); rates over the second half."""
+    st, rec, times = result.state, result.records, np.asarray(result.times)
+    c, led = st.cells, st.ledger
+    a, d = np.asarray(c.a, np.float64), np.asarray(c.d, np.float64)
+    total = lambda x: float(np.mean(np.sum(np.asarray(x, np.float64), axis=-1)))  # noqa: E731
+    s0 = built.state.cells
+    carrier0 = float(np.sum(np.asarray(s0.a, np.float64) + np.asarray(s0.d, np.float64)))
+    carrier = (a + d).sum(-1) + np.asarray(led.lost, np.float64).sum(-1)
+    alive = np.asarray(c.alive)
+    frac = np.where(a + d > 0, a / np.where(a + d > 0, a + d, 1.0), 0.0)
+    i0 = (len(times) - 1) // 2  # spending rate and mean pool over the second half of the records
+    spent = rec["spent"].sum(-1)  # (R, T)
+    if len(times) > 1:
+        rate = (spent[:, -1] - spent[:, i0]) / (times[-1] - times[i0])
+        pool = rec["a"][:, i0:].sum(-1).mean(-1)
+    else:
+        rate, pool = spent[:, -1] / times[-1], rec["a"][:, -1].sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        turnover = np.where(rate > 0, pool / rate, np.inf)
+    return {
+        "status": "ok", "substrate": "generic", "currency": "currency", "currency_unit": "1",
+        "currency_produced": total(led.produced), "currency_spent": total(led.spent),
+        "currency_transported": total(led.transported_out), "currency_lost": total(led.lost),
+        "work_done": total(led.work), "substrate_used": total(led.substrate_used), "failures": total(led.failures),
+        "births": total(led.births),
+        "charged_fraction": float(np.sum(frac * alive) / max(np.sum(alive), 1)),
+        "charged_total": total(a), "spending_rate": float(np.mean(rate)),
+        "currency_pool_turnover": float(np.mean(turnover)),
+        "conservation_error": float(np.max(np.abs(carrier - carrier0)) / max(carrier0, 1e-300)),
+        "cells_total": int(alive.shape[-1]), "cells_alive": float(np.mean(alive.sum(-1))),
+        "producers_alive": float(np.mean(np.asarray(st.producers.alive).sum((-1, -2)))),
+        "replicates": int(alive.shape[0]), "wall_s": float(result.wall_s), "compile_s": float(result.compile_s),
+        "simulated_time": float(times[-1]),
+    }
+
+
+def figures(ds, out_dir):
+    """``figures/generic.png``: the pools and the charged fraction (mean over cells) over time, mean
+    over replicates with a min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sim.plot import _save
+
+    (Path(out_dir) / "figures").mkdir(parents=True, exist_ok=True)
+    t = ds["time"].values
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, names in ((ax[0], POOLS), (ax[1], ("charged_fraction",))):
+        for name in names:
+            x = ds[name].mean("cell")
+            line, = axis.plot(t, x.mean("replicate"), label=ds[name].attrs["long_name"])
+            axis.fill_between(t, x.min("replicate"), x.max("replicate"), color=line.get_color(), alpha=0.25, lw=0)
+        axis.set(xlabel="time (1)", ylabel="1")
+        axis.legend(fontsize=8)
+    ax[0].set_title("pools (mean over cells; band: replicates)")
+    ax[1].set(title="charged fraction A / (A + D)", ylim=(0, 1.02))
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / "figures" / "generic.png")]
+
+
+def reference(built, replicate: int = 0):
+    from sim.substrates.generic.reference import ReferenceGeneric
+
+    return ReferenceGeneric(built, replicate=replicate)
+
+
+ENTITIES = (
+    EntitySpec("cell", "cells", (("alive", "alive"), ("substrate", "s"), ("charged", "a"), ("discharged", "d"))),
+    EntitySpec("producer", "producers", (("vmax", "vmax"), ("health", "health"), ("alive", "alive")), alive="alive"),
+    EntitySpec("consumer", "consumers", (("vmax", "vmax"), ("km", "km"), ("tier", "tier"), ("value", "value"))),
+)
+
+SUBSTRATE = Substrate(
+    name="generic",
+    build=build,
+    processes=PROCESSES,
+    observe=observe,
+    records=RECORDS,
+    invariants=invariants,
+    to_dataset=to_dataset,
+    summarize=summarize,
+    validate=validate,
+    reference=reference,
+    figures=figures,
+    demand_knob="demand_scale",
+    params_axes=lambda params: 0,
+    entities=ENTITIES,
+    compartment="cell",
+    currency="currency",
+    description="one dimensionless currency: producers recharge D -> A from substrate, consumers spend A for work",
+)

@@ -1,0 +1,215 @@
+"""The LLM-serving substrate as a value: model instances (cells) with a KV cache (the conserved
+carrier), GPUs (producers, roofline), decode streams (chains whose per-token cost grows with the
+context), tools and memory modules (consumers), Poisson arrivals and routing over the graph.
+
+The equations are the kernels of :mod:`sim.llm.kernels`, the model from ``conf/substrate/llm.yaml``
+with the ``model`` and ``gpu`` groups (:func:`sim.llm.build.build_llm`), the results (Little's law,
+stability, token/energy/dollar/Landauer ledgers over a steady window) from :mod:`sim.llm.results`.
+
+The guard's invariants: every record finite; the KV cache (free, occupied), the prefill debt and
+every cumulative ledger non-negative; the cumulative ledgers never decrease; and the KV balance
+``free + occupied == capacity`` to ``KV_TOLERANCE`` of the capacity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from sim.core.substrate import EntitySpec, Quantity, Substrate
+from sim.errors import ConfigError
+from sim.kernels.ops import rowsum
+from sim.llm.kernels import PROCESSES, in_system
+
+RECORDS = (
+    Quantity("queue_len", "requests", "requests waiting in the queue"),
+    Quantity("batch", "chains", "chain slots holding a request (decoding or waiting on a tool)"),
+    Quantity("decoding", "chains", "chains decoding"),
+    Quantity("kv_occupied", "tokens", "KV cache held by chains (conserved carrier, occupied)"),
+    Quantity("kv_free", "tokens", "KV cache free"),
+    Quantity("kv_capacity", "tokens", "KV cache of the instance (free + occupied)"),
+    Quantity("in_system", "requests", "requests queued or in a chain"),
+    Quantity("debt_s", "s", "prefill/tool/memory GPU work owed"),
+    Quantity("step_time_s", "s", "roofline time of the last decode iteration"),
+    Quantity("arrived", "requests", "cumulative arrivals"),
+    Quantity("dropped", "requests", "cumulative requests dropped (queue full)"),
+    Quantity("completed", "requests", "cumulative conversations completed"),
+    Quantity("turns_done", "turns", "cumulative turns finished"),
+    Quantity("sojourn_s", "s", "cumulative time in system of completed requests"),
+    Quantity("occupancy_s", "request s", "cumulative integral of requests in system"),
+    Quantity("tokens_in", "tokens", "cumulative prompt tokens prefilled"),
+    Quantity("tokens_out", "tokens", "cumulative tokens generated"),
+    Quantity("tool_calls", "calls", "cumulative tool calls"),
+    Quantity("tool_tokens", "tokens", "cumulative tokens appended by tools"),
+    Quantity("compressions", "compressions", "cumulative memory-module compressions"),
+    Quantity("tokens_removed", "tokens", "cumulative tokens removed by memory modules"),
+    Quantity("energy_j", "J", "cumulative GPU energy"),
+    Quantity("prefill_s", "GPU s", "cumulative time in the prefill state"),
+    Quantity("decode_s", "GPU s", "cumulative time decoding"),
+    Quantity("idle_s", "GPU s", "cumulative idle time"),
+    Quantity("routed_out", "requests", "cumulative arrivals routed to a neighbour"),
+)
+RECORD_FIELDS = tuple(q.name for q in RECORDS)
+
+# recorded quantities that can never be negative: the KV cache, the prefill debt and every
+# cumulative ledger (requests, tokens, energy, GPU time), which can never decrease either
+CUMULATIVE = (
+    "arrived", "dropped", "completed", "turns_done", "sojourn_s", "occupancy_s", "tokens_in", "tokens_out",
+    "tool_calls", "tool_tokens", "compressions", "tokens_removed", "energy_j", "prefill_s", "decode_s", "idle_s",
+    "routed_out",
+)
+NONNEGATIVE = ("kv_free", "kv_occupied", "debt_s") + CUMULATIVE
+KV_TOLERANCE = 1e-6  # of the capacity (tokens): round-off of the incremental KV booking is ~1e-10
+BALANCE = "kv_balance"  # the quantity named when free + occupied != capacity
+DECREASED = " (decreased)"  # suffix of a cumulative ledger that went down; its value is the change
+
+
+def kv_occupied(state):
+    ch = state.chains
+    return rowsum(jnp.where(ch.active, ch.base + ch.out, 0.0))  # fixed order when deterministic
+
+
+def observe(state) -> dict:
+    """Per-cell record at each record point."""
+    ch, led, cells = state.chains, state.ledger, state.cells
+    obs = {
+        "queue_len": jnp.sum(state.queue.active, axis=1).astype(jnp.int32),
+        "batch": jnp.sum(ch.active, axis=1).astype(jnp.int32),
+        "decoding": jnp.sum(ch.active & (ch.tool_wait == 0), axis=1).astype(jnp.int32),
+        "kv_occupied": kv_occupied(state),
+        "kv_free": cells.kv_free,
+        "kv_capacity": cells.kv_capacity,
+        "in_system": in_system(state).astype(jnp.int32),
+        "debt_s": cells.debt_s,
+        "step_time_s": cells.step_time_s,
+    }
+    for name in CUMULATIVE:
+        obs[name] = getattr(led, name)
+    return obs
+
+
+def invariants(obs: dict, previous: dict | None = None) -> dict:
+    """Quantity -> (mask of bad values, the values), in the order they are reported."""
+    capacity = np.asarray(obs["kv_capacity"])
+    tol = KV_TOLERANCE * np.maximum(capacity, 1.0)
+    out = {}
+    for name in RECORD_FIELDS:
+        x = np.asarray(obs[name])
+        bad = ~np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else np.zeros(x.shape, bool)
+        with np.errstate(invalid="ignore"):
+            if name in ("kv_free", "kv_occupied"):
+                bad = bad | (x < -tol)
+            elif name in NONNEGATIVE:
+                bad = bad | (x < 0)
+        out[name] = (bad, x)
+    balance = np.asarray(obs["kv_free"]) + np.asarray(obs["kv_occupied"]) - capacity
+    with np.errstate(invalid="ignore"):
+        out[BALANCE] = (np.abs(balance) > tol, balance)
+    if previous is not None:
+        for name in CUMULATIVE:
+            change = np.asarray(obs[name]) - np.asarray(previous[name])
+            with np.errstate(invalid="ignore"):
+                out[name + DECREASED] = (change < 0, change)
+    return out
+
+
+def warmup_fraction(cfg: dict) -> float:
+    serving = cfg.get("serving")
+    w = serving.get("warmup_fraction", 0.25) if isinstance(serving, dict) else 0.25
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
+        raise ConfigError("serving.warmup_fraction", w, "a fraction in [0, 1)")
+    return float(w)
+
+
+def validate(cfg: dict) -> None:
+    from sim.config.validate import validate_llm
+
+    validate_llm(cfg)
+    warmup_fraction(cfg)
+    steps, every = cfg.get("steps"), cfg.get("record_every")
+    if isinstance(steps, int) and isinstance(every, int) and every > 0 and steps // every < 3:
+        raise ConfigError("steps", steps, f"at least 3 records (steps / record_every = {steps // every}): "
+                          "the serving summary fits a steady window")
+
+
+def build(cfg: dict):
+    from sim.llm.build import build_llm
+
+    return build_llm(cfg)
+
+
+def to_dataset(llm, result, cfg: dict):
+    from sim.llm.results import to_dataset as llm_dataset
+
+    return llm_dataset(llm, result, cfg)
+
+
+def summarize(llm, result, cfg: dict) -> dict:
+    from sim.llm.results import summarize as llm_summary
+
+    if len(result.times) < 3:
+        return {"status": "failed", "reason": "fewer than 3 records: no steady window to summarise"}
+    return llm_summary(llm, result, warmup_fraction(cfg))
+
+
+def figures(ds, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sim.plot import _save
+
+    t = ds["time"].values
+    tot = ds.sum("cell").mean("replicate")
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
+    ax[0].plot(t, tot["in_system"], label="in system")
+    ax[0].plot(t, tot["queue_len"], label="queued")
+    ax[0].plot(t, tot["batch"], label="in a chain")
+    ax[0].set(xlabel="time (s)", ylabel="requests", title="requests (sum over models)")
+    ax[0].legend(fontsize=8)
+    cap = float(ds.attrs.get("kv_capacity_tokens", 1.0))
+    ax[1].plot(t, ds["kv_occupied"].mean("replicate") / cap, lw=0.8)
+    ax[1].set(xlabel="time (s)", ylabel="fraction of KV capacity", title="KV cache occupied (per model)", ylim=(0, 1.02))
+    rate = tot["tokens_out"].diff("time") / float(t[1] - t[0]) if len(t) > 1 else tot["tokens_out"]
+    ax[2].plot(t[1:], rate)
+    ax[2].set(xlabel="time (s)", ylabel="tokens/s", title="generated tokens per second")
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / "figures" / "serving.png")]
+
+
+def reference(llm, replicate: int = 0):
+    from sim.llm.reference import ReferenceLLM
+
+    return ReferenceLLM(llm, replicate=replicate)
+
+
+ENTITIES = (
+    EntitySpec("model_instance", "cells", (("alive", "alive"), ("kv_capacity", "kv_capacity"),
+                                           ("kv_free", "kv_free"), ("debt_s", "debt_s"))),
+    EntitySpec("gpu", "gpus", (("alive", "alive"),), alive="alive"),
+    EntitySpec("decode_stream", "chains", (("active", "active"), ("base", "base"), ("out", "out"),
+                                           ("target", "target"), ("tool_wait", "tool_wait")), alive="active"),
+)
+
+SUBSTRATE = Substrate(
+    name="llm",
+    build=build,
+    processes=PROCESSES,
+    observe=observe,
+    records=RECORDS,
+    invariants=invariants,
+    to_dataset=to_dataset,
+    summarize=summarize,
+    validate=validate,
+    reference=reference,
+    figures=figures,
+    demand_knob="arrival_rate",
+    params_axes=lambda params: params.batch_axes(),
+    entities=ENTITIES,
+    compartment="model instance",
+    currency="token",
+    description="model instances on tokens: GPUs decode on the roofline into a KV cache, tools and memory spend it",
+)

@@ -79,7 +79,7 @@ def time_mesa(model, steps: int) -> dict:
 
 
 def section_vs_mesa(sizes, mesa_budget_s: float) -> list[dict]:
-    from sim.presets import build
+    from sim.substrates.bio.build import build
 
     rows = []
     for n in sizes:
@@ -124,7 +124,7 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     import sim  # noqa: F401  (x64 on)
     from sim.core import engine
     from sim.substrates.bio import SUBSTRATE as BIO
-    from sim.presets import build
+    from sim.substrates.bio.build import build
 
     model = build(bio_cfg(n_cells))
     rss0 = peak_rss_mb()
@@ -185,7 +185,7 @@ def determinism_worker(mode: str, n_cells: int, replicates: int, steps: int) -> 
         ok, why = determinism.request_no_fma()
         assert ok, why
     import sim  # noqa: F401
-    from sim.presets import build
+    from sim.substrates.bio.build import build
 
     model = build(bio_cfg(n_cells))
     t = time_jax(model, steps, replicates=replicates)
@@ -221,7 +221,7 @@ def section_determinism(shapes, steps: int) -> list[dict]:
 
 def section_edges(n_cells: int, ks) -> list[dict]:
     """Time per step against the number of junctions at a fixed number of cells (small world, k)."""
-    from sim.presets import build
+    from sim.substrates.bio.build import build
 
     rows = []
     for k in ks:
@@ -238,7 +238,7 @@ def section_compile_vs_steps(n_cells: int, steps_list) -> list[dict]:
     """Compile time of a run against its number of steps (chunked scan: it must not grow)."""
     from sim.core import engine
     from sim.substrates.bio import SUBSTRATE as BIO
-    from sim.presets import build
+    from sim.substrates.bio.build import build
 
     model = build(bio_cfg(n_cells))
     rows = []
@@ -255,7 +255,7 @@ def section_experiments() -> list[dict]:
     import sim.api
     from sim.core import engine
     from sim.substrates.bio import SUBSTRATE as BIO
-    from sim.llm.build import compose
+    from sim.substrates.llm.build import compose
 
     cases = {
         "tissue": ["steps=200"],
@@ -278,7 +278,7 @@ def section_experiments() -> list[dict]:
 
 
 def section_ensembles(n_cells: int, reps_list) -> list[dict]:
-    from sim.presets import build
+    from sim.substrates.bio.build import build
 
     model = build(bio_cfg(n_cells))
     rows = []
@@ -300,7 +300,7 @@ def section_llm(n_models: int = 64, gpus: int = 8, slots: int = 256, steps: int 
     each (tensor parallel), ``slots`` decode-stream slots each, on a small-world graph with routing."""
     from sim.core import engine
     from sim.substrates.llm import SUBSTRATE as LLM
-    from sim.llm.build import build_llm, compose
+    from sim.substrates.llm.build import build_llm, compose
 
     cfg = compose([
         "experiment=serving", "model=llama3_70b", "gpu=h100", "topology=small_world",

@@ -44,10 +44,10 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from sim import runlock
 from sim.config.schema import register
+from sim.core.config import CONF_DIR
 from sim.errors import ConfigError, NumericalError
 from sim.io import remove_temporaries, write_dataset_npz, write_json, write_netcdf, write_text
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = tuple(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())) if CONF_DIR.is_dir() else ()
 EXIT_CONFIG, EXIT_NUMERICAL, EXIT_FAILED = 2, 3, 4
 FALLBACK_RESULTS = "results.fallback.npz"  # the dataset, when results.nc cannot be written

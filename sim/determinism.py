@@ -3,7 +3,7 @@
 Two things make the last bit of a float result depend on the batch size on the XLA CPU backend:
 
 1. Reductions. XLA picks a summation order from the whole array shape, so a sum over a cell's
-   producers can round differently in a batch of 8 and of 256. ``sim.kernels.ops.rowsum`` with
+   producers can round differently in a batch of 8 and of 256. ``sim.core.ops.rowsum`` with
    fixed-order sums (a left-to-right chain of adds) removes that.
 2. Fused multiply-add. XLA's CPU compiler always lets LLVM contract ``a*b + c`` into one FMA
    instruction (one rounding instead of two), and whether LLVM does so depends on how the fused

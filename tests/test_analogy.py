@@ -19,7 +19,7 @@ from sim.api import run
 from sim.app import EXIT_CONFIG, execute
 from sim.errors import ConfigError
 from sim.experiments.analogy import ROWS
-from sim.llm.build import compose
+from sim.substrates.llm.build import compose
 
 SMALL = ["experiment=analogy", "topology.n_cells=6", "replicates=1", "analogy.step_time_s=20",
          "analogy.after_s=30", "analogy.window_s=10", "chunk_records=50"]

@@ -23,7 +23,7 @@ from _support import bio_substrate
 import sim  # noqa: F401  (switches on float64)
 from sim.errors import ConfigError
 from sim.mesa_model import CellAgent, ChainAgent, ConsumerAgent, CurrencyModel, ProducerAgent
-from sim.presets import build
+from sim.substrates.bio.build import build
 
 STEPS = 300
 HALF = STEPS // 2

@@ -26,9 +26,9 @@ import sim  # noqa: F401  (switches on float64)
 from sim.core import engine
 from sim.substrates.bio import SUBSTRATE as BIO
 from sim.analysis import supply_demand as sd
-from sim.kernels.thermo import adenylate_equilibrium, dg_atp_kj, energy_charge
-from sim.presets import build
-from sim.state import ADP, AMP, ATP, GLC, PI
+from sim.substrates.bio.kernels.thermo import adenylate_equilibrium, dg_atp_kj, energy_charge
+from sim.substrates.bio.build import build
+from sim.substrates.bio.state import ADP, AMP, ATP, GLC, PI
 
 DT = 0.02  # s
 RECORD_EVERY = 500

@@ -11,8 +11,8 @@ import pytest
 
 import sim  # noqa: F401  (float64)
 from sim.api import run
-from sim.kernels import chains as ck
-from sim.llm.build import compose
+from sim.substrates.bio.kernels import chains as ck
+from sim.substrates.llm.build import compose
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 import sim  # noqa: F401
 from sim.core import engine
 from sim.substrates.bio import SUBSTRATE as BIO
-from sim.llm.build import compose
-from sim.presets import build
+from sim.substrates.llm.build import compose
+from sim.substrates.bio.build import build
 
 _events: list[str] = []
 

@@ -20,9 +20,9 @@ from _support import bio_substrate
 import sim  # noqa: F401  (switches on float64)
 from sim.core import engine
 from sim.substrates.bio import SUBSTRATE as BIO
-from sim.kernels.transport import transport
-from sim.presets import build
-from sim.state import ADP, AMP, ATP, GLC, N_SPECIES, PI
+from sim.substrates.bio.kernels.transport import transport
+from sim.substrates.bio.build import build
+from sim.substrates.bio.state import ADP, AMP, ATP, GLC, N_SPECIES, PI
 
 DT = 0.02
 STEPS = 10_000  # 200 s
@@ -185,8 +185,8 @@ def test_transport_alone_conserves_every_species(loss):
 def test_biogenesis_books_the_energy_of_the_atp_it_hydrolyses():
     """Every ATP spent is on the energy ledger: a producer birth releases cost x |dG| x volume (J)
     as heat, like the consumers' and repair's ATP (it once only reached the currency ledger)."""
-    from sim.kernels.fate import producer_biogenesis
-    from sim.kernels.thermo import dg_atp_kj
+    from sim.substrates.bio.kernels.fate import producer_biogenesis
+    from sim.substrates.bio.kernels.thermo import dg_atp_kj
     from sim.pytree import replace
 
     model = build(tissue_config(n_cells=6))

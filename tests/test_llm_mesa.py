@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
-from sim.llm.build import build_llm, compose
-from sim.llm.reference import ReferenceLLM
+from sim.substrates.llm.build import build_llm, compose
+from sim.substrates.llm.reference import ReferenceLLM
 from sim.mesa_model import (
     DecodeStreamAgent,
     GPUAgent,

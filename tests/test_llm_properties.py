@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) of the LLM serving engine over random small configurations.
 
-Every example is a configuration the builder accepts (``sim.llm.build.build_llm`` is the filter:
+Every example is a configuration the builder accepts (``sim.substrates.llm.build.build_llm`` is the filter:
 its refusals are the LLM preset's validation) drawn over arrival rates (per model instance),
 prompt/output length distributions, context limit, KV capacity, batch limit, GPU speed, tools,
 memory modules, agent loops, agentic hops, routing, frozen contexts and requests present at t = 0,
@@ -9,7 +9,7 @@ slots, 16 arrivals per step, 6 edge slots: a random graph is a subset of the com
 edges, padded with repeats of a present edge, which changes no neighbour choice), so the jitted
 trajectory compiles once and the examples only change values.
 
-The trajectory is observed after every process of every step (``sim.llm.kernels.PROCESSES``), i.e.
+The trajectory is observed after every process of every step (``sim.substrates.llm.kernels.PROCESSES``), i.e.
 at every point where the engine's guard can look when it replays a chunk. Properties:
 
 - KV cache: free >= 0, occupied >= 0 and free + occupied == capacity per model instance (to
@@ -39,9 +39,9 @@ from hypothesis import strategies as st
 import sim  # noqa: F401  (float64)
 from sim.errors import ConfigError
 from sim.substrates.llm import spec as llm_spec
-from sim.llm import kernels as K
-from sim.llm.build import build_llm, compose
-from sim.llm.params import Edges
+from sim.substrates.llm import kernels as K
+from sim.substrates.llm.build import build_llm, compose
+from sim.substrates.llm.params import Edges
 from sim.pytree import replace
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -252,7 +252,7 @@ def test_requests_are_conserved(base_cfg, example):
 
 # found by this test: with frozen contexts a history is not a whole number of tokens and the memory
 # module's rounding made it grow, booking a negative (decreasing) tokens_removed (fixed in
-# sim.llm.kernels.compress: a compression never grows a history)
+# sim.substrates.llm.kernels.compress: a compression never grows a history)
 FROZEN_MEMORY = (
     dict(dt=0.005, max_context=256, kv=None, gpu_scale=0.02, max_batch=1, prompt_median=30, prompt_sigma=0.0,
          output_median=1, output_sigma=0.0, p_tool=0.0, tool_latency=0.0, tool_tokens=0, mem_threshold=1,

@@ -10,8 +10,8 @@ import pytest
 import sim  # noqa: F401  (float64)
 from sim.core import engine
 from sim.substrates.llm import SUBSTRATE as LLM
-from sim.llm.build import build_llm, compose
-from sim.llm.reference import ReferenceLLM
+from sim.substrates.llm.build import build_llm, compose
+from sim.substrates.llm.reference import ReferenceLLM
 
 STEPS = 300
 OVERRIDES = [

@@ -33,7 +33,7 @@ from sim import substrates
 from sim.api import run
 from sim.app import EXIT_CONFIG, EXIT_NUMERICAL, execute, resume_run
 from sim.errors import ConfigError, NumericalError
-from sim.llm.build import build_llm, compose
+from sim.substrates.llm.build import build_llm, compose
 from sim.pytree import replace
 
 ROOT = Path(__file__).resolve().parent.parent

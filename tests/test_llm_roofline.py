@@ -11,8 +11,8 @@ import pytest
 import sim  # noqa: F401  (float64)
 from sim.api import run
 from sim.errors import ConfigError
-from sim.llm import specs
-from sim.llm.build import compose
+from sim.substrates.llm import specs
+from sim.substrates.llm.build import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 

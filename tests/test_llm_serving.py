@@ -7,7 +7,7 @@ import pytest
 import sim  # noqa: F401  (float64)
 from sim.api import run
 from sim.errors import ConfigError
-from sim.llm.build import build_llm, compose
+from sim.substrates.llm.build import build_llm, compose
 
 # one compiled shape for both runs (only the arrival rate differs)
 BASE = ["experiment=serving", "steps=10000", "record_every=50", "replicates=2", "substrate.chain_slots=128",

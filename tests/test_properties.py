@@ -28,10 +28,10 @@ from omegaconf import OmegaConf
 import sim  # noqa: F401  (float64)
 from sim.config.validate import check_stability
 from sim.errors import ConfigError
-from sim.kernels.step import step
-from sim.kernels.transport import transport
-from sim.presets import build
-from sim.state import ADP, AMP, ATP, N_SPECIES, PI
+from sim.substrates.bio.kernels.step import step
+from sim.substrates.bio.kernels.transport import transport
+from sim.substrates.bio.build import build
+from sim.substrates.bio.state import ADP, AMP, ATP, N_SPECIES, PI
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 N_TRANSPORT_CELLS, N_EDGE_SLOTS, TRANSPORT_STEPS = 6, 12, 5

@@ -36,7 +36,7 @@ from sim.app import CONF_DIR, EXIT_CONFIG, EXIT_NUMERICAL, execute, resume_run
 from sim.errors import ConfigError
 from sim.io import atomic_path, write_json
 from sim.pytree import replace
-from sim.state import ATP, GLC
+from sim.substrates.bio.state import ATP, GLC
 
 ROOT = Path(__file__).resolve().parent.parent
 # a small stochastic tissue: producers fail and are rebuilt, so the PRNG stream matters

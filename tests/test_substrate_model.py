@@ -16,7 +16,7 @@ import sim  # noqa: F401  (float64)
 from sim import rng, substrates
 from sim.core.substrate import Built, EntitySpec, Quantity, Substrate
 from sim.errors import ConfigError
-from sim.llm.build import compose
+from sim.substrates.llm.build import compose
 from sim.mesa_model import SubstrateModel, agent_class
 from sim.mesa_model.substrate_model import CompartmentAgent, SlotAgent, resolve
 from sim.pytree import pytree_dataclass, replace

@@ -23,7 +23,7 @@ from sim import substrates
 from sim.app import EXIT_NUMERICAL, execute, resume_run
 from sim.core import engine
 from sim.errors import NumericalError
-from sim.llm.build import compose
+from sim.substrates.llm.build import compose
 from sim.pytree import replace
 
 RUN = ["replicates=2", "steps=60", "record_every=10", "chunk_records=2", "figures=false"]

@@ -212,7 +212,7 @@ class CellModel:
 
 
 def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
-    """Read one cell of a :class:`sim.presets.Model` (its initial state and params) as numbers.
+    """Read one cell of a :class:`sim.substrates.bio.build.Model` (its initial state and params) as numbers.
 
     The conserved totals N and Pi + E are taken from the cell's initial pools. ``overrides`` set
     any :class:`CellModel` field, e.g. ``demand_scale=2.0``.
@@ -220,7 +220,7 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
     st, pr = model.state, model.params
     f = lambda x: float(np.asarray(x))  # noqa: E731
     pools = np.asarray(st.cells.pools)[cell]
-    # species order of sim.state: glucose, atp, adp, amp, pi
+    # species order of sim.substrates.bio.state: glucose, atp, adp, amp, pi
     atp, adp, amp, pi = (float(v) for v in pools[1:5])
     alive_p = np.asarray(st.producers.alive)[cell] & bool(np.asarray(st.cells.alive)[cell])
     kind = np.asarray(st.producers.kind)[cell][alive_p]

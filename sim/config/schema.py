@@ -60,7 +60,7 @@ class RunSchema:
     topology: TopologySchema = field(default_factory=TopologySchema)
     experiment: ExperimentSchema = field(default_factory=ExperimentSchema)
     substrate: Any = None
-    # LLM preset (sim/llm): model and GPU groups, serving-calculator point, experiment options
+    # LLM preset (sim/substrates/llm): model and GPU groups, serving-calculator point, experiment options
     model: Any = None
     gpu: Any = None
     batch: Optional[int] = None

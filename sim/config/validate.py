@@ -30,16 +30,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from pathlib import Path
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sim.config.schema import RunSchema
+from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 STRICT_GROUPS = ("substrate", "model", "gpu")  # free-form groups checked against conf/<group>/*.yaml
 EXPERIMENT_SECTIONS = ("roofline", "serving", "cascade", "analogy")  # set by conf/experiment/*.yaml
 MAX_SEED = 2**63 - 1  # jax.random.PRNGKey(seed) converts the seed to a signed 64-bit integer
@@ -50,7 +49,7 @@ PRECISIONS = ("float64", "float32")
 NONNEG_SUFFIXES = ("_per_s", "_mm", "_mm_per_s", "_l", "count", "yield", "share", "value", "_k", "fraction")
 PROBABILITY_KEYS = ("energy_charge", "birth_min_energy_charge", "stress_threshold", "loss_fraction")
 
-# params.<name> overrides (sim.params.Params fields): (lower, lower_strict, upper) or None = any finite
+# params.<name> overrides (sim.substrates.bio.params.Params fields): (lower, lower_strict, upper) or None = any finite
 _POS, _NONNEG, _FRACTION, _NEG = (0.0, True, None), (0.0, False, None), (0.0, False, 1.0), "negative"
 PARAM_RULES = {
     "dt": _POS, "temperature_k": _POS, "volume_l": _POS, "dg0_kj": _NEG, "k_ak": _POS,
@@ -139,7 +138,7 @@ def _check_types(cfg: dict, out: _Collector) -> None:
         if key in ("params", "topology", "experiment") and value == {}:
             continue
         if key.startswith("params."):
-            continue  # free-form names, checked against sim.params.Params below
+            continue  # free-form names, checked against sim.substrates.bio.params.Params below
         try:
             OmegaConf.merge(schema, _nest(key, value))
         except ConfigKeyError:
@@ -280,7 +279,7 @@ def _number(value) -> bool:
 
 
 def _check_params(params, out: _Collector) -> None:
-    from sim.params import Params
+    from sim.substrates.bio.params import Params
 
     names = sorted(f.name for f in dataclasses.fields(Params) if f.name not in NOT_OVERRIDABLE)
     if params is None:
@@ -295,7 +294,7 @@ def _check_params(params, out: _Collector) -> None:
                     "one of " + ", ".join(names))
             continue
         if name not in names:
-            out.add(key, value, "a parameter of sim.params.Params: " + ", ".join(names))
+            out.add(key, value, "a parameter of sim.substrates.bio.params.Params: " + ", ".join(names))
             continue
         if not _number(value):
             out.add(key, value, "a finite number")
@@ -452,14 +451,14 @@ def validate_llm(cfg: dict) -> None:
     Run by LLM experiments (``experiment=serving``) before anything is built or compiled. Beyond
     the generic checks: the substrate must be ``llm``; ``model.*`` and ``gpu.*`` positive (group
     names are refused by the command line before composing); every number of the substrate preset
-    in its range (``sim.llm.build.SUBSTRATE_NUMBERS``, shared with the builder) and its flags
+    in its range (``sim.substrates.llm.build.SUBSTRATE_NUMBERS``, shared with the builder) and its flags
     booleans; for ``experiment.kind=serving`` also ``serving.warmup_fraction`` in [0, 1) and
     ``substrate.arrivals.rate_per_s > 0`` (a serving run without arrivals has no steady state:
     Little's law and J/token are undefined). A key the generic checks already named is not named
     twice. Cross-checks that need built values (the weights fit the GPU, the Poisson truncation,
-    the initial batch fits the KV cache) are left to ``sim.llm.build.build_llm``.
+    the initial batch fits the KV cache) are left to ``sim.substrates.llm.build.build_llm``.
     """
-    from sim.llm.build import config_problems
+    from sim.substrates.llm.build import config_problems
 
     out = _Collector()
     try:

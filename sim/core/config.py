@@ -8,9 +8,11 @@ dotted key, the value and what is allowed.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from sim.errors import ConfigError
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the shipped Hydra config folder
 _MISSING = object()
 
 
@@ -40,3 +42,14 @@ def num(cfg, dotted: str, minimum=None, maximum=None, strict: bool = False, inte
     if maximum is not None and v > maximum:
         raise ConfigError(dotted, v, f"{what} <= {maximum}")
     return int(v) if integer else float(v)
+
+
+def compose(overrides=(), config_dir=None) -> dict:
+    """Compose ``conf/config.yaml`` with Hydra overrides, as ``python -m sim`` would, into a plain dict."""
+    from hydra import compose as h_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir or CONF_DIR)):
+        cfg = h_compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.errors import NumericalError
-from sim.kernels import ops
+from sim.core import ops
 from sim.rng import replicate_keys
 
 # ------------------------------------------------------------------------------ small helpers

@@ -3,11 +3,11 @@
 One biology tissue (``substrate``, the ``bio`` preset) and one LLM serving tissue (the ``llm``
 preset under ``analogy.llm_substrate``, with the ``model`` and ``gpu`` groups) run on the SAME
 graph (the ``topology`` group: cells = model instances, junctions = links), with the same ``dt``,
-``seed`` and ``replicates``. Each runs in three phases on its own engine (``sim.engine``,
-``sim.llm.engine``), continuing from the state of the previous phase (bit-identical to one run):
+``seed`` and ``replicates``. Each runs in three phases on the one engine (``sim.core.engine``, with
+its substrate value), continuing from the state of the previous phase (bit-identical to one run):
 warm-up ``[0, t_step - window]``, the pre-step steady window ``[t_step - window, t_step]``, and
-``after_s`` seconds after a demand step at ``t_step``: ``params.demand_scale`` (bio) or the arrival
-rate (llm) times ``analogy.step_factor``, a changed parameter value (no recompilation). The
+``after_s`` seconds after a demand step at ``t_step``: each substrate's demand knob
+(``Substrate.demand_knob``: ``demand_scale`` for bio, ``arrival_rate`` for llm) times ``analogy.step_factor``, a changed parameter value (no recompilation). The
 post-step window is the last ``window_s`` of the run. The cascade exponents come from the chain
 kernel of ``experiment=cascade`` (:func:`sim.experiments.cascade.plain_chain_costs`).
 
@@ -88,14 +88,14 @@ from sim.constants import AVOGADRO_PER_MOL, landauer_j
 from sim.errors import ConfigError
 from sim.experiments import register
 from sim.experiments.cascade import fit_exponent, plain_chain_costs
-from sim.kernels.thermo import dg_atp_kj, energy_charge
-from sim.llm import results as llm_results
+from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge
+from sim.substrates.llm import results as llm_results
 from sim.core.config import num
-from sim.llm.build import POISSON_TAIL, build_llm, poisson_tail
-from sim.llm.results import MAX_ACCUMULATION  # requests may grow by <= 5% of the window's arrivals
-from sim.results import summarize as bio_summarize
-from sim.results import to_dataset as bio_dataset
-from sim.state import ADP, AMP, ATP, PI
+from sim.substrates.llm.build import POISSON_TAIL, build_llm, poisson_tail
+from sim.substrates.llm.results import MAX_ACCUMULATION  # requests may grow by <= 5% of the window's arrivals
+from sim.substrates.bio.results import summarize as bio_summarize
+from sim.substrates.bio.results import to_dataset as bio_dataset
+from sim.substrates.bio.state import ADP, AMP, ATP, PI
 
 E_FOLD = 1.0 - math.exp(-1.0)  # 63.2%: the relaxation time of an exponential approach
 

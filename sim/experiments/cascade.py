@@ -1,6 +1,6 @@
 """``experiment=cascade``: the cost of a chain, or of an agent loop, against its length.
 
-Part 1, chains (``sim.kernels.chains``), biology and LLM side by side. One cell per (series,
+Part 1, chains (``sim.substrates.bio.kernels.chains``), biology and LLM side by side. One cell per (series,
 length); each cell runs ``chains_per_length`` chains from 0 to ``L`` units in ``chain_steps``
 elongation steps and the ledger gives the currency per chain:
 
@@ -15,7 +15,7 @@ elongation steps and the ledger gives the currency per chain:
 - ``llm_memory``: a memory module compresses the context past ``threshold_tokens`` by ``factor``
   (cost: a forward pass, 2N FLOPs, per token held), which caps the context: cost turns linear.
 
-Part 2, agent loops on the LLM engine (``sim.llm``): one conversation with fixed lengths (prompt
+Part 2, agent loops on the LLM engine (``sim.substrates.llm``): one conversation with fixed lengths (prompt
 ``b``, output ``o``, ``followup_tokens`` e per turn) runs ``T`` turns; a stateless API resends the
 whole history, so the input tokens are ``T b + k T (T - 1) / 2`` with ``k = o + e``, exactly. A
 memory module that compresses the history past a threshold caps it and makes the growth linear.
@@ -42,11 +42,11 @@ from sim.rng import replicate_keys
 from sim.core.config import num
 from sim.errors import ConfigError
 from sim.experiments import register
-from sim.kernels import chains as ck
+from sim.substrates.bio.kernels import chains as ck
 from sim.core import engine
 from sim.substrates.llm import SUBSTRATE as LLM
-from sim.llm import specs
-from sim.llm.build import build_llm, stack_params
+from sim.substrates.llm import specs
+from sim.substrates.llm.build import build_llm, stack_params
 
 SERIES = ("bio", "llm", "llm_tools", "llm_memory")
 

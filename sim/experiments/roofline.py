@@ -22,10 +22,10 @@ from sim.constants import landauer_j
 from sim.errors import ConfigError
 from sim.experiments import register
 from sim.core import engine
-from sim.llm import specs
+from sim.substrates.llm import specs
 from sim.substrates.llm import SUBSTRATE as LLM
-from sim.llm.build import build_llm
-from sim.llm.results import to_dataset
+from sim.substrates.llm.build import build_llm
+from sim.substrates.llm.results import to_dataset
 
 POWER_STATES = ("idle", "prefill", "decode", "tdp")
 

@@ -6,7 +6,7 @@ from ``model.state`` (the numpy copy of the current state) at the agent's index,
 
 The agents hold no physics. On the reference backend (``backend="mesa"``) each cell agent owns a
 plain :class:`sim.substrates.bio.reference.Cell` (``_cell``) and its methods below, one per
-process of ``sim.kernels.step.PROCESSES``, step it with the per-cell methods of the model's
+process of ``sim.substrates.bio.kernels.step.PROCESSES``, step it with the per-cell methods of the model's
 :class:`sim.substrates.bio.reference.ReferenceBio` (the cell's organelles and chains included);
 the model calls each process on all cells through ``AgentSet.do``.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from mesa.discrete_space import FixedAgent
 
-from sim.state import ADP, AMP, ATP, GLC, PI
+from sim.substrates.bio.state import ADP, AMP, ATP, GLC, PI
 
 
 class StateField:
@@ -50,7 +50,7 @@ class StateField:
 class CellAgent(FixedAgent):
     """A cell / model instance: one node of the tissue graph, fixed to its Network cell."""
 
-    pools = StateField("cells.pools", np.array, doc="Concentrations (mM) in the order of ``sim.state.SPECIES``.")
+    pools = StateField("cells.pools", np.array, doc="Concentrations (mM) in the order of ``sim.substrates.bio.state.SPECIES``.")
     glucose = StateField("cells.pools", col=GLC)
     atp = StateField("cells.pools", col=ATP)
     adp = StateField("cells.pools", col=ADP)
@@ -95,7 +95,7 @@ class CellAgent(FixedAgent):
 
     @property
     def ledger(self) -> dict:
-        """This cell's cumulative accounts (see ``sim.state.Ledger``)."""
+        """This cell's cumulative accounts (see ``sim.substrates.bio.state.Ledger``)."""
         led = self.model.state.ledger
         out = {}
         for name in led.__dataclass_fields__:

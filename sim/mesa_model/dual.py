@@ -23,9 +23,9 @@ BACKENDS = ("jax", "mesa")
 
 
 def _traced(kernel_step, fixed_order: bool):
-    """``kernel_step`` traced inside :func:`sim.kernels.ops.reduction_order` ``(fixed_order)`` (as the
+    """``kernel_step`` traced inside :func:`sim.core.ops.reduction_order` ``(fixed_order)`` (as the
     engine traces its chunks), so the Mesa layer's JAX backend is the engine's arithmetic."""
-    from sim.kernels import ops
+    from sim.core import ops
 
     def step(state, params, key):
         with ops.reduction_order(fixed_order):

@@ -12,19 +12,19 @@ Agents (all ``FixedAgent`` s on the Mesa ``Network`` built from the tissue graph
 
 Backends:
 
-- ``backend="jax"`` (default): ``step()`` calls the jitted ``sim.llm.kernels.step`` once and
+- ``backend="jax"`` (default): ``step()`` calls the jitted ``sim.substrates.llm.kernels.step`` once and
   ``run(n)`` advances ``n`` steps in one ``lax.scan``; the replicate key is
-  ``sim.engine.replicate_keys(seed, 1, replicate)[0]`` (as ``sim.llm.engine`` does). Agents read
+  ``sim.rng.replicate_keys(seed, 1, replicate)[0]`` (as the engine does). Agents read
   host (numpy) copies of the arrays, fetched lazily after each step / run.
 - ``backend="mesa"``: the plain-Python reference backend. Every model-instance agent steps its
-  own :class:`sim.llm.reference.ModelCell` (and that cell's decode streams and queue) through the
-  per-cell steps of :class:`sim.llm.reference.ReferenceLLM`, process by process in the order of
-  ``sim.llm.kernels.PROCESSES``, each process called on all instances through ``AgentSet.do``
+  own :class:`sim.substrates.llm.reference.ModelCell` (and that cell's decode streams and queue) through the
+  per-cell steps of :class:`sim.substrates.llm.reference.ReferenceLLM`, process by process in the order of
+  ``sim.substrates.llm.kernels.PROCESSES``, each process called on all instances through ``AgentSet.do``
   (``shuffle_do`` with ``shuffle=True``: same numbers). The global parts of a process -- the
   random draws (one vectorised call per purpose and step, the engine's stream), the routing
   scores and the enqueueing in flat (cell-major) order -- are run by the model between them.
 
-Both backends expose ``model.state`` (a numpy ``sim.llm.state.LLMState``), ``model.space`` and a
+Both backends expose ``model.state`` (a numpy ``sim.substrates.llm.state.LLMState``), ``model.space`` and a
 ``DataCollector`` (``model.datacollector``).
 """
 
@@ -37,10 +37,10 @@ import numpy as np
 from mesa.datacollection import DataCollector
 from mesa.discrete_space import FixedAgent
 
-from sim.llm import kernels as K
-from sim.llm.build import LLMModel, build_llm
-from sim.llm.reference import ReferenceLLM
-from sim.llm.state import LEDGER_FIELDS, LLMState
+from sim.substrates.llm import kernels as K
+from sim.substrates.llm.build import LLMModel, build_llm
+from sim.substrates.llm.reference import ReferenceLLM
+from sim.substrates.llm.state import LEDGER_FIELDS, LLMState
 from sim.mesa_model.dual import DualBackendModel
 from sim.mesa_model.substrate_model import network_space as _network
 
@@ -101,7 +101,7 @@ GPU_REPORTERS = {"alive": "alive", "power_state": "power_state"}
 class ModelInstanceAgent(FixedAgent):
     """A model instance (cell): its queue, KV cache and ledger, read from ``model.state``.
 
-    On the reference backend it steps its :class:`sim.llm.reference.ModelCell` (``self._cell``)
+    On the reference backend it steps its :class:`sim.substrates.llm.reference.ModelCell` (``self._cell``)
     with the per-cell steps of the model's :class:`ReferenceLLM` (methods below, one per process).
     """
 
@@ -170,7 +170,7 @@ class ModelInstanceAgent(FixedAgent):
 
     @property
     def ledger(self) -> dict:
-        """The instance's cumulative accounts (``sim.llm.state.Ledger`` fields)."""
+        """The instance's cumulative accounts (``sim.substrates.llm.state.Ledger`` fields)."""
         led = self.model.state.ledger
         return {name: float(getattr(led, name)[self.index]) for name in LEDGER_FIELDS}
 
@@ -261,7 +261,7 @@ class DecodeStreamAgent(FixedAgent):
 
     @property
     def chain(self):
-        """Reference backend: the :class:`sim.llm.reference.Chain` now in this slot (else None)."""
+        """Reference backend: the :class:`sim.substrates.llm.reference.Chain` now in this slot (else None)."""
         ref = self.model._ref
         return None if ref is None else ref.cells[self.cell_index].chains[self.slot]
 
@@ -368,8 +368,8 @@ class LLMCurrencyModel(DualBackendModel):
 
     Args:
         cfg: composed config (``substrate=llm``, ``topology``, ``seed``, ``dt``, optional
-            ``backend`` and ``replicate``), as taken by ``sim.llm.build.build_llm``.
-        model: an :class:`sim.llm.build.LLMModel` to use instead of ``cfg``.
+            ``backend`` and ``replicate``), as taken by ``sim.substrates.llm.build.build_llm``.
+        model: an :class:`sim.substrates.llm.build.LLMModel` to use instead of ``cfg``.
         backend, replicate: override the config's (defaults "jax" and 0).
         shuffle: reference backend only: call the instances in a random order each process
             (results do not change).

@@ -1,19 +1,19 @@
 """``CurrencyModel``: the tissue as a ``mesa.Model``, stepped by the JAX engine or agent by agent.
 
-- ``backend="jax"`` (default): ``step()`` calls the jitted ``sim.kernels.step.step`` once and
+- ``backend="jax"`` (default): ``step()`` calls the jitted ``sim.substrates.bio.kernels.step.step`` once and
   ``run(n)`` advances ``n`` steps in one ``lax.scan``; compiled functions are cached per shape.
   Agents read their attributes from a host (numpy) copy of the state, fetched lazily after each
   step / run.
 - ``backend="mesa"``: the reference backend. Every cell agent steps its own plain-Python cell (and
   that cell's organelles and chains) through the per-cell methods of
   :class:`sim.substrates.bio.reference.ReferenceBio`, process by process in the order of
-  ``sim.kernels.step.PROCESSES``, each process called on all cells through ``AgentSet.do`` (or
+  ``sim.substrates.bio.kernels.step.PROCESSES``, each process called on all cells through ``AgentSet.do`` (or
   ``shuffle_do`` with ``shuffle=True``, which must give the same numbers). Random draws are the
   engine's: one vectorised ``sim.rng.uniforms`` call per step and purpose with the replicate's key
   ``fold_in(PRNGKey(seed), replicate)`` (made by the model between the phases); each cell takes the
   numbers of its agents' ids.
 
-Both backends expose ``model.state`` (a numpy ``sim.state.State``), the Mesa ``Network`` space
+Both backends expose ``model.state`` (a numpy ``sim.substrates.bio.state.State``), the Mesa ``Network`` space
 built from the tissue graph (``model.space``) and a ``DataCollector`` (``model.datacollector``).
 """
 
@@ -25,14 +25,14 @@ import numpy as np
 from mesa.datacollection import DataCollector
 
 from sim import rng
-from sim.kernels.step import step as kernel_step
-from sim.kernels.thermo import energy_charge
+from sim.substrates.bio.kernels.step import step as kernel_step
+from sim.substrates.bio.kernels.thermo import energy_charge
 from sim.mesa_model.agents import CellAgent, ChainAgent, ConsumerAgent, ProducerAgent
 from sim.mesa_model.dual import BACKENDS, DualBackendModel
 from sim.mesa_model.substrate_model import network_space as _network
-from sim.presets.build import Model as Preset
-from sim.presets.build import build
-from sim.state import ADP, AMP, ATP, State
+from sim.substrates.bio.build import Model as Preset
+from sim.substrates.bio.build import build
+from sim.substrates.bio.state import ADP, AMP, ATP, State
 from sim.substrates.bio.reference import ReferenceBio, host_draws
 
 
@@ -96,8 +96,8 @@ class CurrencyModel(DualBackendModel):
 
     Args:
         cfg: composed config (``substrate``, ``topology``, ``seed``, ``dt``, optional ``params``,
-            ``backend`` ("jax" or "mesa") and ``replicate``), as taken by ``sim.presets.build``.
-        model: a ``sim.presets.Model`` to use instead of ``cfg``.
+            ``backend`` ("jax" or "mesa") and ``replicate``), as taken by ``sim.substrates.bio.build``.
+        model: a ``sim.substrates.bio.build.Model`` to use instead of ``cfg``.
         backend, replicate: override the config's (defaults "jax" and 0).
         shuffle: reference backend only: call agents in a random order each phase (results do
             not change; this is what the order-independence test checks).

@@ -3,16 +3,16 @@
 Cells, their producers (mitochondria, glycolysis), consumers (ion pumps, biosynthesis, ...) and
 chain slots (ribosome cohorts doing protein synthesis) are plain Python objects holding Python
 floats; :class:`ReferenceBio` holds the parameters once (as Python floats) and steps them with the
-equations of ``sim/kernels`` written cell by cell, operation for operation in the same order, so
+equations of ``sim/substrates/bio/kernels`` written cell by cell, operation for operation in the same order, so
 float64 results agree with the JAX engine to round-off. It is the physics of the Mesa reference
 backend (``sim.mesa_model.CurrencyModel(backend="mesa")``), and works on its own too::
 
     ref = ReferenceBio(build(cfg), replicate=0)
     for _ in range(n):
         ref.step()
-    ref.state()  # the engine's numpy ``sim.state.State``
+    ref.state()  # the engine's numpy ``sim.substrates.bio.state.State``
 
-One method per process of ``sim.kernels.step.PROCESSES`` (``metabolism``, ``transport``,
+One method per process of ``sim.substrates.bio.kernels.step.PROCESSES`` (``metabolism``, ``transport``,
 ``adenylate_kinase``, ``producer_failure``, ``producer_biogenesis``, ``cell_stress``) steps every
 cell; each has a per-cell variant (``metabolism_cell(cell, draws)``, ...) that a Mesa layer calls
 on all cells through ``AgentSet.do``, and, where the process is random, a ``*_draws()`` method
@@ -22,10 +22,10 @@ except transport, which is split into a compute phase (reads the neighbours' poo
 fluxes of the junctions the cell owns) and an apply phase (sums the fluxes of its junctions), so
 the results do not depend on the order in which cells are called.
 
-Chains (``sim.kernels.chains``, ``sim.kernels.translation``): in the consumption of
+Chains (``sim.substrates.bio.kernels.chains``, ``sim.substrates.bio.kernels.translation``): in the consumption of
 :meth:`ReferenceBio.metabolism_cell` a cell asks its chains for their quote (:func:`chain_quote`),
 serves it in the tier of the consumer kind the chains realise, and steps them with the share
-granted (:func:`step_chains`, the per-cell form of ``sim.kernels.chains.chain_step``, also
+granted (:func:`step_chains`, the per-cell form of ``sim.substrates.bio.kernels.chains.chain_step``, also
 usable with tools, memory compressions and budgets switched on).
 """
 
@@ -39,10 +39,10 @@ import numpy as np
 
 from sim import rng
 from sim.constants import R_J_PER_MOL_K
-from sim.kernels import chains as ck
-from sim.kernels.chains import elongation_cost
-from sim.kernels.thermo import TINY_MM
-from sim.state import ADP, AMP, ATP, GLC, N_SPECIES, PI, Ledger, State
+from sim.substrates.bio.kernels import chains as ck
+from sim.substrates.bio.kernels.chains import elongation_cost
+from sim.substrates.bio.kernels.thermo import TINY_MM
+from sim.substrates.bio.state import ADP, AMP, ATP, GLC, N_SPECIES, PI, Ledger, State
 
 _S = tuple(range(N_SPECIES))
 CHAIN_LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(ck.ChainLedger))
@@ -58,7 +58,7 @@ def host_draws(key, step: int, purpose: int, n: int) -> list[float]:
 
 # ---------------------------------------------------------------------------- chains
 class ChainStep:
-    """One cell's chain parameters for one step, as plain floats (``sim.kernels.chains.ChainParams``
+    """One cell's chain parameters for one step, as plain floats (``sim.substrates.bio.kernels.chains.ChainParams``
     with the rate already times dt and the per-unit probabilities as logs)."""
 
     __slots__ = ("rate_dt", "c0", "c1", "log_keep_stop", "n_max", "l0", "p_init", "init_cost",
@@ -79,7 +79,7 @@ class ChainStep:
 class Chain:
     """A chain slot (``chain_id = cell * slots + slot`` keys its draws): a ribosome cohort
     translating one protein per ribosome in lockstep, or a decode stream. The methods are the
-    slot-wise operations of ``sim.kernels.chains.chain_step``, called by :func:`step_chains`."""
+    slot-wise operations of ``sim.substrates.bio.kernels.chains.chain_step``, called by :func:`step_chains`."""
 
     __slots__ = ("chain_id", "active", "length", "made", "tool_wait", "grow", "delta")
 
@@ -183,7 +183,7 @@ def chain_quote(chains, P: ChainStep, u_init) -> float:
 
 
 def step_chains(chains, P: ChainStep, led: dict, u_init, u_stop, u_tool=None, budget=inf):
-    """One step of one cell's chains (``sim.kernels.chains.chain_step`` for a cell): tools return,
+    """One step of one cell's chains (``sim.substrates.bio.kernels.chains.chain_step`` for a cell): tools return,
     memory compressions and initiations are paid in slot order while their cumulative cost fits
     the ``budget``; every elongating chain then slows by the same factor if the rest is short;
     termination and tool calls. Draws are indexed by chain id. Updates ``led``
@@ -265,15 +265,15 @@ class Consumer:
         return f"Consumer({self.cid}, spent={self.spent}, work={self.work})"
 
 
-# state (``sim.state.Cells``) and ledger (``sim.state.Ledger``) fields a Cell steps; the other
+# state (``sim.substrates.bio.state.Cells``) and ledger (``sim.substrates.bio.state.Ledger``) fields a Cell steps; the other
 # fields of ``Cells`` are constant in a run and the consumer lines of the ledger live on Consumer
 CELL_FIELDS = ("pools", "alive", "stress", "maintenance")
 CELL_LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(Ledger) if f.name not in ("spent", "work"))
 
 
 class Cell:
-    """A cell: its state and ledger (attributes named as the fields of ``sim.state.Cells`` and
-    ``sim.state.Ledger``), its organelles and chains in slot order, and per-run constants."""
+    """A cell: its state and ledger (attributes named as the fields of ``sim.substrates.bio.state.Cells`` and
+    ``sim.substrates.bio.state.Ledger``), its organelles and chains in slot order, and per-run constants."""
 
     def __init__(self, index: int):
         self.index = index
@@ -297,7 +297,7 @@ class Cell:
 
 # ---------------------------------------------------------------------------- the stepper
 class ReferenceBio:
-    """Steps one replicate of a biology model (``sim.presets.build.Model``) in plain Python.
+    """Steps one replicate of a biology model (``sim.substrates.bio.build.Model``) in plain Python.
 
     ``key``: the replicate's key (default ``sim.rng.replicate_keys(model.seed, 1, replicate)[0]``,
     the engine's). Parameters are attributes (Python floats; per-kind vectors as lists).
@@ -339,7 +339,7 @@ class ReferenceBio:
             return [f(v) for v in np.asarray(x)]
 
         self.dt = dt = f(params.dt)
-        self.rt = R_J_PER_MOL_K * f(params.temperature_k) * 1e-3  # sim.kernels.thermo.rt_kj
+        self.rt = R_J_PER_MOL_K * f(params.temperature_k) * 1e-3  # sim.substrates.bio.kernels.thermo.rt_kj
         self.volume = f(params.volume_l)
         self.dg0 = f(params.dg0_kj)
         self.one_m_4k = 1.0 - 4.0 * f(params.k_ak)
@@ -415,7 +415,7 @@ class ReferenceBio:
         if s.chains is not None:
             cell.chains = [Chain.from_state(s.chains, i, k) for k in range(s.chains.active.shape[1])]
             cell.chain_led = {f: float(getattr(s.chain_ledger, f)[i]) for f in CHAIN_LEDGER_FIELDS}
-        if cell.chains:  # the consumer the chains realise and their per-run constants (sim.kernels.translation)
+        if cell.chains:  # the consumer the chains realise and their per-run constants (sim.substrates.bio.kernels.translation)
             cc = next((c for c, kind in zip(cell.consumers, kinds) if kind == self.chain_kind), None)
             if cc is not None:
                 cc.chain = True
@@ -433,7 +433,7 @@ class ReferenceBio:
         return host_draws(self.key, self.step_count, purpose, n)
 
     def abs_dg(self, pools) -> float:
-        """|dG_ATP| in kJ/mol at ``pools`` (sim.kernels.thermo.dg_atp_kj)."""
+        """|dG_ATP| in kJ/mol at ``pools`` (sim.substrates.bio.kernels.thermo.dg_atp_kj)."""
         a, d, pi = pools[ATP], pools[ADP], pools[PI]
         ratio = ((d if d > TINY_MM else TINY_MM) * 1e-3) * ((pi if pi > TINY_MM else TINY_MM) * 1e-3)
         ratio = ratio / ((a if a > TINY_MM else TINY_MM) * 1e-3)
@@ -452,7 +452,7 @@ class ReferenceBio:
             log_keep_stop=self.chain_log_keep,
         )
 
-    # ---- processes (sim.kernels.step.PROCESSES) -------------------------------------------------
+    # ---- processes (sim.substrates.bio.kernels.step.PROCESSES) -------------------------------------------------
 
     # 1 metabolism
     def metabolism(self) -> None:
@@ -469,7 +469,7 @@ class ReferenceBio:
 
     def metabolism_cell(self, cell: Cell, chain_draws=None) -> None:
         """Uptake, production, tiered consumption (chains included), repair and damage on the
-        step-start state (sim.kernels.metabolism)."""
+        step-start state (sim.substrates.bio.kernels.metabolism)."""
         if not cell.alive:
             cell.maintenance = 1.0  # no tier-0 demand; every flux of a dead cell is zero
             return
@@ -647,7 +647,7 @@ class ReferenceBio:
 
     def transport_apply_cell(self, cell: Cell) -> None:
         """Add the fluxes of this cell's junctions (those it owns, then those it receives); what
-        leaks in transit is booked to the sender (sim.kernels.transport)."""
+        leaks in transit is booked to the sender (sim.substrates.bio.kernels.transport)."""
         if not cell.alive:
             return  # every junction of a dead cell is closed
         d_own = [0.0] * N_SPECIES
@@ -702,7 +702,7 @@ class ReferenceBio:
             self.adenylate_kinase_cell(cell)
 
     def adenylate_kinase_cell(self, cell: Cell) -> None:
-        """2 ADP <-> ATP + AMP to equilibrium (sim.kernels.thermo.adenylate_equilibrium)."""
+        """2 ADP <-> ATP + AMP to equilibrium (sim.substrates.bio.kernels.thermo.adenylate_equilibrium)."""
         if not cell.alive:
             return
         pools = cell.pools
@@ -807,7 +807,7 @@ class ReferenceBio:
             cell.living = []
 
     def step(self) -> None:
-        """One time step: the processes in the order of ``sim.kernels.step.PROCESSES``."""
+        """One time step: the processes in the order of ``sim.substrates.bio.kernels.step.PROCESSES``."""
         self.metabolism()
         self.transport()
         self.adenylate_kinase()

@@ -1,10 +1,10 @@
 """The biology substrate as a value: cells (mM pools of glucose, ATP, ADP, AMP, Pi), mitochondria and
 glycolysis as producers, organelle processes as consumers, ribosome cohorts as chains, gap junctions.
 
-The equations are the kernels of :mod:`sim.kernels` (process order in ``sim.kernels.step``), the
+The equations are the kernels of :mod:`sim.substrates.bio.kernels` (process order in ``sim.substrates.bio.kernels.step``), the
 initial state and parameters come from ``conf/substrate/bio.yaml`` through
-:func:`sim.presets.build.build`, and the results (dataset, summary in molecules) from
-:mod:`sim.results`. The guard's invariant: every pool finite and non-negative.
+:func:`sim.substrates.bio.build.build`, and the results (dataset, summary in molecules) from
+:mod:`sim.substrates.bio.results`. The guard's invariant: every pool finite and non-negative.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.core.substrate import EntitySpec, Quantity, Substrate
-from sim.kernels.ops import rowsum
-from sim.kernels.step import PROCESSES
-from sim.state import SPECIES
+from sim.core.ops import rowsum
+from sim.substrates.bio.kernels.step import PROCESSES
+from sim.substrates.bio.state import SPECIES
 
 RECORDS = (
     Quantity("pools", "mM", "pool concentration", ("species",)),
@@ -66,10 +66,10 @@ def invariants(obs: dict, previous: dict | None = None) -> dict:
 
 
 def build(cfg: dict):
-    """Config -> :class:`sim.presets.build.Model` (validated, stability-checked, cast if float32)."""
+    """Config -> :class:`sim.substrates.bio.build.Model` (validated, stability-checked, cast if float32)."""
     from sim.config.validate import check_stability
     from sim.core.engine import cast
-    from sim.presets import build as build_preset
+    from sim.substrates.bio.build import build as build_preset
 
     model = build_preset(cfg, dtype=np.float64)
     check_stability(model, cfg)
@@ -85,13 +85,13 @@ def validate(cfg: dict) -> None:
 
 
 def to_dataset(model, result, cfg: dict):
-    from sim.results import to_dataset as bio_dataset
+    from sim.substrates.bio.results import to_dataset as bio_dataset
 
     return bio_dataset(model, result, cfg)
 
 
 def summarize(model, result, cfg: dict) -> dict:
-    from sim.results import summarize as bio_summary
+    from sim.substrates.bio.results import summarize as bio_summary
 
     return bio_summary(model, result, model.state)
 

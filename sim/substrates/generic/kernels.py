@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from sim import rng
-from sim.kernels.ops import rowsum
+from sim.core.ops import rowsum
 from sim.pytree import replace
 from sim.substrates.generic.state import N_TIERS
 

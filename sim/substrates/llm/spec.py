@@ -2,9 +2,9 @@
 carrier), GPUs (producers, roofline), decode streams (chains whose per-token cost grows with the
 context), tools and memory modules (consumers), Poisson arrivals and routing over the graph.
 
-The equations are the kernels of :mod:`sim.llm.kernels`, the model from ``conf/substrate/llm.yaml``
-with the ``model`` and ``gpu`` groups (:func:`sim.llm.build.build_llm`), the results (Little's law,
-stability, token/energy/dollar/Landauer ledgers over a steady window) from :mod:`sim.llm.results`.
+The equations are the kernels of :mod:`sim.substrates.llm.kernels`, the model from ``conf/substrate/llm.yaml``
+with the ``model`` and ``gpu`` groups (:func:`sim.substrates.llm.build.build_llm`), the results (Little's law,
+stability, token/energy/dollar/Landauer ledgers over a steady window) from :mod:`sim.substrates.llm.results`.
 
 The guard's invariants: every record finite; the KV cache (free, occupied), the prefill debt and
 every cumulative ledger non-negative; the cumulative ledgers never decrease; and the KV balance
@@ -20,8 +20,8 @@ import numpy as np
 
 from sim.core.substrate import EntitySpec, Quantity, Substrate
 from sim.errors import ConfigError
-from sim.kernels.ops import rowsum
-from sim.llm.kernels import PROCESSES, in_system
+from sim.core.ops import rowsum
+from sim.substrates.llm.kernels import PROCESSES, in_system
 
 RECORDS = (
     Quantity("queue_len", "requests", "requests waiting in the queue"),
@@ -135,19 +135,19 @@ def validate(cfg: dict) -> None:
 
 
 def build(cfg: dict):
-    from sim.llm.build import build_llm
+    from sim.substrates.llm.build import build_llm
 
     return build_llm(cfg)
 
 
 def to_dataset(llm, result, cfg: dict):
-    from sim.llm.results import to_dataset as llm_dataset
+    from sim.substrates.llm.results import to_dataset as llm_dataset
 
     return llm_dataset(llm, result, cfg)
 
 
 def summarize(llm, result, cfg: dict) -> dict:
-    from sim.llm.results import summarize as llm_summary
+    from sim.substrates.llm.results import summarize as llm_summary
 
     if len(result.times) < 3:
         return {"status": "failed", "reason": "fewer than 3 records: no steady window to summarise"}
@@ -181,7 +181,7 @@ def figures(ds, out_dir):
 
 
 def reference(llm, replicate: int = 0):
-    from sim.llm.reference import ReferenceLLM
+    from sim.substrates.llm.reference import ReferenceLLM
 
     return ReferenceLLM(llm, replicate=replicate)
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from sim.pytree import replace
-from sim.state import ATP
+from sim.substrates.bio.state import ATP
 
 
 def edge_fluxes(pools, alive, params):

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from sim.kernels.capacity import consumer_vmax
-from sim.kernels import translation
-from sim.kernels.chains import chain_demand, chain_step
-from sim.kernels.ops import rowsum
-from sim.kernels.thermo import brake, dg_atp_kj
+from sim.substrates.bio.kernels.capacity import consumer_vmax
+from sim.substrates.bio.kernels import translation
+from sim.substrates.bio.kernels.chains import chain_demand, chain_step
+from sim.core.ops import rowsum
+from sim.substrates.bio.kernels.thermo import brake, dg_atp_kj
 from sim.pytree import replace
-from sim.state import ADP, ATP, GLC, PI
+from sim.substrates.bio.state import ADP, ATP, GLC, PI
 
 N_TIERS = 3  # static: tiers 0..2 (maintenance, biosynthesis, optional)
 
@@ -125,7 +125,7 @@ def metabolism(state, params, key=None):
 
     # consumption by priority tier, limited by ATP present at the start of the step; the chains
     # (ribosome cohorts) quote their demand in place of the consumer kind they realise, are
-    # served in its tier and spend at most the share granted (sim.kernels.translation)
+    # served in its tier and spend at most the share granted (sim.substrates.bio.kernels.translation)
     u, saturated0 = consumption_demand(state, params)
     want = u * dt
     chains_on = translation.has_chains(state)

@@ -1,6 +1,6 @@
 """Pure kernels of the LLM preset, each ``(state, params, key) -> state``; no Python loops over agents.
 
-One step, in this order (shared with ``sim.llm.reference``):
+One step, in this order (shared with ``sim.substrates.llm.reference``):
 
 1. ``tools``: chains waiting on a tool count down; on return ``r_tool`` tokens are appended to the
    history (limited by free KV after reservations, in slot order, and by ``L_max``) and prefilled.
@@ -35,10 +35,10 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
 from sim import rng
-from sim.kernels.ops import rowsum, run_processes
+from sim.core.ops import rowsum, run_processes
 from sim.pytree import replace
 
-# Draw purposes of the LLM engine (100-119 reserved for sim.llm; never renumber).
+# Draw purposes of the LLM engine (100-119 reserved for sim.substrates.llm; never renumber).
 ARRIVAL_COUNT = 101
 PROMPT_LEN = 102
 OUTPUT_LEN = 103
@@ -60,7 +60,7 @@ def cell_compute(state, params):
 
 
 def prefill_flops(params, tokens, cached=0.0):
-    """2N P + n_layer d ((c + P)^2 - c^2) (``sim.llm.specs.prefill_flops``)."""
+    """2N P + n_layer d ((c + P)^2 - c^2) (``sim.substrates.llm.specs.prefill_flops``)."""
     return params.c0 * tokens + 0.5 * params.c1 * (tokens * tokens + 2.0 * cached * tokens)
 
 

@@ -2,7 +2,7 @@
 
 Scalars are 0-d arrays; per-kind vectors are indexed by ``Producers.kind``. The tissue's edge
 arrays live here too (they never change in a run); the engine maps them with ``in_axes=None``.
-Every default number and its source is in ``conf/substrate/*.yaml`` and in ``sim/presets``.
+Every default number and its source is in ``conf/substrate/*.yaml`` and in ``sim/substrates/bio``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Params:
     stress_threshold: object  # maintenance fraction below which a cell is stressed
     stress_death_s: object  # s of stress that kill a cell
     stress_recovery: object  # s of stress forgiven per s unstressed
-    # chains (protein synthesis by ribosome cohorts, sim.kernels.translation); the chains realise
+    # chains (protein synthesis by ribosome cohorts, sim.substrates.bio.kernels.translation); the chains realise
     # the consumer kind ``chain_kind`` (its capacity, K_ATP, tier and ledger line); -1: none
     chain_kind: object  # int consumer-kind index
     chain_rate: object  # units/s per elongating chain at saturating ATP (aa/s)

@@ -1,5 +1,5 @@
 """Pure process functions of the JAX engine: each ``(state, params, key) -> state``."""
 
-from sim.kernels.step import step
+from sim.substrates.bio.kernels.step import step
 
 __all__ = ["step"]

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from sim.constants import landauer_j
-from sim.llm import specs
+from sim.substrates.llm import specs
 
 
 

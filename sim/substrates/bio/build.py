@@ -17,11 +17,11 @@ import numpy as np
 from sim.constants import FARADAY_C_PER_MOL
 from sim.core.config import get, num
 from sim.errors import ConfigError
-from sim.kernels import chains as ck
-from sim.kernels.thermo import adenylate_equilibrium
-from sim.kernels.translation import no_chain_params
-from sim.params import Edges, Params
-from sim.state import N_SPECIES, SPECIES, Cells, Consumers, Ledger, Producers, State
+from sim.substrates.bio.kernels import chains as ck
+from sim.substrates.bio.kernels.thermo import adenylate_equilibrium
+from sim.substrates.bio.kernels.translation import no_chain_params
+from sim.substrates.bio.params import Edges, Params
+from sim.substrates.bio.state import N_SPECIES, SPECIES, Cells, Consumers, Ledger, Producers, State
 from sim.topology import build_graph, edge_arrays
 
 
@@ -277,7 +277,7 @@ def build(cfg, dtype=np.float64) -> Model:
     overrides = cfg.get("params") or {}
     for name, value in overrides.items():
         if name not in {f.name for f in dataclasses.fields(Params)} or name == "edges":
-            raise ConfigError(f"params.{name}", value, "a scalar parameter name of sim.params.Params")
+            raise ConfigError(f"params.{name}", value, "a scalar parameter name of sim.substrates.bio.params.Params")
         params = dataclasses.replace(params, **{name: p(value)})
     return Model(
         state=state, params=params, graph=graph, producer_kinds=pkinds, consumer_kinds=ckinds,

@@ -16,9 +16,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sim import rng
-from sim.kernels.thermo import dg_atp_kj, energy_charge
+from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge
 from sim.pytree import replace
-from sim.state import ADP, AMP, ATP, PI
+from sim.substrates.bio.state import ADP, AMP, ATP, PI
 
 
 def producer_failure(state, params, key):
@@ -51,7 +51,7 @@ def producer_biogenesis(state, params, key):
     new_mask = born[:, None] & (jnp.arange(p)[None, :] == slot[:, None])
     cost = jnp.where(born, params.birth_cost, 0.0)
     # the ATP hydrolysed for the new producer releases |dG| per mol and ends as heat, booked like
-    # the consumers' and repair's (sim.kernels.metabolism), so the energy ledger covers every ATP spent
+    # the consumers' and repair's (sim.substrates.bio.kernels.metabolism), so the energy ledger covers every ATP spent
     abs_dg = jnp.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], params.dg0_kj, params.temperature_k))
     energy = cost * abs_dg * params.volume_l
     new_pools = pools.at[:, ATP].add(-cost).at[:, ADP].add(cost).at[:, PI].add(cost)

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import networkx as nx
 import numpy as np
 
-from sim.core.config import num
+from sim.core.config import CONF_DIR, compose, num  # noqa: F401 (compose re-exported for scripts and tests)
 from sim.errors import ConfigError
-from sim.llm.params import Edges, LLMParams
-from sim.llm.specs import GpuSpec, ModelSpec, check_fits, gpu_spec, model_spec
-from sim.llm.state import Cells, Chains, Gpus, Ledger, LLMState, Queue
+from sim.substrates.llm.params import Edges, LLMParams
+from sim.substrates.llm.specs import GpuSpec, ModelSpec, check_fits, gpu_spec, model_spec
+from sim.substrates.llm.state import Cells, Chains, Gpus, Ledger, LLMState, Queue
 from sim.topology import build_graph, edge_arrays
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 POISSON_TAIL = 1e-9  # arrivals lost to truncation per step must stay below this probability
 
 
@@ -43,17 +41,6 @@ class LLMModel:
     @property
     def n_cells(self) -> int:
         return int(self.state.cells.alive.shape[0])
-
-
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Compose ``conf/config.yaml`` with overrides (as ``python -m sim`` would) -> plain dict."""
-    from hydra import compose as h_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = h_compose(config_name="config", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def poisson_tail(lam: float, kmax: int) -> float:

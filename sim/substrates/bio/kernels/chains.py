@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import rng
-from sim.kernels.ops import rowsum
+from sim.core.ops import rowsum
 from sim.pytree import pytree_dataclass, replace
 
 CHAIN_INIT = 41
@@ -114,7 +114,7 @@ def biology_params(dt: float, **over) -> ChainParams:
 
 
 def llm_params(dt: float, model, **over) -> ChainParams:
-    """A decode stream of ``model`` (``sim.llm.specs.ModelSpec``) costed in FLOPs: c0 = 2N,
+    """A decode stream of ``model`` (``sim.substrates.llm.specs.ModelSpec``) costed in FLOPs: c0 = 2N,
     c1 = 2 n_layer d_model; stops at the model's context limit."""
     p = dict(dt=dt, rate=1.0 / dt, c0=model.flops_per_token, c1=model.flops_per_token_per_ctx, p_stop=0.0,
              n_max=float(model.max_context), l0=0.0, init_rate=0.0, init_cost=0.0, p_tool=0.0, tool_steps=1,

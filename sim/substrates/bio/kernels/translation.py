@@ -1,10 +1,10 @@
 """Protein synthesis as chains: the biology preset's ribosome cohorts, spent in the consumption step.
 
-Each chain slot of a cell (``State.chains``, ``sim.kernels.chains``) is a cohort of ribosomes
+Each chain slot of a cell (``State.chains``, ``sim.substrates.bio.kernels.chains``) is a cohort of ribosomes
 translating in lockstep; the cohort realises the consumer kind ``Params.chain_kind``
 (``protein_synthesis``): that consumer's capacity ``V`` (mM/s, after ``demand_scale`` and the
 cell's demand multiplier), its ATP affinity ``K``, its tier and its ledger line. Per cell and step,
-on the step-start state (as every rate of ``sim.kernels.metabolism``):
+on the step-start state (as every rate of ``sim.substrates.bio.kernels.metabolism``):
 
 * elongation rate of a chain ``r = r_max A'/(K + A')`` aa/s with ``A' = max(A - R_tier, 0)``:
   elongation slows as ATP falls towards the tier's reserve (energy sensing of translation,
@@ -28,10 +28,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from sim.kernels.capacity import consumer_vmax
-from sim.kernels.chains import ChainParams
-from sim.kernels.ops import rowsum
-from sim.state import ATP
+from sim.substrates.bio.kernels.capacity import consumer_vmax
+from sim.substrates.bio.kernels.chains import ChainParams
+from sim.core.ops import rowsum
+from sim.substrates.bio.state import ATP
 
 
 def has_chains(state) -> bool:

@@ -8,11 +8,11 @@ state) -> 2 transport over junctions -> 3 adenylate kinase equilibrium -> 4 prod
 
 from __future__ import annotations
 
-from sim.kernels.adenylate import adenylate_kinase
-from sim.kernels.fate import cell_stress, producer_biogenesis, producer_failure
-from sim.kernels.metabolism import metabolism
-from sim.kernels.ops import run_processes
-from sim.kernels.transport import transport
+from sim.substrates.bio.kernels.adenylate import adenylate_kinase
+from sim.substrates.bio.kernels.fate import cell_stress, producer_biogenesis, producer_failure
+from sim.substrates.bio.kernels.metabolism import metabolism
+from sim.core.ops import run_processes
+from sim.substrates.bio.kernels.transport import transport
 
 PROCESSES = (
     ("metabolism", metabolism),

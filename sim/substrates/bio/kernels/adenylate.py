@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sim.kernels.thermo import adenylate_equilibrium
+from sim.substrates.bio.kernels.thermo import adenylate_equilibrium
 from sim.pytree import replace
-from sim.state import ADP, AMP, ATP
+from sim.substrates.bio.state import ADP, AMP, ATP
 
 
 def adenylate_kinase(state, params, key=None):

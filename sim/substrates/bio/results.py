@@ -13,8 +13,8 @@ import numpy as np
 import xarray as xr
 
 from sim.constants import AVOGADRO_PER_MOL, landauer_j
-from sim.kernels.thermo import dg_atp_kj, energy_charge
-from sim.state import ADP, AMP, ATP, GLC, PI, SPECIES
+from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge
+from sim.substrates.bio.state import ADP, AMP, ATP, GLC, PI, SPECIES
 
 
 def _np(x):

@@ -1,7 +1,7 @@
 """Plain-Python reference stepper of the LLM engine: same equations, same draws, agent by agent.
 
 Cells (model instances), chain slots (decode streams) and queued requests are Python objects
-stepping themselves with Python floats, in the process order of ``sim.llm.kernels``. Random numbers
+stepping themselves with Python floats, in the process order of ``sim.substrates.llm.kernels``. Random numbers
 come from the same counter-based stream (``sim.rng.uniforms`` keyed by (seed, step, purpose, id)):
 one vectorised host call per purpose and step, each agent taking the number for its own id. The
 JAX engine must reproduce this stepper in float64 (``tests/test_llm_reference.py``).
@@ -19,8 +19,8 @@ import numpy as np
 from scipy.special import ndtri
 
 from sim import rng
-from sim.llm import kernels as K
-from sim.llm.state import Cells, Chains, Gpus, Ledger, LLMState, Queue
+from sim.substrates.llm import kernels as K
+from sim.substrates.llm.state import Cells, Chains, Gpus, Ledger, LLMState, Queue
 
 
 @dataclasses.dataclass
@@ -89,7 +89,7 @@ class ModelCell:
 
 
 class ReferenceLLM:
-    """Steps one replicate of an :class:`sim.llm.build.LLMModel` in plain Python."""
+    """Steps one replicate of an :class:`sim.substrates.llm.build.LLMModel` in plain Python."""
 
     def __init__(self, model, replicate: int = 0, key=None):
         self.model = model
@@ -122,7 +122,7 @@ class ReferenceLLM:
                 chains, queue, {f.name: float(np.asarray(getattr(led, f.name))[i]) for f in dataclasses.fields(Ledger)},
             ))
 
-    # ---- helpers mirroring sim.llm.kernels ----------------------------------------------------
+    # ---- helpers mirroring sim.substrates.llm.kernels ----------------------------------------------------
 
     def u(self, purpose: int, n: int) -> np.ndarray:
         return rng.host_uniforms(self.key, self.step_count, purpose, n)
@@ -246,7 +246,7 @@ class ReferenceLLM:
         i = cell.index
         entries = []
         lam = p["arrival_rate"][i] * p["dt"]
-        # inverse-CDF Poisson, same operation order as sim.llm.kernels.poisson_count
+        # inverse-CDF Poisson, same operation order as sim.substrates.llm.kernels.poisson_count
         pk = math.exp(-lam)
         cdf, count = pk, 0.0
         for k in range(a):

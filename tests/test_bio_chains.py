@@ -6,7 +6,7 @@ protein synthesis is ~25-30% of a cell's ATP use (Rolfe & Brown 1997). When ATP 
 chains are served in tier 1 (biosynthesis): they slow by the same factor as the other tier-1
 consumers, after the ion pumps (tier 0) are served, and stop below the tier-1 reserve.
 Also: the chain reference (``sim.substrates.bio.reference.step_chains``, which the Mesa backend
-runs) equals ``sim.substrates.bio.kernels.chains.chain_step`` with tools, memory compressions and budgets switched
+runs) equals ``sim.core.chains.chain_step`` with tools, memory compressions and budgets switched
 on (the bio preset runs none of them).
 """
 
@@ -27,11 +27,11 @@ from sim.core import engine
 from sim.substrates.bio import SUBSTRATE as BIO
 from sim.analysis import supply_demand as sd
 from sim.constants import AVOGADRO_PER_MOL
-from sim.substrates.bio.kernels import chains as ck
+from sim.core import chains as ck
 from sim.substrates.bio.kernels.metabolism import metabolism
 from sim.substrates.bio.build import build
 from sim.substrates.bio.state import ATP
-from sim.substrates.bio.reference import CHAIN_LEDGER_FIELDS, Chain, ChainStep, step_chains
+from sim.core.chains import CHAIN_LEDGER_FIELDS, Chain, ChainStep, step_chains
 
 SLOTS = 8
 RATE = 5.0  # aa/s at saturating ATP

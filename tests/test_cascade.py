@@ -11,7 +11,7 @@ import pytest
 
 import sim  # noqa: F401  (float64)
 from sim.api import run
-from sim.substrates.bio.kernels import chains as ck
+from sim.core import chains as ck
 from sim.substrates.llm.build import compose
 
 

@@ -265,3 +265,18 @@ def test_a_changed_substrate_is_a_new_program_and_same_shapes_reuse_it():
     other = dataclasses.replace(TOY, processes=TOY.processes[:2])  # another program: compiles
     engine.run(other, built.state, built.params, **kw)
     assert engine.CACHE.compiles == before + 1
+
+
+def test_toy_runs_in_the_mesa_layer_with_agents_from_its_entity_specs():
+    from sim.mesa_model import SubstrateModel
+
+    fast, ref = (SubstrateModel(toy_cfg(), backend=b, replicate=1) for b in ("jax", "mesa"))
+    fast.run(12)
+    for _ in range(12):
+        ref.step()
+    np.testing.assert_allclose(fast.state.cells.x, ref.state.cells.x, rtol=1e-12)
+    cells = fast.agents_of("cell")
+    assert len(cells) == 4 and all(a.alive for a in cells)
+    np.testing.assert_allclose(sorted(a.x for a in cells), sorted(fast.state.cells.x))
+    assert len(cells.select(lambda a: a.x > 0)) == 4
+    assert len(fast.datacollector.get_model_vars_dataframe()) >= 1

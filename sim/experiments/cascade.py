@@ -1,6 +1,6 @@
 """``experiment=cascade``: the cost of a chain, or of an agent loop, against its length.
 
-Part 1, chains (``sim.substrates.bio.kernels.chains``), biology and LLM side by side. One cell per (series,
+Part 1, chains (``sim.core.chains``), biology and LLM side by side. One cell per (series,
 length); each cell runs ``chains_per_length`` chains from 0 to ``L`` units in ``chain_steps``
 elongation steps and the ledger gives the currency per chain:
 
@@ -42,7 +42,7 @@ from sim.rng import replicate_keys
 from sim.core.config import num
 from sim.errors import ConfigError
 from sim.experiments import register
-from sim.substrates.bio.kernels import chains as ck
+from sim.core import chains as ck
 from sim.core import engine
 from sim.substrates.llm import SUBSTRATE as LLM
 from sim.substrates.llm import specs

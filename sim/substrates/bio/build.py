@@ -17,7 +17,7 @@ import numpy as np
 from sim.constants import FARADAY_C_PER_MOL
 from sim.core.config import get, num
 from sim.errors import ConfigError
-from sim.substrates.bio.kernels import chains as ck
+from sim.core import chains as ck
 from sim.substrates.bio.kernels.thermo import adenylate_equilibrium
 from sim.substrates.bio.kernels.translation import no_chain_params
 from sim.substrates.bio.params import Edges, Params

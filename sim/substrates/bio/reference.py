@@ -22,10 +22,10 @@ except transport, which is split into a compute phase (reads the neighbours' poo
 fluxes of the junctions the cell owns) and an apply phase (sums the fluxes of its junctions), so
 the results do not depend on the order in which cells are called.
 
-Chains (``sim.substrates.bio.kernels.chains``, ``sim.substrates.bio.kernels.translation``): in the consumption of
+Chains (``sim.core.chains``, ``sim.substrates.bio.kernels.translation``): in the consumption of
 :meth:`ReferenceBio.metabolism_cell` a cell asks its chains for their quote (:func:`chain_quote`),
 serves it in the tier of the consumer kind the chains realise, and steps them with the share
-granted (:func:`step_chains`, the per-cell form of ``sim.substrates.bio.kernels.chains.chain_step``, also
+granted (:func:`step_chains`, the per-cell form of ``sim.core.chains.chain_step``, also
 usable with tools, memory compressions and budgets switched on).
 """
 
@@ -39,13 +39,12 @@ import numpy as np
 
 from sim import rng
 from sim.constants import R_J_PER_MOL_K
-from sim.substrates.bio.kernels import chains as ck
-from sim.substrates.bio.kernels.chains import elongation_cost
+from sim.core import chains as ck
+from sim.core.chains import CHAIN_LEDGER_FIELDS, Chain, ChainStep, chain_quote, step_chains  # noqa: F401 (re-exported)
 from sim.substrates.bio.kernels.thermo import TINY_MM
 from sim.substrates.bio.state import ADP, AMP, ATP, GLC, N_SPECIES, PI, Ledger, State
 
 _S = tuple(range(N_SPECIES))
-CHAIN_LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(ck.ChainLedger))
 
 
 # ---------------------------------------------------------------------------- random draws
@@ -54,196 +53,6 @@ def host_draws(key, step: int, purpose: int, n: int) -> list[float]:
     if n == 0:
         return []
     return rng.host_uniforms(key, step, purpose, n).tolist()
-
-
-# ---------------------------------------------------------------------------- chains
-class ChainStep:
-    """One cell's chain parameters for one step, as plain floats (``sim.substrates.bio.kernels.chains.ChainParams``
-    with the rate already times dt and the per-unit probabilities as logs)."""
-
-    __slots__ = ("rate_dt", "c0", "c1", "log_keep_stop", "n_max", "l0", "p_init", "init_cost",
-                 "p_tool", "log_keep_tool", "tool_steps", "r_tool", "mem_threshold", "mem_factor", "mem_cost")
-
-    def __init__(self, rate_dt, c0, c1=0.0, p_stop=0.0, n_max=inf, l0=0.0, p_init=0.0, init_cost=0.0,
-                 p_tool=0.0, tool_steps=1, r_tool=0.0, mem_threshold=0.0, mem_factor=2.0, mem_cost=0.0,
-                 log_keep_stop=None):
-        self.rate_dt, self.c0, self.c1 = rate_dt, c0, c1
-        self.log_keep_stop = log1p(-p_stop) if log_keep_stop is None else log_keep_stop
-        self.n_max, self.l0, self.p_init, self.init_cost = n_max, l0, p_init, init_cost
-        self.p_tool = p_tool
-        self.log_keep_tool = log1p(-p_tool) if p_tool > 0 else 0.0
-        self.tool_steps, self.r_tool = int(tool_steps), r_tool
-        self.mem_threshold, self.mem_factor, self.mem_cost = mem_threshold, mem_factor, mem_cost
-
-
-class Chain:
-    """A chain slot (``chain_id = cell * slots + slot`` keys its draws): a ribosome cohort
-    translating one protein per ribosome in lockstep, or a decode stream. The methods are the
-    slot-wise operations of ``sim.substrates.bio.kernels.chains.chain_step``, called by :func:`step_chains`."""
-
-    __slots__ = ("chain_id", "active", "length", "made", "tool_wait", "grow", "delta")
-
-    def __init__(self, chain_id: int, active=False, length=0.0, made=0.0, tool_wait=0):
-        self.chain_id = int(chain_id)
-        self.active, self.length, self.made, self.tool_wait = bool(active), float(length), float(made), int(tool_wait)
-        self.grow, self.delta = False, 0.0  # this step's elongation quote
-
-    @classmethod
-    def from_state(cls, chains: ck.ChainSlots, i: int, s: int) -> Chain:
-        """Slot ``s`` of cell ``i`` of ``chains`` (numpy or JAX ``ChainSlots``)."""
-        return cls(i * chains.active.shape[1] + s, chains.active[i, s], chains.length[i, s], chains.made[i, s],
-                   chains.tool_wait[i, s])
-
-    def __repr__(self) -> str:
-        return (f"Chain({self.chain_id}, active={self.active}, length={self.length}, made={self.made}, "
-                f"tool_wait={self.tool_wait})")
-
-    def quote(self, P: ChainStep, u_init: float):
-        """(memory, initiation, elongation) cost of this step with no budget; changes nothing."""
-        active, length, made, wait = self.active, self.length, self.made, self.tool_wait
-        if active and wait > 0:
-            wait -= 1
-            if wait == 0:
-                length += P.r_tool
-        mem = 0.0
-        if active and P.mem_threshold > 0 and length > P.mem_threshold:
-            mem = P.mem_cost * length
-            length = length / P.mem_factor
-        init = 0.0
-        if not active and u_init < P.p_init:
-            active, length, made, init = True, P.l0, 0.0, P.init_cost
-        el = 0.0
-        if active and wait == 0:
-            d = min(P.rate_dt, P.n_max - made)
-            el = elongation_cost(P.c0, P.c1, length, d if d > 0.0 else 0.0)
-        return mem, init, el
-
-    def tool_return(self, P: ChainStep) -> float:
-        if self.active and self.tool_wait > 0:
-            self.tool_wait -= 1
-            if self.tool_wait == 0:
-                self.length += P.r_tool
-                return P.r_tool
-        return 0.0
-
-    def memory_cost(self, P: ChainStep):
-        """Cost of compressing this chain now (None: not a candidate)."""
-        if self.active and P.mem_threshold > 0 and self.length > P.mem_threshold:
-            return P.mem_cost * self.length
-        return None
-
-    def compress(self, P: ChainStep) -> float:
-        new = self.length / P.mem_factor
-        removed = self.length - new
-        self.length = new
-        return removed
-
-    def wants_start(self, P: ChainStep, u: float) -> bool:
-        return not self.active and u < P.p_init
-
-    def start(self, P: ChainStep) -> None:
-        self.active, self.length, self.made = True, P.l0, 0.0
-
-    def elongation_quote(self, P: ChainStep) -> float:
-        grow = self.active and self.tool_wait == 0
-        d = 0.0
-        if grow:
-            d = min(P.rate_dt, P.n_max - self.made)
-            d = d if d > 0.0 else 0.0
-        self.grow, self.delta = grow, d
-        return elongation_cost(P.c0, P.c1, self.length, d)
-
-    def elongate(self, P: ChainStep, phi: float, u_stop: float, u_tool):
-        """Grow by ``phi`` of the quoted units; terminate or call a tool. Returns (units, cost,
-        units delivered or None, tool calls)."""
-        d = self.delta * phi
-        cost = elongation_cost(P.c0, P.c1, self.length, d)
-        self.length += d
-        self.made += d
-        stop = self.grow and d > 0 and u_stop < -expm1(d * P.log_keep_stop)
-        if self.active and (self.made >= P.n_max or stop):
-            delivered = self.made
-            self.active, self.length, self.made, self.tool_wait = False, 0.0, 0.0, 0
-            return d, cost, delivered, 0
-        if self.grow and d > 0 and P.p_tool > 0 and u_tool < -expm1(d * P.log_keep_tool):
-            self.tool_wait = P.tool_steps
-            return d, cost, None, 1
-        return d, cost, None, 0
-
-
-def chain_quote(chains, P: ChainStep, u_init) -> float:
-    """Currency the chains of one cell would spend this step with no budget (``chain_demand``)."""
-    el = init = mem = 0.0
-    for ch in chains:
-        m, i, e = ch.quote(P, u_init[ch.chain_id])
-        el += e
-        init += i
-        mem += m
-    return el + init + mem
-
-
-def step_chains(chains, P: ChainStep, led: dict, u_init, u_stop, u_tool=None, budget=inf):
-    """One step of one cell's chains (``sim.substrates.bio.kernels.chains.chain_step`` for a cell): tools return,
-    memory compressions and initiations are paid in slot order while their cumulative cost fits
-    the ``budget``; every elongating chain then slows by the same factor if the rest is short;
-    termination and tool calls. Draws are indexed by chain id. Updates ``led``
-    (``CHAIN_LEDGER_FIELDS``); returns ``(spent, units)`` of this step."""
-    left = budget
-    run_mem = mem_sum = 0.0
-    tool_units = removed = 0.0
-    comps = 0
-    for ch in chains:  # 1 tools return, 2 memory module
-        tool_units += ch.tool_return(P)
-        cost = ch.memory_cost(P)
-        if cost is not None:
-            run_mem += cost
-            if run_mem <= left:
-                removed += ch.compress(P)
-                mem_sum += cost
-                comps += 1
-    left -= mem_sum
-    run_init = init_sum = 0.0
-    started = 0
-    for ch in chains:  # 3 initiation
-        if ch.wants_start(P, u_init[ch.chain_id]):
-            run_init += P.init_cost
-            if run_init <= left:
-                ch.start(P)
-                init_sum += P.init_cost
-                started += 1
-    left -= init_sum
-    demand = 0.0
-    for ch in chains:  # 4 elongation demand
-        demand += ch.elongation_quote(P)
-    phi = 1.0
-    avail = left if left > 0.0 else 0.0
-    if demand > avail:
-        phi = avail / demand if demand > 0 else 1.0
-    units = el_sum = delivered_units = 0.0
-    delivered = calls = 0
-    for ch in chains:  # 4 elongate, 5 terminate, 6 tool calls
-        ut = None if u_tool is None else u_tool[ch.chain_id]
-        d, cost, done_units, called = ch.elongate(P, phi, u_stop[ch.chain_id], ut)
-        units += d
-        el_sum += cost
-        if done_units is not None:
-            delivered += 1
-            delivered_units += done_units
-        calls += called
-    spent = el_sum + init_sum + mem_sum
-    led["spent"] += spent
-    led["elongation_spent"] += el_sum
-    led["init_spent"] += init_sum
-    led["memory_spent"] += mem_sum
-    led["units"] += units
-    led["initiated"] += started
-    led["delivered"] += delivered
-    led["delivered_units"] += delivered_units
-    led["tool_calls"] += calls
-    led["tool_units"] += tool_units
-    led["compressions"] += comps
-    led["units_removed"] += removed
-    return spent, units
 
 
 # ---------------------------------------------------------------------------- cells and organelles

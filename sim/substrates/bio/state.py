@@ -8,7 +8,7 @@ Species axis of ``Cells.pools`` (biology preset; the generic preset reuses it wi
 ``GLC`` substrate (glucose), ``ATP`` charged currency, ``ADP`` discharged carrier, ``AMP``,
 ``PI`` inorganic phosphate. Concentrations are in mM, time in s.
 
-Chains (``sim.substrates.bio.kernels.chains``; biology: ribosome cohorts doing protein synthesis) live in a
+Chains (``sim.core.chains``; biology: ribosome cohorts doing protein synthesis) live in a
 ``(n_cells, chain_slots)`` block too (slot ``s`` of cell ``c`` has chain id ``c * slots + s``);
 a preset without chains has ``chain_slots = 0``.
 """
@@ -81,8 +81,8 @@ class State:
     consumers: Consumers
     ledger: Ledger
     step: object  # () int32 steps taken so far
-    # chains (sim.substrates.bio.kernels.chains.ChainSlots, (C, S)) and their per-cell accounts
-    # (sim.substrates.bio.kernels.chains.ChainLedger, currency in mM, units in amino acids per ribosome of a
+    # chains (sim.core.chains.ChainSlots, (C, S)) and their per-cell accounts
+    # (sim.core.chains.ChainLedger, currency in mM, units in amino acids per ribosome of a
     # cohort). Their ATP is also booked in ``ledger.spent`` / ``ledger.work`` under the consumer
     # kind the chains realise (``Params.chain_kind``), so every currency balance includes it.
     chains: object = None

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from sim.substrates.bio.kernels.capacity import consumer_vmax
 from sim.substrates.bio.kernels import translation
-from sim.substrates.bio.kernels.chains import chain_demand, chain_step
+from sim.core.chains import chain_demand, chain_step
 from sim.core.ops import rowsum
 from sim.substrates.bio.kernels.thermo import brake, dg_atp_kj
 from sim.pytree import replace

@@ -1,6 +1,6 @@
 """Protein synthesis as chains: the biology preset's ribosome cohorts, spent in the consumption step.
 
-Each chain slot of a cell (``State.chains``, ``sim.substrates.bio.kernels.chains``) is a cohort of ribosomes
+Each chain slot of a cell (``State.chains``, ``sim.core.chains``) is a cohort of ribosomes
 translating in lockstep; the cohort realises the consumer kind ``Params.chain_kind``
 (``protein_synthesis``): that consumer's capacity ``V`` (mM/s, after ``demand_scale`` and the
 cell's demand multiplier), its ATP affinity ``K``, its tier and its ledger line. Per cell and step,
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.substrates.bio.kernels.capacity import consumer_vmax
-from sim.substrates.bio.kernels.chains import ChainParams
+from sim.core.chains import without_modules
 from sim.core.ops import rowsum
 from sim.substrates.bio.state import ATP
 
@@ -57,7 +57,7 @@ def chain_params(state, params, is_chain, per_slot):
     cohort = c0 / params.chain_cost_per_unit
     alive = cells.alive
     zero = jnp.zeros((), c0.dtype)
-    cp = ChainParams(
+    cp = without_modules(
         dt=params.dt,
         rate=jnp.where(alive, r_max * sat, 0.0),
         c0=c0,
@@ -67,12 +67,6 @@ def chain_params(state, params, is_chain, per_slot):
         l0=zero,
         init_rate=jnp.where(alive, params.chain_init_rate * sat, 0.0),
         init_cost=params.chain_init_cost * cohort,
-        p_tool=zero,
-        tool_steps=jnp.asarray(1, jnp.int32),
-        r_tool=zero,
-        mem_threshold=zero,
-        mem_factor=jnp.asarray(2.0, c0.dtype),
-        mem_cost=zero,
     )
     return cp, cohort
 

@@ -1,4 +1,7 @@
-"""Generic chains (the cascade): ribosomes translating proteins, decode streams generating text.
+"""Generic chains (the cascade), shared by the substrates and experiments: ribosomes translating
+proteins (biology's protein synthesis, without tools or memory), decode streams generating text (the
+``cascade`` experiment, with tools and memory modules). The JAX kernel (:func:`chain_step`) and its one
+plain-Python reference (:class:`Chain`, :func:`step_chains`, :func:`chain_step_reference`) live here.
 
 A fixed-capacity block of chain slots per cell ``(C, S)`` (slot ``s`` of cell ``c`` has id
 ``c * S + s``). Each active chain holds ``length`` units (what its cost depends on: the residues
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from math import expm1, inf, log1p
 
 import jax.numpy as jnp
 import numpy as np
@@ -96,6 +100,9 @@ class ChainLedger:
     units_removed: object
 
 
+CHAIN_LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(ChainLedger))
+
+
 def empty(n_cells: int, slots: int, dtype=np.float64) -> tuple[ChainSlots, ChainLedger]:
     z = np.zeros((n_cells, slots), dtype)
     chains = ChainSlots(active=np.zeros((n_cells, slots), bool), length=z.copy(), made=z.copy(),
@@ -104,11 +111,23 @@ def empty(n_cells: int, slots: int, dtype=np.float64) -> tuple[ChainSlots, Chain
     return chains, ledger
 
 
+# the tool and memory-module fields of a chain that has neither (biology's protein synthesis)
+NO_MODULES = dict(p_tool=0.0, tool_steps=1, r_tool=0.0, mem_threshold=0.0, mem_factor=2.0, mem_cost=0.0)
+
+
+def without_modules(**fields) -> ChainParams:
+    """Chains without tool calls or a memory module (traceable): the given fields, the module
+    fields switched off in the dtype of ``c0``."""
+    dtype = jnp.asarray(fields["c0"]).dtype
+    off = {k: jnp.asarray(v, jnp.int32 if k == "tool_steps" else dtype) for k, v in NO_MODULES.items()}
+    return ChainParams(**fields, **off)
+
+
 def biology_params(dt: float, **over) -> ChainParams:
     """Protein synthesis: 4 ATP/aa (c1 = 0), 5 aa/s, mean 400 aa (p_stop = 1/400), n_max 35,000 aa
     (titin-sized ceiling; chosen). Textbook values, cited in docs/references.md ("Translation")."""
     p = dict(dt=dt, rate=5.0, c0=4.0, c1=0.0, p_stop=1.0 / 400.0, n_max=35000.0, l0=0.0, init_rate=0.0,
-             init_cost=0.0, p_tool=0.0, tool_steps=1, r_tool=0.0, mem_threshold=0.0, mem_factor=2.0, mem_cost=0.0)
+             init_cost=0.0, **NO_MODULES)
     p.update(over)
     return _as_params(p)
 
@@ -248,96 +267,222 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     return out, ledger, spent
 
 
+# ---------------------------------------------------------------------------- the plain-Python reference
+class ChainStep:
+    """One cell's chain parameters for one step, as plain floats (``sim.core.chains.ChainParams``
+    with the rate already times dt and the per-unit probabilities as logs)."""
+
+    __slots__ = ("rate_dt", "c0", "c1", "log_keep_stop", "n_max", "l0", "p_init", "init_cost",
+                 "p_tool", "log_keep_tool", "tool_steps", "r_tool", "mem_threshold", "mem_factor", "mem_cost")
+
+    def __init__(self, rate_dt, c0, c1=0.0, p_stop=0.0, n_max=inf, l0=0.0, p_init=0.0, init_cost=0.0,
+                 p_tool=0.0, tool_steps=1, r_tool=0.0, mem_threshold=0.0, mem_factor=2.0, mem_cost=0.0,
+                 log_keep_stop=None):
+        self.rate_dt, self.c0, self.c1 = rate_dt, c0, c1
+        self.log_keep_stop = log1p(-p_stop) if log_keep_stop is None else log_keep_stop
+        self.n_max, self.l0, self.p_init, self.init_cost = n_max, l0, p_init, init_cost
+        self.p_tool = p_tool
+        self.log_keep_tool = log1p(-p_tool) if p_tool > 0 else 0.0
+        self.tool_steps, self.r_tool = int(tool_steps), r_tool
+        self.mem_threshold, self.mem_factor, self.mem_cost = mem_threshold, mem_factor, mem_cost
+
+
+class Chain:
+    """A chain slot (``chain_id = cell * slots + slot`` keys its draws): a ribosome cohort
+    translating one protein per ribosome in lockstep, or a decode stream. The methods are the
+    slot-wise operations of ``sim.core.chains.chain_step``, called by :func:`step_chains`."""
+
+    __slots__ = ("chain_id", "active", "length", "made", "tool_wait", "grow", "delta")
+
+    def __init__(self, chain_id: int, active=False, length=0.0, made=0.0, tool_wait=0):
+        self.chain_id = int(chain_id)
+        self.active, self.length, self.made, self.tool_wait = bool(active), float(length), float(made), int(tool_wait)
+        self.grow, self.delta = False, 0.0  # this step's elongation quote
+
+    @classmethod
+    def from_state(cls, chains: ck.ChainSlots, i: int, s: int) -> Chain:
+        """Slot ``s`` of cell ``i`` of ``chains`` (numpy or JAX ``ChainSlots``)."""
+        return cls(i * chains.active.shape[1] + s, chains.active[i, s], chains.length[i, s], chains.made[i, s],
+                   chains.tool_wait[i, s])
+
+    def __repr__(self) -> str:
+        return (f"Chain({self.chain_id}, active={self.active}, length={self.length}, made={self.made}, "
+                f"tool_wait={self.tool_wait})")
+
+    def quote(self, P: ChainStep, u_init: float):
+        """(memory, initiation, elongation) cost of this step with no budget; changes nothing."""
+        active, length, made, wait = self.active, self.length, self.made, self.tool_wait
+        if active and wait > 0:
+            wait -= 1
+            if wait == 0:
+                length += P.r_tool
+        mem = 0.0
+        if active and P.mem_threshold > 0 and length > P.mem_threshold:
+            mem = P.mem_cost * length
+            length = length / P.mem_factor
+        init = 0.0
+        if not active and u_init < P.p_init:
+            active, length, made, init = True, P.l0, 0.0, P.init_cost
+        el = 0.0
+        if active and wait == 0:
+            d = min(P.rate_dt, P.n_max - made)
+            el = elongation_cost(P.c0, P.c1, length, d if d > 0.0 else 0.0)
+        return mem, init, el
+
+    def tool_return(self, P: ChainStep) -> float:
+        if self.active and self.tool_wait > 0:
+            self.tool_wait -= 1
+            if self.tool_wait == 0:
+                self.length += P.r_tool
+                return P.r_tool
+        return 0.0
+
+    def memory_cost(self, P: ChainStep):
+        """Cost of compressing this chain now (None: not a candidate)."""
+        if self.active and P.mem_threshold > 0 and self.length > P.mem_threshold:
+            return P.mem_cost * self.length
+        return None
+
+    def compress(self, P: ChainStep) -> float:
+        new = self.length / P.mem_factor
+        removed = self.length - new
+        self.length = new
+        return removed
+
+    def wants_start(self, P: ChainStep, u: float) -> bool:
+        return not self.active and u < P.p_init
+
+    def start(self, P: ChainStep) -> None:
+        self.active, self.length, self.made = True, P.l0, 0.0
+
+    def elongation_quote(self, P: ChainStep) -> float:
+        grow = self.active and self.tool_wait == 0
+        d = 0.0
+        if grow:
+            d = min(P.rate_dt, P.n_max - self.made)
+            d = d if d > 0.0 else 0.0
+        self.grow, self.delta = grow, d
+        return elongation_cost(P.c0, P.c1, self.length, d)
+
+    def elongate(self, P: ChainStep, phi: float, u_stop: float, u_tool):
+        """Grow by ``phi`` of the quoted units; terminate or call a tool. Returns (units, cost,
+        units delivered or None, tool calls)."""
+        d = self.delta * phi
+        cost = elongation_cost(P.c0, P.c1, self.length, d)
+        self.length += d
+        self.made += d
+        stop = self.grow and d > 0 and u_stop < -expm1(d * P.log_keep_stop)
+        if self.active and (self.made >= P.n_max or stop):
+            delivered = self.made
+            self.active, self.length, self.made, self.tool_wait = False, 0.0, 0.0, 0
+            return d, cost, delivered, 0
+        if self.grow and d > 0 and P.p_tool > 0 and u_tool < -expm1(d * P.log_keep_tool):
+            self.tool_wait = P.tool_steps
+            return d, cost, None, 1
+        return d, cost, None, 0
+
+
+def chain_quote(chains, P: ChainStep, u_init) -> float:
+    """Currency the chains of one cell would spend this step with no budget (``chain_demand``)."""
+    el = init = mem = 0.0
+    for ch in chains:
+        m, i, e = ch.quote(P, u_init[ch.chain_id])
+        el += e
+        init += i
+        mem += m
+    return el + init + mem
+
+
+def step_chains(chains, P: ChainStep, led: dict, u_init, u_stop, u_tool=None, budget=inf):
+    """One step of one cell's chains (``sim.core.chains.chain_step`` for a cell): tools return,
+    memory compressions and initiations are paid in slot order while their cumulative cost fits
+    the ``budget``; every elongating chain then slows by the same factor if the rest is short;
+    termination and tool calls. Draws are indexed by chain id. Updates ``led``
+    (``CHAIN_LEDGER_FIELDS``); returns ``(spent, units)`` of this step."""
+    left = budget
+    run_mem = mem_sum = 0.0
+    tool_units = removed = 0.0
+    comps = 0
+    for ch in chains:  # 1 tools return, 2 memory module
+        tool_units += ch.tool_return(P)
+        cost = ch.memory_cost(P)
+        if cost is not None:
+            run_mem += cost
+            if run_mem <= left:
+                removed += ch.compress(P)
+                mem_sum += cost
+                comps += 1
+    left -= mem_sum
+    run_init = init_sum = 0.0
+    started = 0
+    for ch in chains:  # 3 initiation
+        if ch.wants_start(P, u_init[ch.chain_id]):
+            run_init += P.init_cost
+            if run_init <= left:
+                ch.start(P)
+                init_sum += P.init_cost
+                started += 1
+    left -= init_sum
+    demand = 0.0
+    for ch in chains:  # 4 elongation demand
+        demand += ch.elongation_quote(P)
+    phi = 1.0
+    avail = left if left > 0.0 else 0.0
+    if demand > avail:
+        phi = avail / demand if demand > 0 else 1.0
+    units = el_sum = delivered_units = 0.0
+    delivered = calls = 0
+    for ch in chains:  # 4 elongate, 5 terminate, 6 tool calls
+        ut = None if u_tool is None else u_tool[ch.chain_id]
+        d, cost, done_units, called = ch.elongate(P, phi, u_stop[ch.chain_id], ut)
+        units += d
+        el_sum += cost
+        if done_units is not None:
+            delivered += 1
+            delivered_units += done_units
+        calls += called
+    spent = el_sum + init_sum + mem_sum
+    led["spent"] += spent
+    led["elongation_spent"] += el_sum
+    led["init_spent"] += init_sum
+    led["memory_spent"] += mem_sum
+    led["units"] += units
+    led["initiated"] += started
+    led["delivered"] += delivered
+    led["delivered_units"] += delivered_units
+    led["tool_calls"] += calls
+    led["tool_units"] += tool_units
+    led["compressions"] += comps
+    led["units_removed"] += removed
+    return spent, units
+
+
 def chain_step_reference(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step, budget=None):
-    """Plain-Python version of :func:`chain_step` (slot by slot, same draws) for agreement tests
-    and as the template of the Mesa chain agents."""
-    act = np.array(chains.active, copy=True)
-    n, s = act.shape
-    length = np.array(chains.length, np.float64, copy=True)
-    made = np.array(chains.made, np.float64, copy=True)
-    wait = np.array(chains.tool_wait, np.int32, copy=True)
-    ids = np.arange(n * s)
-    draws = {p: np.asarray(rng.uniforms(key, step, p, jnp.asarray(ids, jnp.uint32))).reshape(n, s)
-             for p in (CHAIN_INIT, CHAIN_STOP, CHAIN_TOOL)}
-    P = {f.name: np.broadcast_to(np.asarray(getattr(params, f.name)), (n,)) for f in dataclasses.fields(params)}
+    """Plain-Python version of :func:`chain_step` for whole ``(C, S)`` blocks: each cell's slots
+    become :class:`Chain` objects stepped by :func:`step_chains` (the one chain reference, also
+    what the biology reference and the Mesa chain agents run), with the same draws."""
+    n, s = np.shape(chains.active)
+    draws = {p: rng.host_uniforms(key, step, p, n * s).tolist() for p in (CHAIN_INIT, CHAIN_STOP, CHAIN_TOOL)}
+    per_cell = {f.name: np.broadcast_to(np.asarray(getattr(params, f.name)), (n,)) for f in dataclasses.fields(params)}
     dt = float(np.asarray(params.dt).reshape(-1)[0])
-    led = {f.name: np.array(getattr(ledger, f.name), np.float64, copy=True) for f in dataclasses.fields(ledger)}
+    led = {f: np.array(getattr(ledger, f), np.float64, copy=True) for f in CHAIN_LEDGER_FIELDS}
+    out = {f: np.array(getattr(chains, f), copy=True) for f in ("active", "length", "made", "tool_wait")}
     spent = np.zeros(n)
     for c in range(n):
-        g = {k: float(v[c]) for k, v in P.items()}
-        left = math.inf if budget is None else float(budget[c])
-        deltas, info = [0.0] * s, [dict() for _ in range(s)]
-        init_sum, mem_sum, demand = 0.0, 0.0, 0.0
-        run_mem = 0.0
-        for k in range(s):  # tools return, memory module
-            tu, rem, comp = 0.0, 0.0, False
-            if act[c, k] and wait[c, k] > 0:
-                wait[c, k] -= 1
-                if wait[c, k] == 0:
-                    tu = g["r_tool"]
-                    length[c, k] += tu
-            if act[c, k] and g["mem_threshold"] > 0 and length[c, k] > g["mem_threshold"]:
-                cost = g["mem_cost"] * length[c, k]
-                run_mem += cost
-                if run_mem <= left:
-                    comp = True
-                    mem_sum += cost
-                    new = length[c, k] / g["mem_factor"]
-                    rem = length[c, k] - new
-                    length[c, k] = new
-            info[k] = dict(tu=tu, rem=rem, comp=comp, started=False)
-        left -= mem_sum
-        run_init = 0.0
-        for k in range(s):  # initiation
-            if not act[c, k] and draws[CHAIN_INIT][c, k] < -math.expm1(-g["init_rate"] * dt):
-                run_init += g["init_cost"]
-                if run_init <= left:
-                    act[c, k], info[k]["started"] = True, True
-                    length[c, k], made[c, k] = g["l0"], 0.0
-                    init_sum += g["init_cost"]
-        left -= init_sum
-        for k in range(s):  # elongation demand
-            grow = bool(act[c, k] and wait[c, k] == 0)
-            d = max(min(g["rate"] * dt, g["n_max"] - made[c, k]), 0.0) if grow else 0.0
-            deltas[k] = d
-            demand += elongation_cost(g["c0"], g["c1"], length[c, k], d)
-            info[k]["grow"] = grow
-        phi = 1.0
-        if budget is not None:
-            avail = max(left, 0.0)
-            if demand > avail:
-                phi = avail / demand if demand > 0 else 1.0
-        units = delivered = delivered_units = calls = 0.0
-        el_sum = 0.0
-        for k in range(s):
-            d = deltas[k] * phi
-            cost = elongation_cost(g["c0"], g["c1"], length[c, k], d)
-            el_sum += cost
-            length[c, k] += d
-            made[c, k] += d
-            units += d
-            stop = info[k]["grow"] and d > 0 and draws[CHAIN_STOP][c, k] < -math.expm1(d * math.log1p(-g["p_stop"]))
-            done = bool(act[c, k]) and (made[c, k] >= g["n_max"] or stop)
-            if done:
-                delivered += 1
-                delivered_units += made[c, k]
-            elif (info[k]["grow"] and d > 0 and g["p_tool"] > 0
-                  and draws[CHAIN_TOOL][c, k] < -math.expm1(d * math.log1p(-g["p_tool"]))):
-                wait[c, k] = int(P["tool_steps"][c])
-                calls += 1
-            if done:
-                act[c, k], length[c, k], made[c, k], wait[c, k] = False, 0.0, 0.0, 0
-            led["tool_units"][c] += info[k]["tu"]
-            led["units_removed"][c] += info[k]["rem"]
-            led["compressions"][c] += info[k]["comp"]
-            led["initiated"][c] += info[k]["started"]
-        spent[c] = el_sum + init_sum + mem_sum
-        led["spent"][c] += spent[c]
-        led["elongation_spent"][c] += el_sum
-        led["init_spent"][c] += init_sum
-        led["memory_spent"][c] += mem_sum
-        led["units"][c] += units
-        led["delivered"][c] += delivered
-        led["delivered_units"][c] += delivered_units
-        led["tool_calls"][c] += calls
-    return ChainSlots(act, length, made, wait), ChainLedger(**led), spent
+        g = {k: v[c].item() for k, v in per_cell.items()}
+        P = ChainStep(rate_dt=g["rate"] * dt, c0=g["c0"], c1=g["c1"], p_stop=g["p_stop"], n_max=g["n_max"],
+                      l0=g["l0"], p_init=-math.expm1(-g["init_rate"] * dt), init_cost=g["init_cost"],
+                      p_tool=g["p_tool"], tool_steps=int(g["tool_steps"]), r_tool=g["r_tool"],
+                      mem_threshold=g["mem_threshold"], mem_factor=g["mem_factor"], mem_cost=g["mem_cost"])
+        cell = [Chain.from_state(chains, c, k) for k in range(s)]
+        cell_led = {f: 0.0 for f in CHAIN_LEDGER_FIELDS}
+        spent[c], _ = step_chains(cell, P, cell_led, draws[CHAIN_INIT], draws[CHAIN_STOP], draws[CHAIN_TOOL],
+                                  math.inf if budget is None else float(budget[c]))
+        for k, ch in enumerate(cell):
+            out["active"][c, k], out["length"][c, k] = ch.active, ch.length
+            out["made"][c, k], out["tool_wait"][c, k] = ch.made, ch.tool_wait
+        for f in CHAIN_LEDGER_FIELDS:
+            led[f][c] += cell_led[f]
+    return ChainSlots(**out), ChainLedger(**led), spent
+
+

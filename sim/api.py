@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from sim import determinism, substrates
+from sim.core import cache
 from sim.core import engine
 from sim.errors import ConfigError, NumericalError
 
@@ -59,6 +60,7 @@ def prepare(cfg):
     sub.validate(cfg)
     # before anything touches JAX: the no-FMA flag is read when the backend starts (sim.determinism)
     determinism.configure(cfg.get("deterministic_reductions") is True)
+    cache.configure(cfg.get("compile_cache", "auto"))
     return cfg, sub, sub.build(cfg)
 
 
@@ -119,6 +121,7 @@ def _run_experiment(kind: str, plain: dict, run_dir) -> RunOutput:
 
     # first, before anything starts the JAX backend (sim.determinism); validation refuses a non-bool
     determinism.configure(plain.get("deterministic_reductions") is True)
+    cache.configure(plain.get("compile_cache", "auto"))
     fn = experiments.get(kind)
     if fn is None:
         raise ConfigError("experiment.kind", kind, "one of " + ", ".join(sorted(set(experiments.kinds()) | set(RUN_KINDS))))

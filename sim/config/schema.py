@@ -56,6 +56,7 @@ class RunSchema:
     figures: bool = True
     checkpoint_every: int = 0
     resume: Optional[str] = None
+    compile_cache: Any = "auto"  # sim.core.cache: auto | a folder | null (off)
     params: ParamsSchema = field(default_factory=ParamsSchema)
     topology: TopologySchema = field(default_factory=TopologySchema)
     experiment: ExperimentSchema = field(default_factory=ExperimentSchema)

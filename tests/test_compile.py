@@ -75,3 +75,35 @@ def test_new_shape_compiles(tissue):
     _run(tissue, tissue.params, replicates=7)
     assert engine.CACHE.compiles == before + 1
     assert len(_events) > before_events
+
+
+SHARDED_CHILD = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import sim.api
+from sim import rng
+from sim.core import engine
+from sim.core.config import compose
+cfg, sub, built = sim.api.prepare(compose(["substrate=generic", "topology=ring", "topology.n_cells=4", "compile_cache=null"]))
+kw = dict(seed=1, steps=40, record_every=10, replicates=4)
+plain = engine.run(sub, built.state, built.params, **kw)
+over = NamedSharding(Mesh(np.array(jax.devices()), ("replicate",)), P("replicate"))
+state = jax.tree_util.tree_map(lambda x: jax.device_put(x, over), engine.broadcast_state(built.state, 4))
+sharded = engine.run(sub, state, built.params, keys=jax.device_put(rng.replicate_keys(1, 4), over), **kw)
+same = all(np.array_equal(plain.records[k], sharded.records[k]) for k in sub.record_fields)
+print(len(jax.devices()), engine.CACHE.compiles, same)
+"""
+
+
+def test_replicates_sharded_over_two_devices_compile_their_own_executable_and_agree(tmp_path):
+    """The executable cache keys on placement too: the same shapes sharded over two (forced host)
+    devices get their own executable instead of failing on the single-device one, with equal records."""
+    from _support import run_child
+
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_CHILD)
+    res = run_child([str(script)])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["2", "2", "True"]

@@ -94,13 +94,23 @@ def scan_records(step_fn, observe_fn, state, params, key, n_records: int, record
     return jax.lax.scan(outer, state, None, length=n_records)
 
 
+def _placement(x):
+    """The sharding of an array spread over several devices (None for one device or host memory):
+    an executable compiled for one placement cannot run arrays laid out another way."""
+    sharding = getattr(x, "sharding", None)
+    if sharding is None or len(sharding.device_set) <= 1:
+        return None
+    return sharding
+
+
 def _signature(tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((np.shape(x), jnp.asarray(x).dtype.name) for x in leaves)
+    return treedef, tuple((np.shape(x), jnp.asarray(x).dtype.name, _placement(x)) for x in leaves)
 
 
 def signature_key(*trees) -> tuple:
-    """Shapes, dtypes and tree structure of ``trees``: what decides whether XLA must recompile."""
+    """Shapes, dtypes, placements and tree structure of ``trees``: what decides whether XLA must
+    recompile."""
     return tuple(_signature(t) for t in trees)
 
 

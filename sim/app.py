@@ -50,6 +50,7 @@ from sim.io import remove_temporaries, write_dataset_npz, write_json, write_netc
 
 GROUPS = tuple(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())) if CONF_DIR.is_dir() else ()
 EXIT_CONFIG, EXIT_NUMERICAL, EXIT_FAILED = 2, 3, 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (SIGTERM: 143)
 FALLBACK_RESULTS = "results.fallback.npz"  # the dataset, when results.nc cannot be written
 HYDRA_SUBDIR = ".hydra"  # where a run folder keeps its config (Hydra's default output_subdir)
 
@@ -211,6 +212,15 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
         if debug:
             traceback.print_exc()
         code = EXIT_CONFIG
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (sim.errors.Interrupted): say how to go on
+        name = getattr(exc, "signal_name", "SIGINT")
+        if holds_checkpoint(out_dir):
+            how = f"continue with: python -m sim resume={out_dir}"
+        else:
+            how = "no checkpoint to resume from (run with checkpoint_every > 0 to make a long run resumable)"
+        summary.update(status="interrupted", reason=f"interrupted by {name}; {how}")
+        print(f"error: interrupted by {name}; {how}", file=sys.stderr)
+        code = getattr(exc, "exit_code", EXIT_INTERRUPTED)
     except Exception as exc:  # any other failure: record it, keep what was computed
         reason = f"{type(exc).__name__}: {exc}"
         if holds_checkpoint(out_dir):
@@ -430,6 +440,17 @@ def entry() -> None:
     from sim import sweep
 
     sweep.reset()
+    import signal
+
+    from sim.errors import Interrupted
+
+    def terminated(signum, frame):
+        raise Interrupted()
+
+    try:  # SIGTERM ends a run like Ctrl-C (a summary that says so, the checkpoint kept)
+        signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread
+        pass
     argv = sys.argv[1:]
     debug = _debug_flag(argv)
     os.environ.setdefault("HYDRA_FULL_ERROR", "1" if debug else "0")

@@ -13,6 +13,14 @@ class ConfigError(SimError, ValueError):
         super().__init__(f"invalid config: {key}={value!r}; allowed: {allowed}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by ``python -m sim`` so a terminated run ends like Ctrl-C:
+    one line, ``summary.json`` saying ``interrupted`` and how to resume, the checkpoint kept."""
+
+    signal_name = "SIGTERM"
+    exit_code = 143  # 128 + 15
+
+
 class NumericalError(SimError, FloatingPointError):
     """A NaN, Inf, negative or otherwise impossible value (an invariant of the substrate broke),
     with where it appeared: step, replicate, compartment (``cell``, called ``compartment`` in the

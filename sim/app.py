@@ -132,7 +132,7 @@ def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
     and the exit code is 2 (one line naming ``resume``, or ``hydra.run.dir`` for a fresh run, the
     folder and the holder). A fresh run (no ``resume``) aimed at a folder that holds another run's
     checkpoint is refused the same way, naming ``hydra.run.dir`` (see the module docstring)."""
-    from sim.checkpoint import holds_checkpoint, occupied_refusal
+    from sim.checkpoint import finished_refusal, holds_checkpoint, holds_finished_run, occupied_refusal
 
     out_dir = Path(out_dir)
     try:
@@ -144,6 +144,8 @@ def execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
         with runlock.hold(out_dir, key=key):
             if not resuming and holds_checkpoint(out_dir):
                 raise occupied_refusal(out_dir, key)
+            if not resuming and holds_finished_run(out_dir):
+                raise finished_refusal(out_dir, key)
             return _execute(cfg, out_dir, quiet=quiet)
     except ConfigError as exc:  # (only the lock and folder refusals get here: _execute catches its own)
         _print_config_error(exc)
@@ -317,7 +319,7 @@ def main(cfg: DictConfig) -> None:
     """The Hydra task. It never raises: in a sweep an exception would make Hydra stop the sweep
     before its table is collected, so any unexpected failure is reported (one line, exit code 4,
     ``summary.json`` failed where it can still be written) like a failed run."""
-    from sim.checkpoint import holds_checkpoint, occupied_refusal
+    from sim.checkpoint import finished_refusal, holds_checkpoint, holds_finished_run, occupied_refusal
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -327,6 +329,8 @@ def main(cfg: DictConfig) -> None:
             resume = cfg.get("resume")
             if not resume and holds_checkpoint(out_dir):  # another run's: write nothing there
                 raise occupied_refusal(out_dir, key)
+            if not resume and holds_finished_run(out_dir):  # an ended run's: never overwrite it
+                raise finished_refusal(out_dir, key)
             write_hydra_files(cfg, out_dir)
             if resume:
                 code = resume_run(resume, {"debug": cfg.get("debug") is True})

@@ -108,6 +108,24 @@ def occupied_refusal(run_dir, key: str = "run_dir") -> ConfigError:
     )
 
 
+FINISHED_MARKS = ("summary.json", "results.nc")  # what a run that ended (ok or not) leaves behind
+
+
+def holds_finished_run(run_dir) -> bool:
+    """Whether ``run_dir`` holds what an ended run wrote: every run that ends writes its
+    ``summary.json`` (a file; anything else there is not a run's)."""
+    return (Path(run_dir) / "summary.json").is_file()
+
+
+def finished_refusal(run_dir, key: str = "run_dir") -> ConfigError:
+    """The refusal of a fresh run aimed at a folder holding an ended run (its files are not touched)."""
+    return ConfigError(
+        key, str(run_dir),
+        "a folder without an ended run (it holds " + " and ".join(n for n in FINISHED_MARKS if (Path(run_dir) / n).is_file())
+        + " of a run that ended: choose another folder, or remove them there; nothing was written)",
+    )
+
+
 class Checkpointer:
     """Engine ``checkpoint`` callback: collects each chunk's records, saves every ``every`` chunks.
 

@@ -22,7 +22,7 @@ from sim.experiments.analogy import ROWS
 from sim.substrates.llm.build import compose
 
 SMALL = ["experiment=analogy", "topology.n_cells=6", "replicates=1", "analogy.step_time_s=20",
-         "analogy.after_s=30", "analogy.window_s=10", "chunk_records=50"]
+         "analogy.after_s=50", "analogy.window_s=10", "chunk_records=50"]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,13 @@ def test_bio_chains_cost_linear(cascade):
 def test_llm_exponent_approaches_two_for_long_contexts(cascade):
     s = cascade.summary
     assert s["exponent_llm_short"] == pytest.approx(1.0, abs=0.05)
+    # inside the context window (1,000-8,192 tokens) the cost is still nearly linear
+    assert 1.0 < s["exponent_llm_window"] < s["exponent_llm_local_at_window"] < 1.2
+    assert s["exponent_llm_window_range_tokens"][1] <= s["llm_context_window_tokens"]
+    # 1e6-1e7 tokens is beyond the window: an extrapolation, and reported as one
     assert 1.9 < s["exponent_llm_long"] < 2.0
+    assert s["exponent_llm_long_extrapolated"] == s["exponent_llm_long"] and s["long_context_beyond_window"]
+    assert "exponent_llm_long" in s["extrapolated_keys"] and "exponent_llm_window" not in s["extrapolated_keys"]
     series = cascade.dataset["series"].values
     length = cascade.dataset["length"].values[series == "llm"]
     cost = cascade.dataset["cost_per_chain"].values[series == "llm"]

@@ -39,3 +39,20 @@ def test_an_interrupted_run_says_so_and_can_be_resumed(tmp_path, sig, code):
         assert resume_run(out, quiet=True) == 0
         done = json.loads((out / "summary.json").read_text())
         assert done["status"] == "ok" and not (out / "checkpoint").exists()
+
+
+def test_a_run_into_a_folder_holding_an_ended_run_is_refused_and_touches_nothing(tmp_path):
+    """(issue 16, item 9) A refused or fresh run aimed at a finished run's folder writes nothing there."""
+    from _support import run_child
+
+    out = tmp_path / "run"
+    base = ["-m", "sim", "substrate=generic", "topology=ring", "topology.n_cells=3", "steps=40", "record_every=10",
+            "replicates=1", "figures=false", f"hydra.run.dir={out}"]
+    assert run_child(base).returncode == 0
+    before = {p.name: p.read_bytes() for p in [out / "summary.json", out / "results.nc", out / ".hydra" / "config.yaml"]}
+    for extra in (["params.demand_scale=-1"], ["seed=5"]):
+        res = run_child(base + extra)
+        assert res.returncode == 2, res.stderr
+        assert "hydra.run.dir" in res.stderr and "ended run" in res.stderr and "Traceback" not in res.stderr
+    after = {p.name: p.read_bytes() for p in [out / "summary.json", out / "results.nc", out / ".hydra" / "config.yaml"]}
+    assert after == before

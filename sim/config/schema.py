@@ -70,6 +70,8 @@ class RunSchema:
     serving: Any = None
     cascade: Any = None
     analogy: Any = None  # experiment=analogy: step, windows, cascade lengths and the LLM preset
+    study: Any = None  # experiment=study: batched parameter study (sim.core.study)
+    sensitivity: Any = None  # experiment=sensitivity: SALib Sobol / Morris over the batched path
 
 
 def register() -> None:

@@ -157,6 +157,10 @@ def options(cfg: dict) -> dict:
     out = {"step_factor": num(cfg, "analogy.step_factor", 0, strict=True, what="a finite number")}
     for key in ("step_time_s", "after_s", "window_s"):
         out[key] = num(cfg, f"analogy.{key}", 0, strict=True, what="a finite number")
+    adapt = a.get("bio_biogenesis", False)
+    if not isinstance(adapt, bool):
+        raise ConfigError("analogy.bio_biogenesis", adapt, "true or false")
+    out["bio_biogenesis"] = adapt
     c = a.get("cascade")
     if not isinstance(c, dict):
         raise ConfigError("analogy.cascade", c, "a mapping with bio_lengths, llm_lengths, short_max_tokens, long_min_tokens")
@@ -288,15 +292,22 @@ def response(times, x, noise_ref, *, t_step: float, i_step: int, pre, post) -> d
             k = int(hit[0]) + 1
             f0, f1 = min(f[k - 1], E_FOLD), f[k]
             tau = float(t[k - 1] + (E_FOLD - f0) / (f1 - f0) * (t[k] - t[k - 1])) if f1 > f0 else float(t[k])
-    slope = float(np.polyfit(times[post], x[post], 1)[0]) if len(post) > 2 else 0.0
+    slope, noise_post = 0.0, 0.0
+    if len(post) > 2:
+        coef = np.polyfit(times[post], x[post], 1)
+        slope = float(coef[0])
+        noise_post = float(np.std(x[post] - np.polyval(coef, times[post])))  # fluctuations about the trend
     drift = slope * float(times[post][-1] - times[post][0])
     return {"before": before, "after": after, "rel_change": change / before if before else float("nan"),
-            "relaxation_s": tau, "noise": noise, "drift": drift, "change": change}
+            "relaxation_s": tau, "noise": noise, "noise_after": noise_post, "drift": drift, "change": change}
 
 
 def _small_drift(r: dict) -> bool:
-    """The post-step window is steady: its drift is below max(10% of the change, 3 noise SDs)."""
-    return abs(r["drift"]) <= max(0.1 * abs(r["change"]), 3.0 * r["noise"])
+    """The post-step window is steady: its drift is below max(10% of the change, 3 noise SDs), the
+    noise being the larger of the pre-step window's and the post-step window's own fluctuations
+    about its trend (a loaded queue fluctuates more than an idle one: a trend within them is not a
+    drift)."""
+    return abs(r["drift"]) <= max(0.1 * abs(r["change"]), 3.0 * max(r["noise"], r.get("noise_after", 0.0)))
 
 
 def _windows(counts):
@@ -320,6 +331,9 @@ def step_demand(sub, params, factor: float):
 def run_bio(cfg: dict, opt: dict, ph: dict):
     """Build the biology tissue; returns (model, the stepped params, a phase runner)."""
     cfg, sub, model = prepare(cfg)
+    if not opt["bio_biogenesis"]:  # the fast (metabolic) response only: no producer adaptation
+        p = model.params
+        model = dataclasses.replace(model, params=dataclasses.replace(p, birth_rate=np.zeros_like(p.birth_rate)))
     p = model.params
     f = opt["step_factor"]
     stepped = step_demand(sub, p, f)

@@ -6,10 +6,13 @@ elongation steps and the ledger gives the currency per chain:
 
 - ``bio``: protein synthesis, 4 ATP per amino acid, constant cost per unit (c1 = 0): cost = 4 L,
   exponent 1.
-- ``llm``: a decode stream costed in FLOPs, c(L) = 2N + 2 n_layer d L (Kaplan et al. 2020): cost =
-  2N L + n_layer d L^2; linear while L << L* = 2N / (n_layer d) (~122k tokens for Llama-3-8B),
-  quadratic beyond: the fitted exponent approaches 2 for long contexts. Lengths beyond the model's
-  context window are the same architecture extrapolated (long-context variants share it).
+- ``llm``: a decode stream costed in FLOPs, c(L) = 2N + 4 n_layer d L (weights, plus ``QK^T`` and
+  ``AV``): cost = 2N L + 2 n_layer d L^2; linear while L << L* = N / (n_layer d) (~61k tokens for
+  Llama-3-8B), quadratic beyond. The exponent is fitted inside the model's context window
+  (``exponent_llm_window``: lengths from ``window_fit_min`` to ``max_context``, 1.06 for Llama-3-8B);
+  lengths beyond the window are the same architecture extrapolated (long-context variants share
+  it), and every exponent fitted there is reported as an extrapolation (``*_extrapolated`` keys,
+  ``extrapolated_keys``).
 - ``llm_tools``: tool calls with probability ``p_per_token`` append ``tokens`` each (retrieval),
   which every later token pays for (at most one call per chain per step).
 - ``llm_memory``: a memory module compresses the context past ``threshold_tokens`` by ``factor``
@@ -172,11 +175,12 @@ def plain_chain_costs(c0, c1, lengths, *, chain_steps: int = 400, dt: float = 1.
 
 
 def roofline_time(model, gpu, lengths) -> np.ndarray:
-    """s to decode a chain of L tokens alone (batch 1) on the roofline: sum over its tokens."""
+    """s to decode a chain of L tokens alone (batch 1, one GPU) on the roofline at the achieved
+    FLOP/s and bandwidth: sum over its tokens."""
     out = []
     for L in lengths:
         grid = np.linspace(0.0, L, 2001)
-        t = specs.decode_step_time(model, gpu.peak_flops, gpu.bandwidth, 1.0, grid, xp=np)
+        t = specs.decode_step_time(model, gpu.achieved_flops, gpu.achieved_bandwidth, 1.0, grid, xp=np)
         out.append(float(np.trapezoid(t, grid)))
     return np.array(out)
 
@@ -223,7 +227,7 @@ def agent_loops(cfg: dict) -> dict:
                           f"{m0.model.max_context} of {m0.model.name} without memory")
     params = stack_params([m.params for m in models])
     # steps: each turn takes its prefill, o tokens of decode and one step in the queue
-    per_turn = o * specs.decode_step_time(m0.model, m0.gpu.peak_flops, m0.gpu.bandwidth, 1, b + max(turns) * k)
+    per_turn = o * specs.instance_step_time(m0.model, m0.gpu, 1, b + max(turns) * k, m0.n_gpus)
     dt = float(np.asarray(m0.params.dt))
     steps = int(np.ceil(max(turns) * (per_turn / dt + 3) * 1.5)) + 10
     every = 10
@@ -267,26 +271,61 @@ def run_cascade(cfg: dict) -> RunOutput:
         m = (series == name) & (length >= lo) & (length <= hi)
         return length[m], cost[m]
 
+    window = float(model.max_context)
+    win_min = _num(c, "window_fit_min", 0, strict=True) if "window_fit_min" in c else 1000.0
     summary = {"status": "ok", "model": model.name, "gpu": gpu.name, "currency_unit": "ATP (bio), FLOP (llm)"}
     summary["exponent_bio"] = fit_exponent(*sel("bio"))
     l_llm, c_llm = sel("llm")
-    summary["exponent_llm"] = fit_exponent(l_llm, c_llm)
+    summary["llm_context_window_tokens"] = window
+    # inside the window: what the model actually runs
+    l_win, c_win = sel("llm", lo=win_min, hi=window)
+    if l_win.size < 2:
+        raise ConfigError("cascade.llm_lengths", l_llm.tolist(), f"at least 2 lengths in [window_fit_min={win_min:g}, "
+                          f"max_context={window:g}] of {model.name}")
+    summary["exponent_llm_window"] = fit_exponent(l_win, c_win)
+    summary["exponent_llm_window_range_tokens"] = [float(l_win.min()), float(l_win.max())]
+    c0, c1 = model.flops_per_token, model.flops_per_token_per_ctx
+    # d ln(c0 L + c1 L^2 / 2) / d ln L at the window's end (closed form)
+    summary["exponent_llm_local_at_window"] = float((c0 + c1 * window) / (c0 + 0.5 * c1 * window))
     summary["exponent_llm_short"] = fit_exponent(*sel("llm", hi=1e3))
+    # over all lengths and beyond the window: the architecture extrapolated
+    summary["exponent_llm"] = fit_exponent(l_llm, c_llm)
+    summary["exponent_llm_all_lengths_extrapolated"] = summary["exponent_llm"]
     summary["exponent_llm_long"] = fit_exponent(*sel("llm", lo=long_min))
+    summary["exponent_llm_long_extrapolated"] = summary["exponent_llm_long"]
     summary["exponent_llm_memory_long"] = fit_exponent(*sel("llm_memory", lo=long_min))
+    summary["exponent_llm_memory_long_extrapolated"] = summary["exponent_llm_memory_long"]
+    summary["long_context_min_tokens"] = float(long_min)
+    summary["long_context_beyond_window"] = bool(long_min > window)
     l_tool, c_tool = sel("llm_tools")
     summary["exponent_llm_tools"] = fit_exponent(l_tool, c_tool)
     summary["exponent_llm_same_range_as_tools"] = fit_exponent(*sel("llm", lo=l_tool.min(), hi=l_tool.max()))
-    summary["crossover_length_tokens"] = 2.0 * model.flops_per_token / model.flops_per_token_per_ctx
+    summary["crossover_length_tokens"] = 2.0 * c0 / c1
+    summary["crossover_beyond_window"] = bool(summary["crossover_length_tokens"] > window)
     summary["llm_flops_per_chain_at_max_length"] = float(c_llm[-1])
+    summary["llm_flops_per_chain_at_window"] = float(np.interp(window, l_llm, c_llm))
     mem_l, mem_c = sel("llm_memory")
     summary["memory_cost_ratio_at_max_length"] = float(mem_c[-1] / c_llm[-1])
     base_at_tool = np.interp(l_tool[-1], l_llm, c_llm)
     summary["tools_cost_ratio_at_max_tool_length"] = float(c_tool[-1] / base_at_tool)
     summary["bio_atp_per_chain_at_400_aa"] = float(np.interp(400.0, *sel("bio")))
     t_dec = roofline_time(model, gpu, l_llm)
+    in_win = (l_llm >= win_min) & (l_llm <= window)
+    summary["exponent_llm_decode_time_window"] = fit_exponent(l_llm[in_win], t_dec[in_win])
     summary["exponent_llm_decode_time_long"] = fit_exponent(l_llm[l_llm >= long_min], t_dec[l_llm >= long_min])
+    summary["exponent_llm_decode_time_long_extrapolated"] = summary["exponent_llm_decode_time_long"]
     summary["llm_decode_energy_j_at_max_length"] = float(t_dec[-1] * gpu.power_decode_w)
+    summary["llm_decode_energy_j_at_window"] = float(np.interp(window, l_llm, t_dec) * gpu.power_decode_w)
+    beyond = []
+    if long_min > window:
+        beyond += ["exponent_llm_long", "exponent_llm_memory_long", "exponent_llm_decode_time_long",
+                   "llm_decode_energy_j_at_max_length", "llm_flops_per_chain_at_max_length",
+                   "memory_cost_ratio_at_max_length"]
+    if l_llm.max() > window:
+        beyond.append("exponent_llm")
+    if l_tool.max() > window:
+        beyond += ["exponent_llm_tools", "exponent_llm_same_range_as_tools", "tools_cost_ratio_at_max_tool_length"]
+    summary["extrapolated_keys"] = beyond
     T = loops["turns"]
     summary["loop_b_tokens"], summary["loop_k_tokens"] = loops["b"], loops["k"]
     summary["loop_input_tokens"] = loops["tokens_in"].tolist()

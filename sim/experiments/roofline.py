@@ -3,7 +3,9 @@
 ``python -m sim experiment=roofline model=llama3_8b gpu=h100 batch=32 context=2048`` runs a fixed
 batch of ``batch`` decode streams, each holding ``context`` tokens, on the LLM engine with the
 context frozen (no arrivals, no growth), and writes ``tokens_per_s``, ``step_time_s`` and
-``joules_per_token`` (at ``roofline.power_state``, default ``decode``) to summary.json, next to
+``joules_per_token`` (at ``roofline.power_state``, default ``decode``: idle + (TDP - idle) x the
+achieved bandwidth fraction) to summary.json, at the achieved (not peak) FLOP/s and bandwidth of
+``conf/gpu`` and with the tensor-parallel all-reduces on ``gpus_per_model > 1``, next to
 the closed-form roofline values (``analytic_*``) they must equal. Refused with a ConfigError: a
 model whose weights do not fit the GPU memory, ``batch x context`` beyond the KV capacity, a
 context beyond the model's window.
@@ -47,9 +49,12 @@ def calculator_config(cfg: dict) -> tuple[dict, int, int, str]:
     sub = dict(cfg.get("substrate") or {})
     n_gpus = sub.get("gpus_per_model", 1)
     util = sub.get("gpu_memory_utilization", 0.9)
+    act = sub.get("activation_reserve_gib", specs.ACTIVATION_RESERVE_GIB)
     if isinstance(n_gpus, bool) or not isinstance(n_gpus, int) or n_gpus < 1:
         raise ConfigError("substrate.gpus_per_model", n_gpus, "an integer >= 1")
-    cap = specs.check_fits(model, gpu, n_gpus, util)
+    if isinstance(act, bool) or not isinstance(act, (int, float)) or not math.isfinite(act) or act < 0:
+        raise ConfigError("substrate.activation_reserve_gib", act, "a reserve >= 0 (GiB per GPU)")
+    cap = specs.check_fits(model, gpu, n_gpus, util, act)
     if context > model.max_context:
         raise ConfigError("context", context, f"at most model.max_context={model.max_context} tokens of {model.name}")
     if batch * context > cap:
@@ -57,7 +62,8 @@ def calculator_config(cfg: dict) -> tuple[dict, int, int, str]:
             "batch", batch,
             f"a batch the KV cache holds: batch x context = {batch} x {context} = {batch * context:,} tokens > KV "
             f"capacity {cap:,.0f} tokens ({model.name} on {n_gpus} x {gpu.name}: {util:.0%} of "
-            f"{n_gpus * gpu.hbm_bytes / 1e9:.0f} GB minus {model.weight_bytes / 1e9:.1f} GB of weights); "
+            f"{n_gpus * gpu.hbm_bytes / 1e9:.1f} GB minus {model.weight_bytes / 1e9:.1f} GB of weights and "
+            f"{act:g} GiB of activations per GPU); "
             f"at context {context} at most batch={int(cap // context)}",
         )
     slots = max(64, 1 << math.ceil(math.log2(batch)))  # one compiled shape for batches up to 64, 128, ...
@@ -113,6 +119,12 @@ def run_roofline(cfg: dict) -> RunOutput:
         "analytic_tokens_per_s": analytic["tokens_per_s"],
         "analytic_step_time_s": analytic["step_time_s"],
         "analytic_joules_per_token": analytic["joules_per_token"],
+        "allreduce_time_s": analytic["allreduce_time_s"],
+        "perfect_scaling_step_time_s": analytic["perfect_scaling_step_time_s"],
+        "hbm_bandwidth_utilization": analytic["hbm_bandwidth_utilization"],
+        "flops_utilization": analytic["flops_utilization"],
+        "compute_efficiency": llm.gpu.compute_efficiency,
+        "bandwidth_efficiency": llm.gpu.bandwidth_efficiency,
         "engine_vs_analytic_rel_error": abs(tokens_per_s / analytic["tokens_per_s"] - 1.0),
         "memory_bound": analytic["memory_bound"],
         "arithmetic_intensity_flop_per_byte": analytic["arithmetic_intensity_flop_per_byte"],

@@ -189,6 +189,7 @@ def build(cfg, dtype=np.float64) -> Model:
     uptake = _num(sub, "supply.uptake_per_s", 0) * _lognormal_mult(rng, _num(sub, "supply.uptake_cv", 0), n)
     demand_mult = _lognormal_mult(rng, _num(sub, "consumers.demand_cv", 0), n)
     zeros_c = np.zeros(n, dtype)
+    birth_ec_set = _num(sub, "producers.birth_set_energy_charge", 0, 1)
     cells = Cells(
         pools=pools,
         alive=np.ones(n, bool),
@@ -197,6 +198,8 @@ def build(cfg, dtype=np.float64) -> Model:
         uptake=uptake.astype(dtype),
         demand_mult=demand_mult.astype(dtype),
         maintenance=np.ones(n, dtype),
+        # the energy-stress sensor starts unstressed, at its set point (a cell adapted to rest)
+        ec_slow=np.full(n, birth_ec_set, dtype),
     )
     producers = Producers(
         kind=np.tile(np.array(slot_kind, np.int32), (n, 1)),
@@ -263,7 +266,9 @@ def build(cfg, dtype=np.float64) -> Model:
         repair_rate=p(_num(sub, "producers.repair_per_s", 0)),
         repair_cost=p(_num(sub, "producers.repair_cost_mm", 0)),
         birth_rate=p(_num(sub, "producers.birth_per_s", 0)),
-        birth_min_ec=p(_num(sub, "producers.birth_min_energy_charge", 0, 1)),
+        birth_ec_set=p(birth_ec_set),
+        birth_ec_span=p(_num(sub, "producers.birth_span_energy_charge", 0, 1, strict_min=True)),
+        birth_tau=p(_num(sub, "producers.birth_sensor_tau_s", 0, strict_min=True)),
         birth_cost=p(_num(sub, "producers.birth_cost_mm", 0)),
         tier_reserve=np.asarray([float(r) for r in reserve], dtype),
         stress_threshold=p(_num(sub, "cell.stress_threshold", 0, 1)),

@@ -43,8 +43,10 @@ class Params:
     hazard_beta: object  # hazard = hazard0 * exp(beta * (1 - health))
     repair_rate: object  # 1/s: repair restores repair_rate * (1 - health) health per s
     repair_cost: object  # mM ATP per unit health restored
-    birth_rate: object  # 1/s per cell while energy charge > birth_min_ec
-    birth_min_ec: object  # energy charge threshold for biogenesis
+    birth_rate: object  # 1/s per cell at full energy stress (ec_slow <= birth_ec_set - birth_ec_span)
+    birth_ec_set: object  # set point: no biogenesis while the slow energy charge is at or above it
+    birth_ec_span: object  # energy-charge deficit below the set point at which biogenesis runs at birth_rate
+    birth_tau: object  # s, time constant of the slow energy-charge signal (Cells.ec_slow)
     birth_cost: object  # mM ATP per producer made
     # consumers
     tier_reserve: object  # (N_TIERS,) mM ATP a tier cannot draw below (energy-sensing priority)
@@ -77,5 +79,6 @@ SWEEPABLE = (
     "hazard0",
     "repair_rate",
     "birth_rate",
+    "birth_ec_set",
     "k_ak",
 )

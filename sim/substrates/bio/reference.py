@@ -76,7 +76,7 @@ class Consumer:
 
 # state (``sim.substrates.bio.state.Cells``) and ledger (``sim.substrates.bio.state.Ledger``) fields a Cell steps; the other
 # fields of ``Cells`` are constant in a run and the consumer lines of the ledger live on Consumer
-CELL_FIELDS = ("pools", "alive", "stress", "maintenance")
+CELL_FIELDS = ("pools", "alive", "stress", "maintenance", "ec_slow")
 CELL_LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(Ledger) if f.name not in ("spent", "work"))
 
 
@@ -168,8 +168,10 @@ class ReferenceBio:
         self.hazard_beta = f(params.hazard_beta)
         self.repair_rate = f(params.repair_rate)
         self.repair_cost = f(params.repair_cost)
-        self.birth_p = -expm1(-f(params.birth_rate) * dt)
-        self.birth_min_ec = f(params.birth_min_ec)
+        self.birth_rate = f(params.birth_rate)
+        self.birth_ec_set = f(params.birth_ec_set)
+        self.birth_ec_span = f(params.birth_ec_span)
+        self.birth_alpha = -expm1(-dt / f(params.birth_tau))
         self.birth_cost = f(params.birth_cost)
         self.stress_threshold = f(params.stress_threshold)
         self.stress_death_s = f(params.stress_death_s)
@@ -567,14 +569,21 @@ class ReferenceBio:
         return self.draws(rng.PRODUCER_BIRTH, self.n)
 
     def producer_biogenesis_cell(self, cell: Cell, u) -> None:
-        """A new producer (health 1) in the first free slot, paid in ATP (-> ADP + Pi); ``u`` by cell."""
+        """Update the slow energy-charge signal, then a new producer (health 1) in the first free
+        slot with probability 1 - exp(-rate dt), rate = birth_rate x the clipped deficit of the
+        signal below its set point; paid in ATP (-> ADP + Pi); ``u`` by cell."""
         if not cell.alive:
             return
         pools = cell.pools
         a, d, m = pools[ATP], pools[ADP], pools[AMP]
         total = a + d + m
         ec = (a + 0.5 * d) / total if total > 0 else 0.0
-        if not (ec > self.birth_min_ec and a >= self.birth_cost and u[cell.index] < self.birth_p):
+        ec_slow = cell.ec_slow + self.birth_alpha * (ec - cell.ec_slow)
+        cell.ec_slow = ec_slow
+        x = (self.birth_ec_set - ec_slow) / self.birth_ec_span
+        x = 0.0 if x < 0.0 else (1.0 if x > 1.0 else x)
+        p_birth = -expm1(-(self.birth_rate * x) * self.dt)
+        if not (a >= self.birth_cost and u[cell.index] < p_birth):
             return
         for p in cell.producers:
             if not p.alive:

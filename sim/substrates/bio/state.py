@@ -31,6 +31,9 @@ class Cells:
     uptake: object  # (C,) 1/s substrate uptake conductance from the surroundings
     demand_mult: object  # (C,) per-cell multiplier on consumer capacity (tissue heterogeneity)
     maintenance: object  # (C,) fraction of the saturated tier-0 demand served in the last step
+    # (C,) slow energy-stress signal: energy charge averaged exponentially over birth_tau s (the
+    # AMPK -> PGC-1alpha sensor that drives biogenesis, sim.substrates.bio.kernels.fate)
+    ec_slow: object
 
 
 @pytree_dataclass

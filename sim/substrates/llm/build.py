@@ -58,6 +58,7 @@ def poisson_tail(lam: float, kmax: int) -> float:
 SUBSTRATE_NUMBERS = (
     ("gpus_per_model", dict(minimum=1, integer=True, what="GPUs per model instance")),
     ("gpu_memory_utilization", dict(minimum=0, maximum=1, strict=True, what="a fraction of HBM")),
+    ("activation_reserve_gib", dict(minimum=0, what="an activation reserve (GiB per GPU)")),
     ("kv_capacity_tokens", dict(minimum=1, what="KV capacity (tokens)", optional=True)),
     ("chain_slots", dict(minimum=1, integer=True, what="chain slots per model")),
     ("max_batch", dict(minimum=1, integer=True, what="a batch size")),
@@ -144,7 +145,7 @@ def build_llm(cfg: dict) -> LLMModel:
     dt = num(cfg, "dt", 0, strict=True, what="a time step (s)")
     v = read_numbers(sub)
     n_gpus, util = v["gpus_per_model"], v["gpu_memory_utilization"]
-    cap = check_fits(model, gpu, n_gpus, util)
+    cap = check_fits(model, gpu, n_gpus, util, v["activation_reserve_gib"])
     if v["kv_capacity_tokens"] is not None:
         cap_o = v["kv_capacity_tokens"]
         if cap_o > cap:
@@ -239,7 +240,9 @@ def build_llm(cfg: dict) -> LLMModel:
         dt=p(dt),
         c0=p(model.flops_per_token), c1=p(model.flops_per_token_per_ctx),
         weight_bytes=p(model.weight_bytes), kv_bytes=p(model.kv_bytes_per_token), l_max=p(l_max),
-        peak_flops=p(gpu.peak_flops), bandwidth=p(gpu.bandwidth),
+        peak_flops=p(gpu.achieved_flops), bandwidth=p(gpu.achieved_bandwidth),
+        n_allreduce=p(model.allreduces_per_step), allreduce_bytes=p(model.allreduce_bytes_per_token),
+        link_bandwidth=p(gpu.link_bandwidth), allreduce_latency=p(gpu.allreduce_latency_s),
         power_idle=p(gpu.power_idle_w), power_prefill=p(gpu.power_prefill_w), power_decode=p(gpu.power_decode_w),
         max_batch=np.asarray(max_batch, i32),
         arrival_rate=np.full(n, rate, f64), arrival_k=np.arange(a_max, dtype=i32),

@@ -12,9 +12,11 @@ One step, in this order (shared with ``sim.substrates.llm.reference``):
    cell's arrivals go to the neighbour with the most free capacity if it has more than the cell.
 4. ``admission``: FIFO from the queue while a chain slot is free, the batch is below
    ``max_batch`` and the KV cache has room for ``prompt + target`` after all reservations
-   (full cache: requests wait in the queue). Prefill costs ``2N P + n_layer d P^2`` FLOPs.
+   (full cache: requests wait in the queue). Prefill costs ``2N P + 2 n_layer d P^2`` FLOPs at the
+   achieved FLOP/s.
 5. ``decode``: the GPU first serves the owed prefill work (``debt``), then decodes: one iteration
-   over the B active chains with context sum(L) takes the roofline time ``t``; each gains
+   over the B active chains with context sum(L) takes the roofline time ``t`` at the achieved
+   FLOP/s and bandwidth, plus on g > 1 live GPUs the all-reduce time ``allreduce_time``; each gains
    ``(dt - prefill time) / t`` tokens (capped at its target). Energy = power(state) x time. A
    decoding chain calls a tool with probability ``1 - (1 - p_tool)^gained``.
 6. ``finish``: a chain at its target releases its KV; the answer either triggers a follow-up turn
@@ -59,8 +61,16 @@ def cell_compute(state, params):
     return n_gpu, params.peak_flops * n_gpu, params.bandwidth * n_gpu
 
 
+def allreduce_time(params, n_gpu, batch):
+    """s of the tensor-parallel all-reduces of one decode iteration (``specs.allreduce_time``):
+    ``n_allreduce (2 (g-1)/g B bytes / link + latency)`` on g > 1 GPUs, else 0."""
+    ring = 2.0 * (n_gpu - 1.0) / jnp.maximum(n_gpu, 1.0)
+    each = ring * batch * params.allreduce_bytes / params.link_bandwidth + params.allreduce_latency
+    return jnp.where(n_gpu > 1.0, params.n_allreduce * each, 0.0)
+
+
 def prefill_flops(params, tokens, cached=0.0):
-    """2N P + n_layer d ((c + P)^2 - c^2) (``sim.substrates.llm.specs.prefill_flops``)."""
+    """2N P + 2 n_layer d ((c + P)^2 - c^2) (``sim.substrates.llm.specs.prefill_flops``)."""
     return params.c0 * tokens + 0.5 * params.c1 * (tokens * tokens + 2.0 * cached * tokens)
 
 
@@ -376,7 +386,8 @@ def decode(state, params, key):
     f_safe = jnp.where(on, f_cell, 1.0)
     bw_safe = jnp.where(on, bw_cell, 1.0)
     flops_it = params.c0 * b + params.c1 * s
-    t = jnp.maximum(flops_it / f_safe, (params.weight_bytes + params.kv_bytes * s) / bw_safe)
+    t = jnp.maximum(flops_it / f_safe, (params.weight_bytes + params.kv_bytes * s) / bw_safe) + allreduce_time(
+        params, n_gpu, b)
     pre = jnp.where(on, jnp.minimum(cells.debt_s, params.dt), 0.0)
     dec_time = jnp.where(busy, params.dt - pre, 0.0)
     idle = jnp.where(on, params.dt - pre - dec_time, 0.0)

@@ -23,16 +23,21 @@ class LLMParams:
     dt: object  # s per step
     # model (one instance = one cell)
     c0: object  # FLOPs per token independent of context: 2N
-    c1: object  # FLOPs per token per token of context: 2 n_layer d_model
+    c1: object  # FLOPs per token per token of context: 4 n_layer d_model (QK^T and AV)
     weight_bytes: object  # bytes read once per decode iteration
     kv_bytes: object  # bytes of KV cache per token
     l_max: object  # tokens, context limit (model max_context)
     # GPU (per device; a cell has G slots, scaled by the live ones)
-    peak_flops: object  # FLOP/s
-    bandwidth: object  # bytes/s
+    peak_flops: object  # FLOP/s achieved: datasheet peak x compute_efficiency
+    bandwidth: object  # bytes/s achieved: datasheet peak x bandwidth_efficiency
+    # tensor parallelism: per decode iteration n_allreduce ring all-reduces of B x allreduce_bytes
+    n_allreduce: object  # all-reduces per forward pass: 2 n_layer
+    allreduce_bytes: object  # bytes per stream per all-reduce: d_model x bytes
+    link_bandwidth: object  # bytes/s per direction per GPU (NVLink)
+    allreduce_latency: object  # s per all-reduce
     power_idle: object  # W
-    power_prefill: object  # W
-    power_decode: object  # W
+    power_prefill: object  # W: idle + (TDP - idle) x compute_efficiency
+    power_decode: object  # W: idle + (TDP - idle) x bandwidth_efficiency
     # scheduler
     max_batch: object  # streams decoding at once (vLLM max_num_seqs)
     # arrivals (Poisson) and lengths (lognormal, rounded to whole tokens)

@@ -127,6 +127,14 @@ class ReferenceLLM:
     def u(self, purpose: int, n: int) -> np.ndarray:
         return rng.host_uniforms(self.key, self.step_count, purpose, n)
 
+    def allreduce_time(self, n_gpu: float, batch: float) -> float:
+        """Tensor-parallel all-reduces of one decode iteration (``kernels.allreduce_time``)."""
+        p = self.p
+        if n_gpu <= 1.0:
+            return 0.0
+        ring = 2.0 * (n_gpu - 1.0) / max(n_gpu, 1.0)
+        return p["n_allreduce"] * (ring * batch * p["allreduce_bytes"] / p["link_bandwidth"] + p["allreduce_latency"])
+
     def prefill_flops(self, tokens: float, cached: float = 0.0) -> float:
         return self.p["c0"] * tokens + 0.5 * self.p["c1"] * (tokens * tokens + 2.0 * cached * tokens)
 
@@ -321,6 +329,7 @@ class ReferenceLLM:
         t = 0.0
         if on:
             t = max(flops_it / (p["peak_flops"] * n_gpu), (p["weight_bytes"] + p["kv_bytes"] * s) / (p["bandwidth"] * n_gpu))
+            t = t + self.allreduce_time(n_gpu, b)
         pre = min(cell.debt_s, p["dt"]) if on else 0.0
         dec_time = p["dt"] - pre if busy else 0.0
         idle = p["dt"] - pre - dec_time if on else 0.0

@@ -65,12 +65,13 @@ def stability_limit(llm) -> dict:
     ep, ep2 = _lognormal_moments(float(p.prompt_median), float(p.prompt_sigma))
     eo, _ = _lognormal_moments(float(p.output_median), float(p.output_sigma))
     ep, eo = min(ep, m.max_context), min(eo, m.max_context)
-    f = llm.gpu.peak_flops * llm.n_gpus
-    bw = llm.gpu.bandwidth * llm.n_gpus
+    f = llm.gpu.achieved_flops * llm.n_gpus
+    bw = llm.gpu.achieved_bandwidth * llm.n_gpus
     prefill_s = (m.flops_per_token * ep + 0.5 * m.flops_per_token_per_ctx * ep2) / f
     slots = np.asarray(llm.state.chains.active).shape[1]
     b_star = max(1.0, min(float(p.max_batch), float(slots), llm.kv_capacity / (ep + eo)))
-    t_star = specs.decode_step_time(m, f, bw, b_star, b_star * (ep + 0.5 * eo))
+    t_star = specs.decode_step_time(m, f, bw, b_star, b_star * (ep + 0.5 * eo),
+                                    comm_s=specs.allreduce_time(m, llm.gpu, llm.n_gpus, b_star))
     decode_s = eo * t_star / b_star
     return {
         "stability_limit_req_per_s": 1.0 / (prefill_s + decode_s),

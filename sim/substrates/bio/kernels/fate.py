@@ -3,9 +3,16 @@
 Draws come from ``sim.rng.uniforms`` keyed by (seed, step, purpose, agent id), so the Mesa
 reference sees the same numbers agent by agent.
 - failure: hazard lambda = hazard0 exp(beta (1 - h)) per s; fails if u < 1 - exp(-lambda dt).
-- biogenesis: a living cell with energy charge > birth_min_ec, ATP >= birth_cost and a free slot
-  makes one producer (health 1) in its first free slot if u < 1 - exp(-birth_rate dt); the
-  cost is paid in ATP (-> ADP + Pi).
+- biogenesis is driven by energy stress (AMPK -> PGC-1alpha; Jaeger et al. 2007, Hardie, Ross &
+  Hawley 2012): each living cell carries a slow energy-charge signal, the exponential moving
+  average ec_slow += (1 - exp(-dt/tau)) (EC - ec_slow) of its energy charge after adenylate
+  kinase (time constant tau = birth_tau). Its birth rate rises linearly as ec_slow falls below the
+  set point, rate = birth_rate min(1, max(0, (birth_ec_set - ec_slow) / birth_ec_span)): none at
+  or above the set point, the full birth_rate at a deficit of birth_ec_span. A cell with
+  ATP >= birth_cost and a free slot makes one producer (health 1) in its first free slot if
+  u < 1 - exp(-rate dt); the cost is paid in ATP (-> ADP + Pi). Damage and failure (mitophagy)
+  remove producers, so at rest births replace failures and under sustained demand the cell adds
+  producers (conf/substrate/bio.yaml explains the calibration).
 - stress: while maintenance (tier 0 served / saturated tier-0 demand) < stress_threshold a cell
   accumulates stress (s); otherwise it recovers at stress_recovery s/s. At stress_death_s the
   cell dies: its producers stop and its junctions close; its pools stay (they are not lost).
@@ -38,14 +45,17 @@ def producer_biogenesis(state, params, key):
     u = rng.uniforms(key, state.step, rng.PRODUCER_BIRTH, jnp.arange(c, dtype=jnp.uint32))
     pools = cells.pools
     ec = energy_charge(pools[:, ATP], pools[:, ADP], pools[:, AMP])
+    alpha = -jnp.expm1(-params.dt / params.birth_tau)
+    ec_slow = jnp.where(cells.alive, cells.ec_slow + alpha * (ec - cells.ec_slow), cells.ec_slow)
+    stress = jnp.clip((params.birth_ec_set - ec_slow) / params.birth_ec_span, 0.0, 1.0)
+    p_birth = -jnp.expm1(-(params.birth_rate * stress) * params.dt)
     free = ~prod.alive
     has_free = jnp.any(free, axis=1)
     born = (
         cells.alive
         & has_free
-        & (ec > params.birth_min_ec)
         & (pools[:, ATP] >= params.birth_cost)
-        & (u < -jnp.expm1(-params.birth_rate * params.dt))
+        & (u < p_birth)
     )
     slot = jnp.argmax(free, axis=1)
     new_mask = born[:, None] & (jnp.arange(p)[None, :] == slot[:, None])
@@ -65,7 +75,7 @@ def producer_biogenesis(state, params, key):
         stored_energy_j=led.stored_energy_j - energy,
     )
     prod = replace(prod, alive=prod.alive | new_mask, health=jnp.where(new_mask, 1.0, prod.health))
-    return replace(state, producers=prod, cells=replace(cells, pools=new_pools), ledger=led)
+    return replace(state, producers=prod, cells=replace(cells, pools=new_pools, ec_slow=ec_slow), ledger=led)
 
 
 def cell_stress(state, params, key=None):

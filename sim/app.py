@@ -437,6 +437,23 @@ def _debug_flag(argv: list[str]) -> bool:
     return any(a.lstrip("+").lower() in ("debug=true", "debug=1", "debug=yes") for a in argv)
 
 
+def _unusable_folder(argv: list[str]) -> str | None:
+    """Why an output folder given on the command line (``hydra.run.dir`` / ``hydra.sweep.dir``)
+    cannot be made, or None. Hydra makes the folder before the task runs and reports a failure with
+    a traceback and exit 1 (which reads as a config error); an I/O problem is exit 4 and one line."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for arg in argv:
+        name, _, value = arg.lstrip("+").partition("=")
+        if name != key or not value or "${" in value:
+            continue
+        try:
+            Path(value).expanduser().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create the run folder {key}={value}: {exc.strerror or exc}"
+    return None
+
+
 def entry() -> None:
     """``python -m sim``: one run, a resume, or a sweep (``-m``), with the exit codes of the module
     docstring. A sweep exits 4 when a job failed or its table could not be written, after the
@@ -470,6 +487,10 @@ def entry() -> None:
         sys.exit(EXIT_CONFIG)
     if resume is not None:  # continue a run in its own folder: no new Hydra run folder
         sys.exit(resume_run(*resume))
+    unusable = _unusable_folder(argv)
+    if unusable is not None:
+        print(f"error: {unusable}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
     try:
         main()
     except SystemExit as exc:

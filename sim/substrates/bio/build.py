@@ -52,6 +52,21 @@ def _num(sub, dotted, minimum=None, maximum=None, strict_min=False):
     return num({"substrate": sub}, f"substrate.{dotted}", minimum, maximum, strict=strict_min)
 
 
+# no cell pool or medium reaches 1 M: larger concentrations are typing errors and would overflow the
+# energy ledgers (J = mM x L x kJ/mol) long before they meant anything
+MAX_MM = 1000.0
+
+
+def _dg0(sub) -> float:
+    """dG0' of ATP hydrolysis: negative (hydrolysis releases energy; the preset's -30.5 kJ/mol). A
+    positive value would make producers charge ATP against the gradient."""
+    v = _num(sub, "thermo.dg0_kj_per_mol")
+    if not v < 0:
+        raise ConfigError("substrate.thermo.dg0_kj_per_mol", v,
+                          "a negative standard free energy (kJ/mol): ATP hydrolysis releases energy")
+    return v
+
+
 def _ceiling_kj(kind_cfg, prefix):
     c = kind_cfg.get("ceiling_kj_per_mol")
     if c == "pmf":
@@ -176,14 +191,14 @@ def build(cfg, dtype=np.float64) -> Model:
     work_units = tuple(str(ck_cfg[k].get("work_unit", "units")) for k in ckinds)
 
     # initial pools: adenylates at AK equilibrium for the given energy charge
-    n_ad = _num(sub, "initial.adenine_total_mm", 0, strict_min=True)
+    n_ad = _num(sub, "initial.adenine_total_mm", 0, MAX_MM, strict_min=True)
     ec = _num(sub, "initial.energy_charge", 0, 1)
     k_ak = _num(sub, "thermo.k_ak", 0, strict_min=True)
     e = 2 * n_ad * ec
     a0, d0, m0 = adenylate_equilibrium(np.float64(e / 2), np.float64(0.0), np.float64(n_ad - e / 2), k_ak, xp=np)
     pools = np.zeros((n, N_SPECIES), dtype)
     pools[:] = [
-        _num(sub, "initial.glucose_mm", 0), float(a0), float(d0), float(m0), _num(sub, "initial.pi_mm", 0)
+        _num(sub, "initial.glucose_mm", 0, MAX_MM), float(a0), float(d0), float(m0), _num(sub, "initial.pi_mm", 0, MAX_MM)
     ]
 
     uptake = _num(sub, "supply.uptake_per_s", 0) * _lognormal_mult(rng, _num(sub, "supply.uptake_cv", 0), n)
@@ -248,9 +263,9 @@ def build(cfg, dtype=np.float64) -> Model:
         dt=p(dt),
         temperature_k=p(_num(sub, "temperature_k", 0, strict_min=True)),
         volume_l=p(_num(sub, "volume_l", 0, strict_min=True)),
-        dg0_kj=p(_num(sub, "thermo.dg0_kj_per_mol")),
+        dg0_kj=p(_dg0(sub)),
         k_ak=p(k_ak),
-        external_substrate=p(_num(sub, "supply.external_glucose_mm", 0)),
+        external_substrate=p(_num(sub, "supply.external_glucose_mm", 0, MAX_MM)),
         supply_scale=p(1.0),
         demand_scale=p(1.0),
         uptake_scale=p(1.0),

@@ -74,8 +74,31 @@ def build(cfg: dict):
     model = build_preset(cfg, dtype=np.float64)
     check_stability(model, cfg)
     if cfg.get("precision", "float64") == "float32":
-        model = dataclasses.replace(model, state=cast(model.state, np.float32), params=cast(model.params, np.float32))
+        import warnings
+
+        with warnings.catch_warnings(), np.errstate(over="ignore"):  # an overflow is refused just below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            narrow = dataclasses.replace(model, state=cast(model.state, np.float32), params=cast(model.params, np.float32))
+        _refuse_overflow(model, narrow)
+        model = narrow
     return model
+
+
+def _refuse_overflow(wide, narrow) -> None:
+    """A finite float64 value that float32 cannot hold is a config error (not a NaN at step 0)."""
+    import jax
+
+    from sim.errors import ConfigError
+
+    for part in ("state", "params"):
+        w = jax.tree_util.tree_flatten_with_path(getattr(wide, part))[0]
+        n = jax.tree_util.tree_leaves(getattr(narrow, part))
+        for (path, a), b in zip(w, n):
+            a, b = np.asarray(a), np.asarray(b)
+            if np.issubdtype(a.dtype, np.floating) and (np.isfinite(a) & ~np.isfinite(b)).any():
+                where = part + jax.tree_util.keystr(path)
+                raise ConfigError("precision", "float32", f"float64: {where} = {float(np.max(np.abs(a))):.3g} "
+                                  "does not fit in float32 (|x| <= 3.4e38)")
 
 
 def validate(cfg: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -158,3 +159,49 @@ def test_numerical_failure_exits_3_from_the_command_line_for_any_substrate(tmp_p
     res = run_child([str(script), *CASES["llm"]["over"], *RUN, f"hydra.run.dir={out}"])
     assert res.returncode == EXIT_NUMERICAL, res.stderr
     assert "step 33, replicate 0, cell 1 (model instance), quantity kv_free, process decode" in res.stderr
+
+
+def _transient(name):
+    """(the substrate's last process, a fault it leaves at step 34, the repair before step 35): the bad
+    value exists only between two steps, and no record (every 10 steps) ever shows it."""
+    from sim.substrates.llm.spec import kv_occupied
+
+    return {
+        "bio": ("cell_stress", lambda s: replace(s, cells=replace(s.cells, pools=s.cells.pools.at[1, 1].set(-0.5))),
+                lambda s: replace(s, cells=replace(s.cells, pools=jnp.abs(s.cells.pools)))),
+        "llm": ("account", lambda s: replace(s, cells=replace(s.cells, kv_free=s.cells.kv_free.at[1].add(-1e6))),
+                lambda s: replace(s, cells=replace(s.cells, kv_free=s.cells.kv_capacity - kv_occupied(s)))),
+        "generic": (None, lambda s: replace(s, cells=replace(s.cells, a=s.cells.a.at[1].set(-1.0))),
+                    lambda s: replace(s, cells=replace(s.cells, a=jnp.abs(s.cells.a)))),
+    }[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_bad_value_between_records_is_caught_by_the_per_step_check(name):
+    """A value that is bad only between two steps (repaired before the next one, as later dynamics
+    might smooth it) stops the run and is named when the substrate has a per-step check
+    (``Substrate.step_check``), and goes unseen without it (so the check is what catches it)."""
+    import dataclasses
+
+    sub = substrates.get(name)
+    last, fault, repair = _transient(name)
+    last = last or sub.processes[-1][0]
+    faulty = with_fault(name, last, 34, fault)
+    procs = list(faulty.processes)
+    first_name, first_fn = procs[0]
+
+    def repaired_first(state, params, key=None):
+        fixed = repair(state)
+        state = jax.tree_util.tree_map(lambda x, y: jnp.where(state.step == 35, x, y), fixed, state)
+        return first_fn(state, params, key)
+
+    procs[0] = (first_name, repaired_first)
+    faulty = dataclasses.replace(faulty, processes=tuple(procs))
+    with substrates.override(faulty):
+        out = sim.api.run(cfg_of(name))
+    err = out.result.error
+    assert isinstance(err, NumericalError), out.summary
+    assert (err.step, err.cell, err.process) == (34, 1, last)
+    blind = dataclasses.replace(faulty, step_check=None)
+    with substrates.override(blind):
+        assert sim.api.run(cfg_of(name)).result.error is None  # the records alone never see it

@@ -81,15 +81,30 @@ class RunResult:
 # ------------------------------------------------------------------------------ compiled chunks
 
 
-def scan_records(step_fn, observe_fn, state, params, key, n_records: int, record_every: int):
-    """``n_records`` x (``record_every`` steps of ``step_fn``, then ``observe_fn``): one chunk."""
+FIRST_BAD_STEP = "_first_bad_step"  # record key: the first step of the interval whose state failed step_check (-1: none)
 
-    def inner(s, _):
-        return step_fn(s, params, key), None
+
+def scan_records(step_fn, observe_fn, state, params, key, n_records: int, record_every: int, check_fn=None):
+    """``n_records`` x (``record_every`` steps of ``step_fn``, then ``observe_fn``): one chunk.
+
+    With ``check_fn`` (a substrate's cheap per-step check, traced) every step's state is checked, and
+    each record also holds :data:`FIRST_BAD_STEP`, so a bad value that later steps smooth away before
+    the record is still caught."""
+
+    def inner(carry, _):
+        s, first = carry
+        s = step_fn(s, params, key)
+        if check_fn is not None:
+            first = jnp.where((first < 0) & check_fn(s), s.step - 1, first)
+        return (s, first), None
 
     def outer(s, _):
-        s, _ = jax.lax.scan(inner, s, None, length=record_every)
-        return s, observe_fn(s)
+        (s, first), _ = jax.lax.scan(inner, (s, jnp.full((), -1, jnp.asarray(s.step).dtype)), None,
+                                     length=record_every)
+        obs = observe_fn(s)
+        if check_fn is not None:
+            obs = {**obs, FIRST_BAD_STEP: first}
+        return s, obs
 
     return jax.lax.scan(outer, state, None, length=n_records)
 
@@ -160,7 +175,7 @@ def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixe
 
     def build():
         fn = functools.partial(scan_records, substrate.step, substrate.observe,
-                               n_records=chunk, record_every=record_every)
+                               n_records=chunk, record_every=record_every, check_fn=substrate.step_check)
         jitted = jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)))
         with ops.reduction_order(fixed_order):  # read while tracing, and part of the key above
             return jitted.lower(state, params, keys).compile()
@@ -195,12 +210,14 @@ def _first(masks: dict, index=()):
 def first_bad(substrate, rec: dict, start_obs: dict | None):
     """(replicate, record, cell, quantity, value) of the earliest bad entry of a chunk's records
     (``(R, T, C, ...)``), or None. ``start_obs``: the observation at the chunk start ``(R, C, ...)``."""
+    flagged = rec.get(FIRST_BAD_STEP)
+    rec = {k: v for k, v in rec.items() if k != FIRST_BAD_STEP}
     previous = None
     if start_obs is not None:
         previous = {k: np.concatenate([np.asarray(start_obs[k])[:, None], np.asarray(rec[k])[:, :-1]], axis=1)
                     for k in rec}
     masks = substrate.invariants(rec, previous)
-    any_rt = None
+    any_rt = None if flagged is None else np.asarray(flagged) >= 0
     for bad, _ in masks.values():
         b = np.asarray(bad)
         b = b.reshape(b.shape[0], b.shape[1], -1).any(axis=2)
@@ -211,7 +228,11 @@ def first_bad(substrate, rec: dict, start_obs: dict | None):
     if hit is None:
         return None
     r, t = hit
-    name, c, value = _first(masks, (r, t))
+    seen = _first(masks, (r, t))
+    if seen is None:  # only the per-step check saw it: the replay of the interval names it
+        step = int(np.asarray(flagged)[r, t])
+        return r, t, 0, f"a value the per-step check refused at step {step}", float("nan")
+    name, c, value = seen
     return r, t, c, name, value
 
 
@@ -319,7 +340,7 @@ def drive_chunks(compiled, state, params, keys, *, n_chunks: int, chunk: int, re
         if on_chunk is not None:
             on_chunk(state, done, keys)
         if checkpoint is not None:
-            checkpoint(state, done, keys, rec)
+            checkpoint(state, done, keys, {k: rec[k] for k in fields})
     jax.block_until_ready(state)
     wall = time.perf_counter() - t1
     records = {k: (np.concatenate(v, axis=1) if v else None) for k, v in out.items()}

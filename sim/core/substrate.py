@@ -36,6 +36,10 @@ What a substrate provides (all pure or host-side functions; none reads module st
     the name of the parameter field a demand step multiplies (``demand_scale`` for biology,
     ``arrival_scale`` for LLM serving): the analogy experiment turns it without knowing the
     substrate.
+``step_check(state) -> bool`` (optional)
+    a cheap, traced check of one replicate's state run after EVERY step inside the scan (e.g. any
+    pool NaN or negative); the first failing step is carried to the record, so a bad value that
+    later steps smooth away before the record is still caught and replayed. None: records only.
 ``params_axes(params)``
     ``in_axes`` of the parameter PyTree when a run evaluates one parameter point per replicate.
 ``entities``
@@ -92,6 +96,7 @@ class Substrate:
     figures: Callable | None = None
     demand_knob: str | None = None
     params_axes: Callable = lambda params: 0
+    step_check: Callable | None = None
     entities: tuple[EntitySpec, ...] = ()
     compartment: str = "cell"
     currency: str = "currency"

@@ -65,6 +65,12 @@ def invariants(obs: dict, previous: dict | None = None) -> dict:
     return out
 
 
+def step_check(state):
+    """Traced, after every step: any pool NaN/Inf or negative (the records' invariant, every step)."""
+    pools = state.cells.pools
+    return jnp.any(~jnp.isfinite(pools) | (pools < 0))
+
+
 def build(cfg: dict):
     """Config -> :class:`sim.substrates.bio.build.Model` (validated, stability-checked, cast if float32)."""
     from sim.config.validate import check_stability
@@ -155,6 +161,7 @@ SUBSTRATE = Substrate(
     figures=figures,
     demand_knob="demand_scale",
     params_axes=lambda params: 0,  # a batched study stacks every leaf (edges included)
+    step_check=step_check,
     entities=ENTITIES,
     compartment="cell",
     currency="ATP",

@@ -341,6 +341,13 @@ ENTITIES = (
     EntitySpec("consumer", "consumers", (("vmax", "vmax"), ("km", "km"), ("tier", "tier"), ("value", "value"))),
 )
 
+def step_check(state):
+    """Traced, after every step: any pool (S, A, D) NaN/Inf or negative."""
+    c = state.cells
+    pools = jnp.stack([c.s, c.a, c.d])
+    return jnp.any(~jnp.isfinite(pools) | (pools < 0))
+
+
 SUBSTRATE = Substrate(
     name="generic",
     build=build,
@@ -355,6 +362,7 @@ SUBSTRATE = Substrate(
     figures=figures,
     demand_knob="demand_scale",
     params_axes=lambda params: 0,
+    step_check=step_check,
     entities=ENTITIES,
     compartment="cell",
     currency="currency",

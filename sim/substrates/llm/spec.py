@@ -115,6 +115,15 @@ def invariants(obs: dict, previous: dict | None = None) -> dict:
     return out
 
 
+def step_check(state):
+    """Traced, after every step: the KV cache (free beyond the tolerance below zero, or not finite),
+    a negative or non-finite prefill debt, or a non-finite energy ledger."""
+    c = state.cells
+    tol = KV_TOLERANCE * jnp.maximum(c.kv_capacity, 1.0)
+    bad = ~jnp.isfinite(c.kv_free) | (c.kv_free < -tol) | ~jnp.isfinite(c.debt_s) | (c.debt_s < 0)
+    return jnp.any(bad | ~jnp.isfinite(state.ledger.energy_j))
+
+
 def warmup_fraction(cfg: dict) -> float:
     serving = cfg.get("serving")
     w = serving.get("warmup_fraction", 0.25) if isinstance(serving, dict) else 0.25
@@ -208,6 +217,7 @@ SUBSTRATE = Substrate(
     figures=figures,
     demand_knob="arrival_rate",
     params_axes=lambda params: params.batch_axes(),
+    step_check=step_check,
     entities=ENTITIES,
     compartment="model instance",
     currency="token",

@@ -367,14 +367,30 @@ def _hydra_error(exc: BaseException, args: list[str]) -> ConfigError:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     detail = "; ".join(str(e).splitlines()[0] for e in chain[1:] if str(e)) or first
     if type(exc).__name__ == "OverrideParseException":
-        bad = next((a for a in args if f"'{a}'" in first), first)
-        return ConfigError(bad.partition("=")[0].lstrip("+~") or bad, bad, f"key=value (Hydra override grammar: {detail})")
+        bad = next((a for a in args if f"'{a}'" in first), None) or _unparsable(args) or first
+        value = bad.partition("=")[2] if "=" in bad else bad
+        return ConfigError(bad.partition("=")[0].lstrip("+~") or bad, value,
+                           f"key=value (Hydra override grammar: {first}; a list is [a, b], a string with "
+                           "brackets or commas is quoted)")
     if full_key:
         value = next((a.partition("=")[2] for a in args if a.lstrip("+~").partition("=")[0] == full_key), None)
         if "not in struct" in detail or "not in '" in detail:
             return ConfigError(full_key, value, f"an existing key (add a new one with +{full_key}=...; {detail})")
         return ConfigError(full_key, value, detail)
     return ConfigError("overrides", " ".join(args), f"a composable config ({first}{'; ' + detail if detail != first else ''})")
+
+
+def _unparsable(args: list[str]) -> str | None:
+    """The first override Hydra's grammar cannot parse on its own (so the error names its key)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in args:
+        try:
+            parser.parse_overrides([arg])
+        except Exception:
+            return arg
+    return None
 
 
 def precompose(argv: list[str]) -> None:

@@ -207,10 +207,22 @@ def find(path) -> Path:
             return cand
     if not p.exists():
         raise ConfigError("resume", str(path), "an existing run folder")
+    if (p / CHECKPOINT_DIR / CONFIG_FILE).is_file() or (p / CONFIG_FILE).is_file():
+        raise ConfigError(
+            "resume", str(path),
+            f"a run folder holding {CHECKPOINT_DIR}/{STATE_FILE} (this run checkpointed but was stopped before "
+            "its first checkpoint was written: nothing to continue from, start it again)",
+        )
+    if (p / "summary.json").is_file():
+        raise ConfigError(
+            "resume", str(path),
+            f"a run folder holding {CHECKPOINT_DIR}/{STATE_FILE} (this run ended: a run that ends removes its "
+            "checkpoint, and its results are in the folder)",
+        )
     raise ConfigError(
         "resume", str(path),
-        f"a run folder holding {CHECKPOINT_DIR}/{STATE_FILE} (run it with checkpoint_every > 0; "
-        "a run that finished removes its checkpoint)",
+        f"a run folder holding {CHECKPOINT_DIR}/{STATE_FILE} (run it with checkpoint_every > 0 to make it "
+        "resumable)",
     )
 
 

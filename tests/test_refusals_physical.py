@@ -30,3 +30,28 @@ def test_an_output_folder_that_cannot_be_made_is_an_io_error_in_one_line(tmp_pat
         assert res.returncode == 4, res.stderr
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and f"hydra.run.dir={folder}" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_an_unparsable_override_names_its_key():
+    res = run_child(["-m", "sim", "seed=1", "steps=["])
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: invalid config: steps='['"), res.stderr
+
+
+def test_resume_says_why_there_is_nothing_to_resume(tmp_path, capsys):
+    from sim.app import EXIT_CONFIG, resume_run
+
+    early = tmp_path / "killed_early"
+    (early / "checkpoint").mkdir(parents=True)
+    (early / "checkpoint" / "config.json").write_text("{}")  # what a run killed before its first checkpoint leaves
+    ended = tmp_path / "ended"
+    ended.mkdir()
+    (ended / "summary.json").write_text('{"status": "ok"}')
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for folder, why in ((early, "before its first checkpoint"), (ended, "this run ended"),
+                        (plain, "checkpoint_every > 0")):
+        assert resume_run(folder, quiet=True) == EXIT_CONFIG
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: invalid config: resume='{folder}'") and why in err[0], err

@@ -145,10 +145,8 @@ def run(cfg, on_chunk=None, *, run_dir=None) -> RunOutput:
     kind = (plain.get("experiment") or {}).get("kind", "tissue")
     if kind not in RUN_KINDS:
         return _run_experiment(kind, plain, run_dir)
-    if kind == "serving":
-        name = (plain.get("substrate") or {}).get("name") if isinstance(plain.get("substrate"), dict) else None
-        if name != "llm":
-            raise ConfigError("substrate", name, "llm for experiment.kind=serving (substrate=llm)")
+    if kind == "serving" and substrate_of(plain).name != "llm":
+        raise ConfigError("substrate", substrate_of(plain).name, "llm for experiment.kind=serving (substrate=llm)")
     cfg, sub, built = prepare(plain)
     if cfg.get("backend", "jax") == "mesa":
         if cfg.get("resume"):

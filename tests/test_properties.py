@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 import sim  # noqa: F401  (float64)
 from sim.config.validate import check_stability
 from sim.errors import ConfigError
-from sim.substrates.bio.kernels.step import step
+from sim.substrates.bio import SUBSTRATE as BIO
 from sim.substrates.bio.kernels.transport import transport
 from sim.substrates.bio.build import build
 from sim.substrates.bio.state import ADP, AMP, ATP, N_SPECIES, PI
@@ -130,7 +130,7 @@ def test_transport_creates_nothing_from_nothing(
 @jax.jit
 def _steps(state, params, key):
     def body(s, _):
-        return step(s, params, key), None
+        return BIO.step(s, params, key), None
 
     return jax.lax.scan(body, state, None, length=STEPS)[0]
 

@@ -53,15 +53,3 @@ def rowsum(x):
     if _FIXED_ORDER[0]:
         return fixed_order_sum(x, axis=1)
     return jnp.sum(x, axis=1)
-
-
-def run_processes(processes, state, params, key):
-    """One time step: apply ``(name, process)`` pairs in order, then advance the step counter.
-
-    Shared by the biology and LLM steps; each passes its module's ``PROCESSES`` at call time, so
-    a patched tuple (tests inject faults that way) is what runs."""
-    from sim.pytree import replace
-
-    for _, process in processes:
-        state = process(state, params, key)
-    return replace(state, step=state.step + 1)

@@ -2,8 +2,8 @@
 
 :class:`DualBackendModel` keeps ``_dev_state``/``_dev_params``/``key`` for the JAX backend and
 steps them with the jitted kernel step (``step()``: one call; ``run(n)``: one ``lax.scan``); the
-kernel is :meth:`DualBackendModel._kernel_step` (a subclass's ``KERNEL_STEP`` by default, the
-substrate's ``step`` in :class:`sim.mesa_model.substrate_model.SubstrateModel`), traced in the
+kernel is :meth:`DualBackendModel._kernel_step` (its substrate value's ``step``: the engine's own
+step, processes in the substrate's order), traced in the
 reduction order the engine uses (:func:`sim.determinism.current`). A subclass implements
 ``_reference_step`` (one step of the plain-Python reference) and ``_export_reference`` (the
 reference state as the engine's numpy PyTree) for the Mesa backend.
@@ -68,8 +68,6 @@ def resolve_run(backend, replicate, cfg: dict | None = None) -> tuple[str, int]:
 
 
 class DualBackendModel(mesa.Model):
-    KERNEL_STEP = None  # set by subclasses (or override _kernel_step)
-
     def _init_common(self, cfg, model, backend, replicate, shuffle, collect_every, build_fn):
         """Resolve (config | built model), backend and replicate; set what both models keep.
 
@@ -152,7 +150,7 @@ class DualBackendModel(mesa.Model):
 
     def _kernel_step(self):
         """The pure JAX step ``(state, params, key) -> state`` of the JAX backend."""
-        return type(self).KERNEL_STEP
+        raise NotImplementedError
 
     def _advance(self, n: int) -> None:
         if self.backend == "jax":

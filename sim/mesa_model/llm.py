@@ -12,7 +12,7 @@ Agents (all ``FixedAgent`` s on the Mesa ``Network`` built from the tissue graph
 
 Backends:
 
-- ``backend="jax"`` (default): ``step()`` calls the jitted ``sim.substrates.llm.kernels.step`` once and
+- ``backend="jax"`` (default): ``step()`` calls the jitted substrate step (``sim.substrates.llm.SUBSTRATE.step``) once and
   ``run(n)`` advances ``n`` steps in one ``lax.scan``; the replicate key is
   ``sim.rng.replicate_keys(seed, 1, replicate)[0]`` (as the engine does). Agents read
   host (numpy) copies of the arrays, fetched lazily after each step / run.
@@ -41,6 +41,7 @@ from sim.substrates.llm import kernels as K
 from sim.substrates.llm.build import LLMModel, build_llm
 from sim.substrates.llm.reference import ReferenceLLM
 from sim.substrates.llm.state import LEDGER_FIELDS, LLMState
+from sim.substrates.llm import SUBSTRATE as LLM
 from sim.mesa_model.dual import DualBackendModel
 from sim.mesa_model.substrate_model import network_space as _network
 
@@ -378,8 +379,6 @@ class LLMCurrencyModel(DualBackendModel):
         collect_agents: also collect the per-agent reporters (instances and GPUs).
     """
 
-    KERNEL_STEP = staticmethod(K.step)
-
     def __init__(
         self,
         cfg=None,
@@ -442,6 +441,9 @@ class LLMCurrencyModel(DualBackendModel):
             out += h._out
             h._out = None
         return out
+
+    def _kernel_step(self):
+        return LLM.step  # the engine's step of the substrate value
 
     def _reference_step(self) -> None:
         ref = self._ref

@@ -1,6 +1,6 @@
 """``CurrencyModel``: the tissue as a ``mesa.Model``, stepped by the JAX engine or agent by agent.
 
-- ``backend="jax"`` (default): ``step()`` calls the jitted ``sim.substrates.bio.kernels.step.step`` once and
+- ``backend="jax"`` (default): ``step()`` calls the jitted substrate step (``sim.substrates.bio.SUBSTRATE.step``) once and
   ``run(n)`` advances ``n`` steps in one ``lax.scan``; compiled functions are cached per shape.
   Agents read their attributes from a host (numpy) copy of the state, fetched lazily after each
   step / run.
@@ -25,8 +25,8 @@ import numpy as np
 from mesa.datacollection import DataCollector
 
 from sim import rng
-from sim.substrates.bio.kernels.step import step as kernel_step
 from sim.substrates.bio.kernels.thermo import energy_charge
+from sim.substrates.bio import SUBSTRATE as BIO
 from sim.mesa_model.agents import CellAgent, ChainAgent, ConsumerAgent, ProducerAgent
 from sim.mesa_model.dual import BACKENDS, DualBackendModel
 from sim.mesa_model.substrate_model import network_space as _network
@@ -106,8 +106,6 @@ class CurrencyModel(DualBackendModel):
         collect_agents: also collect the per-agent reporters (cells and producers).
     """
 
-    KERNEL_STEP = staticmethod(kernel_step)
-
     def __init__(
         self,
         cfg=None,
@@ -170,6 +168,9 @@ class CurrencyModel(DualBackendModel):
             self.datacollector.collect(self)
 
     # ------------------------------------------------------------------------ reference backend
+    def _kernel_step(self):
+        return BIO.step  # the engine's step of the substrate value
+
     def _reference_step(self) -> None:
         ref = self._ref
         cells = self._cells_set

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
 from sim import rng
-from sim.core.ops import rowsum, run_processes
+from sim.core.ops import rowsum
 from sim.pytree import replace
 
 # Draw purposes of the LLM engine (100-119 reserved for sim.substrates.llm; never renumber).
@@ -510,6 +510,3 @@ PROCESSES = (
     ("account", account),
 )
 
-
-def step(state, params, key):
-    return run_processes(PROCESSES, state, params, key)

@@ -1,5 +1,2 @@
-"""Pure process functions of the JAX engine: each ``(state, params, key) -> state``."""
-
-from sim.substrates.bio.kernels.step import step
-
-__all__ = ["step"]
+"""Pure process functions of the biology substrate: each ``(state, params, key) -> state``
+(their order: ``sim.substrates.bio.kernels.step.PROCESSES``)."""

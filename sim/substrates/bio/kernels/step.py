@@ -1,4 +1,5 @@
-"""One time step: the composition of the processes, in a fixed order shared with the Mesa reference.
+"""The processes of one time step, in a fixed order shared with the plain-Python reference (the
+step itself is ``Substrate.step``: every process in order, then the step counter).
 
 1 metabolism (uptake, production, consumption by tier with the protein-synthesis chains served in
 tier 1 and stepped right after the tiers are served, repair, damage; rates on the step-start
@@ -11,7 +12,6 @@ from __future__ import annotations
 from sim.substrates.bio.kernels.adenylate import adenylate_kinase
 from sim.substrates.bio.kernels.fate import cell_stress, producer_biogenesis, producer_failure
 from sim.substrates.bio.kernels.metabolism import metabolism
-from sim.core.ops import run_processes
 from sim.substrates.bio.kernels.transport import transport
 
 PROCESSES = (
@@ -23,6 +23,3 @@ PROCESSES = (
     ("cell_stress", cell_stress),
 )
 
-
-def step(state, params, key):
-    return run_processes(PROCESSES, state, params, key)

@@ -288,13 +288,16 @@ def diagnose(substrate, state, params, key, start_step: int, n_steps: int, fixed
 
 
 def check_chunk(substrate, chunk_state, rec, params, keys, *, record_every: int, chunk_start: int,
-                params_axes=None, first_replicate: int = 0, fixed_order: bool = False):
+                params_axes=None, first_replicate: int = 0, fixed_order: bool = False, start_obs=None):
     """The guard of one chunk: None, or the error naming step, replicate, cell, quantity, process.
 
-    ``chunk_state`` is the (batched) state at the start of the chunk and ``rec`` its records. The
-    replicate and record interval with the earliest bad value are found from the records; that
-    replicate is advanced to the start of the interval, then replayed process by process."""
-    start_obs = jax.device_get(_observe_jit(substrate, True)(chunk_state))
+    ``chunk_state`` is the (batched) state at the start of the chunk and ``rec`` its records;
+    ``start_obs`` the observation of ``chunk_state`` (the previous chunk's last record; observed here
+    when None, for the first chunk of a call). The replicate and record interval with the earliest
+    bad value are found from the records; that replicate is advanced to the start of the interval,
+    then replayed process by process."""
+    if start_obs is None:
+        start_obs = jax.device_get(_observe_jit(substrate, True)(chunk_state))
     hit = first_bad(substrate, rec, start_obs)
     if hit is None:
         return None
@@ -321,21 +324,23 @@ def drive_chunks(compiled, state, params, keys, *, n_chunks: int, chunk: int, re
                  check: Callable, compile_s: float, dt: float, start_step: int = 0,
                  on_chunk: Callable | None = None, checkpoint: Callable | None = None) -> RunResult:
     """Run ``n_chunks`` calls of a compiled chunk, stop at the first chunk for which
-    ``check(state_at_chunk_start, records, steps_done)`` returns an error (keeping every earlier
-    chunk), then stack the records of ``fields``."""
+    ``check(state_at_chunk_start, records, steps_done, previous)`` returns an error (keeping every
+    earlier chunk; ``previous``: the last record of the chunk before, None for the first), then
+    stack the records of ``fields``."""
     out: dict[str, list] = {k: [] for k in fields}
-    error = None
+    error, previous = None, None
     done = 0
     t1 = time.perf_counter()
     for _ in range(n_chunks):
         new_state, rec = compiled(state, params, keys)
         rec = jax.device_get(rec)
-        error = check(state, rec, done)
+        error = check(state, rec, done, previous)
         if error is not None:
             break
         state = new_state
         for k in fields:
             out[k].append(rec[k])
+        previous = {k: rec[k][:, -1] for k in fields}  # the observation of the next chunk's start state
         done += chunk * record_every
         if on_chunk is not None:
             on_chunk(state, done, keys)
@@ -378,10 +383,10 @@ def run(substrate, state0, params, *, seed: int, steps: int, record_every: int, 
     chunk = chunk_length(n_records, chunk_records)
     compiled, compile_s = chunk_executable(substrate, chunk, record_every, axes, fixed_order, state, params, keys)
 
-    def check(chunk_state, rec, done):
+    def check(chunk_state, rec, done, previous):
         return check_chunk(substrate, chunk_state, rec, params, keys, record_every=record_every,
                            chunk_start=start_step + done, params_axes=axes, first_replicate=first_replicate,
-                           fixed_order=fixed_order)
+                           fixed_order=fixed_order, start_obs=previous)
 
     dt = float(np.asarray(params.dt).reshape(-1)[0])
     return drive_chunks(compiled, state, params, keys, n_chunks=n_records // chunk, chunk=chunk,

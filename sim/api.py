@@ -47,10 +47,13 @@ class RunOutput:
 
 
 def substrate_of(cfg: dict):
-    """The substrate a (plain) config names."""
+    """The substrate a (plain) config runs: the one it names, with the adaptation process of
+    ``differentiation.rule`` when that is not ``fixed`` (:func:`sim.core.differentiation.substrate_for`)."""
+    from sim.core.differentiation import substrate_for
+
     sub = cfg.get("substrate")
     name = sub.get("name") if isinstance(sub, dict) else sub
-    return substrates.get(name)
+    return substrate_for(substrates.get(name), cfg)
 
 
 def prepare(cfg):

@@ -72,6 +72,11 @@ class RunSchema:
     analogy: Any = None  # experiment=analogy: step, windows, cascade lengths and the LLM preset
     study: Any = None  # experiment=study: batched parameter study (sim.core.study)
     sensitivity: Any = None  # experiment=sensitivity: SALib Sobol / Morris over the batched path
+    society: Any = None  # experiment=society: LLM division of labour (sim.substrates.llm.society)
+    homeostasis: Any = None  # experiment=homeostasis: ATP, PCr, Pi and dG against work rate
+    differentiation: Any = None  # theta and its adaptation (sim.core.differentiation; conf/differentiation/)
+    multicellular: Any = None  # experiment=multicellular: phase diagrams of division of labour
+    robustness: Any = None  # experiment=robustness: failures of producers / specialists
 
 
 def register() -> None:

@@ -39,8 +39,8 @@ from sim.config.schema import RunSchema
 from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 
-STRICT_GROUPS = ("substrate", "model", "gpu")  # free-form groups checked against conf/<group>/*.yaml
-EXPERIMENT_SECTIONS = ("roofline", "serving", "cascade", "analogy", "study", "sensitivity")  # set by conf/experiment/*.yaml
+STRICT_GROUPS = ("substrate", "model", "gpu", "differentiation")  # free-form groups checked against conf/<group>/*.yaml
+EXPERIMENT_SECTIONS = ("roofline", "serving", "cascade", "analogy", "study", "sensitivity", "society", "homeostasis")  # set by conf/experiment/*.yaml
 MAX_SEED = 2**63 - 1  # jax.random.PRNGKey(seed) converts the seed to a signed 64-bit integer
 REPLICATE_LIMIT = 2**32  # replicate numbers are folded into the key as uint32 (fold_in)
 BACKENDS = ("jax", "mesa")

@@ -46,6 +46,10 @@ What a substrate provides (all pure or host-side functions; none reads module st
     what the Mesa layer builds agents from (:class:`EntitySpec`).
 ``compartment``
     what a cell is called in messages ("cell", "model instance").
+``differentiation`` (optional)
+    a :class:`sim.core.differentiation.Hooks` (work ledger, charged currency, how to pay, alive):
+    the substrate then carries ``state.diff`` / ``params.diff``, scales its production and
+    specialised work by ``theta`` and gets the adaptation process of the core for free.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class Substrate:
     compartment: str = "cell"
     currency: str = "currency"
     description: str = ""
+    differentiation: object = None  # sim.core.differentiation.Hooks: theta, adaptation (None: not offered)
 
     @property
     def record_fields(self) -> tuple[str, ...]:

@@ -3,22 +3,30 @@
 Explicit Euler steps of length ``dt``; every quantity is dimensionless. Per cell i, in this order:
 
 ``supply``       S += dt k_in u (S_ext - S)                        (u = uptake_scale)
-``production``   P = dt sum_k alive_k V_k s h_k  S/(K_S+S)  D/(K_D+D)   (s = supply_scale)
+``production``   P = dt f_p sum_k alive_k V_k s h_k  S/(K_S+S)  D/(K_D+D)   (s = supply_scale)
                  A += P, D -= P, S -= P / Y; produced += P, substrate_used += P / Y
-``consumption``  q_k = dt V_k d A/(K_k+A) (d = demand_scale, A at the start of the process);
+``consumption``  q_k = dt V_k d A/(K_k+A) (d = demand_scale, A at the start of the process; x f_w
+                 for the work tier 1);
                  tier 0 is served first, then tier 1, from what is left; a tier asking
                  Q = sum q_k > A gets the fraction A / Q of each request and leaves A = 0.
-                 A -= spent, D += spent; spent += sum spent_k, work += sum value_k spent_k
+                 A -= spent, D += spent; spent += sum spent_k, work += sum value_k spent_k,
+                 output += the same sum over the work tier (1) only
 ``transport``    per junction e = (i, j) and carrier form X in (A, D):
                  J = dt g_e c (X_i - X_j) (c = conductance_scale; 0 unless both cells are alive);
-                 the sender loses |J|, the receiver gains (1 - loss_e)|J|, the sender's ledger
-                 books loss_e |J| as lost and |J| of A as transported_out (segment sums, no loops)
+                 the sender loses |J|; the receiver gains |J| of D, and of A it gains (1 - loss_e)|J|
+                 while loss_e |J| arrives discharged (as D): moving currency dissipates a fraction of
+                 its charge, the carrier itself is conserved. The sender's ledger books loss_e |J_A|
+                 as lost and |J_A| as transported_out (segment sums, no loops)
 ``failure``      a living producer fails with probability 1 - exp(-h0 dt), from the draw
                  ``sim.rng.uniforms(key, step, PRODUCER_FAILURE, id)``, id = cell * slots + slot
 ``birth``        a living cell with a free slot revives its first free slot with probability
                  1 - exp(-b dt), from the draw ``sim.rng.uniforms(key, step, PRODUCER_BIRTH, cell)``
 
-A + D of a cell changes only by transport, so sum_i (A_i + D_i) + sum_i lost_i is constant.
+``adaptation``   (only with ``differentiation.rule`` imitation | gradient: :mod:`sim.core.differentiation`)
+
+f_p = (2 theta)^alpha and f_w = (2 (1 - theta))^alpha are the differentiation factors of the cell's
+theta (:mod:`sim.core.differentiation`; both 1 for a generalist, theta = 1/2, the default).
+A + D of a cell changes only by transport, so sum_i (A_i + D_i) is constant.
 Production and transport need no clamp when dt passes the build's stability check; consumption
 is rationed, so A never goes below zero.
 """
@@ -29,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from sim import rng
+from sim.core.differentiation import production_factor, work_factor
 from sim.core.ops import rowsum
 from sim.pytree import replace
 from sim.substrates.generic.state import N_TIERS
@@ -45,7 +54,7 @@ def production(state, params, key=None):
     s, d = c.s, c.d
     sat = (s / (params.k_substrate + s)) * (d / (params.k_discharged + d))
     rate = jnp.where(p.alive & c.alive[:, None], p.vmax * params.supply_scale * p.health, 0.0)
-    made = params.dt * rowsum(rate) * sat
+    made = params.dt * rowsum(rate) * production_factor(state.diff.theta, params.diff.alpha) * sat
     used = made / params.yield_
     cells = replace(c, s=s - used, a=c.a + made, d=d - made)
     led = replace(state.ledger, produced=state.ledger.produced + made,
@@ -57,7 +66,8 @@ def consumption(state, params, key=None):
     c, k = state.cells, state.consumers
     a0 = c.a
     ask = params.dt * k.vmax * params.demand_scale * a0[:, None] / (k.km + a0[:, None])
-    ask = jnp.where(c.alive[:, None], ask, 0.0)
+    f_w = work_factor(state.diff.theta, params.diff.alpha)[:, None]
+    ask = jnp.where(c.alive[:, None], jnp.where(k.tier == 1, ask * f_w, ask), 0.0)
     a, spent = a0, jnp.zeros_like(ask)
     for t in range(N_TIERS):
         mine = k.tier == t
@@ -69,7 +79,9 @@ def consumption(state, params, key=None):
         a = jnp.where(short, 0.0, a - total)
     out = rowsum(spent)
     cells = replace(c, a=a, d=c.d + out)
-    led = replace(state.ledger, spent=state.ledger.spent + out, work=state.ledger.work + rowsum(k.value * spent))
+    done = k.value * spent
+    led = replace(state.ledger, spent=state.ledger.spent + out, work=state.ledger.work + rowsum(done),
+                  output=state.ledger.output + rowsum(jnp.where(k.tier == 1, done, 0.0)))
     return replace(state, cells=cells, ledger=led)
 
 
@@ -80,11 +92,11 @@ def transport(state, params, key=None):
     g = jnp.where(c.alive[e.src] & c.alive[e.dst], params.dt * e.conductance * params.conductance_scale, 0.0)
     j = g[:, None] * (x[e.src] - x[e.dst])  # (E, 2), positive: src -> dst
     fwd, back = jnp.maximum(j, 0.0), jnp.maximum(-j, 0.0)
-    keep = (1.0 - e.loss)[:, None]
-    leak = e.loss[:, None]
-    # per end of a junction: change of (A, D), A sent, carrier lost (booked to the sender)
-    at_src = jnp.concatenate([keep * back - fwd, fwd[:, :1], rowsum(leak * fwd)[:, None]], axis=1)
-    at_dst = jnp.concatenate([keep * fwd - back, back[:, :1], rowsum(leak * back)[:, None]], axis=1)
+    # charge dissipated in transit: of the A each end receives, loss_e arrives as D
+    fa, ba = fwd[:, 0] * e.loss, back[:, 0] * e.loss
+    # per end of a junction: change of A, change of D, A sent, charge lost (booked to the sender)
+    at_src = jnp.stack([back[:, 0] - ba - fwd[:, 0], back[:, 1] + ba - fwd[:, 1], fwd[:, 0], fa], axis=1)
+    at_dst = jnp.stack([fwd[:, 0] - fa - back[:, 0], fwd[:, 1] + fa - back[:, 1], back[:, 0], ba], axis=1)
     booked = jax.ops.segment_sum(jnp.concatenate([at_src, at_dst]), jnp.concatenate([e.src, e.dst]),
                                  num_segments=n)
     cells = replace(c, a=c.a + booked[:, 0], d=c.d + booked[:, 1])
@@ -121,3 +133,10 @@ PROCESSES = (
     ("failure", failure),
     ("birth", birth),
 )
+
+
+def pay(state, amount):
+    """Differentiation hook: a move's cost is charged currency spent (A -> D), booked as switching."""
+    c = state.cells
+    led = replace(state.ledger, switching=state.ledger.switching + amount)
+    return replace(state, cells=replace(c, a=c.a - amount, d=c.d + amount), ledger=led)

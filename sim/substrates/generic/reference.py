@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import rng
+from sim.core.differentiation import AdaptationReference
 from sim.substrates.generic.state import N_TIERS, Cells, Consumers, Ledger, Producers, State
 
 LEDGER = tuple(f.name for f in dataclasses.fields(Ledger))
@@ -38,7 +39,8 @@ class ReferenceGeneric:
 
     def __init__(self, built, replicate: int = 0, key=None):
         p = built.params
-        self.p = {f.name: float(np.asarray(getattr(p, f.name))) for f in dataclasses.fields(p) if f.name != "edges"}
+        self.p = {f.name: float(np.asarray(getattr(p, f.name))) for f in dataclasses.fields(p)
+                  if f.name not in ("edges", "diff")}
         e = p.edges
         self.edges = list(zip(np.asarray(e.src).tolist(), np.asarray(e.dst).tolist(),
                               np.asarray(e.conductance, float).tolist(), np.asarray(e.loss, float).tolist()))
@@ -52,6 +54,7 @@ class ReferenceGeneric:
         self.ledger = {name: lst(getattr(s.ledger, name)) for name in LEDGER}
         self.n, self.slots = np.asarray(pr.alive).shape
         self.step_count = int(s.step)
+        self.diff = AdaptationReference(s.diff, p.diff, self.key)
 
     # ---- processes, in the order of kernels.PROCESSES ---------------------------------------------
 
@@ -70,7 +73,7 @@ class ReferenceGeneric:
             for k in range(self.slots):
                 if self.alive[i] and self.p_alive[i][k]:
                     rate += self.p_vmax[i][k] * p["supply_scale"] * self.p_health[i][k]
-            made = p["dt"] * rate * sat
+            made = p["dt"] * rate * self.diff.factors(i)[0] * sat
             used = made / p["yield_"]
             self.S[i], self.A[i], self.D[i] = s - used, self.A[i] + made, d - made
             led["produced"][i] += made
@@ -82,7 +85,9 @@ class ReferenceGeneric:
             if not self.alive[i]:
                 continue
             a0 = a = self.A[i]
-            ask = [p["dt"] * v * p["demand_scale"] * a0 / (km + a0) for v, km in zip(self.c_vmax[i], self.c_km[i])]
+            f_w = self.diff.factors(i)[1]
+            ask = [p["dt"] * v * p["demand_scale"] * a0 / (km + a0) * (f_w if tier == 1 else 1.0)
+                   for v, km, tier in zip(self.c_vmax[i], self.c_km[i], self.c_tier[i])]
             spent = [0.0] * len(ask)
             for t in range(N_TIERS):  # tier 0 first; proportional shares within a tier when A is short
                 mine = [k for k in range(len(ask)) if self.c_tier[i][k] == t]
@@ -94,7 +99,9 @@ class ReferenceGeneric:
             out = sum(spent)
             self.A[i], self.D[i] = a, self.D[i] + out
             led["spent"][i] += out
-            led["work"][i] += sum(v * x for v, x in zip(self.c_value[i], spent))
+            done = [v * x for v, x in zip(self.c_value[i], spent)]
+            led["work"][i] += sum(done)
+            led["output"][i] += sum(x for x, tier in zip(done, self.c_tier[i]) if tier == 1)
 
     def transport(self):
         p, led = self.p, self.ledger
@@ -105,12 +112,15 @@ class ReferenceGeneric:
                 continue
             gdt = p["dt"] * g * p["conductance_scale"]
             ja, jd = gdt * (self.A[i] - self.A[j]), gdt * (self.D[i] - self.D[j])
-            for flux, delta in ((ja, delta_a), (jd, delta_d)):
-                src, dst = (i, j) if flux >= 0 else (j, i)
-                delta[src] -= abs(flux)
-                delta[dst] += (1.0 - loss) * abs(flux)
-                lost[src] += loss * abs(flux)
-            sent[i if ja >= 0 else j] += abs(ja)
+            src, dst = (i, j) if ja >= 0 else (j, i)  # charged currency: loss arrives discharged
+            delta_a[src] -= abs(ja)
+            delta_a[dst] += abs(ja) - loss * abs(ja)
+            delta_d[dst] += loss * abs(ja)
+            lost[src] += loss * abs(ja)
+            sent[src] += abs(ja)
+            src, dst = (i, j) if jd >= 0 else (j, i)
+            delta_d[src] -= abs(jd)
+            delta_d[dst] += abs(jd)
         for i in range(self.n):
             self.A[i] += delta_a[i]
             self.D[i] += delta_d[i]
@@ -136,6 +146,13 @@ class ReferenceGeneric:
                 self.p_alive[i][free[0]] = True
                 self.ledger["births"][i] += 1.0
 
+    def adaptation(self):
+        paid = self.diff.step(self.step_count, self.p["dt"], self.ledger["output"], self.A, self.alive)
+        for i, x in enumerate(paid):
+            self.A[i] -= x
+            self.D[i] += x
+            self.ledger["switching"][i] += x
+
     def step(self):
         self.supply()
         self.production()
@@ -143,6 +160,7 @@ class ReferenceGeneric:
         self.transport()
         self.failure()
         self.birth()
+        self.adaptation()
         self.step_count += 1
 
     # ---- export -------------------------------------------------------------------------------------
@@ -158,5 +176,6 @@ class ReferenceGeneric:
             consumers=Consumers(vmax=f(self.c_vmax), km=f(self.c_km), tier=np.array(self.c_tier, np.int32),
                                 value=f(self.c_value)),
             ledger=Ledger(**{name: f(self.ledger[name]) for name in LEDGER}),
+            diff=self.diff.state(),
             step=np.int32(self.step_count),
         )

@@ -29,9 +29,10 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from sim.core import differentiation as dif
 from sim.core.substrate import Built, EntitySpec, Quantity, Substrate
 from sim.errors import ConfigError
-from sim.substrates.generic.kernels import PROCESSES
+from sim.substrates.generic.kernels import PROCESSES, pay
 from sim.substrates.generic.state import N_TIERS, Cells, Consumers, Edges, Ledger, Params, Producers, State
 
 PARAM_NAMES = ("supply_scale", "demand_scale", "uptake_scale", "conductance_scale")
@@ -147,7 +148,7 @@ def check_stability(built: Built) -> None:
             problems.append(ConfigError("dt", dt, f"dt * conductance * max_degree < 1 for stable transport (it is "
                                         f"{courant:.3g}); lower dt or substrate.transport.conductance"))
     v = float(np.max(np.sum(s.producers.vmax * s.producers.health, axis=1)))  # every slot alive (births)
-    v *= float(p.supply_scale)
+    v *= float(p.supply_scale) * float(np.max(dif.production_factor(np.asarray(getattr(built, "theta_max", 1.0)), np.asarray(p.diff.alpha))))
     rate = max(v / float(p.k_discharged), v / (float(p.yield_) * float(p.k_substrate)),
                float(p.exchange_rate) * float(p.uptake_scale))
     if not dt * rate <= 0.5:
@@ -181,7 +182,9 @@ def build(cfg: dict) -> Built:
                                                           dtype).reshape(1, -1), (n, 1))
     consumers = Consumers(vmax=row("capacity"), km=row("affinity"), tier=row("tier", np.int32), value=row("value"))
     ledger = Ledger(**{name: full(0.0) for name in LEDGER})
-    state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, step=np.int32(0))
+    opts = dif.read_config(cfg)
+    diff = dif.init_state(opts, n, seed)
+    state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, diff=diff, step=np.int32(0))
     scales = cfg.get("params") or {}
     f = np.float64
     edges = Edges(src=src, dst=dst, conductance=full(v["transport.conductance"], src.shape),
@@ -190,11 +193,14 @@ def build(cfg: dict) -> Built:
                     external=f(v["supply.external"]), exchange_rate=f(v["supply.exchange_rate"]),
                     k_substrate=f(v["producers.k_substrate"]), k_discharged=f(v["producers.k_discharged"]),
                     yield_=f(v["producers.yield"]), hazard=f(v["producers.hazard"]),
-                    birth_rate=f(v["producers.birth_rate"]), edges=edges)
+                    birth_rate=f(v["producers.birth_rate"]), edges=edges, diff=dif.init_params(opts, src, dst, n))
     built = Built(state=state, params=params, graph=graph, seed=seed)
+    # the largest theta a cell can reach: stability is checked for the fastest producer possible
+    theta_max = built.theta_max = 1.0 if opts["rule"] != "fixed" else float(np.max(diff.theta, initial=0.5))
     check_stability(built)
     if cfg.get("precision", "float64") == "float32":
         built = Built(cast(state, np.float32), cast(params, np.float32), graph, seed)
+        built.theta_max = theta_max
     return built
 
 
@@ -210,11 +216,14 @@ RECORDS = (
     Quantity("produced", "1", "cumulative currency made"),
     Quantity("spent", "1", "cumulative currency spent"),
     Quantity("work", "1", "cumulative work (value x spent)"),
+    Quantity("output", "1", "cumulative specialised work (value x spent of the work tier)"),
     Quantity("transported_out", "1", "cumulative charged currency sent over junctions"),
-    Quantity("lost", "1", "cumulative carrier lost in transit"),
+    Quantity("lost", "1", "cumulative charge dissipated in transit (A arriving as D)"),
     Quantity("substrate_used", "1", "cumulative substrate used by producers"),
     Quantity("failures", "1", "cumulative producer failures"),
     Quantity("births", "1", "cumulative producer births"),
+    Quantity("switching", "1", "cumulative currency spent changing theta"),
+    Quantity("theta", "1", "differentiation: share of capacity making currency (0 worker, 1/2 generalist, 1 producer)"),
 )
 
 
@@ -227,6 +236,7 @@ def observe(state) -> dict:
         "charged_fraction": jnp.where(total > 0, c.a / jnp.where(total > 0, total, 1.0), 0.0),
         "alive": c.alive, "producers_alive": jnp.sum(state.producers.alive, axis=1).astype(jnp.int32),
         **{name: getattr(led, name) for name in LEDGER},
+        "theta": state.diff.theta,
     }
 
 
@@ -274,7 +284,7 @@ def summarize(built, result, cfg: dict) -> dict:
     total = lambda x: float(np.mean(np.sum(np.asarray(x, np.float64), axis=-1)))  # noqa: E731
     s0 = built.state.cells
     carrier0 = float(np.sum(np.asarray(s0.a, np.float64) + np.asarray(s0.d, np.float64)))
-    carrier = (a + d).sum(-1) + np.asarray(led.lost, np.float64).sum(-1)
+    carrier = (a + d).sum(-1)  # the carrier is conserved: transport loss dissipates charge only
     alive = np.asarray(c.alive)
     frac = np.where(a + d > 0, a / np.where(a + d > 0, a + d, 1.0), 0.0)
     i0 = (len(times) - 1) // 2  # spending rate and mean pool over the second half of the records
@@ -300,7 +310,22 @@ def summarize(built, result, cfg: dict) -> dict:
         "producers_alive": float(np.mean(np.asarray(st.producers.alive).sum((-1, -2)))),
         "replicates": int(alive.shape[0]), "wall_s": float(result.wall_s), "compile_s": float(result.compile_s),
         "simulated_time": float(times[-1]),
+        "output": total(led.output),
+        **division_summary(np.asarray(st.diff.theta), np.asarray(led.output), np.asarray(led.substrate_used)),
     }
+
+
+def division_summary(theta, output, substrate_used) -> dict:
+    """Division of labour at the end of a run (mean over replicates; sim.core.division): the
+    specialised work (output) per unit of substrate used is the tissue's efficiency."""
+    from sim.core import division
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_sub = np.sum(output, -1) / np.sum(substrate_used, -1)
+    return {"specialization_index": float(np.mean(division.specialization_index(theta))),
+            "producer_fraction": float(np.mean(division.producer_fraction(theta))),
+            "theta_mean": float(np.mean(theta)),
+            "output_per_substrate": float(np.mean(per_sub))}
 
 
 def figures(ds, out_dir):
@@ -367,4 +392,6 @@ SUBSTRATE = Substrate(
     compartment="cell",
     currency="currency",
     description="one dimensionless currency: producers recharge D -> A from substrate, consumers spend A for work",
+    differentiation=dif.Hooks(work=lambda s: s.ledger.output, charged=lambda s: s.cells.a, pay=pay,
+                              alive=lambda s: s.cells.alive),
 )

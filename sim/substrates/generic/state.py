@@ -17,7 +17,7 @@ class Cells:
     alive: object  # (C,) bool: cells do not die in this model; a dead cell's junctions are closed
     s: object  # (C,) S, substrate pool
     a: object  # (C,) A, charged currency
-    d: object  # (C,) D, discharged carrier (A + D is conserved but for transport)
+    d: object  # (C,) D, discharged carrier (A + D of the tissue is conserved)
 
 
 @pytree_dataclass
@@ -40,11 +40,13 @@ class Ledger:  # cumulative per cell (C,), never decreasing
     produced: object  # currency made (D -> A)
     spent: object  # currency spent (A -> D)
     work: object  # sum over consumers of value x spent
+    output: object  # specialised work: value x spent of the work tier (1), what differentiation pays for
     transported_out: object  # charged currency sent over junctions
-    lost: object  # carrier (A and D) lost in transit on junctions this cell sent over
+    lost: object  # charge dissipated in transit (A arriving as D) on junctions this cell sent A over
     substrate_used: object  # substrate consumed by production
     failures: object  # producers failed (a count, stored as a float)
     births: object  # producers made (a count, stored as a float)
+    switching: object  # currency spent changing theta (differentiation moves)
 
 
 @pytree_dataclass
@@ -53,6 +55,7 @@ class State:
     producers: Producers
     consumers: Consumers
     ledger: Ledger
+    diff: object  # sim.core.differentiation.DiffState: theta and its adaptation
     step: object  # int32 scalar
 
 
@@ -61,7 +64,7 @@ class Edges:
     src: object  # (E,) int32 cell index, src < dst
     dst: object  # (E,) int32
     conductance: object  # (E,) g, per unit time
-    loss: object  # (E,) fraction of the flux lost in transit, in [0, 1]
+    loss: object  # (E,) fraction of the charged flux that arrives discharged, in [0, 1]
 
 
 @pytree_dataclass
@@ -79,3 +82,4 @@ class Params:
     hazard: object  # h0, producer failures per producer per unit time
     birth_rate: object  # b, producer births per cell with a free slot per unit time
     edges: Edges
+    diff: object  # sim.core.differentiation.DiffParams

@@ -76,3 +76,120 @@ def test_sustained_demand_adds_producers(rest, model):
     n0 = int(np.asarray(model.state.producers.alive)[0].sum())
     assert n2[:, -1].mean() > n_rest[:, -1].mean() + 1.0, (n2[:, -1].mean(), n_rest[:, -1].mean())
     assert n2[:, -1].mean() > n0
+
+
+# ------------------------------------------------------------------------------------------------
+# The integrator against an independent ODE solution (issue 11): the deterministic single cell
+# (no failure, biogenesis or wear; protein synthesis chains without termination, so their demand
+# is the Michaelis-Menten law) written from the documented equations in sim.analysis.supply_demand
+# (free pools on the kinase-equilibrium manifold, y = (E, glucose)) and integrated by scipy's
+# LSODA at rtol 1e-11, against the engine's explicit step over a rest -> 2x demand trajectory.
+
+ODE_SETTLE_STEPS = 5_000  # 100 s at rest: near the resting root (the ODE starts from the engine's state)
+ODE_SPAN_S = 30.0  # s after the step (~10 relaxation times)
+
+
+def _quiet_model(dt):
+    from _support import quiet_bio_substrate
+    from sim.substrates.bio.build import build
+
+    cfg = dict(substrate=quiet_bio_substrate(), topology=dict(kind="single"), seed=0, dt=dt,
+               params=dict(chain_p_stop=0.0))
+    return build(cfg)
+
+
+@pytest.fixture(scope="module")
+def ode_runs():
+    """Engine ATP after the step at dt and dt/2 (both from the same settled resting state), and the
+    ODE solution at the same times."""
+    from scipy import integrate
+
+    from sim.analysis import supply_demand as sd
+
+    m = _quiet_model(DT)
+    # one record every 5 steps and 100 records per chunk in all three runs: one compilation
+    settled = engine.run(BIO, m.state, m.params, seed=0, steps=ODE_SETTLE_STEPS, record_every=5)
+    assert settled.error is None
+    state0 = jax_tree_first(settled.state)
+    out = {}
+    for dt in (DT, DT / 2):
+        steps = int(round(ODE_SPAN_S / dt))
+        params = dataclasses.replace(m.params, dt=np.asarray(dt), demand_scale=np.asarray(2.0))
+        r = engine.run(BIO, state0, params, seed=0, steps=steps, record_every=5)
+        assert r.error is None
+        keep = slice(int(round(0.1 / dt)) // 5 - 1, None, int(round(0.1 / dt)) // 5)  # every 0.1 s
+        out[dt] = (np.asarray(r.times)[keep], np.asarray(r.records["pools"])[0, keep, 0, ATP])  # s after the step
+    pools = np.asarray(state0.cells.pools)[0]
+    cm = sd.cell_from_model(m, demand_scale=2.0)
+    e0 = 2.0 * pools[ATP] + pools[ADP] + float(np.asarray(state0.cells.pcr)[0])
+    times = out[DT][0]
+    sol = integrate.solve_ivp(sd.rhs(cm), (0.0, float(times[-1])), [e0, pools[0]], method="LSODA", t_eval=times,
+                              rtol=1e-11, atol=1e-13)
+    assert sol.success
+    atp_ode = np.array([float(cm.species(e)[0]) for e in sol.y[0]])
+    rest = sd.solve_steady_state(sd.cell_from_model(m))
+    assert pools[ATP] == pytest.approx(rest.atp, rel=1e-4)  # the engine settled near the resting root
+    return out, atp_ode, rest, cm
+
+
+def jax_tree_first(tree):
+    """Replicate 0 of a batched state, as numpy (the engine's state keeps the replicate axis)."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: np.asarray(x)[0], tree)
+
+
+@pytest.mark.slow  # the shared fixture: ~50 s on the loaded 2-core machine (one compile, 9,500 steps)
+def test_engine_matches_independent_ode_and_converges_first_order(ode_runs):
+    out, atp_ode, rest, _ = ode_runs
+    t1, a1 = out[DT]
+    t2, a2 = out[DT / 2]
+    np.testing.assert_allclose(t1, t2, atol=1e-9)  # the same record times
+    assert t1[0] == pytest.approx(0.1) and t1[-1] == pytest.approx(ODE_SPAN_S)
+    assert atp_ode[-1] < 0.85 * rest.atp  # the step moved ATP (~-22%)
+    err1 = np.max(np.abs(a1 - atp_ode)) / rest.atp
+    err2 = np.max(np.abs(a2 - atp_ode)) / rest.atp
+    assert err1 < 1e-3, err1  # agreement at the default dt (measured ~2.5e-4)
+    assert 0.4 < err2 / err1 < 0.6, (err1, err2)  # explicit Euler: the error halves with dt
+
+
+@pytest.mark.slow
+def test_relaxation_time_engine_equals_ode(ode_runs):
+    """The analogy's 63% relaxation time of ATP, from the engine's deterministic trajectory and
+    from the ODE (sim.analysis.relaxation), agree to the Euler error."""
+    from sim.analysis import relaxation as rx
+    from sim.analysis import supply_demand as sd
+
+    out, atp_ode, rest, cm = ode_runs
+    after = sd.solve_steady_state(cm).atp
+    t1, a1 = out[DT]
+    t0 = np.concatenate([[0.0], t1])  # the step starts from the resting root
+    tau_engine = rx.relaxation_time(t0, np.concatenate([[rest.atp], a1]), 0.0, rest.atp, after)
+    tau_ode = rx.relaxation_time(t0, np.concatenate([[rest.atp], atp_ode]), 0.0, rest.atp, after)
+    assert 1.0 < tau_ode < 10.0, tau_ode
+    assert tau_engine == pytest.approx(tau_ode, rel=0.02)
+    m = _quiet_model(DT)
+    assert rx.ode_relaxation_time(sd.cell_from_model(m), 2.0, quantity="atp") == pytest.approx(tau_ode, rel=1e-3)
+
+
+def test_relaxation_time_ci_covers_a_known_time_constant():
+    """Noisy exponential steps of known tau: the 95% interval over 12 replicates covers it, and it
+    narrows with more replicates."""
+    from sim.analysis import relaxation as rx
+
+    rng = np.random.default_rng(11)
+    t = np.arange(-20.0, 40.0, 0.05)
+    tau = 3.5
+    x = np.where(t < 0, 0.93, 0.93 - 0.1 * (-np.expm1(-np.maximum(t, 0) / tau)))
+    pre, post = t < 0, t > 30
+
+    def ci(n):
+        # noise 0.5% of the change: a first passage through noise comes early by ~noise / slope
+        sig = x + rng.normal(0, 0.0005, (n, t.size))
+        return rx.relaxation_time_ci(t, sig, 0.0, pre, post)
+
+    c12, c48 = ci(12), ci(48)
+    assert c12["n"] == 12 and c12["ci_low"] < tau < c12["ci_high"], c12
+    assert c48["ci_high"] - c48["ci_low"] < c12["ci_high"] - c12["ci_low"]
+    with pytest.raises(ValueError, match="confidence"):
+        rx.relaxation_time_ci(t, x[None], 0.0, pre, post, confidence=1.5)

@@ -25,8 +25,15 @@ Equations (values and sources in conf/substrate/bio.yaml and docs/references.md)
   equals the Michaelis-Menten law of the consumer the chains realise.
 * adenylate kinase at equilibrium ``K_AK = A M / D^2`` (fast on the time scale of the fluxes):
   the adenine pool ``N = A + D + M`` and the high-energy phosphate ``E = 2A + D`` fix A, D, M
+* optional creatine kinase buffer at equilibrium too, ``K_CK = A Cr / (D PCr)`` with creatine
+  ``C = PCr + Cr``: then ``E = 2A + D + PCr`` and, with ``r = A/D``, ``E(r) = N r (2r + 1)/(r^2 + r
+  + K_AK) + C r/(r + K_CK)`` (increasing), solved for r with ``brentq``
+* parallel activation: producer capacities times ``demand_scale ** parallel_activation``
+* A, D, M are the FREE pools; the energy charge is that of the totals, with constant bound ADP and
+  AMP added (``adp_bound``, ``amp_bound``)
 * conserved moieties in a closed cell: ``N`` and ``Pi + E`` (ATP synthesis turns one Pi and one
-  ADP into ATP: E rises by one, Pi falls by one; hydrolysis is the reverse; AK conserves both).
+  ADP into ATP: E rises by one, Pi falls by one; hydrolysis is the reverse; the kinases conserve
+  both).
 
 At a steady state the only free variables are E (which sets A, D, M and Pi) and S, and the
 steady-state conditions are ``sum_p J_p = sum_j u_j`` (supply = demand of ATP) and
@@ -64,6 +71,7 @@ __all__ = [
     "dg_atp_kj",
     "elasticities",
     "numerical_control_coefficients",
+    "rhs",
     "quasi_steady_glucose",
     "solve_steady_state",
     "supply_capacity",
@@ -105,6 +113,31 @@ def ak_equilibrium(n, e, k_ak):
     return a, d, m
 
 
+def ak_ck_species(n, e, k_ak, creatine, k_ck):
+    """(ATP, ADP, AMP, PCr) with adenylate and creatine kinase at equilibrium for adenine ``n``,
+    creatine ``creatine`` and high-energy phosphate ``e = 2A + D + PCr`` (scalars; ``brentq`` on
+    ln(A/D), independent of the engine's Newton iteration)."""
+    if creatine <= 0:
+        a, d, m = ak_equilibrium(n, e, k_ak)
+        return float(a), float(d), float(m), 0.0
+    e = min(max(float(e), 0.0), 2.0 * n + creatine)
+
+    def e_of(x):
+        r = math.exp(x)
+        return n * r * (2.0 * r + 1.0) / (r * r + r + k_ak) + creatine * r / (r + k_ck) - e
+
+    lo, hi = -60.0, 60.0
+    if e_of(lo) >= 0:
+        x = lo
+    elif e_of(hi) <= 0:
+        x = hi
+    else:
+        x = optimize.brentq(e_of, lo, hi, xtol=1e-15, rtol=RTOL, maxiter=500)
+    r = math.exp(x)
+    q = r * r + r + k_ak
+    return n * r * r / q, n * r / q, n * k_ak / q, creatine * r / (r + k_ck)
+
+
 # --------------------------------------------------------------------------------------------
 # the cell
 
@@ -142,15 +175,41 @@ class CellModel:
     ch_p_stop: float = 0.0  # per aa
     ch_init_rate: float = 0.0  # 1/s per free slot at saturating ATP
     ch_init_per_aa: float = 0.0  # initiation ATP per ribosome / ATP per aa
+    # free versus bound nucleotides, creatine kinase buffer, parallel activation (see the module docstring)
+    adp_bound: float = 0.0  # mM
+    amp_bound: float = 0.0  # mM
+    creatine_total: float = 0.0  # mM (0: no buffer)
+    k_ck: float = 166.0  # apparent K_CK (Lawson & Veech 1979 at pH 7.0)
+    parallel_activation: float = 0.0  # exponent of demand_scale on the producers' capacity
 
     def replace(self, **kw) -> "CellModel":
         return dataclasses.replace(self, **kw)
 
     # ---- rates (vectorised over E and S where that makes sense) ----
     def species(self, e):
-        """(A, D, M, Pi) in mM on the AK-equilibrium manifold for high-energy phosphate ``e``."""
-        a, d, m = ak_equilibrium(self.n_adenine, e, self.k_ak)
+        """(A, D, M, Pi) in mM (free) on the kinase-equilibrium manifold for high-energy phosphate ``e``."""
+        if self.creatine_total > 0:
+            a, d, m, _ = self.species_pcr(e)
+        else:
+            a, d, m = ak_equilibrium(self.n_adenine, e, self.k_ak)
         return a, d, m, self.p_total - np.asarray(e, dtype=float)
+
+    def species_pcr(self, e):
+        """(A, D, M, PCr) in mM for high-energy phosphate ``e`` (vectorised over ``e``)."""
+        f = np.vectorize(lambda x: ak_ck_species(self.n_adenine, x, self.k_ak, self.creatine_total, self.k_ck))
+        a, d, m, p = f(np.asarray(e, dtype=float))
+        return a, d, m, p
+
+    def energy_charge(self, e):
+        """Energy charge of the total pools (bound ADP and AMP included) at ``e``."""
+        a, d, m, _ = self.species(e)
+        d = d + self.adp_bound
+        return (a + 0.5 * d) / (a + d + (m + self.amp_bound))
+
+    @property
+    def activation(self) -> float:
+        """Parallel activation of supply: ``demand_scale ** parallel_activation``."""
+        return self.demand_scale ** self.parallel_activation
 
     def brake(self, dg):
         rt = R_J_PER_MOL_K * self.temperature_k * 1e-3
@@ -166,7 +225,7 @@ class CellModel:
             * (d[..., None] / (self.p_k_adp + d[..., None]))
             * (pi[..., None] / (self.p_k_pi + pi[..., None]))
         )
-        return self.supply_scale * self.p_vmax * sat * self.brake(dg)
+        return (self.supply_scale * self.activation) * self.p_vmax * sat * self.brake(dg)
 
     def supply(self, e, s):
         return np.sum(self.producer_rates(e, s), axis=-1)
@@ -207,8 +266,8 @@ class CellModel:
 
     @property
     def e_max(self) -> float:
-        """Largest feasible E: A <= N (E <= 2N) and Pi >= 0 (E <= p_total)."""
-        return float(min(2.0 * self.n_adenine, self.p_total))
+        """Largest feasible E: A <= N and PCr <= C (E <= 2N + C) and Pi >= 0 (E <= p_total)."""
+        return float(min(2.0 * self.n_adenine + self.creatine_total, self.p_total))
 
 
 def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
@@ -222,6 +281,7 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
     pools = np.asarray(st.cells.pools)[cell]
     # species order of sim.substrates.bio.state: glucose, atp, adp, amp, pi
     atp, adp, amp, pi = (float(v) for v in pools[1:5])
+    pcr = float(np.asarray(st.cells.pcr)[cell])
     alive_p = np.asarray(st.producers.alive)[cell] & bool(np.asarray(st.cells.alive)[cell])
     kind = np.asarray(st.producers.kind)[cell][alive_p]
     vmax = (np.asarray(st.producers.vmax)[cell] * np.asarray(st.producers.health)[cell])[alive_p]
@@ -231,7 +291,7 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
         dg0_kj=f(pr.dg0_kj),
         k_ak=f(pr.k_ak),
         n_adenine=atp + adp + amp,
-        p_total=pi + 2.0 * atp + adp,
+        p_total=pi + 2.0 * atp + adp + pcr,
         s_ext=f(pr.external_substrate),
         k_uptake=f(np.asarray(st.cells.uptake)[cell]),
         p_vmax=np.asarray(vmax, float),
@@ -247,6 +307,11 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
         supply_scale=f(pr.supply_scale),
         demand_scale=f(pr.demand_scale),
         uptake_scale=f(pr.uptake_scale),
+        adp_bound=f(pr.adp_bound),
+        amp_bound=f(pr.amp_bound),
+        creatine_total=f(pr.creatine_total),
+        k_ck=f(pr.k_ck),
+        parallel_activation=f(pr.parallel_activation),
     )
     ch = getattr(st, "chains", None)
     slots = 0 if ch is None else int(np.asarray(ch.active).shape[-1])
@@ -278,12 +343,15 @@ class SteadyState:
     e: float  # mM, high-energy phosphate 2A + D
     flux: float  # mM/s ATP turned over (= supply = demand)
     glucose_flux: float  # mM/s glucose taken up (= used)
-    energy_charge: float
+    energy_charge: float  # of the total pools (bound ADP and AMP included)
     dg_kj: float  # kJ/mol
     turnover_s: float  # s, ATP pool / flux
     consumer_rates: np.ndarray  # mM/s per consumer
     residual_atp: float  # mM/s, supply - demand at the root
     residual_glucose: float  # mM/s, uptake - use at the root
+    pcr: float = 0.0  # mM phosphocreatine
+    adp_total: float = 0.0  # mM, free + bound
+    amp_total: float = 0.0  # mM, free + bound
 
 
 def quasi_steady_glucose(cm: CellModel, e: float) -> float:
@@ -332,6 +400,7 @@ def solve_steady_state(cm: CellModel) -> SteadyState:
         )
     s_star = quasi_steady_glucose(cm, e_star)
     a, d, m, pi = (float(x) for x in cm.species(e_star))
+    pcr = float(cm.species_pcr(e_star)[3]) if cm.creatine_total > 0 else 0.0
     demand = float(cm.demand(e_star))
     supply = float(cm.supply(e_star, s_star))
     return SteadyState(
@@ -343,12 +412,15 @@ def solve_steady_state(cm: CellModel) -> SteadyState:
         e=e_star,
         flux=demand,
         glucose_flux=float(cm.uptake(s_star)),
-        energy_charge=(a + 0.5 * d) / (a + d + m),
+        energy_charge=float(cm.energy_charge(e_star)),
         dg_kj=float(dg_atp_kj(a, d, pi, cm.dg0_kj, cm.temperature_k)),
         turnover_s=a / demand,
         consumer_rates=np.asarray(cm.consumer_rates(e_star), float),
         residual_atp=supply - demand,
         residual_glucose=float(cm.uptake(s_star) - cm.glucose_use(e_star, s_star)),
+        pcr=pcr,
+        adp_total=d + cm.adp_bound,
+        amp_total=m + cm.amp_bound,
     )
 
 
@@ -404,3 +476,15 @@ def numerical_control_coefficients(
         dn = solve_steady_state(cm.replace(**{name: p0 * (1 - rel_step)})).flux
         out[name] = (math.log(up) - math.log(dn)) / (math.log(1 + rel_step) - math.log(1 - rel_step))
     return out
+
+
+def rhs(cm: CellModel):
+    """Right-hand side ``f(t, y)`` of the deterministic single cell for an ODE solver, ``y = (E, S)``:
+    ``dE/dt = supply(E, S) - demand(E)`` (the kinases at equilibrium conserve E), ``dS/dt =
+    uptake(S) - glucose use(E, S)``; the species follow from E on the equilibrium manifold."""
+
+    def f(t, y):
+        e, s = float(y[0]), float(y[1])
+        return [float(cm.supply(e, s) - cm.demand(e)), float(cm.uptake(s) - cm.glucose_use(e, s))]
+
+    return f

@@ -18,10 +18,10 @@ from sim.constants import FARADAY_C_PER_MOL
 from sim.core.config import get, num
 from sim.errors import ConfigError
 from sim.core import chains as ck
-from sim.substrates.bio.kernels.thermo import adenylate_equilibrium
+from sim.substrates.bio.kernels.thermo import adenylate_equilibrium, ak_ck_equilibrium
 from sim.substrates.bio.kernels.translation import no_chain_params
 from sim.substrates.bio.params import Edges, Params
-from sim.substrates.bio.state import N_SPECIES, SPECIES, Cells, Consumers, Ledger, Producers, State
+from sim.substrates.bio.state import ADP, AMP, ATP, N_SPECIES, SPECIES, Cells, Consumers, Ledger, Producers, State
 from sim.topology import build_graph, edge_arrays
 
 
@@ -52,6 +52,18 @@ def _num(sub, dotted, minimum=None, maximum=None, strict_min=False):
     return num({"substrate": sub}, f"substrate.{dotted}", minimum, maximum, strict=strict_min)
 
 
+def _opt_num(sub, dotted, default, minimum=None, maximum=None, strict_min=False):
+    """Like :func:`_num` for a key of the optional mechanisms (bound pools, creatine buffer,
+    parallel activation): absent means ``default`` (the mechanism off), present is checked."""
+    if _get_or_none(sub, dotted) is None:
+        return default
+    return _num(sub, dotted, minimum, maximum, strict_min)
+
+
+def _get_or_none(sub, dotted):
+    return get({"substrate": sub}, f"substrate.{dotted}", None)
+
+
 # no cell pool or medium reaches 1 M: larger concentrations are typing errors and would overflow the
 # energy ledgers (J = mM x L x kJ/mol) long before they meant anything
 MAX_MM = 1000.0
@@ -78,6 +90,32 @@ def _ceiling_kj(kind_cfg, prefix):
     if isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0:
         raise ConfigError(f"{prefix}.ceiling_kj_per_mol", c, "a positive number (kJ/mol) or 'pmf'")
     return float(c)
+
+
+def _k_ck(sub) -> float:
+    """Apparent creatine kinase constant [ATP][Cr]/([ADP][PCr]) = K_ref [H+] (Lawson & Veech 1979:
+    K_ref = 1.66e9 /M at 38 C, ionic strength 0.25, 1 mM free Mg2+; 166 at pH 7.0)."""
+    k_ref = _opt_num(sub, "buffer.ck_keq_per_molar", 1.66e9, 0, strict_min=True)
+    ph = _opt_num(sub, "buffer.ph", 7.0, 0, 14, strict_min=True)
+    return k_ref * 10.0 ** (-ph)
+
+
+def _buffer_at_equilibrium(state, params):
+    """Initial phosphocreatine at equilibrium with the initial adenylates (with the final params,
+    so ``params.creatine_total`` overrides start at equilibrium too). Only creatine moves: the
+    adenylates keep the configured energy charge; without creatine PCr stays 0."""
+    c = np.asarray(params.creatine_total)
+    if not np.any(c > 0):
+        return state
+    pools = state.cells.pools
+    a, d = pools[:, ATP], pools[:, ADP]
+    r = a / np.maximum(d, 1e-300)
+    pcr = np.where(d > 0, c * r / (r + np.asarray(params.k_ck)), c).astype(pools.dtype)
+    # the pools' high-energy phosphate now includes PCr: one equilibrium pass leaves them unchanged
+    a1, d1, m1, p1 = ak_ck_equilibrium(a, d, pools[:, AMP], pcr, c, np.asarray(params.k_ak), np.asarray(params.k_ck), xp=np)
+    pools = pools.copy()
+    pools[:, ATP], pools[:, ADP], pools[:, AMP] = a1, d1, m1
+    return dataclasses.replace(state, cells=dataclasses.replace(state.cells, pools=pools, pcr=np.asarray(p1, pools.dtype)))
 
 
 def _lognormal_mult(rng, cv, n):
@@ -215,6 +253,7 @@ def build(cfg, dtype=np.float64) -> Model:
         maintenance=np.ones(n, dtype),
         # the energy-stress sensor starts unstressed, at its set point (a cell adapted to rest)
         ec_slow=np.full(n, birth_ec_set, dtype),
+        pcr=zeros_c.copy(),  # set at creatine kinase equilibrium below, once the params are final
     )
     producers = Producers(
         kind=np.tile(np.array(slot_kind, np.int32), (n, 1)),
@@ -235,7 +274,7 @@ def build(cfg, dtype=np.float64) -> Model:
         produced=zeros_c.copy(), spent=zk.copy(), repair_spent=zeros_c.copy(), birth_spent=zeros_c.copy(),
         work=zk.copy(), substrate_used=zeros_c.copy(), substrate_uptake=zeros_c.copy(),
         transported_in=zeros_c.copy(), transported_out=zeros_c.copy(), lost=np.zeros((n, N_SPECIES), dtype),
-        ak_atp=zeros_c.copy(), substrate_energy_j=zeros_c.copy(), stored_energy_j=zeros_c.copy(),
+        ak_atp=zeros_c.copy(), ck_atp=zeros_c.copy(), substrate_energy_j=zeros_c.copy(), stored_energy_j=zeros_c.copy(),
         heat_j=zeros_c.copy(), hydrolysis_energy_j=zeros_c.copy(), failures=np.zeros(n, np.int32),
         births=np.zeros(n, np.int32), repair_health=zeros_c.copy(),
     )
@@ -265,10 +304,15 @@ def build(cfg, dtype=np.float64) -> Model:
         volume_l=p(_num(sub, "volume_l", 0, strict_min=True)),
         dg0_kj=p(_dg0(sub)),
         k_ak=p(k_ak),
+        adp_bound=p(_opt_num(sub, "bound.adp_mm", 0.0, 0, MAX_MM)),
+        amp_bound=p(_opt_num(sub, "bound.amp_mm", 0.0, 0, MAX_MM)),
+        creatine_total=p(_opt_num(sub, "buffer.creatine_total_mm", 0.0, 0, MAX_MM)),
+        k_ck=p(_k_ck(sub)),
         external_substrate=p(_num(sub, "supply.external_glucose_mm", 0, MAX_MM)),
         supply_scale=p(1.0),
         demand_scale=p(1.0),
         uptake_scale=p(1.0),
+        parallel_activation=p(_opt_num(sub, "supply.parallel_activation", 0.0, 0, 2)),
         p_yield=per_kind("yield", minimum=0, strict_min=True),
         p_substrate_dg_kj=per_kind("substrate_dg_kj_per_mol"),
         p_ceiling_kj=ceilings,
@@ -299,6 +343,7 @@ def build(cfg, dtype=np.float64) -> Model:
         if name not in {f.name for f in dataclasses.fields(Params)} or name == "edges":
             raise ConfigError(f"params.{name}", value, "a scalar parameter name of sim.substrates.bio.params.Params")
         params = dataclasses.replace(params, **{name: p(value)})
+    state = _buffer_at_equilibrium(state, params)
     return Model(
         state=state, params=params, graph=graph, producer_kinds=pkinds, consumer_kinds=ckinds,
         work_units=work_units, substrate=dict(sub), seed=seed,

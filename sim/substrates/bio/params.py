@@ -26,10 +26,17 @@ class Params:
     volume_l: object  # L per cell (converts mM to moles)
     dg0_kj: object  # kJ/mol, standard transformed dG of ATP hydrolysis (negative)
     k_ak: object  # adenylate kinase equilibrium constant ATP*AMP/ADP^2
+    adp_bound: object  # mM ADP bound to proteins / sequestered (counted in totals, not exchanging)
+    amp_bound: object  # mM AMP bound / sequestered (idem)
+    creatine_total: object  # mM creatine + phosphocreatine (0: no creatine kinase buffer)
+    k_ck: object  # apparent creatine kinase constant [ATP][Cr]/([ADP][PCr]) at the cell's pH
     external_substrate: object  # mM glucose outside the cells
     supply_scale: object  # multiplier on producer capacity (sweeps)
     demand_scale: object  # multiplier on consumer capacity (sweeps)
     uptake_scale: object  # multiplier on substrate uptake (sweeps)
+    # parallel activation (Korzeniewski each-step activation): producer capacity x
+    # demand_scale ** parallel_activation (0: ADP/Pi feedback only; 1: supply activated as much as demand)
+    parallel_activation: object
     # producer kinds (vectors indexed by kind)
     p_yield: object  # ATP per glucose
     p_substrate_dg_kj: object  # kJ/mol glucose released by the pathway (negative)
@@ -81,4 +88,5 @@ SWEEPABLE = (
     "birth_rate",
     "birth_ec_set",
     "k_ak",
+    "parallel_activation",
 )

@@ -41,7 +41,7 @@ from sim import rng
 from sim.constants import R_J_PER_MOL_K
 from sim.core import chains as ck
 from sim.core.chains import CHAIN_LEDGER_FIELDS, Chain, ChainStep, chain_quote, step_chains  # noqa: F401 (re-exported)
-from sim.substrates.bio.kernels.thermo import TINY_MM
+from sim.substrates.bio.kernels.thermo import MAX_LOG_STEP, N_NEWTON, TINY_MM
 from sim.substrates.bio.state import ADP, AMP, ATP, GLC, N_SPECIES, PI, Ledger, State
 
 _S = tuple(range(N_SPECIES))
@@ -76,7 +76,7 @@ class Consumer:
 
 # state (``sim.substrates.bio.state.Cells``) and ledger (``sim.substrates.bio.state.Ledger``) fields a Cell steps; the other
 # fields of ``Cells`` are constant in a run and the consumer lines of the ledger live on Consumer
-CELL_FIELDS = ("pools", "alive", "stress", "maintenance", "ec_slow")
+CELL_FIELDS = ("pools", "alive", "stress", "maintenance", "ec_slow", "pcr")
 CELL_LEDGER_FIELDS = tuple(f.name for f in dataclasses.fields(Ledger) if f.name not in ("spent", "work"))
 
 
@@ -151,11 +151,18 @@ class ReferenceBio:
         self.rt = R_J_PER_MOL_K * f(params.temperature_k) * 1e-3  # sim.substrates.bio.kernels.thermo.rt_kj
         self.volume = f(params.volume_l)
         self.dg0 = f(params.dg0_kj)
-        self.one_m_4k = 1.0 - 4.0 * f(params.k_ak)
+        self.k_ak = f(params.k_ak)
+        self.one_m_4k = 1.0 - 4.0 * self.k_ak
+        self.adp_bound = f(params.adp_bound)
+        self.amp_bound = f(params.amp_bound)
+        self.creatine_total = f(params.creatine_total)
+        self.k_ck = f(params.k_ck)
         self.ext = f(params.external_substrate)
         self.supply_scale = f(params.supply_scale)
         self.demand_scale = f(params.demand_scale)
         self.uptake_scale = f(params.uptake_scale)
+        # parallel activation of supply with demand (sim.substrates.bio.kernels.capacity.supply_activation)
+        self.supply_activation = self.demand_scale ** f(params.parallel_activation)
         self.p_yield = vec(params.p_yield)
         self.p_abs_sdg = [abs(x) for x in vec(params.p_substrate_dg_kj)]
         self.p_ceiling = vec(params.p_ceiling_kj)
@@ -200,7 +207,7 @@ class ReferenceBio:
             p = Producer()
             p.pid, p.kind = i * n_p + k, int(prod.kind[i, k])
             vmax = float(prod.vmax[i, k])
-            p.ss_vmax, p.vmax_dt = self.supply_scale * vmax, vmax * self.dt
+            p.ss_vmax, p.vmax_dt = (self.supply_scale * self.supply_activation) * vmax, vmax * self.dt
             p.health, p.alive = float(prod.health[i, k]), bool(prod.alive[i, k])
             p.j = p.made = p.want_h = 0.0
             cell.producers.append(p)
@@ -513,8 +520,12 @@ class ReferenceBio:
             self.adenylate_kinase_cell(cell)
 
     def adenylate_kinase_cell(self, cell: Cell) -> None:
-        """2 ADP <-> ATP + AMP to equilibrium (sim.substrates.bio.kernels.thermo.adenylate_equilibrium)."""
+        """2 ADP <-> ATP + AMP to equilibrium (sim.substrates.bio.kernels.thermo.adenylate_equilibrium),
+        together with PCr + ADP <-> Cr + ATP when the cell has creatine (``ak_ck_equilibrium``)."""
         if not cell.alive:
+            return
+        if self.creatine_total > 0:
+            self._ak_ck_cell(cell)
             return
         pools = cell.pools
         a0, d0, m0 = pools[ATP], pools[ADP], pools[AMP]
@@ -537,6 +548,41 @@ class ReferenceBio:
         pools[ADP] = d
         pools[AMP] = m if m > 0.0 else 0.0
         cell.ak_atp += a - a0
+
+    def _ak_ck_cell(self, cell: Cell) -> None:
+        """Both kinases at equilibrium: Newton in ln(ATP/ADP) on the conserved high-energy
+        phosphate, step for step as ``thermo.ak_ck_equilibrium``."""
+        pools = cell.pools
+        a0, d0, m0, pcr0 = pools[ATP], pools[ADP], pools[AMP], cell.pcr
+        k, kc, c = self.k_ak, self.k_ck, self.creatine_total
+        n = a0 + d0 + m0
+        e = 2.0 * a0 + d0 + pcr0
+        e_max = 2.0 * n + c
+        e = 0.0 if e < 0.0 else (e_max if e > e_max else e)
+        r = (a0 if a0 > TINY_MM else TINY_MM) / (d0 if d0 > TINY_MM else TINY_MM)
+        r = 1e-6 if r < 1e-6 else (1e6 if r > 1e6 else r)
+        x = log(r)
+        for _ in range(N_NEWTON):
+            r = exp(x)
+            q = r * r + r + k
+            rk = r + kc
+            h = n * r * (2.0 * r + 1.0) / q + c * r / rk - e
+            dh = r * (n * (r * r + 4.0 * k * r + k) / (q * q) + c * kc / (rk * rk))
+            step = h / dh if dh > 0 else 0.0
+            step = -MAX_LOG_STEP if step < -MAX_LOG_STEP else (MAX_LOG_STEP if step > MAX_LOG_STEP else step)
+            x = x - step
+        r = exp(x)
+        q = r * r + r + k
+        d = n * r / q
+        a = d * r
+        pools[ATP] = a
+        pools[ADP] = d
+        pools[AMP] = n * k / q
+        pcr = c * r / (r + kc)
+        cell.pcr = pcr
+        ck = pcr0 - pcr
+        cell.ak_atp += (a - a0) - ck
+        cell.ck_atp += ck
 
     # 4 producer failure
     def producer_failure(self) -> None:
@@ -576,8 +622,9 @@ class ReferenceBio:
             return
         pools = cell.pools
         a, d, m = pools[ATP], pools[ADP], pools[AMP]
-        total = a + d + m
-        ec = (a + 0.5 * d) / total if total > 0 else 0.0
+        db = d + self.adp_bound  # the charge of the total pools (sim.substrates.bio.kernels.thermo.energy_charge)
+        total = a + db + (m + self.amp_bound)
+        ec = (a + 0.5 * db) / total if total > 0 else 0.0
         ec_slow = cell.ec_slow + self.birth_alpha * (ec - cell.ec_slow)
         cell.ec_slow = ec_slow
         x = (self.birth_ec_set - ec_slow) / self.birth_ec_span

@@ -2,7 +2,9 @@
 
 Amounts in the engine are mM of one cell's volume; the summary converts currency to molecules
 (x volume_l x 1e-3 x N_A) so biology and LLM ledgers count the same thing: currency units.
-Chains (protein synthesis) book their ATP and amino acids on the ledger line of the consumer
+Pools: ``pools`` are the free, exchanging concentrations the physics uses (dG from them);
+``pools_total`` and the energy charge add the bound ADP and AMP (``Params.adp_bound``,
+``amp_bound``), as a tissue assay counts them. Chains (protein synthesis) book their ATP and amino acids on the ledger line of the consumer
 kind they realise, so ``currency_spent`` and ``work_done`` include them; ``chain_summary`` adds
 their own accounts (proteins completed, units, the ATP of elongation and initiation).
 """
@@ -13,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from sim.constants import AVOGADRO_PER_MOL, landauer_j
-from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge
+from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.substrates.bio.state import ADP, AMP, ATP, GLC, PI, SPECIES
 
 
@@ -21,12 +23,21 @@ def _np(x):
     return np.asarray(x)
 
 
+def pools_total(pools, params):
+    """Free pools (..., species) plus the bound ADP and AMP of ``params`` (mM): what an extract measures."""
+    out = np.array(pools, dtype=float, copy=True)
+    out[..., ADP] += float(np.asarray(params.adp_bound))
+    out[..., AMP] += float(np.asarray(params.amp_bound))
+    return out
+
+
 def to_dataset(model, result, cfg: dict) -> xr.Dataset:
     rec = result.records
     st = result.state
     p = model.params
-    pools = rec["pools"]  # (R, T, C, S)
-    ec = energy_charge(pools[..., ATP], pools[..., ADP], pools[..., AMP], xp=np)
+    pools = rec["pools"]  # (R, T, C, S) free
+    ec = energy_charge_of(pools, p, xp=np)
+    total = pools_total(pools, p)
     dg = dg_atp_kj(pools[..., ATP], pools[..., ADP], pools[..., PI], float(p.dg0_kj), float(p.temperature_k), xp=np)
     n_rep, n_t, n_c = pools.shape[:3]
     coords = {
@@ -40,8 +51,10 @@ def to_dataset(model, result, cfg: dict) -> xr.Dataset:
     rc = ("replicate", "time", "cell")
     led = st.ledger
     data = {
-        "pools": (rc + ("species",), pools, {"units": "mM", "long_name": "pool concentration"}),
-        "energy_charge": (rc, ec, {"units": "1", "long_name": "(ATP + ADP/2)/(ATP + ADP + AMP)"}),
+        "pools": (rc + ("species",), pools, {"units": "mM", "long_name": "free (exchanging) pool concentration"}),
+        "pools_total": (rc + ("species",), total, {"units": "mM", "long_name": "total pool concentration (free + bound)"}),
+        "pcr": (rc, rec["pcr"], {"units": "mM", "long_name": "phosphocreatine"}),
+        "energy_charge": (rc, ec, {"units": "1", "long_name": "(ATP + ADP/2)/(ATP + ADP + AMP) of the total pools"}),
         "dg_atp": (rc, dg, {"units": "kJ/mol", "long_name": "free energy of ATP hydrolysis"}),
         "alive": (rc, rec["alive"].astype(np.int8), {"units": "1"}),
         "stress": (rc, rec["stress"], {"units": "s"}),
@@ -102,14 +115,14 @@ def summarize(model, result, initial_state) -> dict:
     lost_ad = lost[..., ATP] + lost[..., ADP] + lost[..., AMP]
     err_ad = np.abs(adenine.sum(-1) + lost_ad.sum(-1) - adenine0.sum(-1)) / adenine0.sum(-1)
     d_atp = pools[..., ATP] - pools0[..., ATP]
-    booked = produced - spent_all + _np(led.ak_atp) + _np(led.transported_in) - _np(led.transported_out)
+    booked = produced - spent_all + _np(led.ak_atp) + _np(led.ck_atp) + _np(led.transported_in) - _np(led.transported_out)
     scale = np.maximum(produced + spent_all + pools0[..., ATP], 1e-300)
     err_cur = np.max(np.abs(d_atp - booked) / scale, axis=-1)
     conservation_error = float(max(err_ad.max(), err_cur.max()))
 
     # end-of-run state, over living cells
     a, d, m, pi = pools[..., ATP], pools[..., ADP], pools[..., AMP], pools[..., PI]
-    ec = energy_charge(a, d, m, xp=np)
+    ec = energy_charge_of(pools, p, xp=np)
     dg = dg_atp_kj(a, d, pi, float(p.dg0_kj), float(p.temperature_k), xp=np)
     w = alive.astype(float)
     mean_alive = lambda x: float(np.sum(x * w) / max(np.sum(w), 1))  # noqa: E731
@@ -149,6 +162,12 @@ def summarize(model, result, initial_state) -> dict:
         "energy_charge": mean_alive(ec),
         "dg_atp_kj_per_mol": mean_alive(dg),
         "atp_mm": mean_alive(a),
+        "adp_free_mm": mean_alive(d),
+        "adp_total_mm": mean_alive(d + float(np.asarray(p.adp_bound))),
+        "amp_free_mm": mean_alive(m),
+        "amp_total_mm": mean_alive(m + float(np.asarray(p.amp_bound))),
+        "pi_mm": mean_alive(pi),
+        "pcr_mm": mean_alive(_np(st.cells.pcr)),
         "glucose_mm": mean_alive(pools[..., GLC]),
         "cells_alive": float(np.mean(alive.sum(-1))),
         "cells_total": int(alive.shape[-1]),

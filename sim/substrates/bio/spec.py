@@ -20,7 +20,8 @@ from sim.substrates.bio.kernels.step import PROCESSES
 from sim.substrates.bio.state import SPECIES
 
 RECORDS = (
-    Quantity("pools", "mM", "pool concentration", ("species",)),
+    Quantity("pools", "mM", "free (exchanging) pool concentration", ("species",)),
+    Quantity("pcr", "mM", "phosphocreatine (0 without the creatine kinase buffer)"),
     Quantity("alive", "1", "cell alive"),
     Quantity("stress", "s", "time spent with maintenance below threshold"),
     Quantity("n_producers", "1", "producers alive"),
@@ -41,6 +42,7 @@ def observe(state) -> dict:
     health = rowsum(jnp.where(prod.alive, prod.health, 0.0)) / jnp.maximum(n_alive, 1)
     return {
         "pools": state.cells.pools,
+        "pcr": state.cells.pcr,
         "alive": state.cells.alive,
         "stress": state.cells.stress,
         "n_producers": n_alive.astype(jnp.int32),

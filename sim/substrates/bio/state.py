@@ -6,7 +6,10 @@ dead slot of its cell and a death only clears a mask, so nothing recompiles.
 
 Species axis of ``Cells.pools`` (biology preset; the generic preset reuses it with unit values):
 ``GLC`` substrate (glucose), ``ATP`` charged currency, ``ADP`` discharged carrier, ``AMP``,
-``PI`` inorganic phosphate. Concentrations are in mM, time in s.
+``PI`` inorganic phosphate. Concentrations are in mM, time in s. ATP, ADP and AMP are the free,
+exchanging pools (the bound ADP and AMP are constants of ``Params``; see
+``sim.substrates.bio.kernels.thermo``). Phosphocreatine, when the creatine kinase buffer is on,
+is ``Cells.pcr`` (creatine = ``Params.creatine_total - pcr``); it stays in its cell.
 
 Chains (``sim.core.chains``; biology: ribosome cohorts doing protein synthesis) live in a
 ``(n_cells, chain_slots)`` block too (slot ``s`` of cell ``c`` has chain id ``c * slots + s``);
@@ -34,6 +37,7 @@ class Cells:
     # (C,) slow energy-stress signal: energy charge averaged exponentially over birth_tau s (the
     # AMPK -> PGC-1alpha sensor that drives biogenesis, sim.substrates.bio.kernels.fate)
     ec_slow: object
+    pcr: object  # (C,) mM phosphocreatine (0 without the creatine kinase buffer)
 
 
 @pytree_dataclass
@@ -68,6 +72,7 @@ class Ledger:
     transported_out: object  # (C,) ATP sent over junctions
     lost: object  # (C, N_SPECIES) lost in transit over junctions (leak)
     ak_atp: object  # (C,) net ATP made by adenylate kinase (2 ADP -> ATP + AMP)
+    ck_atp: object  # (C,) net ATP made by creatine kinase (PCr + ADP -> Cr + ATP)
     substrate_energy_j: object  # (C,) J released by substrate oxidation / fermentation
     stored_energy_j: object  # (C,) J: sum of (made - hydrolysed) x |dG_ATP| at the time
     heat_j: object  # (C,) J dissipated (production losses + hydrolysis)

@@ -1,19 +1,27 @@
-"""Adenylate kinase treated at equilibrium (fast compared with the step; K_AK = ATP*AMP/ADP^2)."""
+"""The near-equilibrium kinases, fast compared with the step: adenylate kinase
+(K_AK = ATP*AMP/ADP^2) and, when the cell has creatine (``Params.creatine_total > 0``), creatine
+kinase (PCr + ADP <-> Cr + ATP, K_CK = ATP*Cr/(ADP*PCr)), both at equilibrium together
+(``thermo.ak_ck_equilibrium``). ATP each kinase made is booked on its own ledger line."""
 
 from __future__ import annotations
 
-from sim.substrates.bio.kernels.thermo import adenylate_equilibrium
+from sim.substrates.bio.kernels.thermo import ak_ck_equilibrium
 from sim.pytree import replace
 from sim.substrates.bio.state import ADP, AMP, ATP
 
 
 def adenylate_kinase(state, params, key=None):
-    pools = state.cells.pools
-    a, d, m = adenylate_equilibrium(pools[:, ATP], pools[:, ADP], pools[:, AMP], params.k_ak)
-    alive = state.cells.alive
+    cells = state.cells
+    pools = cells.pools
+    a, d, m, pcr = ak_ck_equilibrium(pools[:, ATP], pools[:, ADP], pools[:, AMP], cells.pcr,
+                                     params.creatine_total, params.k_ak, params.k_ck)
+    alive = cells.alive
     a = a * alive + pools[:, ATP] * ~alive
     d = d * alive + pools[:, ADP] * ~alive
     m = m * alive + pools[:, AMP] * ~alive
+    pcr = pcr * alive + cells.pcr * ~alive
     new = pools.at[:, ATP].set(a).at[:, ADP].set(d).at[:, AMP].set(m)
-    led = replace(state.ledger, ak_atp=state.ledger.ak_atp + (a - pools[:, ATP]))
-    return replace(state, cells=replace(state.cells, pools=new), ledger=led)
+    ck = cells.pcr - pcr  # each phosphocreatine used makes one ATP
+    led = replace(state.ledger, ak_atp=state.ledger.ak_atp + ((a - pools[:, ATP]) - ck),
+                  ck_atp=state.ledger.ck_atp + ck)
+    return replace(state, cells=replace(cells, pools=new, pcr=pcr), ledger=led)

@@ -1,4 +1,4 @@
-"""The effective capacity of the consumer slots, written once for every kernel that needs it."""
+"""The effective capacities of consumer and producer slots, written once for every kernel that needs them."""
 
 from __future__ import annotations
 
@@ -7,3 +7,12 @@ def consumer_vmax(state, params):
     """(C, K) mM/s: each consumer slot's capacity times the cell's heterogeneity multiplier
     (``Cells.demand_mult``) times the sweepable ``Params.demand_scale``."""
     return params.demand_scale * state.cells.demand_mult[:, None] * state.consumers.vmax
+
+
+def supply_activation(params):
+    """() multiplier on every producer's capacity from parallel activation of ATP supply and demand
+    (each-step activation, Korzeniewski 1998, 2017): the activator (Ca2+ in heart and muscle) that
+    raises the work rate ``demand_scale`` also raises the producers' capacity, by
+    ``demand_scale ** parallel_activation``. 0 (the preset): 1 exactly, supply follows demand only
+    through ADP and Pi feedback; 1: capacity scales with the work rate."""
+    return params.demand_scale ** params.parallel_activation

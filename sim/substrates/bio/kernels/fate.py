@@ -6,7 +6,8 @@ reference sees the same numbers agent by agent.
 - biogenesis is driven by energy stress (AMPK -> PGC-1alpha; Jaeger et al. 2007, Hardie, Ross &
   Hawley 2012): each living cell carries a slow energy-charge signal, the exponential moving
   average ec_slow += (1 - exp(-dt/tau)) (EC - ec_slow) of its energy charge after adenylate
-  kinase (time constant tau = birth_tau). Its birth rate rises linearly as ec_slow falls below the
+  kinase (time constant tau = birth_tau); EC is that of the total pools, bound ADP and AMP
+  included (``thermo.energy_charge_of``), the charge the set point was calibrated on. Its birth rate rises linearly as ec_slow falls below the
   set point, rate = birth_rate min(1, max(0, (birth_ec_set - ec_slow) / birth_ec_span)): none at
   or above the set point, the full birth_rate at a deficit of birth_ec_span. A cell with
   ATP >= birth_cost and a free slot makes one producer (health 1) in its first free slot if
@@ -23,9 +24,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sim import rng
-from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge
+from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.pytree import replace
-from sim.substrates.bio.state import ADP, AMP, ATP, PI
+from sim.substrates.bio.state import ADP, ATP, PI
 
 
 def producer_failure(state, params, key):
@@ -44,7 +45,7 @@ def producer_biogenesis(state, params, key):
     c, p = prod.alive.shape
     u = rng.uniforms(key, state.step, rng.PRODUCER_BIRTH, jnp.arange(c, dtype=jnp.uint32))
     pools = cells.pools
-    ec = energy_charge(pools[:, ATP], pools[:, ADP], pools[:, AMP])
+    ec = energy_charge_of(pools, params)
     alpha = -jnp.expm1(-params.dt / params.birth_tau)
     ec_slow = jnp.where(cells.alive, cells.ec_slow + alpha * (ec - cells.ec_slow), cells.ec_slow)
     stress = jnp.clip((params.birth_ec_set - ec_slow) / params.birth_ec_span, 0.0, 1.0)

@@ -6,7 +6,9 @@ fixed point of the step map the exact root of supply = demand (no splitting erro
 what the steady-state tests compare against.
 
 Rate laws (docs/references.md, "The model in one table"), per producer p in cell i and consumer j:
-  J_p = V_p h_p S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake_p(dG)     [mM/s], glucose use J_p/yield_p
+  J_p = a V_p h_p S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake_p(dG)   [mM/s], glucose use J_p/yield_p
+with D the free ADP and a = demand_scale ** parallel_activation the parallel activation of supply
+(``capacity.supply_activation``; 1 in the preset)
   u_j = V_j A'/(K_j + A'), A' = max(A - R_tier, 0)               [mM/s]
 R_tier is the ATP reserve a tier cannot draw below (energy sensing, e.g. AMPK/mTOR shutting down
 translation when ATP falls): as a cell runs short it cuts biosynthesis (tier 1) before ion
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from sim.substrates.bio.kernels.capacity import consumer_vmax
+from sim.substrates.bio.kernels.capacity import consumer_vmax, supply_activation
 from sim.substrates.bio.kernels import translation
 from sim.core.chains import chain_demand, chain_step
 from sim.core.ops import rowsum
@@ -65,7 +67,8 @@ def production_rates(state, params, dg):
     prod = state.producers
     factor = per_slot(kind_factors(state.cells.pools, params, dg), prod.kind)
     on = prod.alive & state.cells.alive[:, None]
-    return jnp.where(on, params.supply_scale * prod.vmax * prod.health * factor, 0.0)
+    scale = params.supply_scale * supply_activation(params)
+    return jnp.where(on, scale * prod.vmax * prod.health * factor, 0.0)
 
 
 def consumption_demand(state, params):

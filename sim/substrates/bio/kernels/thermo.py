@@ -4,6 +4,18 @@ dG_ATP = dG0' + RT ln([ADP][Pi]/[ATP]) with concentrations in M (-54.2 kJ/mol at
 310 K; in vivo -50 to -60, Mader 2003; docs/references.md). The thermodynamic brake of a
 producer whose free-energy ceiling is G_max (OXPHOS: n_H F dp, 3.67 H+/ATP (Watt et al. 2010)
 x 0.18 V = 63.7 kJ/mol) is max(0, 1 - exp((|dG| - G_max)/RT)).
+
+Free and bound nucleotides. The state's ATP, ADP and AMP are the FREE, exchanging cytosolic
+concentrations: dG, every rate law and the two near-equilibrium kinases use them. Most of a
+cell's ADP and AMP is bound to proteins (F-actin holds one ADP per subunit) or sequestered, and does
+not exchange on the time scale of the fluxes; measured tissue contents, and hence the energy charge
+(Atkinson 1968), count it. ``energy_charge`` therefore takes the bound pools (mM, constant per run,
+``bio.yaml: bound.*``; Veech et al. 1979) and reports the charge of the TOTAL pools.
+
+Creatine kinase buffer (optional, ``bio.yaml: buffer.*``): PCr + ADP + H+ <-> Cr + ATP, near
+equilibrium in vivo (its activity far exceeds the ATPase flux), apparent constant
+K_CK = [ATP][Cr]/([ADP][PCr]) = K_ref [H+] (K_ref = 1.66e9 /M, Lawson & Veech 1979; 166 at
+pH 7.0). ``ak_ck_equilibrium`` puts adenylate and creatine kinase at equilibrium together.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sim.constants import R_J_PER_MOL_K
+from sim.substrates.bio.state import ADP, AMP, ATP
 
 TINY_MM = 1e-12  # floor inside logarithms so an emptied pool gives a finite dG
 
@@ -31,10 +44,19 @@ def brake(dg_kj, ceiling_kj, temperature_k, xp=jnp):
     return xp.maximum(0.0, 1.0 - xp.exp((xp.abs(dg_kj) - ceiling_kj) / rt_kj(temperature_k)))
 
 
-def energy_charge(atp, adp, amp, xp=jnp):
-    """Atkinson's energy charge (ATP + ADP/2) / (ATP + ADP + AMP)."""
-    total = atp + adp + amp
+def energy_charge(atp, adp, amp, xp=jnp, adp_bound=0.0, amp_bound=0.0):
+    """Atkinson's energy charge (ATP + ADP/2) / (ATP + ADP + AMP) of the total pools: free
+    ``atp``, ``adp``, ``amp`` plus the bound ``adp_bound``, ``amp_bound`` (mM; 0: free pools only)."""
+    adp = adp + adp_bound
+    total = atp + adp + (amp + amp_bound)
     return xp.where(total > 0, (atp + 0.5 * adp) / xp.where(total > 0, total, 1.0), 0.0)
+
+
+def energy_charge_of(pools, params, xp=jnp):
+    """Energy charge of the total pools of ``pools`` (..., species) with the bound pools of
+    ``params`` (``Params.adp_bound``, ``Params.amp_bound``): the charge a tissue assay reports."""
+    return energy_charge(pools[..., ATP], pools[..., ADP], pools[..., AMP], xp=xp,
+                         adp_bound=params.adp_bound, amp_bound=params.amp_bound)
 
 
 def adenylate_equilibrium(atp, adp, amp, k_ak, xp=jnp):
@@ -54,3 +76,41 @@ def adenylate_equilibrium(atp, adp, amp, k_ak, xp=jnp):
     a = 0.5 * (e - d)
     m = xp.maximum(n - a - d, 0.0)
     return a, d, m
+
+
+N_NEWTON = 16  # Newton steps of the joint equilibrium: from the step-start ratio, round-off in <= 6 here
+MAX_LOG_STEP = 2.0  # largest change of ln(ATP/ADP) per Newton step (a guard far from the root)
+
+
+def ak_ck_equilibrium(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, xp=jnp):
+    """Adenylate kinase and creatine kinase at equilibrium together; returns (ATP, ADP, AMP, PCr).
+
+    Conserved: adenine N = A + D + M, high-energy phosphate E = 2A + D + PCr (each kinase moves a
+    phosphate between carriers) and creatine C = PCr + Cr. With r = A/D both equilibria fix every
+    species: D = N r/Q, A = N r^2/Q, M = N K_AK/Q (Q = r^2 + r + K_AK) and PCr = C r/(r + K_CK),
+    so E(r) = N r (2r + 1)/Q + C r/(r + K_CK), strictly increasing from 0 to 2N + C; the root is
+    found by Newton's method in ln r from the current ratio (``N_NEWTON`` steps, each at most
+    ``MAX_LOG_STEP``). With C = 0 this is :func:`adenylate_equilibrium` (closed form, used then).
+    """
+    n = atp + adp + amp
+    c = creatine_total
+    e = xp.clip(2.0 * atp + adp + pcr, 0.0, 2.0 * n + c)
+    r = xp.clip(xp.maximum(atp, TINY_MM) / xp.maximum(adp, TINY_MM), 1e-6, 1e6)
+    x = xp.log(r)
+    for _ in range(N_NEWTON):
+        r = xp.exp(x)
+        q = r * r + r + k_ak
+        rk = r + k_ck
+        h = n * r * (2.0 * r + 1.0) / q + c * r / rk - e
+        dh = r * (n * (r * r + 4.0 * k_ak * r + k_ak) / (q * q) + c * k_ck / (rk * rk))
+        step = xp.where(dh > 0, h / xp.where(dh > 0, dh, 1.0), 0.0)
+        x = x - xp.clip(step, -MAX_LOG_STEP, MAX_LOG_STEP)
+    r = xp.exp(x)
+    q = r * r + r + k_ak
+    d = n * r / q
+    a = d * r
+    m = n * k_ak / q
+    p = c * r / (r + k_ck)
+    a0, d0, m0 = adenylate_equilibrium(atp, adp, amp, k_ak, xp=xp)
+    on = c > 0
+    return xp.where(on, a, a0), xp.where(on, d, d0), xp.where(on, m, m0), xp.where(on, p, pcr)

@@ -147,3 +147,229 @@ def fault_child_script(path, name: str, process: str, at_step: int, change_sourc
     path.write_text(FAULT_CHILD.format(tests=str(ROOT / "tests"), change=change_source, name=name,
                                        process=process, at_step=at_step))
     return path
+
+
+# ------------------------------------------------------------------------------ bad-input catalogue (issue 16)
+# Generated from the shipped yaml files at call time (a key added to conf/ gets its bad values
+# without an edit here): tests/test_bad_input_catalogue.py runs it in-process, bench/bad_inputs.py
+# through the command line.
+
+import dataclasses as _dc
+import math as _math
+import zlib as _zlib
+
+
+@_dc.dataclass(frozen=True)
+class BadInput:
+    """One bad command line: ``argv`` (the context that makes ``key`` matter, then the bad
+    override), the ``key`` its refusal must name, the generation ``rule`` and the yaml ``source``."""
+
+    argv: tuple
+    key: str
+    rule: str
+    source: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.source}:{self.argv[-1]}"
+
+
+# free text (any string is a valid value): never given a "bad choice" string; also the ``name`` of
+# every group but ``substrate`` (whose name picks the substrate)
+CATALOGUE_LABEL_KEYS = ("experiment.name", "substrate.currency", "work_unit")
+# generated values that are valid inputs after all (dropped from the catalogue): id -> why
+CATALOGUE_VALID = {
+    "substrate/llm.yaml:substrate.arrivals.output_median_tokens=1.5": "the median of a lognormal: any real >= 1",
+    "substrate/llm.yaml:substrate.arrivals.prompt_median_tokens=1.5": "the median of a lognormal: any real >= 1",
+    "substrate/llm.yaml:substrate.initial.output_tokens=1.5": "a target output length (real: the engine counts fractions)",
+    "substrate/llm.yaml:substrate.memory.threshold_tokens=1.5": "a history length threshold: any real >= 0",
+    "experiment/cascade.yaml:cascade.memory.threshold_tokens=1.5": "a history length threshold: any real > 0",
+    "experiment/cascade.yaml:cascade.window_fit_min=1.5": "a bound of the fitted lengths: any real > 0",
+    "experiment/cascade.yaml:cascade.long_context_min=1.5": "a bound of the fitted lengths: any real > 0",
+    "experiment/analogy.yaml:analogy.cascade.short_max_tokens=1.5": "a bound of the fitted lengths: any real > 0",
+    "experiment/analogy.yaml:analogy.cascade.long_min_tokens=1.5": "a bound of the fitted lengths: any real > 0",
+}
+# number leaves that may be negative (free energies of reactions)
+CATALOGUE_SIGNED_WORDS = ("dg",)
+# number leaves that are fractions / probabilities in [0, 1] (by name)
+CATALOGUE_FRACTION_WORDS = ("fraction", "efficiency", "utilization", "energy_charge", "prob", "p_per_token",
+                            "health", "conf_level", "stress_threshold")
+CATALOGUE_NON_FINITE = ("nan", "inf", "-inf")
+
+
+def _leaf(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _fmt_override(value) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def _value_rules(key: str, value) -> list:
+    """(rule, override value) pairs that are bad for a leaf whose shipped value is ``value``."""
+    leaf = _leaf(key)
+    out = []
+    if isinstance(value, bool):
+        out.append(("string for a bool", "maybe"))
+    elif isinstance(value, (int, float)):
+        out.append(("string for a number", "abc"))
+        if isinstance(value, int):
+            out.append(("float for an integer", "1.5"))
+        else:
+            pick = CATALOGUE_NON_FINITE[_zlib.crc32(key.encode()) % len(CATALOGUE_NON_FINITE)]
+            out.append(("non-finite number", pick))
+        if not any(w in leaf for w in CATALOGUE_SIGNED_WORDS):
+            neg = -value if value > 0 else (-1 if isinstance(value, int) else -0.5)
+            out.append(("negative number", _fmt_override(neg)))
+        if isinstance(value, float) and 0 <= value <= 1 and (leaf == "p" or any(w in leaf for w in CATALOGUE_FRACTION_WORDS)):
+            out.append(("fraction above 1", "1.5"))
+    elif isinstance(value, str):
+        if value == "???":  # a mandatory path
+            out.append(("missing file", "/nonexistent/currency-sim/graph.txt"))
+        elif not (any(key == k or leaf == k for k in CATALOGUE_LABEL_KEYS)
+                  or (leaf == "name" and key.count(".") == 1 and not key.startswith("substrate."))):
+            out.append(("unknown choice", "bogus_choice"))
+            out.append(("number for a name", "5"))
+    elif value is None:
+        if key == "resume":
+            out.append(("missing run folder", "/nonexistent/currency-sim/run"))
+        else:
+            out.append(("string for an optional value", "abc"))
+    elif isinstance(value, list):
+        out.append(("scalar for a list", "abc"))
+        out.append(("strings in a list", "[a,b]"))
+        if value and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            out.append(("negative list element", "[" + ",".join(["-1"] + [_fmt_override(x) for x in value[1:]]) + "]"))
+    return out
+
+
+def _catalogue_walk(node, prefix, all_kinds=True):
+    """(dotted key, value) of every leaf and (dotted key, dict) of every mapping, depth first; of a
+    ``kinds`` mapping (kinds named by the user, each with the same keys) only the first kind unless
+    ``all_kinds``."""
+    if isinstance(node, dict):
+        if prefix:
+            yield prefix, node
+        items = list(node.items())
+        if not all_kinds and _leaf(prefix) == "kinds" and items and all(isinstance(v, dict) for _, v in items):
+            items = items[:1]
+        for k, v in items:
+            yield from _catalogue_walk(v, f"{prefix}.{k}" if prefix else str(k), all_kinds)
+    else:
+        yield prefix, node
+
+
+def _load_yaml(path: Path) -> dict:
+    """A config file as Hydra reads it (OmegaConf's loader: ``6.74e9`` is a float, not a string)."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return data if isinstance(data, dict) else {}
+
+
+def _catalogue_sources(conf_dir: Path, edge_list: str):
+    """(source name, package prefix, context overrides, yaml data) of every shipped config file."""
+    top = _load_yaml(conf_dir / "config.yaml")
+    yield "config.yaml", "", [], {k: v for k, v in top.items() if k not in ("defaults", "hydra")}
+    for group_dir in sorted(p for p in conf_dir.iterdir() if p.is_dir()):
+        group = group_dir.name
+        for path in sorted(group_dir.glob("*.yaml")):
+            data = _load_yaml(path)
+            data.pop("defaults", None)
+            option = path.stem
+            if group == "experiment":
+                prefix, context = "", [f"experiment={option}"]
+            elif group == "substrate":  # the LLM preset is run by experiment=serving
+                prefix, context = group, (["experiment=serving"] if option == "llm" else [f"substrate={option}"])
+            elif group in ("model", "gpu"):  # read by the LLM experiments
+                prefix, context = group, ["experiment=serving", f"{group}={option}"]
+            else:
+                prefix = group
+                context = [f"{group}={option}"] + ([f"topology.path={edge_list}"] if option == "file" else [])
+            yield f"{group}/{path.name}", prefix, context, data
+
+
+def bad_input_catalogue(edge_list, *, full: bool = False, conf_dir: Path | None = None) -> list:
+    """Bad command lines generated from the shipped configs (``conf/config.yaml`` and every
+    ``conf/<group>/*.yaml``), each a :class:`BadInput` that must be refused (exit 2, one line naming
+    its key) before anything is compiled.
+
+    For every leaf the rules of its type apply (:func:`_value_rules`: a string for a number or a
+    bool, a float for an integer, NaN/inf, a negative for anything but a free energy, a fraction
+    above 1, an unknown choice or a number for a name, a scalar or strings for a list); for every
+    mapping, a scalar in its place and an unknown key beside its keys (added with ``+``). ``full``:
+    every rule of every leaf (~2.5x as many); otherwise one rule per leaf, picked by a hash of the
+    key (stable when keys are added elsewhere), so that every rule is used across the catalogue.
+    A key is generated once per group (the ``model`` and ``gpu`` options share their keys; keys an
+    experiment file sets at the top level and that ``config.yaml`` has are generated from it; the
+    ``topology`` keys of an experiment belong to the topology group); each substrate has its own
+    keys, generated from its first preset (``generic.yaml``, not again from ``generic_tissue.yaml``). ``edge_list``: a valid edge-list file for ``topology=file``."""
+    conf_dir = Path(conf_dir or ROOT / "conf")
+    out, seen = [], set()
+    for source, prefix, context, data in _catalogue_sources(conf_dir, str(edge_list)):
+        group = source.split("/")[0] if "/" in source else ""
+        for key, value in _catalogue_walk(data, prefix, all_kinds=full):
+            if group == "experiment" and (key.split(".")[0] in ("topology",) or key in ("experiment.name",)):
+                continue
+            # presets of one substrate (generic, generic_tissue) share its keys and its checks
+            owner = (f"substrate:{data.get('name', source)}" if group == "substrate"
+                     else ("config.yaml" if group in ("", "experiment") else group))
+            if (owner, key) in seen:
+                continue
+            seen.add((owner, key))
+            ctx = [c for c in context if not c.startswith(f"{key}=")]
+            if isinstance(value, dict):
+                rules = [("unknown key", f"{key}.zz_unknown", f"+{key}.zz_unknown=1"),
+                         ("scalar for a mapping", key, f"{key}=5")]
+            else:
+                rules = [(rule, key, f"{key}={v}") for rule, v in _value_rules(key, value)]
+            if len(rules) > 1 and not full:
+                rules = [rules[_zlib.crc32(key.encode()) % len(rules)]]
+            for rule, named, override in rules:
+                entry = BadInput(tuple(ctx + [override]), named, rule, source)
+                if entry.id not in CATALOGUE_VALID:
+                    out.append(entry)
+    out.append(BadInput(("+zz_unknown=1",), "zz_unknown", "unknown key", "config.yaml"))  # beside the top-level keys
+    return out
+
+
+# ------------------------------------------------------------------------------ kills at a chosen checkpoint (issue 16)
+# a child `python child.py OVERRIDES` that runs sim like `python -m sim` and SIGKILLs itself at the
+# checkpoint the environment names: KILL_AT_CHECKPOINT=k (the k-th state.npz the run writes) and
+# KILL_PHASE=after (once it is in place: checkpoint k committed) or mid-write (state.npz k half
+# written to its temporary, never renamed: the records file of k is there, checkpoint k-1 is the
+# committed one)
+KILL_AT_CHECKPOINT = """
+import os, signal, sys
+import numpy as np
+import sim.checkpoint as ck
+from sim.io import atomic_path
+at, phase = int(os.environ["KILL_AT_CHECKPOINT"]), os.environ.get("KILL_PHASE", "after")
+original = ck._write_npz
+states = []
+def write(path, arrays):
+    if path.name == ck.STATE_FILE:
+        states.append(path)
+        if len(states) == at and phase == "mid-write":
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **arrays)
+                os.kill(os.getpid(), signal.SIGKILL)
+    original(path, arrays)
+    if path.name == ck.STATE_FILE and len(states) == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+ck._write_npz = write
+from sim.app import entry
+sys.argv = ["sim"] + sys.argv[1:]
+entry()
+"""
+
+
+def kill_at_checkpoint(script: Path, overrides, run_dir: Path, k: int, phase: str = "after", timeout=180):
+    """Run ``python -m sim OVERRIDES hydra.run.dir=RUN_DIR`` in a child that SIGKILLs itself at its
+    ``k``-th checkpoint (``phase``: see :data:`KILL_AT_CHECKPOINT`); returns the finished process."""
+    script = Path(script)
+    if not script.exists():
+        script.write_text(KILL_AT_CHECKPOINT)
+    env = child_env(KILL_AT_CHECKPOINT=str(k), KILL_PHASE=phase)
+    return run_child([str(script), *overrides, f"hydra.run.dir={run_dir}"], timeout=timeout, env=env)

@@ -149,6 +149,9 @@ CONFIGS = {
     "llm": ["substrate=llm", "topology=ring", "topology.n_cells=2", "substrate.chain_slots=8",
             "substrate.queue_slots=16"],
     "generic": ["substrate=generic", "topology=ring", "topology.n_cells=3"],
+    # differentiation with its adaptation process (the substrate's adaptive variant): theta moves
+    "generic_adaptive": ["substrate=generic", "topology=ring", "topology.n_cells=4", "differentiation=imitation",
+                         "differentiation.alpha=2", "differentiation.rate=5", "differentiation.noise=0.3"],
     "toy_mesa": None,  # TOY_CFG, registered by the fixture
 }
 
@@ -192,7 +195,14 @@ def _worst(a, b) -> float:
 def test_backends_agree(pair):
     name, jx, ms = pair
     assert jx.backend == "jax" and ms.backend == "mesa"
-    assert jx.substrate is ms.substrate is substrates.get(name)
+    assert jx.substrate is ms.substrate
+    assert jx.substrate.name == name.removesuffix("_adaptive")
+    if name.endswith("_adaptive"):
+        assert "adaptation" in jx.substrate.process_names
+        assert float(np.sum(np.asarray(ms.state.diff.switched))) > 0  # theta moved
+        for model in (jx, ms):  # the cell agents read theta from the state
+            np.testing.assert_array_equal([a.theta for a in model.agents_of("cell")],
+                                          np.asarray(model.state.diff.theta))
     assert jx.steps_taken == ms.steps_taken == STEPS
     assert int(jx.state.step) == int(ms.state.step) == STEPS
     assert jx.steps == ms.steps == STEPS  # Mesa's own step count, run() included

@@ -40,7 +40,8 @@ from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 
 STRICT_GROUPS = ("substrate", "model", "gpu", "differentiation")  # free-form groups checked against conf/<group>/*.yaml
-EXPERIMENT_SECTIONS = ("roofline", "serving", "cascade", "analogy", "study", "sensitivity", "society", "homeostasis")  # set by conf/experiment/*.yaml
+EXPERIMENT_SECTIONS = ("roofline", "serving", "cascade", "analogy", "study", "sensitivity", "society", "homeostasis",
+                       "multicellular", "robustness")  # set by conf/experiment/*.yaml
 MAX_SEED = 2**63 - 1  # jax.random.PRNGKey(seed) converts the seed to a signed 64-bit integer
 REPLICATE_LIMIT = 2**32  # replicate numbers are folded into the key as uint32 (fold_in)
 BACKENDS = ("jax", "mesa")
@@ -58,6 +59,8 @@ PARAM_RULES = {
     "p_ceiling_kj": _POS, "p_k_s": _POS, "p_k_adp": _POS, "p_k_pi": _POS, "p_damage": _NONNEG,
     "hazard0": _NONNEG, "hazard_beta": _NONNEG, "repair_rate": _NONNEG, "repair_cost": _NONNEG,
     "birth_rate": _NONNEG, "birth_min_ec": _FRACTION, "birth_cost": _NONNEG,
+    "adp_bound": _NONNEG, "amp_bound": _NONNEG, "creatine_total": _NONNEG, "k_ck": _POS,
+    "parallel_activation": (0.0, False, 2.0),
     "stress_threshold": _FRACTION, "stress_death_s": _POS, "stress_recovery": _NONNEG,
 }
 # vectors (per producer kind, per species, per junction): a scalar override would change their
@@ -68,7 +71,7 @@ NOT_OVERRIDABLE = (
 # sections of a substrate preset that must be mappings (the builder reads keys inside them)
 SUBSTRATE_SECTIONS = (
     "initial", "thermo", "supply", "producers", "producers.kinds", "consumers", "consumers.kinds", "cell",
-    "transport", "transport.permeability",
+    "transport", "transport.permeability", "bound", "buffer",
 )
 
 
@@ -243,6 +246,9 @@ def _check_group_keys(cfg: dict, out: _Collector) -> None:
     sections = _experiment_sections()
     for section, template in sections.items():
         node = cfg.get(section)
+        if node is not None and not isinstance(node, dict):
+            out.add(section, node, f"a mapping (the {section} section of conf/experiment/*.yaml), not a single value")
+            continue
         if not isinstance(node, dict):
             continue
         template = dict(template)

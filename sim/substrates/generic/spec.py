@@ -361,7 +361,8 @@ def reference(built, replicate: int = 0):
 
 
 ENTITIES = (
-    EntitySpec("cell", "cells", (("alive", "alive"), ("substrate", "s"), ("charged", "a"), ("discharged", "d"))),
+    EntitySpec("cell", "", (("alive", "cells.alive"), ("substrate", "cells.s"), ("charged", "cells.a"),
+                            ("discharged", "cells.d"), ("theta", "diff.theta"), ("payoff", "diff.payoff"))),
     EntitySpec("producer", "producers", (("vmax", "vmax"), ("health", "health"), ("alive", "alive")), alive="alive"),
     EntitySpec("consumer", "consumers", (("vmax", "vmax"), ("km", "km"), ("tier", "tier"), ("value", "value"))),
 )

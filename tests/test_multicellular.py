@@ -171,3 +171,30 @@ def test_specialised_collectives_lose_more_under_targeted_failure():
     assert loss[("generalist", "targeted")] == pytest.approx(loss[("generalist", "random")], abs=1e-12)
     with pytest.raises(ConfigError, match="robustness.kill_fraction"):
         rb.read_options({"robustness": dict(cfg["robustness"], kill_fraction=1.5)})
+
+
+def test_biology_differentiates_in_both_backends():
+    """Biology: theta is the share of a cell's protein budget in producers versus the specialised work
+    kinds (contraction, biosynthesis for export); with adaptation the engine reproduces the reference,
+    the ATP paid for moves is booked (currency balance and energy ledger), and nothing else changes."""
+    cfg, sub, built = prepare(compose(["substrate=bio", "topology=ring", "topology.n_cells=4", "dt=0.01",
+                                       "differentiation=gradient", "differentiation.alpha=2",
+                                       "differentiation.rate=2", "differentiation.noise=0.3",
+                                       "differentiation.switch_cost=0.05", "steps=300", "record_every=100"]))
+    assert list(np.asarray(built.params.c_specialised)) == [0, 0, 0, 1, 1]  # actomyosin, other_biosynthesis
+    res = engine.run(sub, built.state, built.params, seed=built.seed, steps=300, record_every=100, replicates=1)
+    ref = sub.reference(built, 0)
+    for _ in range(300):
+        ref.step()
+    mine = jax.device_get(engine.take(res.state, 0))
+    assert float(np.sum(mine.ledger.switching)) > 0 and float(np.sum(mine.diff.switched)) > 0.3
+    for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(ref.state())):
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-9, atol=1e-12)
+    summary = sub.summarize(built, res, cfg)
+    assert summary["conservation_error"] < 1e-9 and summary["switching_molecules"] > 0
+    # output (specialised work) is the work of the specialised kinds
+    np.testing.assert_allclose(np.asarray(mine.ledger.output),
+                               np.asarray(mine.ledger.work)[:, 3:].sum(-1), rtol=1e-12)
+    with pytest.raises(ConfigError, match="substrate.consumers.kinds.actomyosin.specialised"):
+        prepare(compose(["substrate=bio", "topology=ring", "topology.n_cells=2",
+                         "substrate.consumers.kinds.actomyosin.specialised=3"]))

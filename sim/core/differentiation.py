@@ -112,7 +112,7 @@ class Hooks:
     """How a substrate exposes itself to differentiation (host-side value; all functions traced).
 
     ``work(state) -> (C,)`` cumulative work; ``charged(state) -> (C,)`` currency a compartment can
-    pay a move with; ``pay(state, amount (C,)) -> state`` spends it (the substrate books it);
+    pay a move with; ``pay(state, params, amount (C,)) -> state`` spends it (the substrate books it);
     ``alive(state) -> (C,)`` bool."""
 
     work: Callable
@@ -288,7 +288,7 @@ def adapt(state, params, key, *, hooks: Hooks, rule: str):
     paid = jnp.where(go, cost, 0.0)
     if rule == "gradient":
         ref_theta, ref_payoff = jnp.where(go, theta, ref_theta), jnp.where(go, local, ref_payoff)
-    state = hooks.pay(state, paid)
+    state = hooks.pay(state, params, paid)
     diff = DiffState(theta=new, payoff=ema, last_work=work, ref_theta=ref_theta, ref_payoff=ref_payoff,
                      switched=d.switched + jnp.abs(new - theta), switch_paid=d.switch_paid + paid)
     return replace(state, diff=diff)

@@ -59,7 +59,7 @@ class CellAgent(FixedAgent):
     alive = StateField("cells.alive", bool)
     stress = StateField("cells.stress")
     maintenance = StateField("cells.maintenance")
-    theta = StateField("cells.theta")
+    theta = StateField("diff.theta")
     n_producers = StateField("producers.alive", int, reduce=np.sum, doc="Living producers.")
     produced = StateField("ledger.produced")
     work = StateField("ledger.work", reduce=np.sum)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import networkx as nx
 import numpy as np
 
 from sim.constants import FARADAY_C_PER_MOL
+from sim.core import differentiation as dif
 from sim.core.config import get, num
 from sim.errors import ConfigError
 from sim.core import chains as ck
@@ -82,7 +84,10 @@ def _dg0(sub) -> float:
 def _ceiling_kj(kind_cfg, prefix):
     c = kind_cfg.get("ceiling_kj_per_mol")
     if c == "pmf":
-        n_h = _num(kind_cfg, "n_h", 0, strict_min=True) if "n_h" in kind_cfg else None
+        try:
+            n_h = _num(kind_cfg, "n_h", 0, strict_min=True) if "n_h" in kind_cfg else None
+        except ConfigError as exc:  # _num names keys under `substrate.`: this one is the kind's
+            raise ConfigError(f"{prefix}.n_h", exc.value, exc.allowed) from None
         dp = kind_cfg.get("delta_p_v")
         if n_h is None or not isinstance(dp, (int, float)) or dp <= 0:
             raise ConfigError(f"{prefix}.delta_p_v", dp, "a positive proton-motive force in V with n_h > 0")
@@ -162,6 +167,8 @@ def build(cfg, dtype=np.float64) -> Model:
     dt = float(cfg["dt"])
     if not dt > 0:
         raise ConfigError("dt", cfg["dt"], "a time step > 0 (s)")
+    # read only by the summary (results.py), after the run: refused here, before anything runs
+    _opt_num(sub, "landauer_bits_per_unit", 1.0, 0, strict_min=True)
     graph = build_graph(cfg["topology"], seed=seed)
     n = graph.number_of_nodes()
     rng = np.random.default_rng([seed, 0x5EED])
@@ -171,11 +178,12 @@ def build(cfg, dtype=np.float64) -> Model:
     pkinds = tuple(pk_cfg.keys())
     if not pkinds:
         raise ConfigError("substrate.producers.kinds", {}, "at least one producer kind")
-    cap = int(_num(sub, "producers.capacity_per_cell", 1))
+    # slot counts are integers: int() would silently truncate 1.5
+    cap = num({"substrate": sub}, "substrate.producers.capacity_per_cell", 1, integer=True)
     birth_kind = _get(sub, "producers.birth_kind")
     if birth_kind not in pkinds:
         raise ConfigError("substrate.producers.birth_kind", birth_kind, "one of " + ", ".join(pkinds))
-    counts = {k: int(_num(sub, f"producers.kinds.{k}.count", 0)) for k in pkinds}
+    counts = {k: num({"substrate": sub}, f"substrate.producers.kinds.{k}.count", 0, integer=True) for k in pkinds}
     fixed = [k for k in pkinds if k != birth_kind]
     n_fixed = sum(counts[k] for k in fixed)
     if n_fixed + counts[birth_kind] > cap:
@@ -217,6 +225,12 @@ def build(cfg, dtype=np.float64) -> Model:
             raise ConfigError(f"substrate.consumers.kinds.{k}.tier", t, "an integer tier 0, 1 or 2")
         tiers.append(t)
     c_vmax = total * shares / shares.sum()
+    specialised = []
+    for k in ckinds:  # the kinds a cell gives up for producers as theta grows (differentiation)
+        flag = ck_cfg[k].get("specialised", False)
+        if not isinstance(flag, bool):
+            raise ConfigError(f"substrate.consumers.kinds.{k}.specialised", flag, "true or false")
+        specialised.append(1.0 if flag else 0.0)
     reserve = _get(sub, "consumers.tier_reserve_mm")
     if (
         not isinstance(reserve, (list, tuple))
@@ -246,7 +260,6 @@ def build(cfg, dtype=np.float64) -> Model:
     cells = Cells(
         pools=pools,
         alive=np.ones(n, bool),
-        theta=np.full(n, 0.5, dtype),
         stress=zeros_c.copy(),
         uptake=uptake.astype(dtype),
         demand_mult=demand_mult.astype(dtype),
@@ -276,15 +289,17 @@ def build(cfg, dtype=np.float64) -> Model:
         transported_in=zeros_c.copy(), transported_out=zeros_c.copy(), lost=np.zeros((n, N_SPECIES), dtype),
         ak_atp=zeros_c.copy(), ck_atp=zeros_c.copy(), substrate_energy_j=zeros_c.copy(), stored_energy_j=zeros_c.copy(),
         heat_j=zeros_c.copy(), hydrolysis_energy_j=zeros_c.copy(), failures=np.zeros(n, np.int32),
-        births=np.zeros(n, np.int32), repair_health=zeros_c.copy(),
+        births=np.zeros(n, np.int32), repair_health=zeros_c.copy(), output=zeros_c.copy(), switching=zeros_c.copy(),
     )
     n_slots, chain_fields = _chains(sub, ckinds, dtype)
     chains, chain_ledger = ck.empty(n, n_slots, dtype)
     # every cohort is translating at t = 0 (termination is memoryless: no start-up transient but
     # the few slots that wait for their next initiation)
     chains = dataclasses.replace(chains, active=np.ones((n, n_slots), bool))
+    diff_opts = dif.read_config(cfg)
+    diff = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), dif.init_state(diff_opts, n, seed))
     state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, step=np.int32(0),
-                  chains=chains, chain_ledger=chain_ledger)
+                  chains=chains, chain_ledger=chain_ledger, diff=diff)
 
     src, dst = edge_arrays(graph)
     tr = sub["transport"]
@@ -330,6 +345,7 @@ def build(cfg, dtype=np.float64) -> Model:
         birth_tau=p(_num(sub, "producers.birth_sensor_tau_s", 0, strict_min=True)),
         birth_cost=p(_num(sub, "producers.birth_cost_mm", 0)),
         tier_reserve=np.asarray([float(r) for r in reserve], dtype),
+        c_specialised=np.asarray(specialised, dtype),
         stress_threshold=p(_num(sub, "cell.stress_threshold", 0, 1)),
         stress_death_s=p(_num(sub, "cell.stress_death_s", 0, strict_min=True)),
         stress_recovery=p(_num(sub, "cell.stress_recovery_per_s", 0)),
@@ -337,10 +353,12 @@ def build(cfg, dtype=np.float64) -> Model:
         permeability=perm,
         conductance_scale=p(1.0),
         edges=edges,
+        diff=jax.tree_util.tree_map(lambda x: x if np.asarray(x).dtype.kind in "iub" else np.asarray(x, dtype),
+                                    dif.init_params(diff_opts, src, dst, n)),
     )
     overrides = cfg.get("params") or {}
     for name, value in overrides.items():
-        if name not in {f.name for f in dataclasses.fields(Params)} or name == "edges":
+        if name not in {f.name for f in dataclasses.fields(Params)} or name in ("edges", "diff"):
             raise ConfigError(f"params.{name}", value, "a scalar parameter name of sim.substrates.bio.params.Params")
         params = dataclasses.replace(params, **{name: p(value)})
     state = _buffer_at_equilibrium(state, params)

@@ -57,6 +57,7 @@ class Params:
     birth_cost: object  # mM ATP per producer made
     # consumers
     tier_reserve: object  # (N_TIERS,) mM ATP a tier cannot draw below (energy-sensing priority)
+    c_specialised: object  # (n consumer kinds,) 1.0 for specialised work (scaled by (2 (1 - theta))^alpha), else 0.0
     # cell fate
     stress_threshold: object  # maintenance fraction below which a cell is stressed
     stress_death_s: object  # s of stress that kill a cell
@@ -74,6 +75,7 @@ class Params:
     permeability: object  # (N_SPECIES,) multiplier per species on edge conductance
     conductance_scale: object  # multiplier on all edge conductances (sweeps)
     edges: Edges
+    diff: object = None  # sim.core.differentiation.DiffParams
 
 
 

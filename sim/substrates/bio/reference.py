@@ -40,6 +40,7 @@ import numpy as np
 from sim import rng
 from sim.constants import R_J_PER_MOL_K
 from sim.core import chains as ck
+from sim.core.differentiation import AdaptationReference
 from sim.core.chains import CHAIN_LEDGER_FIELDS, Chain, ChainStep, chain_quote, step_chains  # noqa: F401 (re-exported)
 from sim.substrates.bio.kernels.thermo import MAX_LOG_STEP, N_NEWTON, TINY_MM
 from sim.substrates.bio.state import ADP, AMP, ATP, GLC, N_SPECIES, PI, Ledger, State
@@ -68,7 +69,7 @@ class Producer:
 class Consumer:
     """A consumer slot; ``chain``: realised by its cell's chains (their quote is its demand)."""
 
-    __slots__ = ("cid", "km", "value", "vmax_eff", "reserve", "spent", "work", "want", "served", "chain")
+    __slots__ = ("cid", "km", "value", "vmax_eff", "reserve", "spent", "work", "want", "served", "chain", "specialised")
 
     def __repr__(self) -> str:
         return f"Consumer({self.cid}, spent={self.spent}, work={self.work})"
@@ -125,6 +126,8 @@ class ReferenceBio:
         n_ch = 0 if s.chains is None else int(s.chains.active.shape[1])
         self.n, self.n_producer_slots, self.n_consumer_slots, self.n_chain_slots = n, n_p, n_k, n_ch
         self.cells = [self._make_cell(s, i) for i in range(n)]
+        # differentiation (sim.core.differentiation): theta scales producers and specialised consumers
+        self.diff = AdaptationReference(s.diff, params.diff, self.key)
         self.producers = [p for c in self.cells for p in c.producers]
         self.consumers = [k for c in self.cells for k in c.consumers]
         self.chains = [ch for c in self.cells for ch in c.chains]
@@ -185,6 +188,7 @@ class ReferenceBio:
         self.stress_recovery_dt = f(params.stress_recovery) * dt
         self.permeability = vec(params.permeability)
         self.tier_reserve = vec(params.tier_reserve)
+        self.c_specialised = vec(params.c_specialised)
         self.conductance_scale = f(params.conductance_scale)
         self.chain_kind = int(params.chain_kind)
         self.chain_rate = f(params.chain_rate)
@@ -223,6 +227,7 @@ class ReferenceBio:
             c.spent, c.work = float(led.spent[i, k]), float(led.work[i, k])
             c.want = c.served = 0.0
             c.chain = False
+            c.specialised = self.c_specialised[kinds[k]] > 0
             cell.consumers.append(c)
         cell.tiers = [[c for c, t in zip(cell.consumers, tiers) if t == tier] for tier in sorted(set(tiers))]
         cell.tier0 = [c for c, t in zip(cell.consumers, tiers) if t == 0]
@@ -310,6 +315,7 @@ class ReferenceBio:
             factors.append((s / (self.p_k_s[k] + s), d / (self.p_k_adp[k] + d), pi / (self.p_k_pi[k] + pi), br))
         # desired rate of each living producer J = V h S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake (mM/s)
         # and the repair it wants (a dead producer adds exact zeros)
+        f_p, f_w = self.diff.factors(cell.index)
         sum_j = 0.0
         sum_jg = 0.0
         living = cell.living
@@ -318,7 +324,7 @@ class ReferenceBio:
         for p in living:
             fs, fd, fp, br = factors[p.kind]
             h = p.health
-            j = p.ss_vmax * h * fs * fd * fp * br
+            j = p.ss_vmax * f_p * h * fs * fd * fp * br
             p.j = j
             p.want_h = repair_rate * (1.0 - h) * dt
             sum_j += j
@@ -357,12 +363,14 @@ class ReferenceBio:
             chain_want = chain_quote(cell.chains, cp, chain_draws[0])
             cc.want = chain_want
         rest = a
+        output = 0.0
         for group in cell.tiers:
             want = 0.0
             for c in group:
                 if not c.chain:
                     ap = max(a - c.reserve, 0.0)
-                    c.want = c.vmax_eff * ap / (c.km + ap) * dt
+                    vmax = c.vmax_eff * f_w if c.specialised else c.vmax_eff
+                    c.want = vmax * ap / (c.km + ap) * dt
                 want += c.want
             frac = (rest / want if want > 0 else 0.0) if want > rest else 1.0
             for c in group:
@@ -371,6 +379,8 @@ class ReferenceBio:
                 if not c.chain:  # the chains' share is booked once they have spent it
                     c.spent += served
                     c.work += served * c.value
+                    if c.specialised:
+                        output += served * c.value
             rest = rest - frac * want
             if rest < 0.0:
                 rest = 0.0
@@ -433,6 +443,7 @@ class ReferenceBio:
         cell.heat_j += (substrate_energy - stored) + hydrolysis
         cell.hydrolysis_energy_j += hydrolysis
         cell.repair_health += repaired
+        cell.output += output
 
     # 2 transport
     def transport(self) -> None:
@@ -679,7 +690,26 @@ class ReferenceBio:
         self.producer_failure()
         self.producer_biogenesis()
         self.cell_stress()
+        self.adaptation()
         self.step_count += 1
+
+    # 7 differentiation (only with an adaptive rule: sim.core.differentiation.adaptive)
+    def adaptation(self) -> None:
+        cells = self.cells
+        paid = self.diff.step(self.step_count, self.dt, [c.output for c in cells],
+                              [c.pools[ATP] for c in cells], [c.alive for c in cells])
+        for cell, cost in zip(cells, paid):
+            if cost == 0.0:
+                continue
+            pools = cell.pools
+            energy = cost * self.abs_dg(pools) * self.volume  # hydrolysed ATP, ends as heat (like biogenesis)
+            cell.heat_j += energy
+            cell.hydrolysis_energy_j += energy
+            cell.stored_energy_j -= energy
+            pools[ATP] = pools[ATP] - cost
+            pools[ADP] = pools[ADP] + cost
+            pools[PI] = pools[PI] + cost
+            cell.switching += cost
 
     # ---- export -------------------------------------------------------------------------------
 
@@ -718,6 +748,7 @@ class ReferenceBio:
             step=np.asarray(self.step_count, dtype=np.asarray(init.step).dtype),
             chains=chains,
             chain_ledger=chain_ledger,
+            diff=self.diff.state(),
         )
 
 

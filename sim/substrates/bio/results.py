@@ -102,7 +102,7 @@ def summarize(model, result, initial_state) -> dict:
     pools0 = _np(initial_state.cells.pools)[None]
     alive = _np(st.cells.alive)
 
-    spent_all = _np(led.spent).sum(-1) + _np(led.repair_spent) + _np(led.birth_spent)  # (R, C)
+    spent_all = _np(led.spent).sum(-1) + _np(led.repair_spent) + _np(led.birth_spent) + _np(led.switching)  # (R, C)
     produced = _np(led.produced)
     lost = _np(led.lost)
 
@@ -173,6 +173,9 @@ def summarize(model, result, initial_state) -> dict:
         "cells_total": int(alive.shape[-1]),
         "producers_alive": float(np.mean(_np(st.producers.alive).sum((-1, -2)))),
         "producer_failures": float(np.mean(_np(led.failures).sum(-1))),
+        "output_molecules": tissue(_np(led.output)) * to_molecules,
+        "switching_molecules": tissue(_np(led.switching)) * to_molecules,
+        **_division(st, led),
         "producer_births": float(np.mean(_np(led.births).sum(-1))),
         "simulated_time_s": float(result.steps_done * float(p.dt)),
         "replicates": int(pools.shape[0]),
@@ -211,3 +214,16 @@ def chain_summary(model, st, tissue, to_molecules) -> dict:
         "protein_mean_length_aa": units / delivered if delivered > 0 else float("nan"),
         "atp_per_aa": tissue(_np(cled.elongation_spent)) * to_molecules / aa if aa > 0 else float("nan"),
     }
+
+
+def _division(st, led) -> dict:
+    """Division of labour at the end of a run (mean over replicates; sim.core.division)."""
+    from sim.core import division
+
+    theta = _np(st.diff.theta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_sub = _np(led.output).sum(-1) / _np(led.substrate_used).sum(-1)
+    return {"specialization_index": float(np.mean(division.specialization_index(theta))),
+            "producer_fraction": float(np.mean(division.producer_fraction(theta))),
+            "theta_mean": float(np.mean(theta)),
+            "output_per_glucose": float(np.mean(per_sub))}

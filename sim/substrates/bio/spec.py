@@ -16,8 +16,10 @@ import numpy as np
 
 from sim.core.substrate import EntitySpec, Quantity, Substrate
 from sim.core.ops import rowsum
+from sim.core import differentiation as dif
+from sim.substrates.bio.kernels.fate import pay_for_move
 from sim.substrates.bio.kernels.step import PROCESSES
-from sim.substrates.bio.state import SPECIES
+from sim.substrates.bio.state import ATP, SPECIES
 
 RECORDS = (
     Quantity("pools", "mM", "free (exchanging) pool concentration", ("species",)),
@@ -32,6 +34,9 @@ RECORDS = (
     Quantity("transported_out", "mM", "cumulative currency sent over junctions"),
     Quantity("failures", "1", "cumulative producer failures"),
     Quantity("births", "1", "cumulative producer births"),
+    Quantity("output", "work units", "cumulative specialised work (the specialised consumer kinds)"),
+    Quantity("substrate_used", "mM", "cumulative glucose used by producers"),
+    Quantity("theta", "1", "differentiation: share of the protein budget in producers (1/2 generalist)"),
 )
 
 
@@ -48,11 +53,14 @@ def observe(state) -> dict:
         "n_producers": n_alive.astype(jnp.int32),
         "health_mean": health,
         "produced": led.produced,
-        "spent": rowsum(led.spent) + led.repair_spent + led.birth_spent,
+        "spent": rowsum(led.spent) + led.repair_spent + led.birth_spent + led.switching,
         "work": rowsum(led.work),
         "transported_out": led.transported_out,
         "failures": led.failures,
         "births": led.births,
+        "output": led.output,
+        "substrate_used": led.substrate_used,
+        "theta": state.diff.theta,
     }
 
 
@@ -140,8 +148,8 @@ def reference(model, replicate: int = 0):
 
 
 ENTITIES = (
-    EntitySpec("cell", "cells", (("alive", "alive"), ("stress", "stress"), ("theta", "theta"),
-                                 ("maintenance", "maintenance"))),
+    EntitySpec("cell", "", (("alive", "cells.alive"), ("stress", "cells.stress"), ("theta", "diff.theta"),
+                            ("maintenance", "cells.maintenance"))),
     EntitySpec("producer", "producers", (("kind", "kind"), ("vmax", "vmax"), ("health", "health"),
                                          ("alive", "alive")), alive="alive"),
     EntitySpec("consumer", "consumers", (("kind", "kind"), ("vmax", "vmax"), ("km", "km"), ("tier", "tier"),
@@ -168,4 +176,6 @@ SUBSTRATE = Substrate(
     compartment="cell",
     currency="ATP",
     description="cells on ATP: glucose -> ATP in mitochondria/glycolysis, organelles spend it (mM, s, kJ/mol)",
+    differentiation=dif.Hooks(work=lambda s: s.ledger.output, charged=lambda s: s.cells.pools[:, ATP],
+                              pay=pay_for_move, alive=lambda s: s.cells.alive),
 )

@@ -29,7 +29,6 @@ N_SPECIES = len(SPECIES)
 class Cells:
     pools: object  # (C, N_SPECIES) mM
     alive: object  # (C,) bool
-    theta: object  # (C,) phenotype in [0, 1]: share of capacity given to producing currency
     stress: object  # (C,) s spent with maintenance (tier 0) below threshold
     uptake: object  # (C,) 1/s substrate uptake conductance from the surroundings
     demand_mult: object  # (C,) per-cell multiplier on consumer capacity (tissue heterogeneity)
@@ -80,6 +79,8 @@ class Ledger:
     failures: object  # (C,) producer failures (stochastic)
     births: object  # (C,) producers made (biogenesis)
     repair_health: object  # (C,) health units restored by repair
+    output: object  # (C,) specialised work: value x ATP spent by the specialised consumer kinds
+    switching: object  # (C,) ATP spent changing theta (differentiation moves)
 
 
 @pytree_dataclass
@@ -95,3 +96,6 @@ class State:
     # kind the chains realise (``Params.chain_kind``), so every currency balance includes it.
     chains: object = None
     chain_ledger: object = None
+    # differentiation (sim.core.differentiation.DiffState): theta, the share of the cell's protein
+    # budget in producers (vs specialised work consumers), and its adaptation
+    diff: object = None

@@ -135,7 +135,7 @@ PROCESSES = (
 )
 
 
-def pay(state, amount):
+def pay(state, params, amount):
     """Differentiation hook: a move's cost is charged currency spent (A -> D), booked as switching."""
     c = state.cells
     led = replace(state.ledger, switching=state.ledger.switching + amount)

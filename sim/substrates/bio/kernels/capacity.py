@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
+from sim.core.differentiation import production_factor, work_factor
+
 
 def consumer_vmax(state, params):
     """(C, K) mM/s: each consumer slot's capacity times the cell's heterogeneity multiplier
-    (``Cells.demand_mult``) times the sweepable ``Params.demand_scale``."""
-    return params.demand_scale * state.cells.demand_mult[:, None] * state.consumers.vmax
+    (``Cells.demand_mult``) times the sweepable ``Params.demand_scale``; the specialised kinds
+    (``Params.c_specialised``) also times the differentiation factor (2 (1 - theta))^alpha."""
+    vmax = params.demand_scale * state.cells.demand_mult[:, None] * state.consumers.vmax
+    spec = params.c_specialised[state.consumers.kind] > 0
+    return vmax * jnp.where(spec, work_factor(state.diff.theta, params.diff.alpha)[:, None], 1.0)
+
+
+def producer_scale(state, params):
+    """(C, 1) multiplier on every producer's capacity: the sweepable ``supply_scale``, parallel
+    activation and the differentiation factor (2 theta)^alpha of the cell (1 for a generalist)."""
+    return (params.supply_scale * supply_activation(params)) * production_factor(state.diff.theta,
+                                                                                 params.diff.alpha)[:, None]
 
 
 def supply_activation(params):

@@ -92,3 +92,17 @@ def cell_stress(state, params, key=None):
     alive = cells.alive & ~dies
     prod = replace(state.producers, alive=state.producers.alive & alive[:, None])
     return replace(state, cells=replace(cells, stress=stress, alive=alive), producers=prod)
+
+
+def pay_for_move(state, params, amount):
+    """Differentiation hook (``sim.core.differentiation``): ``amount`` (C,) mM ATP hydrolysed to
+    rebuild a cell's machinery when its theta moves (ATP -> ADP + Pi), booked as ``switching`` and,
+    like biogenesis, as released energy that ends as heat."""
+    pools = state.cells.pools
+    abs_dg = jnp.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], params.dg0_kj, params.temperature_k))
+    energy = amount * abs_dg * params.volume_l
+    new_pools = pools.at[:, ATP].add(-amount).at[:, ADP].add(amount).at[:, PI].add(amount)
+    led = state.ledger
+    led = replace(led, switching=led.switching + amount, heat_j=led.heat_j + energy,
+                  hydrolysis_energy_j=led.hydrolysis_energy_j + energy, stored_energy_j=led.stored_energy_j - energy)
+    return replace(state, cells=replace(state.cells, pools=new_pools), ledger=led)

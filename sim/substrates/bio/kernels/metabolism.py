@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from sim.substrates.bio.kernels.capacity import consumer_vmax, supply_activation
+from sim.substrates.bio.kernels.capacity import consumer_vmax, producer_scale
 from sim.substrates.bio.kernels import translation
 from sim.core.chains import chain_demand, chain_step
 from sim.core.ops import rowsum
@@ -67,8 +67,7 @@ def production_rates(state, params, dg):
     prod = state.producers
     factor = per_slot(kind_factors(state.cells.pools, params, dg), prod.kind)
     on = prod.alive & state.cells.alive[:, None]
-    scale = params.supply_scale * supply_activation(params)
-    return jnp.where(on, scale * prod.vmax * prod.health * factor, 0.0)
+    return jnp.where(on, producer_scale(state, params) * prod.vmax * prod.health * factor, 0.0)
 
 
 def consumption_demand(state, params):
@@ -173,6 +172,7 @@ def metabolism(state, params, key=None):
         spent=led.spent + served,
         repair_spent=led.repair_spent + repair_spent,
         work=led.work + work,
+        output=led.output + rowsum(jnp.where(params.c_specialised[state.consumers.kind] > 0, work, 0.0)),
         substrate_used=led.substrate_used + glc_used,
         substrate_uptake=led.substrate_uptake + uptake,
         substrate_energy_j=led.substrate_energy_j + substrate_energy,

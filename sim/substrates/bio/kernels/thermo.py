@@ -20,6 +20,7 @@ pH 7.0). ``ak_ck_equilibrium`` puts adenylate and creatine kinase at equilibrium
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from sim.constants import R_J_PER_MOL_K
@@ -92,6 +93,19 @@ def ak_ck_equilibrium(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, xp=jnp):
     found by Newton's method in ln r from the current ratio (``N_NEWTON`` steps, each at most
     ``MAX_LOG_STEP``). With C = 0 this is :func:`adenylate_equilibrium` (closed form, used then).
     """
+    a0, d0, m0 = adenylate_equilibrium(atp, adp, amp, k_ak, xp=xp)
+    if xp is jnp:
+        # the Newton solve only where there is creatine: a real branch (35 transcendentals per
+        # cell saved without the buffer; with batched parameters vmap evaluates both sides)
+        return jax.lax.cond(jnp.any(creatine_total > 0),
+                            lambda: _with_creatine(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0, m0, xp),
+                            lambda: (a0, d0, m0, pcr + jnp.zeros_like(a0)))
+    return _with_creatine(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0, m0, xp)
+
+
+def _with_creatine(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0, m0, xp):
+    """Newton's method of :func:`ak_ck_equilibrium`; cells (or parameter rows) without creatine keep
+    the closed form (a0, d0, m0) and their PCr."""
     n = atp + adp + amp
     c = creatine_total
     e = xp.clip(2.0 * atp + adp + pcr, 0.0, 2.0 * n + c)
@@ -111,6 +125,5 @@ def ak_ck_equilibrium(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, xp=jnp):
     a = d * r
     m = n * k_ak / q
     p = c * r / (r + k_ck)
-    a0, d0, m0 = adenylate_equilibrium(atp, adp, amp, k_ak, xp=xp)
     on = c > 0
     return xp.where(on, a, a0), xp.where(on, d, d0), xp.where(on, m, m0), xp.where(on, p, pcr)

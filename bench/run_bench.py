@@ -1,13 +1,19 @@
 """Benchmarks (not tests): ``make bench`` -> bench/results/bench.json, figures, README table.
 
-Sections (issue 5): JAX vs the Mesa reference on the same biology tissue; JAX scaling from 1e3 to
-1e6 agents (each size in a fresh subprocess, so peak RSS and compile time are honest); ensembles of
-1..256 replicates in one call; a memory-bandwidth reference (large array copy) and the achieved
-fraction of it given the bytes one step must move per agent.
+Sections: honest baselines (``bench/baselines.py``: the JAX engine against a plain numpy step,
+``bench/numpy_step.py``, and the Mesa reference without and, labelled, with a DataCollector, timed
+interleaved in one process); bytes per agent and step counted from the compiled HLO and the
+achieved fraction of the measured copy bandwidth; JAX scaling from 1e3 to 1e6 agents (each size in
+a fresh subprocess, so peak RSS and compile time are honest); junctions; compile time; experiments;
+ensembles of 1..256 replicates in one call; replicates sharded over two forced host devices (a
+child process); the cost of bitwise batch invariance; an LLM cluster.
 
 Agents counted: cells + living producers + consumers + chain slots (the bio preset has 11
-producers alive of 16 slots, 5 consumers and 8 ribosome cohorts per cell: 25 agents per cell). An agent-update is one agent advanced one
-step. Times are wall-clock after compilation, best of ``--repeats``.
+producers alive of 16 slots, 5 consumers and 8 ribosome cohorts per cell: 25 agents per cell). An
+agent-update is one agent advanced one step. Times are wall-clock after compilation; every timing
+is the median over ``REPEATS`` (>= 5) calls, with min-max (and quartiles in bench.json): this is a
+shared, loaded 2-core machine. ``--quick`` runs small sizes only (a smoke test: ~3.5 CPU-minutes, 6 min wall at load 8);
+``--no-readme`` leaves README.md alone (the tables also go to bench/results/readme_table.md).
 """
 
 from __future__ import annotations
@@ -45,9 +51,14 @@ def agents_per_cell(model) -> float:
     return (n + int(np.sum(s.producers.alive)) + s.consumers.kind.size + chains) / n
 
 
-def time_jax(model, steps: int, replicates: int = 1, dtype=np.float64, repeats: int = 3) -> dict:
+REPEATS = 5  # timed calls per measurement (median and spread reported)
+
+
+def time_jax(model, steps: int, replicates: int = 1, dtype=np.float64, repeats: int = REPEATS) -> dict:
+    """Median (and spread) over ``repeats`` whole ``engine.run`` calls after a compiling call."""
     import jax
 
+    from bench.baselines import spread
     from sim.core import engine
     from sim.substrates.bio import SUBSTRATE as BIO
 
@@ -57,52 +68,14 @@ def time_jax(model, steps: int, replicates: int = 1, dtype=np.float64, repeats: 
     r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=replicates)
     first = time.perf_counter() - t0
     compile_s = r.compile_s
-    best = float("inf")
+    ts = []
     for _ in range(repeats):
+        t0 = time.perf_counter()
         r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=replicates)
         jax.block_until_ready(r.state)
-        best = min(best, r.wall_s)
-    return {"s_per_step": best / steps, "compile_s": compile_s, "first_call_s": first}
-
-
-def time_mesa(model, steps: int) -> dict:
-    from sim.mesa_model import CurrencyModel
-
-    t0 = time.perf_counter()
-    m = CurrencyModel(model=model, backend="mesa")
-    build_s = time.perf_counter() - t0
-    m.step()  # warm caches
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        m.step()
-    return {"s_per_step": (time.perf_counter() - t0) / steps, "build_s": build_s}
-
-
-def section_vs_mesa(sizes, mesa_budget_s: float) -> list[dict]:
-    from sim.substrates.bio.build import build
-
-    rows = []
-    for n in sizes:
-        model = build(bio_cfg(n))
-        apc = agents_per_cell(model)
-        jx = time_jax(model, steps=200 if n <= 1000 else 100)
-        row = {"cells": n, "agents": int(round(apc * n)), "jax_s_per_step": jx["s_per_step"], "jax_compile_s": jx["compile_s"]}
-        # a few Mesa steps are enough to time it; fewer at the large sizes
-        mesa_steps = max(2, min(50, int(mesa_budget_s / max(n * 2e-5, 1e-3))))
-        try:
-            ms = time_mesa(model, mesa_steps)
-            row.update(mesa_s_per_step=ms["s_per_step"], mesa_steps_timed=mesa_steps)
-            row["speedup"] = ms["s_per_step"] / jx["s_per_step"]
-            row["mesa_agent_updates_per_s"] = row["agents"] / ms["s_per_step"]
-            row["mesa_us_per_agent_step"] = 1e6 * ms["s_per_step"] / row["agents"]
-        except ImportError as exc:  # Mesa layer missing: report JAX only
-            row["mesa_error"] = str(exc)
-        row["jax_steps_per_s"] = 1.0 / jx["s_per_step"]
-        row["jax_agent_updates_per_s"] = row["agents"] / jx["s_per_step"]
-        print(f"  vs mesa  {n:>6} cells: jax {1e3 * jx['s_per_step']:.3f} ms/step"
-              + (f", mesa {1e3 * row['mesa_s_per_step']:.1f} ms/step, speed-up {row['speedup']:.0f}x" if "speedup" in row else ""))
-        rows.append(row)
-    return rows
+        ts.append((time.perf_counter() - t0) / steps)
+    sp = spread(ts)
+    return {"s_per_step": sp["median"], "s_per_step_spread": sp, "compile_s": compile_s, "first_call_s": first}
 
 
 def peak_rss_mb() -> float:
@@ -133,16 +106,22 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     params = engine.cast(model.params, dt)
     nbytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
     ebytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params.edges))
+    from bench.baselines import spread
+
     r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1)
-    best = float("inf")
-    for _ in range(5):  # best of 5: this shared 2-core VM is noisy
+    ts = []
+    for _ in range(REPEATS):  # median of 5 with spread: this shared 2-core VM is noisy
+        t0 = time.perf_counter()
         r2 = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1)
-        best = min(best, r2.wall_s)
+        jax.block_until_ready(r2.state)
+        ts.append((time.perf_counter() - t0) / steps)
     rss = peak_rss_mb()
     agents = int(round(agents_per_cell(model) * n_cells))
+    sp = spread(ts)
     return {
         "cells": n_cells, "agents": agents, "edges": int(params.edges.src.shape[0]), "dtype": dtype,
-        "compile_s": r.compile_s, "s_per_step": best / steps, "agent_updates_per_s": agents * steps / best,
+        "compile_s": r.compile_s, "s_per_step": sp["median"], "s_per_step_spread": sp,
+        "agent_updates_per_s": agents / sp["median"], "agent_updates_per_s_spread": spread(agents / np.asarray(ts)),
         "state_bytes": nbytes, "edge_bytes": ebytes, "bytes_per_agent": (nbytes + ebytes) / agents,
         "peak_rss_mb": rss, "rss_before_run_mb": rss0,
     }
@@ -161,7 +140,9 @@ def section_scaling(agent_targets, dtype: str) -> list[dict]:
             print(out.stderr[-2000:], file=sys.stderr)
             continue
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  scaling {row['agents']:>8} agents ({dtype}): {row['agent_updates_per_s']:.3g} agent-updates/s, "
+        a = row["agent_updates_per_s_spread"]
+        print(f"  scaling {row['agents']:>8} agents ({dtype}): {row['agent_updates_per_s']:.3g} agent-updates/s "
+              f"({a['min']:.3g}-{a['max']:.3g}), "
               f"compile {row['compile_s']:.2f} s, peak RSS {row['peak_rss_mb']:.0f} MB, {row['bytes_per_agent']:.0f} B/agent")
         rows.append(row)
     return rows
@@ -191,6 +172,7 @@ def determinism_worker(mode: str, n_cells: int, replicates: int, steps: int) -> 
     t = time_jax(model, steps, replicates=replicates)
     agents = agents_per_cell(model) * n_cells * replicates
     return {"mode": mode, "cells": n_cells, "replicates": replicates, "s_per_step": t["s_per_step"],
+            "s_per_step_spread": t["s_per_step_spread"],
             "compile_s": t["compile_s"], "agent_updates_per_s": agents / t["s_per_step"]}
 
 
@@ -228,8 +210,9 @@ def section_edges(n_cells: int, ks) -> list[dict]:
         cfg = bio_cfg(n_cells)
         cfg["topology"] = {"kind": "small_world", "n_cells": n_cells, "k": k, "p": 0.1}
         model = build(cfg)
-        t = time_jax(model, steps=100, repeats=2)
-        rows.append({"cells": n_cells, "k": k, "edges": int(model.params.edges.src.shape[0]), "s_per_step": t["s_per_step"]})
+        t = time_jax(model, steps=50)
+        rows.append({"cells": n_cells, "k": k, "edges": int(model.params.edges.src.shape[0]), "s_per_step": t["s_per_step"],
+                     "s_per_step_spread": t["s_per_step_spread"]})
         print(f"  edges   {rows[-1]['edges']:>7} junctions, {n_cells} cells: {1e3 * t['s_per_step']:.2f} ms/step")
     return rows
 
@@ -284,10 +267,11 @@ def section_ensembles(n_cells: int, reps_list) -> list[dict]:
     rows = []
     base = None
     for reps in reps_list:
-        t = time_jax(model, steps=100, replicates=reps, repeats=2)
+        t = time_jax(model, steps=100 if reps < 64 else 40, replicates=reps)
         per_rep = t["s_per_step"] / reps
         base = base or per_rep
         rows.append({"cells": n_cells, "replicates": reps, "s_per_step": t["s_per_step"],
+                     "s_per_step_spread": t["s_per_step_spread"],
                      "s_per_step_per_replicate": per_rep, "relative_throughput_per_replicate": base / per_rep,
                      "compile_s": t["compile_s"]})
         print(f"  ensemble {reps:>4} x {n_cells} cells: {1e3 * t['s_per_step']:.2f} ms/step, "
@@ -310,79 +294,47 @@ def section_llm(n_models: int = 64, gpus: int = 8, slots: int = 256, steps: int 
     ])
     llm = build_llm(cfg)
     kw = dict(seed=0, steps=steps, record_every=steps, replicates=1)
+    from bench.baselines import spread
+
     r = engine.run(LLM, llm.state, llm.params, **kw)
-    best = min(engine.run(LLM, llm.state, llm.params, **kw).wall_s for _ in range(2))
+    ts = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        engine.run(LLM, llm.state, llm.params, **kw)
+        ts.append(time.perf_counter() - t0)
+    sp = spread(np.asarray(ts) / steps)
+    best = sp["median"] * steps
     agents = n_models * (1 + gpus + slots)
     row = {"models": n_models, "gpus_per_model": gpus, "chain_slots": slots, "agents": agents,
-           "s_per_step": best / steps, "agent_updates_per_s": agents * steps / best, "compile_s": r.compile_s,
-           "simulated_s_per_wall_s": steps * float(cfg["dt"]) / best}
+           "s_per_step": sp["median"], "s_per_step_spread": sp, "agent_updates_per_s": agents * steps / best,
+           "compile_s": r.compile_s, "simulated_s_per_wall_s": steps * float(cfg["dt"]) / best}
     print(f"  llm cluster {n_models} x ({gpus} GPUs, {slots} slots): {1e3 * row['s_per_step']:.2f} ms/step, "
           f"{row['agent_updates_per_s']:.3g} agent-updates/s, {row['simulated_s_per_wall_s']:.0f} simulated s per wall s")
     return row
 
 
-def section_bandwidth() -> dict:
-    """Copy bandwidth (read + write) of a 256 MB array, best of 5, numpy and JAX."""
-    import jax
-    import jax.numpy as jnp
+def readme_lines(results: dict) -> list[str]:
+    """The tables of the README's Benchmarks block, from ``results``."""
+    from bench import baselines as B
 
-    n = 32 * 1024 * 1024  # float64 -> 256 MB
-    a = np.ones(n)
-    b = np.empty_like(a)
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        np.copyto(b, a)
-        best = min(best, time.perf_counter() - t0)
-    np_bw = 2 * a.nbytes / best
-    x = jnp.ones(n)
-    f = jax.jit(lambda v: v * 1.0000001)
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return {"numpy_copy_bytes_per_s": np_bw, "jax_scale_bytes_per_s": 2 * a.nbytes / best}
-
-
-def bytes_moved_per_agent_step(dtype_bytes: int = 8) -> dict:
-    """Minimum bytes one step must read + write per cell of the bio preset, counted by hand.
-
-    Per cell: pools 5 floats read + written, theta/stress/uptake/demand/maintenance 5 floats, alive
-    1 B; 16 producer slots x (kind 4 B, vmax, health read + written, alive 1 B read + written);
-    5 consumer slots x (kind 4 B, vmax, km, tier 4 B, value) read; 8 chain slots x (active 1 B,
-    length, made read + written, tool wait 4 B read + written); ledgers ~30 floats read + written;
-    2 junctions per cell (small world k=4) x (src, dst 4 B each, conductance, loss) plus the
-    5-species pools gathered at both ends. Divided by the 25 agents of a cell.
-    """
-    f = dtype_bytes
-    cell = 2 * 5 * f + 5 * f + 1
-    producers = 16 * (4 + f + 2 * f + 2)
-    consumers = 5 * (4 + f + f + 4 + f)
-    chains = 8 * (2 + 4 * f + 8)
-    ledger = 2 * 30 * f
-    edges = 2 * (4 + 4 + f + f + 2 * 5 * f)
-    per_cell = cell + producers + consumers + chains + ledger + edges
-    return {"bytes_per_cell_step": per_cell, "bytes_per_agent_step": per_cell / 25}
-
-
-def write_readme_table(results: dict) -> None:
-    """Replace the block between the bench markers in README.md with tables from results."""
-    readme = ROOT / "README.md"
-    if not readme.is_file():
-        return
-    lines = ["| cells | agents | JAX ms/step | Mesa ms/step | speed-up | JAX agent-updates/s |", "|---:|---:|---:|---:|---:|---:|"]
-    for r in results.get("vs_mesa", []):
-        mesa = f"{1e3 * r['mesa_s_per_step']:.1f}" if "mesa_s_per_step" in r else "n/a"
-        sp = f"{r['speedup']:.0f}x" if "speedup" in r else "n/a"
-        lines.append(f"| {r['cells']:,} | {r['agents']:,} | {1e3 * r['jax_s_per_step']:.3f} | {mesa} | {sp} | {r['jax_agent_updates_per_s']:.3g} |")
-    lines += ["", "| agents | cells | edges | dtype | agent-updates/s | compile s | peak RSS MB | bytes/agent |", "|---:|---:|---:|---|---:|---:|---:|---:|"]
+    bl = results.get("baselines", [])
+    reps = bl[0]["repeats"] if bl else REPEATS
+    lines = ["The JAX engine against a plain numpy step of the same equations (`bench/numpy_step.py`, equal to the engine "
+             "to ~1e-13 with the engine's random stream: `tests/test_numpy_baseline.py`) and the Mesa reference without and, "
+             f"separately, with a DataCollector; median (min-max) over {reps} interleaved blocks in one process (each "
+             "block times every implementation once); the speed-up is the median (min-max) of the per-block ratios:", ""]
+    lines += B.baseline_table(results.get("baselines", []))
+    lines += ["", "| agents | cells | edges | dtype | agent-updates/s, median (min-max) | compile s | peak RSS MB | state bytes/agent |",
+              "|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in results.get("scaling", []):
-        lines.append(f"| {r['agents']:,} | {r['cells']:,} | {r['edges']:,} | {r['dtype']} | {r['agent_updates_per_s']:.3g} | {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['bytes_per_agent']:.0f} |")
-    lines += ["", "| junctions (10k cells) | ms/step |", "|---:|---:|"]
+        a = r.get("agent_updates_per_s_spread", {"min": float("nan"), "max": float("nan")})
+        lines.append(f"| {r['agents']:,} | {r['cells']:,} | {r['edges']:,} | {r['dtype']} | {r['agent_updates_per_s']:.3g} "
+                     f"({a['min']:.3g}-{a['max']:.3g}) | {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['bytes_per_agent']:.0f} |")
+    ed = results.get("edges", [])
+    lines += ["", f"| junctions ({ed[0]['cells']:,} cells) | ms/step, median (min-max) |" if ed else "| junctions | ms/step |",
+              "|---:|---:|"]
     for r in results.get("edges", []):
-        lines.append(f"| {r['edges']:,} | {1e3 * r['s_per_step']:.2f} |")
+        lines.append(f"| {r['edges']:,} | {B.fmt_ms(r['s_per_step_spread'])} |")
     lines += ["", "| steps in the run | compile s |", "|---:|---:|"]
     for r in results.get("compile_vs_steps", []):
         lines.append(f"| {r['steps']:,} | {r['compile_s']:.2f} |")
@@ -390,31 +342,64 @@ def write_readme_table(results: dict) -> None:
     for r in results.get("experiments", []):
         c = "n/a" if r["compile_s"] is None else f"{r['compile_s']:.2f}"
         lines.append(f"| {r['experiment']} | {c} | {r['wall_s']:.1f} |")
-    lines += ["", "| replicates | cells | ms/step | throughput per replicate vs 1 |", "|---:|---:|---:|---:|"]
+    lines += ["", "| replicates | cells | ms/step, median (min-max) | throughput per replicate vs 1 |", "|---:|---:|---:|---:|"]
     for r in results.get("ensembles", []):
-        lines.append(f"| {r['replicates']} | {r['cells']} | {1e3 * r['s_per_step']:.2f} | {r['relative_throughput_per_replicate']:.2f} |")
+        lines.append(f"| {r['replicates']} | {r['cells']} | {B.fmt_ms(r['s_per_step_spread'])} | {r['relative_throughput_per_replicate']:.2f} |")
+    lines += [""] + B.sharding_lines(results.get("sharding", []))
     det = results.get("determinism", [])
     if det:
-        lines += ["", "| reductions | cells x replicates | ms/step | relative to default |", "|---|---:|---:|---:|"]
+        lines += ["", "| reductions | cells x replicates | ms/step, median (min-max) | relative to default |", "|---|---:|---:|---:|"]
         for r in det:
             lines.append(f"| {DETERMINISM_MODES[r['mode']]} | {r['cells']:,} x {r['replicates']} | "
-                         f"{1e3 * r['s_per_step']:.2f} | {r['relative_time']:.2f}x |")
+                         f"{B.fmt_ms(r['s_per_step_spread'])} | {r['relative_time']:.2f}x |")
     llm = results.get("llm")
     if llm:
         lines += ["", f"LLM preset, {llm['models']} Llama-3-70B instances x {llm['gpus_per_model']} H100 "
                   f"({llm['chain_slots']} decode slots each, {llm['agents']:,} agents): "
                   f"{1e3 * llm['s_per_step']:.2f} ms/step, {llm['agent_updates_per_s']:.3g} agent-updates/s, "
                   f"{llm['simulated_s_per_wall_s']:.0f} simulated seconds per wall-clock second."]
+    hlo = results.get("hlo_bytes", [])
+    if hlo:
+        lines += ["", "Bytes moved per agent and step, counted from the compiled step (`jax.jit(step).lower(...).compile()`: XLA's "
+                  "`cost_analysis()` and a walk of the optimised HLO that adds operand and result bytes of every kernel, "
+                  "while-loop bodies times their trip counts):", ""]
+        lines += B.hlo_table(hlo)
     bw = results.get("bandwidth", {})
-    if bw:
-        lines += ["", f"Copy bandwidth on this machine: numpy {bw['numpy_copy_bytes_per_s'] / 1e9:.1f} GB/s, "
-                  f"JAX {bw['jax_scale_bytes_per_s'] / 1e9:.1f} GB/s. "
-                  f"At the largest size the step moves >= {results['bytes']['bytes_per_agent_step']:.0f} B per agent, "
-                  f"so it reaches {100 * results.get('bandwidth_fraction', float('nan')):.0f}% of the copy bandwidth: "
-                  f"the step is bound by arithmetic (exp/log of the rate laws, Threefry draws) and scatters, not by memory traffic."]
+    roof = results.get("roofline", [])
+    if bw and roof:
+        nb, jb = bw["numpy_copy_bytes_per_s"], bw["jax_scale_bytes_per_s"]
+        big = max(roof, key=lambda r: (r["dtype"] == "float64", r["agents"]))
+        lines += ["", f"Copy bandwidth on this machine (256 MB, read + write, median (min-max) of {nb['n']}): numpy "
+                  f"{nb['median'] / 1e9:.1f} ({nb['min'] / 1e9:.1f}-{nb['max'] / 1e9:.1f}) GB/s, JAX "
+                  f"{jb['median'] / 1e9:.1f} ({jb['min'] / 1e9:.1f}-{jb['max'] / 1e9:.1f}) GB/s. At {big['agents']:,} agents "
+                  f"({big['dtype']}) the step moves {big['bytes_per_agent']:.0f} B per agent (XLA cost analysis), "
+                  f"{big['bytes_per_s'] / 1e9:.1f} GB/s: {100 * big['fraction']:.0f}% of the numpy copy bandwidth "
+                  f"({100 * big['fraction_low']:.0f}-{100 * big['fraction_high']:.0f}% from the extremes of both)."]
+        if "transcendental_floor_ns" in big:
+            th = results["throughputs"]
+            lines[-1] += (f" Per agent-update it takes {big['ns_per_agent_update']:.1f} ns; moving its bytes at the copy "
+                          f"bandwidth alone takes {big['copy_floor_ns']:.1f} ns, its exp/log alone "
+                          f"{big['transcendental_floor_ns']:.1f} ns (measured {th['transcendentals_per_s']['median']:.3g}/s) "
+                          f"and its Threefry hashes alone {big['hash_floor_ns']:.1f} ns (measured "
+                          f"{th['threefry_hashes_per_s']['median']:.3g}/s).")
     meta = results["meta"]
-    lines += ["", f"_Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs), Python {meta['python']}, "
-              f"jax {meta['jax']}, mesa {meta['mesa']}; `make bench` regenerates this table._"]
+    load = ""
+    if "loadavg_start" in meta:
+        load = (f", 1-minute load average {meta['loadavg_start'][0]:.1f} at the start and "
+                f"{meta.get('loadavg_end', [float('nan')])[0]:.1f} at the end")
+    lines += ["", f"_Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs{load}), Python {meta['python']}, "
+              f"jax {meta['jax']}, mesa {meta['mesa']}, code {meta.get('revision', 'unknown')}; `make bench` regenerates this table._"]
+    return lines
+
+
+def write_readme_table(results: dict, readme_too: bool = True, name: str = "readme_table.md") -> None:
+    """Write the tables to bench/results/``name`` and (``readme_too``) replace the block between
+    the bench markers in README.md with them."""
+    lines = readme_lines(results)
+    (RESULTS / name).write_text("\n".join(lines) + "\n")
+    readme = ROOT / "README.md"
+    if not readme_too or not readme.is_file():
+        return
     text = readme.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     if start in text and end in text:
@@ -423,20 +408,26 @@ def write_readme_table(results: dict) -> None:
         readme.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
 
 
-def plot(results: dict) -> None:
+def plot(results: dict, path: Path | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    vm = results.get("vs_mesa", [])
-    if vm:
-        axes[0].loglog([r["agents"] for r in vm], [r["jax_s_per_step"] for r in vm], "o-", label="JAX")
-        mm = [r for r in vm if "mesa_s_per_step" in r]
-        axes[0].loglog([r["agents"] for r in mm], [r["mesa_s_per_step"] for r in mm], "s-", label="Mesa reference")
-        axes[0].set(xlabel="agents", ylabel="s per step", title="JAX vs Mesa (bio tissue)")
-        axes[0].legend()
+    bl = results.get("baselines", [])
+    if bl:
+        labels = {"jax": "JAX engine", "numpy_threefry": "numpy (engine's stream)", "numpy_pcg64": "numpy (PCG64)",
+                  "mesa_no_dc": "Mesa, no DataCollector", "mesa_dc": "Mesa, DataCollector"}
+        a = [r["agents"] for r in bl]
+        for k, lab in labels.items():
+            med = np.array([r[k + "_s_per_step"]["median"] for r in bl])
+            lo = med - np.array([r[k + "_s_per_step"]["min"] for r in bl])
+            hi = np.array([r[k + "_s_per_step"]["max"] for r in bl]) - med
+            axes[0].errorbar(a, med, yerr=[lo, hi], fmt="o-", capsize=3, label=lab)
+        axes[0].set(xscale="log", yscale="log", xlabel="agents", ylabel="s per step (median, min-max)",
+                    title="baselines (bio tissue)")
+        axes[0].legend(fontsize=7)
     sc = results.get("scaling", [])
     for dtype in sorted({r["dtype"] for r in sc}):
         rr = [r for r in sc if r["dtype"] == dtype]
@@ -460,7 +451,21 @@ def plot(results: dict) -> None:
         axes[3].set_xlim(left=0)
         axes[3].set_ylim(bottom=0)
     fig.tight_layout()
-    fig.savefig(RESULTS / "bench.png", dpi=110)
+    fig.savefig(path or RESULTS / "bench.png", dpi=110)
+
+
+def git_revision() -> str:
+    """The checkout's commit (``-dirty`` with local changes), or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+SECTIONS = ("baselines", "hlo_bytes", "bandwidth", "throughputs", "scaling", "edges", "compile_vs_steps", "experiments",
+            "ensembles", "sharding", "determinism", "llm")
 
 
 def main() -> int:
@@ -468,8 +473,17 @@ def main() -> int:
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--det-worker", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
-    ap.add_argument("--mesa-budget-s", type=float, default=30.0, help="rough seconds to spend timing Mesa per size")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite README.md (tables still go to bench/results/readme_table.md)")
+    ap.add_argument("--only", help="comma-separated sections to run (" + ", ".join(SECTIONS) + "); results go to "
+                    "bench/results/bench_partial.json, README.md is left alone")
+    ap.add_argument("--shard-worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.shard_worker:
+        from bench.baselines import sharding_worker
+
+        n, reps, steps, repeats = (int(v) for v in args.shard_worker)
+        print(json.dumps(sharding_worker(n, reps, steps, repeats)))
+        return 0
     if args.worker:
         print(json.dumps(scaling_worker(int(args.worker[0]), args.worker[1], int(args.worker[2]))))
         return 0
@@ -491,40 +505,65 @@ def main() -> int:
     results = {"meta": {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.machine() + " " + platform.processor(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-        "mesa": mesa_version, "devices": [str(d) for d in jax.devices()],
+        "mesa": mesa_version, "devices": [str(d) for d in jax.devices()], "revision": git_revision(),
     }}
+    from bench import baselines as B
+
+    q = args.quick
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    unknown = only - set(SECTIONS)
+    if unknown:
+        ap.error(f"--only: unknown section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    results["meta"]["loadavg_start"] = os.getloadavg()
     t0 = time.perf_counter()
-    sizes = [100, 1000] if args.quick else [100, 1000, 10000]
-    print("JAX vs Mesa reference:")
-    results["vs_mesa"] = section_vs_mesa(sizes, args.mesa_budget_s)
-    print("JAX scaling:")
-    targets = [1e3, 1e4] if args.quick else [1e3, 1e4, 1e5, 3e5, 1e6]
-    results["scaling"] = section_scaling(targets, "float64") + ([] if args.quick else section_scaling([1e5, 1e6], "float32"))
-    print("Edges:")
-    results["edges"] = section_edges(2000 if args.quick else 10000, [2, 4, 8] if args.quick else [2, 4, 8, 16, 32])
-    print("Compile time vs steps:")
-    results["compile_vs_steps"] = section_compile_vs_steps(100, [1000, 10000] if args.quick else [1000, 10000, 100000])
-    print("Experiments:")
-    results["experiments"] = section_experiments()
-    print("Ensembles:")
-    results["ensembles"] = section_ensembles(20 if args.quick else 100, [1, 4] if args.quick else [1, 4, 16, 64, 256])
-    print("Determinism (bitwise batch invariance) cost:")
-    results["determinism"] = section_determinism([(100, 16)] if args.quick else [(100, 256), (10000, 1)], 100)
-    print("LLM cluster:")
-    results["llm"] = section_llm(steps=200 if args.quick else 1000)
-    results["bandwidth"] = section_bandwidth()
-    results["bytes"] = bytes_moved_per_agent_step()
-    big = max(results["scaling"], key=lambda r: r["agents"]) if results["scaling"] else None
-    if big:
-        need = results["bytes"]["bytes_per_agent_step"] * (8 if big["dtype"] == "float64" else 4) / 8
-        results["bandwidth_fraction"] = big["agent_updates_per_s"] * need / results["bandwidth"]["numpy_copy_bytes_per_s"]
+
+    def section(name, title, fn):
+        if name in only:
+            print(title)
+            load = os.getloadavg()[0]
+            results[name] = fn()
+            results.setdefault("loadavg_1min", {})[name] = [load, os.getloadavg()[0]]
+
+    section("baselines", "Baselines (JAX engine, numpy, Mesa without / with a DataCollector):",
+            lambda: B.section_baselines([100, 1000] if q else [1000, 10000], repeats=REPEATS))
+    section("hlo_bytes", "Bytes per agent and step from the compiled HLO:",
+            lambda: B.section_hlo_bytes([1000] if q else [1000, 10000]))
+    section("bandwidth", "Copy bandwidth:", B.section_bandwidth)
+    section("throughputs", "Transcendental and Threefry throughput:", B.section_throughputs)
+    section("scaling", "JAX scaling:", lambda: section_scaling([1e3, 1e4] if q else [1e3, 1e4, 1e5, 3e5, 1e6], "float64")
+            + ([] if q else section_scaling([1e5, 1e6], "float32")))
+    if all(k in results for k in ("hlo_bytes", "bandwidth", "scaling")):
+        results["roofline"] = B.roofline(results["hlo_bytes"], results["bandwidth"], results["scaling"], results.get("throughputs"))
+        for r in results["roofline"]:
+            print(f"  roofline {r['agents']:>8} agents ({r['dtype']}): {r['bytes_per_s'] / 1e9:.1f} GB/s moved, "
+                  f"{100 * r['fraction']:.0f}% of the copy bandwidth ({100 * r['fraction_low']:.0f}-{100 * r['fraction_high']:.0f}%); "
+                  f"{r['ns_per_agent_update']:.1f} ns per agent-update against floors of {r['copy_floor_ns']:.1f} (bytes), "
+                  f"{r.get('transcendental_floor_ns', float('nan')):.1f} (exp/log), {r.get('hash_floor_ns', float('nan')):.1f} (Threefry) ns")
+    section("edges", "Edges:", lambda: section_edges(2000 if q else 10000, [2, 4, 8] if q else [2, 4, 8, 16, 32]))
+    section("compile_vs_steps", "Compile time vs steps:",
+            lambda: section_compile_vs_steps(100, [1000, 10000] if q else [1000, 10000, 100000]))
+    section("experiments", "Experiments:", section_experiments)
+    section("ensembles", "Ensembles:", lambda: section_ensembles(20 if q else 100, [1, 4] if q else [1, 4, 16, 64, 256]))
+    section("sharding", "Replicates sharded over two forced host devices:",
+            lambda: B.section_sharding([(100, 16)] if q else [(100, 64), (1000, 16)], steps=50 if q else 100, repeats=REPEATS))
+    section("determinism", "Determinism (bitwise batch invariance) cost:",
+            lambda: section_determinism([(100, 16)] if q else [(100, 256), (10000, 1)], 100))
+    section("llm", "LLM cluster:", lambda: section_llm(steps=200 if q else 1000))
+    results["meta"]["loadavg_end"] = os.getloadavg()
     results["total_s"] = time.perf_counter() - t0
-    out = RESULTS / ("bench_quick.json" if args.quick else "bench.json")
+    partial = only != set(SECTIONS)
+    out = RESULTS / ("bench_partial.json" if partial else "bench_quick.json" if args.quick else "bench.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
-    plot(results)
-    if not args.quick:
-        write_readme_table(results)
-    print(f"wrote {out} and {RESULTS / 'bench.png'} in {results['total_s']:.0f} s")
+    written = [out]
+    if not partial:  # a partial run leaves the figure and the tables of the last full run alone
+        suffix = "_quick" if args.quick else ""  # a smoke test leaves the full run's figure and tables alone
+        plot(results, RESULTS / f"bench{suffix}.png")
+        write_readme_table(results, readme_too=not (args.quick or args.no_readme), name=f"readme_table{suffix}.md")
+        written += [RESULTS / f"bench{suffix}.png", RESULTS / f"readme_table{suffix}.md"]
+    if "baselines" in results:
+        print()
+        print("\n".join(B.baseline_table(results["baselines"])))
+    print(f"wrote {', '.join(map(str, written))} in {results['total_s']:.0f} s")
     return 0
 
 

@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--bio", action="store_true", help="also time the biology substrate")
     args = ap.parse_args()
     out = {"cells": args.cells, "steps": args.steps, "repeats": args.repeats, "cases": {}}
-    subs = [("generic", ["substrate=generic_tissue"])] + ([("bio", ["substrate=bio"])] if args.bio else [])
+    subs = [("generic", ["experiment=tissue", "substrate=generic_tissue"])] + (
+        [("bio", ["experiment=tissue", "substrate=bio"])] if args.bio else [])
     for name, base in subs:
         base = base + ["topology=small_world", f"topology.n_cells={args.cells}", "replicates=1"]
         for rule in ("fixed", "imitation", "gradient"):

@@ -241,8 +241,8 @@ def section_experiments() -> list[dict]:
     from sim.substrates.llm.build import compose
 
     cases = {
-        "tissue": ["steps=200"],
-        "tissue (mesa backend)": ["steps=20", "backend=mesa", "replicates=1", "record_every=10"],
+        "tissue": ["experiment=tissue", "steps=200"],
+        "tissue (mesa backend)": ["experiment=tissue", "steps=20", "backend=mesa", "replicates=1", "record_every=10"],
         "roofline": ["experiment=roofline"],
         "serving": ["experiment=serving", "steps=1000"],
         "cascade": ["experiment=cascade"],

@@ -52,8 +52,15 @@ def substrate_of(cfg: dict):
     from sim.core.differentiation import substrate_for
 
     sub = cfg.get("substrate")
-    name = sub.get("name") if isinstance(sub, dict) else sub
-    return substrate_for(substrates.get(name), cfg)
+    if not isinstance(sub, dict):
+        return substrate_for(substrates.get(sub), cfg)
+    # a composed preset: the bad value is its name key (`substrate.name=5`), not the group choice
+    name = sub.get("name")
+    try:
+        found = substrates.get(name)
+    except ConfigError as exc:
+        raise ConfigError("substrate.name", name, exc.allowed) from None
+    return substrate_for(found, cfg)
 
 
 def prepare(cfg):

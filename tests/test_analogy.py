@@ -332,6 +332,21 @@ def test_bad_options_are_refused_one_line(tmp_path, capsys, override, key):
     assert not (tmp_path / "results.nc").exists()
 
 
+def test_the_analogy_is_the_default_experiment():
+    """`python -m sim` / `make run` with no experiment=... run the analogy; experiment=tissue is the
+    plain run, without the analogy's top-level values (its 16 cells, its analogy section)."""
+    from _support import ROOT, TISSUE
+    import yaml
+
+    default = compose([])
+    assert default["experiment"] == {"name": "analogy", "kind": "analogy"}
+    assert default["topology"]["n_cells"] == 16 and "analogy" in default
+    plain = compose([TISSUE])
+    shipped = yaml.safe_load((ROOT / "conf" / "topology" / "small_world.yaml").read_text())
+    assert plain["experiment"] == {"name": "tissue", "kind": "tissue"} and "analogy" not in plain
+    assert plain["topology"]["n_cells"] == shipped["n_cells"]
+
+
 def test_no_checkpoints():
     with pytest.raises(ConfigError) as info:
         run(compose(SMALL + ["checkpoint_every=2"]))

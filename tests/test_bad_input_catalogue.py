@@ -51,35 +51,12 @@ def _edge_list() -> Path:
 
 EDGES = _edge_list()
 CATALOGUE = bad_input_catalogue(EDGES)
-# entries not refused as promised today: id -> what happens (the fix proposed in issue 16's report is
-# named in brackets); each is xfail(strict=True): fixed, it fails until it is removed from here
-_TWICE = "refused, but named on two lines (fix: validate._check_params skips a params already refused)"
-_SECTION = ("a single value where a section belongs names every key inside it as missing, not the section "
-            "(fix: validate compares the structure with the shipped template; a refused key hides its children)")
-_CASCADE = ("a cascade option is checked only after the chain runs are compiled and run (fix: run_cascade checks "
-            "every option, the loop ones included, before chain_costs; integers are not truncated by int())")
-_NAME = "refused naming `substrate`, not `substrate.name` (fix: api.substrate_of names substrate.name)"
-ACCEPTED: dict[str, str] = {
-    "config.yaml:params=5": _TWICE,
-    "experiment/analogy.yaml:analogy.llm_substrate.arrivals=5": _SECTION,
-    "experiment/cascade.yaml:cascade.memory=5": _SECTION,
-    "substrate/generic.yaml:substrate.transport=5": _SECTION,
-    "substrate/llm.yaml:substrate.memory=5": _SECTION,
-    "substrate/llm.yaml:substrate.prices=5": _SECTION,
-    "experiment/sensitivity.yaml:sensitivity.num_levels=abc": "accepted with method=sobol: num_levels is checked only "
-                                                              "for morris (fix: run_sensitivity checks it always)",
-    "experiment/cascade.yaml:cascade.long_context_min=-1000000": _CASCADE,
-    "experiment/cascade.yaml:cascade.chain_steps=1.5": _CASCADE,
-    "experiment/cascade.yaml:cascade.loop.prompt_tokens=1.5": _CASCADE,
-    "experiment/cascade.yaml:cascade.loop.output_tokens=1.5": _CASCADE,
-    "experiment/cascade.yaml:cascade.loop.followup_tokens=-50": _CASCADE,
-    "experiment/cascade.yaml:cascade.loop.turns=[a,b]": _CASCADE,
-    "experiment/cascade.yaml:cascade.loop.memory_threshold_tokens=abc": _CASCADE,
-    "experiment/cascade.yaml:cascade.loop.memory_factor=abc": _CASCADE,
-    "substrate/bio.yaml:substrate.name=5": _NAME,
-    "substrate/generic.yaml:substrate.name=5": _NAME,
-    "substrate/llm.yaml:substrate.name=5": _NAME,
-}
+# entries not refused as promised today: id -> what happens (and the fix proposed); each is
+# xfail(strict=True): fixed, it fails until it is removed from here. The acceptances issue 16's
+# catalogue found (params named twice, a single value where a section belongs, the cascade's late
+# option checks, sensitivity.num_levels with sobol, substrate.name, the bio counts, n_h and
+# landauer_bits_per_unit) are fixed; tests/test_refusals_sections.py keeps their behaviour.
+ACCEPTED: dict[str, str] = {}
 
 
 class Compiled(BaseException):

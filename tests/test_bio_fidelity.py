@@ -18,6 +18,7 @@ import pytest
 
 import sim  # noqa: F401  (float64)
 import sim.api
+from _support import TISSUE
 from sim.core import engine
 from sim.core.config import compose
 from sim.substrates.bio import SUBSTRATE as BIO
@@ -30,7 +31,8 @@ REST_STEPS = 250_000  # 5,000 s
 
 
 def _model():
-    cfg = compose(["topology=single", f"steps={REST_STEPS}", f"replicates={REPS}", f"dt={DT}", f"record_every={RECORD_EVERY}"])
+    cfg = compose([TISSUE, "topology=single", f"steps={REST_STEPS}", f"replicates={REPS}", f"dt={DT}",
+                   f"record_every={RECORD_EVERY}"])
     return sim.api.prepare(cfg)[2]
 
 

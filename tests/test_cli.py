@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from _support import run_child
+from _support import TISSUE, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["steps=20", "record_every=10", "replicates=1", "figures=false"]
+FAST = [TISSUE, "steps=20", "record_every=10", "replicates=1", "figures=false"]
 
 # id -> (arguments, keys named in order, one per error line)
 CASES = {
@@ -163,14 +163,14 @@ def test_python_m_sim_refuses_with_exit_2(direct, case):
 
 
 def test_debug_true_shows_the_traceback(tmp_path):
-    res = _run(["steps=abc", "debug=true", f"hydra.run.dir={tmp_path}"], ROOT)
+    res = _run([TISSUE, "steps=abc", "debug=true", f"hydra.run.dir={tmp_path}"], ROOT)
     assert res.returncode == 2
     assert res.stderr.splitlines()[0].startswith("error: invalid config: steps=")
     assert "Traceback (most recent call last)" in res.stderr
 
 
 def test_a_valid_run_exits_0_and_writes_its_folder(tmp_path):
-    res = _run(["topology=ring", "topology.n_cells=4", "steps=40", "replicates=1", "figures=false",
+    res = _run([TISSUE, "topology=ring", "topology.n_cells=4", "steps=40", "replicates=1", "figures=false",
                 f"hydra.run.dir={tmp_path}"], ROOT)
     assert res.returncode == 0, res.stderr
     assert {"results.nc", "summary.json", ".hydra"} <= {p.name for p in tmp_path.iterdir()}

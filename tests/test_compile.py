@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401
+from _support import TISSUE
 from sim.core import engine
 from sim.substrates.bio import SUBSTRATE as BIO
 from sim.substrates.llm.build import compose
@@ -29,7 +30,7 @@ jax.monitoring.register_event_duration_secs_listener(_listener)
 
 @pytest.fixture(scope="module")
 def tissue():
-    cfg = compose(["topology=small_world", "topology.n_cells=12", "steps=40", "record_every=4"])
+    cfg = compose([TISSUE, "topology=small_world", "topology.n_cells=12", "steps=40", "record_every=4"])
     return build(cfg)
 
 
@@ -86,7 +87,8 @@ import sim.api
 from sim import rng
 from sim.core import engine
 from sim.core.config import compose
-cfg, sub, built = sim.api.prepare(compose(["substrate=generic", "topology=ring", "topology.n_cells=4", "compile_cache=null"]))
+cfg, sub, built = sim.api.prepare(compose([
+    "experiment=tissue", "substrate=generic", "topology=ring", "topology.n_cells=4", "compile_cache=null"]))
 kw = dict(seed=1, steps=40, record_every=10, replicates=4)
 plain = engine.run(sub, built.state, built.params, **kw)
 over = NamedSharding(Mesh(np.array(jax.devices()), ("replicate",)), P("replicate"))

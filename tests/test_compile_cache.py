@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from _support import run_child
+from _support import TISSUE, run_child
 from sim.core import cache
 from sim.errors import ConfigError
 
@@ -34,8 +34,8 @@ print(json.dumps(counts))
 def _run(tmp_path, *over):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    res = run_child([str(script), "substrate=generic", "topology=ring", "topology.n_cells=5", "steps=60", "replicates=2",
-                     "figures=false", *over])
+    res = run_child([str(script), TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=5", "steps=60",
+                     "replicates=2", "figures=false", *over])
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout.strip().splitlines()[-1])
 

@@ -24,8 +24,8 @@ import sim.api
 from sim import determinism
 
 # a small stochastic tissue: producers fail and are rebuilt and cells die, so the draws matter
-TISSUE = ["topology=ring", "topology.n_cells=4", "+params.hazard0=0.5", "+params.birth_rate=2.0", "seed=11",
-          "steps=200", "record_every=10", "chunk_records=20", "figures=false"]
+TISSUE = ["experiment=tissue", "topology=ring", "topology.n_cells=4", "+params.hazard0=0.5", "+params.birth_rate=2.0",
+          "seed=11", "steps=200", "record_every=10", "chunk_records=20", "figures=false"]
 
 
 # LLM serving on three routed model instances, with tools, memory and agent loops in play
@@ -99,8 +99,8 @@ def test_fast_reductions_agree_with_the_deterministic_run_to_round_off(split_run
 
 def test_first_replicate_on_the_mesa_backend_is_the_engine_replicate(tmp_path):
     """Replicate numbering is one ensemble on both backends: Mesa's replicate 5 is the engine's."""
-    base = ["substrate=generic", "topology=ring", "topology.n_cells=3", "steps=60", "record_every=10",
-            "figures=false", "substrate.producers.hazard=2.0", "seed=3"]
+    base = ["experiment=tissue", "substrate=generic", "topology=ring", "topology.n_cells=3", "steps=60",
+            "record_every=10", "figures=false", "substrate.producers.hazard=2.0", "seed=3"]
     from hydra import compose, initialize_config_dir
 
     from sim.app import CONF_DIR

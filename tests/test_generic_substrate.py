@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 import xarray as xr
-from _support import run_child
+from _support import TISSUE, run_child
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq
@@ -38,12 +38,13 @@ RUN = ["substrate=generic", "figures=false", "replicates=2", "record_every=10"]
 
 
 def compose(overrides) -> dict:
+    """The config of a plain run (experiment=tissue, not the analogy default) with ``overrides``."""
     from hydra import compose as h_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
-        return OmegaConf.to_container(h_compose(config_name="config", overrides=list(overrides)), resolve=True)
+        return OmegaConf.to_container(h_compose(config_name="config", overrides=[TISSUE, *overrides]), resolve=True)
 
 
 def heterogeneous(built, seed=0):
@@ -211,7 +212,7 @@ def test_steps_keep_pools_and_ledgers_sound(complete5, S, A, D, g, loss, hazard,
 
 
 def test_command_line_writes_a_complete_run_folder(tmp_path):
-    res = run_child(["-m", "sim", "substrate=generic", "topology=ring", "topology.n_cells=4", "steps=200",
+    res = run_child(["-m", "sim", TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=4", "steps=200",
                      "record_every=10", "replicates=2", "substrate.producers.hazard=0.3",
                      f"hydra.run.dir={tmp_path}/run"])
     assert res.returncode == 0, res.stderr
@@ -237,7 +238,7 @@ def test_command_line_writes_a_complete_run_folder(tmp_path):
     ("+substrate.producers.vmax=2", "substrate.producers.vmax"),  # not a key of conf/substrate/generic.yaml
 ])
 def test_bad_generic_keys_are_refused_with_exit_2(tmp_path, override, key):
-    res = run_child(["-m", "sim", "substrate=generic", override, f"hydra.run.dir={tmp_path}/run"])
+    res = run_child(["-m", "sim", TISSUE, "substrate=generic", override, f"hydra.run.dir={tmp_path}/run"])
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert any(line.startswith(f"error: invalid config: {key}=") for line in lines), lines

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from _support import ROOT, child_env
+from _support import ROOT, TISSUE, child_env
 from sim.app import resume_run
 
-RUN = ["-m", "sim", "substrate=generic", "topology=ring", "topology.n_cells=4", "steps=60000", "record_every=100",
-       "chunk_records=10", "checkpoint_every=1", "replicates=1", "figures=false"]
+RUN = ["-m", "sim", TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=4", "steps=60000",
+       "record_every=100", "chunk_records=10", "checkpoint_every=1", "replicates=1", "figures=false"]
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -46,8 +46,8 @@ def test_a_run_into_a_folder_holding_an_ended_run_is_refused_and_touches_nothing
     from _support import run_child
 
     out = tmp_path / "run"
-    base = ["-m", "sim", "substrate=generic", "topology=ring", "topology.n_cells=3", "steps=40", "record_every=10",
-            "replicates=1", "figures=false", f"hydra.run.dir={out}"]
+    base = ["-m", "sim", TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=3", "steps=40",
+            "record_every=10", "replicates=1", "figures=false", f"hydra.run.dir={out}"]
     assert run_child(base).returncode == 0
     before = {p.name: p.read_bytes() for p in [out / "summary.json", out / "results.nc", out / ".hydra" / "config.yaml"]}
     for extra in (["params.demand_scale=-1"], ["seed=5"]):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from _support import assert_same_results, kill_at_checkpoint
+from _support import TISSUE, assert_same_results, kill_at_checkpoint
 from sim import checkpoint
 from sim.app import execute, resume_run
 from sim.substrates.llm.build import compose
@@ -53,7 +53,7 @@ def draws() -> list:
 
 
 def overrides(name: str) -> list:
-    return SUBSTRATES[name] + COMMON
+    return [TISSUE] + SUBSTRATES[name] + COMMON  # a plain run (llm: experiment=serving, which comes later, wins)
 
 
 @pytest.fixture(scope="module")

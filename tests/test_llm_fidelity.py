@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
+from _support import TISSUE
 from sim.api import run
 from sim.substrates.llm import kernels, specs
 from sim.substrates.llm.build import build_llm, compose
@@ -19,7 +20,7 @@ GIB = 2**30
 
 
 def spec(model="llama3_8b", gpu="h100"):
-    cfg = compose([f"model={model}", f"gpu={gpu}"])
+    cfg = compose([TISSUE, f"model={model}", f"gpu={gpu}"])
     return specs.model_spec(cfg), specs.gpu_spec(cfg)
 
 
@@ -85,10 +86,10 @@ def test_80_gib_capacity_arithmetic():
     expected = (0.9 * 80 * GIB - 8.03e9 * 2 - 2.0 * GIB) / (128 * 1024)
     assert specs.kv_capacity_tokens(m, g) == pytest.approx(expected, rel=1e-12)
     assert 450_000 < expected < 452_000
-    llm = build_llm(compose(["model=llama3_8b", "gpu=h100", "topology=single", "substrate=llm"]))
+    llm = build_llm(compose([TISSUE, "model=llama3_8b", "gpu=h100", "topology=single", "substrate=llm"]))
     assert llm.kv_capacity == math.floor(expected)
     # the reserve is a config value: no reserve gives back 2 GiB of KV
-    llm0 = build_llm(compose(["model=llama3_8b", "gpu=h100", "topology=single", "substrate=llm",
+    llm0 = build_llm(compose([TISSUE, "model=llama3_8b", "gpu=h100", "topology=single", "substrate=llm",
                               "substrate.activation_reserve_gib=0"]))
     assert llm0.kv_capacity == math.floor(expected + 2.0 * GIB / (128 * 1024))
 
@@ -100,7 +101,7 @@ def test_attention_flops_count_qk_and_av():
     assert m.flops_per_token_per_ctx == 4 * m.n_layers * m.d_model
     P = 1000.0
     assert specs.prefill_flops(m, P) == pytest.approx(2 * m.n_params * P + 2 * 32 * 4096 * P * P, rel=1e-15)
-    llm = build_llm(compose(["model=llama3_8b", "gpu=h100", "topology=single", "substrate=llm"]))
+    llm = build_llm(compose([TISSUE, "model=llama3_8b", "gpu=h100", "topology=single", "substrate=llm"]))
     assert float(kernels.prefill_flops(llm.params, P)) == pytest.approx(specs.prefill_flops(m, P), rel=1e-15)
     # the crossover where attention overtakes the weights over a whole chain: 2 c0 / c1 = N / (n_layer d)
     assert 2 * m.flops_per_token / m.flops_per_token_per_ctx == pytest.approx(8.03e9 / (32 * 4096))

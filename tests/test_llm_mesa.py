@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
+from _support import TISSUE
 from sim.substrates.llm.build import build_llm, compose
 from sim.substrates.llm.reference import ReferenceLLM
 from sim.mesa_model import (
@@ -22,7 +23,7 @@ from sim.mesa_model import (
 
 RUN, STEPS = 120, 30  # one run(RUN) (a lax.scan on JAX), then STEPS single step() calls
 OVERRIDES = [
-    "substrate=llm", "topology=ring", "topology.n_cells=4", "dt=0.02", "seed=11",
+    TISSUE, "substrate=llm", "topology=ring", "topology.n_cells=4", "dt=0.02", "seed=11",
     "substrate.chain_slots=6", "substrate.queue_slots=6", "substrate.max_batch=5",
     "substrate.kv_capacity_tokens=2500",  # small cache: requests wait, routing matters
     "model.max_context=2048",  # (a cache must hold one full context)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
+from _support import TISSUE
 from sim.core import engine
 from sim.substrates.llm import SUBSTRATE as LLM
 from sim.substrates.llm.build import build_llm, compose
@@ -15,7 +16,7 @@ from sim.substrates.llm.reference import ReferenceLLM
 
 STEPS = 300
 OVERRIDES = [
-    "substrate=llm", "topology=ring", "topology.n_cells=3", "dt=0.02", "seed=7",
+    TISSUE, "substrate=llm", "topology=ring", "topology.n_cells=3", "dt=0.02", "seed=7",
     "substrate.chain_slots=8", "substrate.queue_slots=8", "substrate.max_batch=6",
     "substrate.kv_capacity_tokens=3000",  # small cache: requests wait, routing matters
     "model.max_context=2048",  # (a cache must hold one full context)
@@ -82,7 +83,7 @@ def test_agentic_chain_appends_output_to_next_prompt():
     prompt + its output + the hand-off instructions, and lands on a neighbouring model."""
     b, o, h = 100, 20, 30
     model = build_llm(compose([
-        "substrate=llm", "topology=complete", "topology.n_cells=3", "dt=0.02",
+        TISSUE, "substrate=llm", "topology=complete", "topology.n_cells=3", "dt=0.02",
         "substrate.chain_slots=2", "substrate.queue_slots=2", "substrate.arrivals.rate_per_s=0",
         "substrate.initial.queued=1", f"substrate.initial.prompt_tokens={b}", f"substrate.initial.output_tokens={o}",
         f"substrate.arrivals.output_median_tokens={o}", "substrate.arrivals.output_sigma=0",

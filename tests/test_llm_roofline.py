@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import sim  # noqa: F401  (float64)
+from _support import TISSUE
 from sim.api import run
 from sim.errors import ConfigError
 from sim.substrates.llm import specs
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def spec(model="llama3_8b", gpu="h100"):
-    cfg = compose([f"model={model}", f"gpu={gpu}"])
+    cfg = compose([TISSUE, f"model={model}", f"gpu={gpu}"])
     return specs.model_spec(cfg), specs.gpu_spec(cfg)
 
 

@@ -26,7 +26,7 @@ from sim.core.config import compose
 from sim.errors import ConfigError
 from sim.experiments import multicellular as mc
 
-TISSUE = ["substrate=generic", "topology=ring", "topology.n_cells=8", "dt=0.02", "record_every=50"]
+TISSUE = ["experiment=tissue", "substrate=generic", "topology=ring", "topology.n_cells=8", "dt=0.02", "record_every=50"]
 
 
 def test_trade_off_factors_are_normalised_and_curved():
@@ -87,7 +87,7 @@ def test_adaptive_run_is_deterministic_and_conserves_the_carrier(adaptive_run):
 
 
 def test_imposed_pattern_spacing():
-    cfg, sub, built = prepare(compose(["substrate=generic", "topology=ring", "topology.n_cells=12",
+    cfg, sub, built = prepare(compose(["experiment=tissue", "substrate=generic", "topology=ring", "topology.n_cells=12",
                                        "differentiation.pattern_period=4"]))
     theta = np.asarray(built.state.diff.theta)
     assert list(theta[:5]) == [1.0, 0.0, 0.0, 0.0, 1.0]
@@ -141,7 +141,7 @@ def test_bad_differentiation_settings_are_refused_by_key():
                           ("differentiation.pattern_period=1", "differentiation.pattern_period"),
                           ("differentiation.initial=blue", "differentiation.initial")):
         with pytest.raises(ConfigError) as exc:
-            prepare(compose(["substrate=generic", "topology=ring", "topology.n_cells=4", override]))
+            prepare(compose(["experiment=tissue", "substrate=generic", "topology=ring", "topology.n_cells=4", override]))
         assert key in str(exc.value)
     with pytest.raises(ConfigError) as exc:
         prepare(compose(["experiment=serving", "differentiation=imitation"]))
@@ -177,7 +177,7 @@ def test_biology_differentiates_in_both_backends():
     """Biology: theta is the share of a cell's protein budget in producers versus the specialised work
     kinds (contraction, biosynthesis for export); with adaptation the engine reproduces the reference,
     the ATP paid for moves is booked (currency balance and energy ledger), and nothing else changes."""
-    cfg, sub, built = prepare(compose(["substrate=bio", "topology=ring", "topology.n_cells=4", "dt=0.01",
+    cfg, sub, built = prepare(compose(["experiment=tissue", "substrate=bio", "topology=ring", "topology.n_cells=4", "dt=0.01",
                                        "differentiation=gradient", "differentiation.alpha=2",
                                        "differentiation.rate=2", "differentiation.noise=0.3",
                                        "differentiation.switch_cost=0.05", "steps=300", "record_every=100"]))
@@ -196,5 +196,5 @@ def test_biology_differentiates_in_both_backends():
     np.testing.assert_allclose(np.asarray(mine.ledger.output),
                                np.asarray(mine.ledger.work)[:, 3:].sum(-1), rtol=1e-12)
     with pytest.raises(ConfigError, match="substrate.consumers.kinds.actomyosin.specialised"):
-        prepare(compose(["substrate=bio", "topology=ring", "topology.n_cells=2",
+        prepare(compose(["experiment=tissue", "substrate=bio", "topology=ring", "topology.n_cells=2",
                          "substrate.consumers.kinds.actomyosin.specialised=3"]))

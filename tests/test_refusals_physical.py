@@ -4,9 +4,9 @@ nothing computed."""
 
 import pytest
 
-from _support import run_child
+from _support import TISSUE, run_child
 
-BASE = ["-m", "sim", "topology=ring", "topology.n_cells=3", "steps=20", "replicates=1", "figures=false"]
+BASE = ["-m", "sim", TISSUE, "topology=ring", "topology.n_cells=3", "steps=20", "replicates=1", "figures=false"]
 
 
 @pytest.mark.parametrize("over, key", [

@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 
 import sim  # noqa: F401  (float64)
 from _support import Stop as _Stop
-from _support import KILL_BETWEEN_CHECKPOINTS, assert_same_results, run_child
+from _support import KILL_BETWEEN_CHECKPOINTS, TISSUE, assert_same_results, run_child
 from _support import stop_after_checkpoint as _stop_after
 from _support import fault_child_script, inject, with_fault
 import sim.api
@@ -41,7 +41,7 @@ from sim.substrates.bio.state import ATP, GLC
 ROOT = Path(__file__).resolve().parent.parent
 # a small stochastic tissue: producers fail and are rebuilt, so the PRNG stream matters
 SMALL = [
-    "topology=ring", "topology.n_cells=8", "replicates=2", "steps=600", "record_every=10",
+    TISSUE, "topology=ring", "topology.n_cells=8", "replicates=2", "steps=600", "record_every=10",
     "chunk_records=10", "figures=false", "+params.hazard0=0.05", "+params.birth_rate=0.5",
 ]
 KILL_RUN = SMALL + ["checkpoint_every=2"]  # 6 chunks of 100 steps; checkpoints after chunks 2, 4, 6

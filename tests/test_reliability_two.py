@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import sim
-from _support import Stop, assert_same_results, run_child, stop_after_checkpoint
+from _support import TISSUE, Stop, assert_same_results, run_child, stop_after_checkpoint
 from sim import checkpoint, sweep, topology
 from sim.app import CONF_DIR, EXIT_CONFIG, EXIT_FAILED, FALLBACK_RESULTS, execute, resume_run
 from sim.config.validate import check_group_keys, validate
@@ -37,7 +37,7 @@ from sim.io import read_json, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 # a tiny tissue: 4 chunks of 10 steps, a checkpoint after every chunk
-RUN = ["topology=ring", "topology.n_cells=4", "replicates=1", "steps=40", "record_every=10", "chunk_records=1",
+RUN = [TISSUE, "topology=ring", "topology.n_cells=4", "replicates=1", "steps=40", "record_every=10", "chunk_records=1",
        "figures=false", "checkpoint_every=1"]
 
 
@@ -336,7 +336,7 @@ OK_CASES = {  # runs that must go through (exit 0)
     "last_replicates": ["first_replicate=4294967294", "replicates=2"],
     "resume_null": ["resume=null"],
 }
-FAST = ["topology=ring", "topology.n_cells=4", "steps=20", "record_every=10", "replicates=1", "figures=false"]
+FAST = [TISSUE, "topology=ring", "topology.n_cells=4", "steps=20", "record_every=10", "replicates=1", "figures=false"]
 
 DRIVER = """
 import contextlib, io, json, sys
@@ -388,7 +388,8 @@ def test_runs_at_the_limits_and_resume_null(batched, case):
 
 
 def test_allowed_keys_are_named():
-    cfg = OmegaConf.to_container(compose_cfg("+gpu.hbm_gib=200", "+substrate.consumers.demand_total_mm_per_sec=5"))
+    cfg = OmegaConf.to_container(compose_cfg(TISSUE, "+gpu.hbm_gib=200",
+                                              "+substrate.consumers.demand_total_mm_per_sec=5"))
     with pytest.raises(ConfigError) as info:
         validate(cfg)  # (the API path: validate names them too, with every other problem)
     lines = str(info.value).splitlines()

@@ -10,7 +10,9 @@ import pytest
 import xarray as xr
 import yaml
 
-SMALL = ["steps=200", "record_every=10", "replicates=2", "topology.n_cells=12"]
+from _support import TISSUE
+
+SMALL = [TISSUE, "steps=200", "record_every=10", "replicates=2", "topology.n_cells=12"]
 SUMMARY_KEYS = {
     "currency_produced", "currency_spent", "currency_transported", "currency_lost", "work_done", "energy_j",
     "heat_j", "currency_pool_turnover_s", "landauer_ratio", "conservation_error", "energy_charge",

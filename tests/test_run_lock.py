@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from _support import child_env, run_child
+from _support import TISSUE, child_env, run_child
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -29,7 +29,7 @@ from sim.app import CONF_DIR, EXIT_CONFIG, execute, resume_run
 from sim.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["topology=ring", "topology.n_cells=4", "steps=100", "record_every=10", "figures=false", "replicates=1"]
+TINY = [TISSUE, "topology=ring", "topology.n_cells=4", "steps=100", "record_every=10", "figures=false", "replicates=1"]
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 HOLDER = """

@@ -36,7 +36,7 @@ def test_batched_points_equal_points_run_alone():
                            record_every=50, replicates=R, first_replicate=0)
         for o in outcomes:
             reducer, q = st.parse_outcome(o, sub)
-            ref = st.reduce_outcome(st.quantity_of(sub, alone.records, q), reducer, R)[0]
+            ref = st.reduce_outcome(st.quantity_of(sub, alone.records, q, built.params), reducer, R)[0]
             np.testing.assert_allclose(res.outcomes[o][i], ref, rtol=1e-9, atol=0, err_msg=f"point {i} {o}")
 
 
@@ -90,3 +90,16 @@ def test_morris_on_generic_substrate():
     assert s["status"] == "ok" and s["points"] == 4 * 3
     o = "mean_last:charged_fraction"
     assert s[f"mu_star conductance_scale {o}"] < 1e-9 < s[f"mu_star demand_scale {o}"]
+
+
+def test_derived_energy_charge_counts_the_bound_pools():
+    """The study's energy charge is the substrate's (total pools: free + bound ADP and AMP), not the
+    free pools' (which reads ~0.98 at rest instead of ~0.93)."""
+    from sim.substrates.bio.kernels.thermo import energy_charge_of
+
+    cfg, sub, built = prepare(compose(["topology=single", *SMALL]))
+    rec = {"pools": np.asarray(built.state.cells.pools)[None, None]}
+    got = st.quantity_of(sub, rec, "energy_charge", built.params)
+    want = energy_charge_of(np.asarray(built.state.cells.pools), built.params, xp=np)
+    np.testing.assert_allclose(got[0, 0], want, rtol=1e-15)
+    assert float(np.asarray(built.params.adp_bound)) > 0 and got[0, 0, 0] < st.quantity_of(sub, rec, "energy_charge")[0, 0, 0]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
+from _support import TISSUE
 from sim import rng, substrates
 from sim.core.substrate import Built, EntitySpec, Quantity, Substrate
 from sim.errors import ConfigError
@@ -145,12 +146,12 @@ TOY = Substrate(
 TOY_CFG = {"substrate": {"name": "toy_mesa", "n_cells": 4, "slots": 3}, "seed": 5}
 
 CONFIGS = {
-    "bio": ["substrate=bio", "topology=ring", "topology.n_cells=3"],
-    "llm": ["substrate=llm", "topology=ring", "topology.n_cells=2", "substrate.chain_slots=8",
+    "bio": [TISSUE, "substrate=bio", "topology=ring", "topology.n_cells=3"],
+    "llm": [TISSUE, "substrate=llm", "topology=ring", "topology.n_cells=2", "substrate.chain_slots=8",
             "substrate.queue_slots=16"],
-    "generic": ["substrate=generic", "topology=ring", "topology.n_cells=3"],
+    "generic": [TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=3"],
     # differentiation with its adaptation process (the substrate's adaptive variant): theta moves
-    "generic_adaptive": ["substrate=generic", "topology=ring", "topology.n_cells=4", "differentiation=imitation",
+    "generic_adaptive": [TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=4", "differentiation=imitation",
                          "differentiation.alpha=2", "differentiation.rate=5", "differentiation.noise=0.3"],
     "toy_mesa": None,  # TOY_CFG, registered by the fixture
 }

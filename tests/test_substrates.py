@@ -19,7 +19,7 @@ import pytest
 import xarray as xr
 
 import sim.api
-from _support import Stop, assert_same_results, run_child, stop_after_checkpoint, with_fault
+from _support import TISSUE, Stop, assert_same_results, run_child, stop_after_checkpoint, with_fault
 from sim import substrates
 from sim.app import EXIT_NUMERICAL, execute, resume_run
 from sim.core import engine
@@ -44,17 +44,17 @@ def _negative_charged(s):  # generic: the charged currency of cell 1
 
 CASES = {
     "bio": {
-        "over": ["substrate=bio", "topology=ring", "topology.n_cells=4", "+params.hazard0=0.05", "+params.birth_rate=0.5"],
+        "over": [TISSUE, "substrate=bio", "topology=ring", "topology.n_cells=4", "+params.hazard0=0.05", "+params.birth_rate=0.5"],
         "fault": ("transport", _nan_pool, "atp"),
     },
     "llm": {
-        "over": ["substrate=llm", "topology=ring", "topology.n_cells=3", "substrate.chain_slots=8",
+        "over": [TISSUE, "substrate=llm", "topology=ring", "topology.n_cells=3", "substrate.chain_slots=8",
                  "substrate.queue_slots=16", "substrate.max_batch=6", "substrate.arrivals.rate_per_s=20",
                  "substrate.tools.p_per_token=0.01"],
         "fault": ("decode", _nan_kv, "kv_free"),
     },
     "generic": {
-        "over": ["substrate=generic", "topology=ring", "topology.n_cells=4"],
+        "over": [TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=4"],
         "fault": ("transport", _negative_charged, "a"),
     },
 }

@@ -18,7 +18,9 @@ the union over the group's options where no option has that name, or, for the ex
 sections, the union over ``conf/experiment/*.yaml``. Producer and consumer ``kinds`` are named by
 the user; each kind may hold the keys any shipped kind holds. A ``substrate`` whose name is not a
 shipped option (a substrate written in Python, not from ``conf/``) is not compared: there is no
-yaml file that says what it holds. ``seed`` must fit ``jax.random.PRNGKey`` (signed 64 bits) and
+yaml file that says what it holds. A single value where the yaml file has a section
+(``substrate.memory=5``) is refused naming the section, and a problem inside a refused section is
+not named again (its readers would call every key inside it missing). ``seed`` must fit ``jax.random.PRNGKey`` (signed 64 bits) and
 ``first_replicate + replicates`` the uint32 replicate counter that is folded into each key.
 
 Every problem found is collected; :class:`ConfigErrors` (a :class:`~sim.errors.ConfigError`)
@@ -75,10 +77,19 @@ SUBSTRATE_SECTIONS = (
 )
 
 
+def _under(key: str, refused) -> bool:
+    """Whether ``key`` lies inside a section already refused (``substrate.memory=5`` makes every
+    ``substrate.memory.*`` reader complain too: those lines are consequences, not problems)."""
+    return any(key.startswith(f"{k}.") for k in refused)
+
+
 class ConfigErrors(ConfigError):
-    """Several config problems at once; ``problems`` holds one :class:`ConfigError` per line."""
+    """Several config problems at once; ``problems`` holds one :class:`ConfigError` per line (a
+    problem inside a refused section is dropped, whoever collected the list)."""
 
     def __init__(self, problems: list[ConfigError]):
+        keys = {p.key for p in problems}
+        problems = [p for p in problems if not _under(p.key, keys)]
         first = problems[0]
         super().__init__(first.key, first.value, first.allowed)
         self.problems = list(problems)
@@ -97,11 +108,12 @@ class _Collector:
         self.bad_keys: set[str] = set()
 
     def add(self, key, value, allowed):
-        self.problems.append(ConfigError(key, value, allowed))
-        self.bad_keys.add(key)
+        self.add_error(ConfigError(key, value, allowed))
 
     def add_error(self, exc: ConfigError):
         for p in problems_of(exc):
+            if _under(p.key, self.bad_keys):
+                continue
             self.problems.append(p)
             self.bad_keys.add(p.key)
 
@@ -232,7 +244,11 @@ def _unknown_keys(node: dict, template: dict, prefix: str, where: str, out: _Col
             for leaf, value in _walk(v, key):
                 out.add(leaf, value, f"a key of {prefix} in {where}: {allowed}")
             continue
-        if isinstance(v, dict) and isinstance(t, dict):
+        if isinstance(t, dict) and v is not None and not isinstance(v, dict):
+            # else its readers would name every key inside it as missing; null is left to them
+            # (an optional section such as substrate.chains means "absent")
+            out.add(key, v, f"a mapping (a section of {where}), not a single value")
+        elif isinstance(v, dict) and isinstance(t, dict):
             _unknown_keys(v, t, key, where, out)
 
 
@@ -288,7 +304,7 @@ def _check_params(params, out: _Collector) -> None:
     from sim.substrates.bio.params import Params
 
     names = sorted(f.name for f in dataclasses.fields(Params) if f.name not in NOT_OVERRIDABLE)
-    if params is None:
+    if params is None or "params" in out.bad_keys:  # (the schema check already named it)
         return
     if not isinstance(params, dict):
         out.add("params", params, "a mapping of parameter name -> number")
@@ -350,11 +366,13 @@ def _check_substrate_sections(sub, out: _Collector) -> None:
         if not isinstance(node, dict) or parts[-1] not in node:
             continue  # missing keys are named by the builder
         value = node[parts[-1]]
+        if f"substrate.{dotted}" in out.bad_keys:
+            continue  # named by the key check (a single value where the preset has a section)
         if not isinstance(value, dict):
             out.add(f"substrate.{dotted}", value, "a mapping (a section of the substrate preset), not a single value")
         elif dotted.endswith("kinds"):
             for kind, kcfg in value.items():
-                if not isinstance(kcfg, dict):
+                if not isinstance(kcfg, dict) and f"substrate.{dotted}.{kind}" not in out.bad_keys:
                     out.add(f"substrate.{dotted}.{kind}", kcfg, "a mapping of the kind's parameters")
 
 
@@ -415,6 +433,12 @@ def validate(cfg: dict) -> None:
     out.raise_if_any()
 
 
+def _differentiates(cfg: dict) -> bool:
+    from sim.core.differentiation import is_active, read_config
+
+    return is_active(read_config(cfg))
+
+
 def check_stability(model, cfg: dict) -> None:
     """Stability of the explicit step for a built model (needs the graph and parameters)."""
     import numpy as np
@@ -433,9 +457,13 @@ def check_stability(model, cfg: dict) -> None:
                 f"conductance {g.max():.3g}/s, max degree {deg}); lower dt or substrate.transport.conductance_per_s",
             )
     s = model.state
+    # differentiation: a producer (theta 1) or worker (theta 0) cell has up to 2^alpha x the capacity
+    diff = getattr(p, "diff", None)
+    peak = max(1.0, 2.0 ** float(np.max(p.diff.alpha))) if diff is not None and _differentiates(cfg) else 1.0
     v_prod = float(np.max(np.sum(np.where(s.producers.alive, s.producers.vmax, 0.0), axis=1))) * float(p.supply_scale)
+    v_prod *= peak
     k_adp = float(np.min(p.p_k_adp))
-    v_cons = float(np.max(np.sum(s.consumers.vmax, axis=1) * s.cells.demand_mult)) * float(p.demand_scale)
+    v_cons = float(np.max(np.sum(s.consumers.vmax, axis=1) * s.cells.demand_mult)) * float(p.demand_scale) * peak
     k_atp = float(np.min(s.consumers.km))
     uptake = float(np.max(s.cells.uptake)) * float(p.uptake_scale)
     with np.errstate(all="ignore"):

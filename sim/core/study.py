@@ -53,16 +53,21 @@ NOT_VARIED = ("dt",)  # scalars a study may not vary (dt sets the time axis of t
 # ------------------------------------------------------------------------------ derived quantities
 
 
-def _energy_charge(rec):
+def _energy_charge(rec, params=None):
+    """Energy charge of the total pools: the recorded free pools plus the bound ADP and AMP of
+    ``params`` (the built, unbatched parameters: a study varying the bound pools themselves would
+    need them per point)."""
+    from sim.substrates.bio.kernels.thermo import energy_charge
     from sim.substrates.bio.state import SPECIES
 
     p = rec["pools"]
     atp, adp, amp = (p[..., SPECIES.index(s)] for s in ("atp", "adp", "amp"))
-    total = atp + adp + amp
-    return np.where(total > 0, (atp + 0.5 * adp) / np.where(total > 0, total, 1.0), 0.0)
+    bound = {} if params is None else {"adp_bound": float(np.asarray(params.adp_bound)),
+                                       "amp_bound": float(np.asarray(params.amp_bound))}
+    return energy_charge(atp, adp, amp, xp=np, **bound)
 
 
-def _kv_free_fraction(rec):
+def _kv_free_fraction(rec, params=None):
     cap = rec["kv_capacity"]
     return np.where(cap > 0, rec["kv_free"] / np.where(cap > 0, cap, 1.0), 0.0)
 
@@ -194,12 +199,13 @@ def parse_outcome(text: str, substrate, key: str = "study.outcomes") -> tuple[st
     return reducer, quantity
 
 
-def quantity_of(substrate, records: dict, quantity: str) -> np.ndarray:
-    """``(rows, time, cell, ...)`` values of a record or derived quantity."""
+def quantity_of(substrate, records: dict, quantity: str, params=None) -> np.ndarray:
+    """``(rows, time, cell, ...)`` values of a record or derived quantity (``params``: the built
+    parameters, which a derived quantity may need, e.g. biology's bound ADP and AMP)."""
     if quantity in records:
         return np.asarray(records[quantity], np.float64)
     _, fn = DERIVED[substrate.name][quantity]
-    return np.asarray(fn(records), np.float64)
+    return np.asarray(fn(records, params), np.float64)
 
 
 def reduce_outcome(values: np.ndarray, reducer: str, replicates: int) -> np.ndarray:
@@ -274,7 +280,7 @@ def evaluate(substrate, built, names, x, outcomes, *, steps: int, record_every: 
             failed = start + int(getattr(error, "replicate", 0)) // R
             break
         for o, (reducer, q) in parsed.items():
-            out[o][start:start + n_real] = reduce_outcome(quantity_of(substrate, res.records, q), reducer, R)[:n_real]
+            out[o][start:start + n_real] = reduce_outcome(quantity_of(substrate, res.records, q, built.params), reducer, R)[:n_real]
     return StudyResult(tuple(names), x, out, wall, comp, calls, time.perf_counter() - t0, error, failed)
 
 

@@ -151,7 +151,9 @@ def split_configs(cfg: dict) -> tuple[dict, dict]:
     sub = cfg.get("substrate")
     name = sub.get("name") if isinstance(sub, dict) else sub
     if name != "bio":
-        raise ConfigError("substrate", name, "bio for experiment=analogy (the LLM side is analogy.llm_substrate)")
+        raise ConfigError("substrate", name,
+                          "bio for experiment=analogy (the LLM side is analogy.llm_substrate; a plain run of another "
+                          "substrate is experiment=tissue)")
     if cfg.get("backend", "jax") != "jax":
         raise ConfigError("backend", cfg.get("backend"), "jax for experiment=analogy (both presets run on the engine)")
     llm_sub = (cfg.get("analogy") or {}).get("llm_substrate")

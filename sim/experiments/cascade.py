@@ -40,7 +40,7 @@ import numpy as np
 import xarray as xr
 
 from sim.api import RunOutput
-from sim.config.validate import validate
+from sim.config.validate import ConfigErrors, problems_of, validate
 from sim.rng import replicate_keys
 from sim.core.config import num
 from sim.errors import ConfigError
@@ -77,9 +77,87 @@ def _lengths(c, key):
     return [float(x) for x in v]
 
 
-def _num(c, key, lo=0.0, strict=False, hi=None):
+def _num(c, key, lo=0.0, strict=False, hi=None, integer=False):
     """A number of the ``cascade`` section, through the one config reader."""
-    return num({"cascade": c}, f"cascade.{key}", lo, hi, strict=strict)
+    return num({"cascade": c}, f"cascade.{key}", lo, hi, strict=strict, integer=integer)
+
+
+# the numbers of the section: key -> (minimum, strict, maximum, integer); step and token counts are
+# integers (int() would silently truncate 1.5), the thresholds and fit bounds of part 1 any real
+NUMBERS = {
+    "chain_steps": (1, False, None, True),
+    "chains_per_length": (1, False, None, True),
+    "bio_atp_per_unit": (0, True, None, False),
+    "tools.p_per_token": (0, False, 1, False),
+    "tools.tokens": (0, False, None, True),
+    "memory.threshold_tokens": (0, True, None, False),
+    "memory.factor": (1, True, None, False),
+    "long_context_min": (0, True, None, False),
+}
+LOOP_NUMBERS = {
+    "loop.prompt_tokens": (0, True, None, True),
+    "loop.output_tokens": (0, True, None, True),
+    "loop.followup_tokens": (0, False, None, True),
+    "loop.memory_threshold_tokens": (0, True, None, True),
+    "loop.memory_factor": (1, True, None, False),
+}
+WINDOW_FIT_MIN = 1000.0  # tokens, when cascade.window_fit_min is not set
+
+
+def _collect(problems: list, check, *args):
+    try:
+        return check(*args)
+    except ConfigError as exc:
+        problems.extend(problems_of(exc))
+        return None
+
+
+def _raise(problems: list) -> None:
+    if problems:
+        raise ConfigErrors(problems) if len(problems) > 1 else problems[0]
+
+
+def loop_problems(cfg: dict, model: specs.ModelSpec | None = None) -> list[ConfigError]:
+    """Every problem of ``cascade.loop`` (part 2), and, given the model, whether the longest loop
+    fits its context window."""
+    lc = _get(cfg.get("cascade"), "loop")
+    problems: list[ConfigError] = []
+    if not isinstance(lc, dict):
+        return [ConfigError("cascade.loop", lc, "a mapping of the agent loop's options (conf/experiment/cascade.yaml)")]
+    vals = {k: _collect(problems, _num, {"loop": lc}, k, *rule) for k, rule in LOOP_NUMBERS.items()}
+    turns = lc.get("turns")
+    if not isinstance(turns, list) or not turns or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in turns):
+        problems.append(ConfigError("cascade.loop.turns", turns, "a non-empty list of integers >= 1"))
+    elif model is not None and None not in vals.values():
+        b, o, e = vals["loop.prompt_tokens"], vals["loop.output_tokens"], vals["loop.followup_tokens"]
+        if b + (max(turns) - 1) * (o + e) + o > model.max_context:
+            problems.append(ConfigError("cascade.loop.turns", max(turns), f"a loop whose history fits the context "
+                                        f"window {model.max_context:g} of {model.name} without memory"))
+    return problems
+
+
+def check_options(cfg: dict, model: specs.ModelSpec) -> None:
+    """Every option of the ``cascade`` section, every problem at once, before anything is built
+    or run (the chain runs and the agent loops each take a compile)."""
+    c = cfg.get("cascade")
+    if not isinstance(c, dict):
+        raise ConfigError("cascade", c, "the cascade options (experiment=cascade sets them)")
+    problems: list[ConfigError] = []
+    for section in ("tools", "memory"):  # (null passes the key check; its missing keys are hidden by this line)
+        if not isinstance(c.get(section), dict):
+            problems.append(ConfigError(f"cascade.{section}", c.get(section), "a mapping (conf/experiment/cascade.yaml)"))
+    for key, rule in NUMBERS.items():
+        _collect(problems, _num, c, key, *rule)
+    win_min = _collect(problems, _num, c, "window_fit_min", 0, True) if "window_fit_min" in c else WINDOW_FIT_MIN
+    for key in ("bio_lengths", "tool_lengths"):
+        _collect(problems, _lengths, c, key)
+    llm_l = _collect(problems, _lengths, c, "llm_lengths")
+    window = float(model.max_context)
+    if llm_l is not None and win_min is not None and sum(win_min <= L <= window for L in llm_l) < 2:
+        problems.append(ConfigError("cascade.llm_lengths", llm_l, f"at least 2 lengths in [window_fit_min={win_min:g}, "
+                                    f"max_context={window:g}] of {model.name}"))
+    problems += loop_problems(cfg, model)
+    _raise(problems)
 
 
 # ---- part 1: chains ----------------------------------------------------------------------------
@@ -102,15 +180,15 @@ def _run_chains(chains, ledger, params, key, n_records: int, record_every: int):
 
 def chain_costs(cfg: dict, model: specs.ModelSpec) -> dict:
     c = cfg.get("cascade") or {}
-    steps = int(_num(c, "chain_steps", 1))
-    per = int(_num(c, "chains_per_length", 1))
+    steps = _num(c, "chain_steps", *NUMBERS["chain_steps"])
+    per = _num(c, "chains_per_length", *NUMBERS["chains_per_length"])
     dt = float(cfg.get("dt", 1.0))
     bio_l, llm_l, tool_l = _lengths(c, "bio_lengths"), _lengths(c, "llm_lengths"), _lengths(c, "tool_lengths")
-    p_tool = _num(c, "tools.p_per_token", 0, hi=1)
-    r_tool = _num(c, "tools.tokens", 0)
-    m_thr = _num(c, "memory.threshold_tokens", 0, strict=True)
-    m_fac = _num(c, "memory.factor", 1, strict=True)
-    bio_c0 = _num(c, "bio_atp_per_unit", 0, strict=True)
+    p_tool = _num(c, "tools.p_per_token", *NUMBERS["tools.p_per_token"])
+    r_tool = _num(c, "tools.tokens", *NUMBERS["tools.tokens"])
+    m_thr = _num(c, "memory.threshold_tokens", *NUMBERS["memory.threshold_tokens"])
+    m_fac = _num(c, "memory.factor", *NUMBERS["memory.factor"])
+    bio_c0 = _num(c, "bio_atp_per_unit", *NUMBERS["bio_atp_per_unit"])
     rows = ([("bio", L) for L in bio_l] + [("llm", L) for L in llm_l] + [("llm_tools", L) for L in tool_l]
             + [("llm_memory", L) for L in llm_l])
     n = len(rows)
@@ -210,21 +288,14 @@ def loop_config(cfg: dict, turns: int, memory: bool) -> dict:
 
 def agent_loops(cfg: dict) -> dict:
     """Input tokens of a deterministic agent loop for each T, without and with memory (one call)."""
-    lc = (cfg.get("cascade") or {}).get("loop") or {}
-    for k in ("prompt_tokens", "output_tokens", "followup_tokens", "memory_threshold_tokens"):
-        _num({"loop": lc}, f"loop.{k}", 0, strict=k != "followup_tokens")
-    _num({"loop": lc}, "loop.memory_factor", 1, strict=True)
-    turns = lc.get("turns")
-    if not isinstance(turns, list) or not turns or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in turns):
-        raise ConfigError("cascade.loop.turns", turns, "a non-empty list of integers >= 1")
+    _raise(loop_problems(cfg, specs.model_spec(cfg)))  # before the first build
+    lc = cfg["cascade"]["loop"]
+    turns = lc["turns"]
     b, o, e = float(lc["prompt_tokens"]), float(lc["output_tokens"]), float(lc["followup_tokens"])
     k = o + e
     points = [(T, mem) for mem in (False, True) for T in turns]
     models = [build_llm(loop_config(cfg, T, mem)) for T, mem in points]
     m0 = models[0]
-    if b + (max(turns) - 1) * k + o > m0.model.max_context:
-        raise ConfigError("cascade.loop.turns", max(turns), f"a loop whose history fits the context window "
-                          f"{m0.model.max_context} of {m0.model.name} without memory")
     params = stack_params([m.params for m in models])
     # steps: each turn takes its prefill, o tokens of decode and one step in the queue
     per_turn = o * specs.instance_step_time(m0.model, m0.gpu, 1, b + max(turns) * k, m0.n_gpus)
@@ -258,13 +329,12 @@ def agent_loops(cfg: dict) -> dict:
 @register("cascade")
 def run_cascade(cfg: dict) -> RunOutput:
     validate(cfg)
-    if not isinstance(cfg.get("cascade"), dict):
-        raise ConfigError("cascade", cfg.get("cascade"), "the cascade options (experiment=cascade sets them)")
     model, gpu = specs.model_spec(cfg), specs.gpu_spec(cfg)
+    check_options(cfg, model)
     ch = chain_costs(cfg, model)
     loops = agent_loops(cfg)
     c = cfg["cascade"]
-    long_min = _num(c, "long_context_min", 0, strict=True)
+    long_min = _num(c, "long_context_min", *NUMBERS["long_context_min"])
     series, length, cost = ch["series"], ch["length"], ch["cost"]
 
     def sel(name, lo=0.0, hi=np.inf):
@@ -272,7 +342,7 @@ def run_cascade(cfg: dict) -> RunOutput:
         return length[m], cost[m]
 
     window = float(model.max_context)
-    win_min = _num(c, "window_fit_min", 0, strict=True) if "window_fit_min" in c else 1000.0
+    win_min = _num(c, "window_fit_min", 0, strict=True) if "window_fit_min" in c else WINDOW_FIT_MIN
     summary = {"status": "ok", "model": model.name, "gpu": gpu.name, "currency_unit": "ATP (bio), FLOP (llm)"}
     summary["exponent_bio"] = fit_exponent(*sel("bio"))
     l_llm, c_llm = sel("llm")

@@ -116,15 +116,16 @@ def run_sensitivity(cfg: dict) -> RunOutput:
     if method not in METHODS:
         raise ConfigError("sensitivity.method", method, "one of " + ", ".join(METHODS))
     n = _int("sensitivity", opts, "samples")
-    levels = _int("sensitivity", opts, "num_levels", 2) if method == "morris" else 4
+    # checked whatever the method: a bad value must not wait until someone switches to morris
+    levels = _int("sensitivity", opts, "num_levels", 2) if method == "morris" or "num_levels" in opts else 4
     conf = opts.get("conf_level", 0.95)
     if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0 < conf < 1:
         raise ConfigError("sensitivity.conf_level", conf, "a number in (0, 1)")
     names = list(bounds)
     problem = {"num_vars": len(names), "names": names, "bounds": [list(bounds[k]) for k in names]}
+    R = _int("sensitivity", opts, "replicates_per_point")
     seed = int(cfg.get("seed", 0))
     x = sample(method, problem, n, seed, levels)
-    R = _int("sensitivity", opts, "replicates_per_point")
     res = run_points(cfg, sub, built, bounds, x, outcomes, opts, "sensitivity")
     summary = {"status": "ok", "substrate": sub.name, "method": method, "samples": n,
                "params": {k: list(v) for k, v in bounds.items()}, "outcomes": outcomes,

@@ -82,7 +82,10 @@ class CellAgent(FixedAgent):
 
     @property
     def energy_charge(self) -> float:
-        a, d, m = self.atp, self.adp, self.amp
+        """Energy charge of the total pools (free + the bound ADP and AMP of the parameters)."""
+        q = self.model.params
+        a = self.atp
+        d, m = self.adp + float(np.asarray(q.adp_bound)), self.amp + float(np.asarray(q.amp_bound))
         total = a + d + m
         return (a + 0.5 * d) / total if total > 0 else 0.0
 

@@ -48,7 +48,10 @@ def mean_energy_charge(model) -> float:
     p, alive = s.cells.pools, s.cells.alive
     if not alive.any():
         return float("nan")
-    ec = energy_charge(p[:, ATP], p[:, ADP], p[:, AMP], xp=np)
+    # the charge of the total pools (free + bound ADP/AMP), as the substrate's summary reports it
+    q = model.params
+    ec = energy_charge(p[:, ATP], p[:, ADP], p[:, AMP], xp=np, adp_bound=float(np.asarray(q.adp_bound)),
+                       amp_bound=float(np.asarray(q.amp_bound)))
     return float(ec[alive].mean())
 
 

@@ -130,10 +130,11 @@ def test_the_catalogue_is_large_and_covers_every_config_file():
 
 
 def _in_make_test(entry) -> bool:
-    """A fixed third of the catalogue (by a hash of its id) plus every known acceptance runs in
-    ``make test`` (~0.2 s of CPU per entry); ``CATALOGUE_FULL=1`` runs all of it."""
+    """A fixed fifth of the catalogue (by a hash of its id) plus every known acceptance runs in
+    ``make test`` (~0.2 s of CPU per entry: the whole suite must stay near 15 minutes on 2 cores);
+    ``CATALOGUE_FULL=1`` runs all of it."""
     return (os.environ.get("CATALOGUE_FULL") == "1" or entry.id in ACCEPTED
-            or int(hashlib.sha256(entry.id.encode()).hexdigest(), 16) % 3 == 0)
+            or int(hashlib.sha256(entry.id.encode()).hexdigest(), 16) % 5 == 0)
 
 
 @pytest.mark.parametrize("entry", [_param(e) for e in CATALOGUE if _in_make_test(e)])

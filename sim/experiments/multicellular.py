@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
 
@@ -48,8 +47,8 @@ from sim.core import differentiation as dif
 from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 from sim.experiments import register
-from sim.rng import replicate_keys
 from sim import substrates
+from sim.rng import replicate_keys
 
 SUBSTRATES = ("generic", "bio")  # those with differentiation hooks
 
@@ -248,20 +247,25 @@ def figures(ds, out_dir) -> list[Path]:
     return [_save(fig, Path(out_dir) / "figures" / "phase_diagram.png")]
 
 
-@register("multicellular")
-def run_multicellular(cfg: dict) -> RunOutput:
+def differentiating(cfg: dict):
+    """(plain cfg, base substrate, differentiation options, substrate run) of an experiment on
+    differentiation; refuses a substrate without it (shared by multicellular and robustness)."""
     from sim.api import substrate_of
 
     cfg = as_plain(cfg)
-    opts = read_options(cfg)
     base = substrates.get((cfg.get("substrate") or {}).get("name"))
     if base.differentiation is None:
         raise ConfigError("substrate", base.name, "a substrate with differentiation: " + ", ".join(SUBSTRATES))
-    dopts = dif.read_config(cfg)
+    return cfg, base, dif.read_config(cfg), substrate_of(cfg)
+
+
+@register("multicellular")
+def run_multicellular(cfg: dict) -> RunOutput:
+    cfg, base, dopts, sub = differentiating(cfg)
+    opts = read_options(cfg)
     if dopts["rule"] == "fixed":
         raise ConfigError("differentiation.rule", "fixed", "imitation or gradient (the adaptive tissue of the "
                           "phase diagram; generalists are run beside it)")
-    sub = substrate_of(cfg)
     base.validate(dict(cfg, topology=topology_cfg(opts["topologies"][0], opts["n_cells"])))
     t0 = time.perf_counter()
     results, failures, wall, comp, last, res = {}, [], 0.0, 0.0, None, None

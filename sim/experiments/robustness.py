@@ -34,14 +34,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from sim.api import RunOutput, as_plain
-from sim.core import differentiation as dif
+from sim.api import RunOutput
 from sim.core import engine
 from sim.errors import ConfigError
 from sim.experiments import register
-from sim.experiments.multicellular import batch_rows, set_path, topology_cfg
+from sim.experiments.multicellular import batch_rows, differentiating, set_path
 from sim.rng import replicate_keys
-from sim import substrates
 
 COLLECTIVES = ("specialised", "generalist")
 FAILURES = ("none", "random", "targeted")
@@ -169,15 +167,8 @@ def figures(ds, out_dir) -> list[Path]:
 def run_robustness(cfg: dict) -> RunOutput:
     import xarray as xr
 
-    from sim.api import substrate_of
-
-    cfg = as_plain(cfg)
+    cfg, base, dopts, sub = differentiating(cfg)
     opts = read_options(cfg)
-    base = substrates.get((cfg.get("substrate") or {}).get("name"))
-    if base.differentiation is None:
-        raise ConfigError("substrate", base.name, "a substrate with differentiation (generic, bio)")
-    dopts = dif.read_config(cfg)
-    sub = substrate_of(cfg)
     t0 = time.perf_counter()
     built, rows, times, rate, res, first = run_collectives(sub, cfg, opts)
     if rate is None:

@@ -84,6 +84,14 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def print_run_line(summary: dict, out_dir: Path) -> None:
+    """After an experiment's own report: the folder, the status and the time it took."""
+    took = ", ".join(f"{name} {summary[key]:.1f} s" for name, key in (("wall", "wall_s"), ("compile", "compile_s"),
+                                                                      ("total", "total_s"))
+                     if isinstance(summary.get(key), (int, float)))
+    print(f"run: {out_dir} ({summary.get('status')}{'; ' + took if took else ''}; every number in summary.json)")
+
+
 def print_summary(summary: dict, out_dir: Path) -> None:
     if "energy_charge" not in summary:  # not a biology tissue: show the experiment's own outcomes
         keys = [k for k in PRINTED_KEYS if k in summary]
@@ -242,9 +250,11 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
     if code == 0:
         clear(out_dir)  # the results hold everything the checkpoint held
         if not quiet:
-            if report:
+            if report:  # the experiment's own table says it all: then only where and how long
                 print(report, end="" if report.endswith("\n") else "\n")
-            print_summary(summary, out_dir)
+                print_run_line(summary, out_dir)
+            else:
+                print_summary(summary, out_dir)
     return code
 
 

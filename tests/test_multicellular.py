@@ -198,3 +198,22 @@ def test_biology_differentiates_in_both_backends():
     with pytest.raises(ConfigError, match="substrate.consumers.kinds.actomyosin.specialised"):
         prepare(compose(["experiment=tissue", "substrate=bio", "topology=ring", "topology.n_cells=2",
                          "substrate.consumers.kinds.actomyosin.specialised=3"]))
+
+
+def test_experiments_write_their_run_folders(tmp_path):
+    """End to end through the command line: tables, dataset, figures, and the one-line run report."""
+    from _support import run_child
+
+    for name, extra, files in (
+            ("robustness", ["topology.n_cells=8", "steps=2000", "robustness.replicates=1"],
+             ["robustness.parquet", "figures/robustness.png"]),
+            ("multicellular", ["multicellular.topologies=[ring]", "multicellular.n_cells=6", "steps=1000",
+                               "record_every=250", "multicellular.alphas=[3]", "multicellular.losses=[0]",
+                               "multicellular.generalist_thetas=[0.5]", "multicellular.replicates=1"],
+             ["multicellular.parquet", "figures/phase_diagram.png"])):
+        out = tmp_path / name
+        res = run_child(["-m", "sim", f"experiment={name}", *extra, f"hydra.run.dir={out}"], timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert f"run: {out} (ok;" in res.stdout
+        for f in ["results.nc", "summary.json", *files]:
+            assert (out / f).is_file(), f

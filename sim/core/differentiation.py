@@ -261,7 +261,8 @@ def adapt(state, params, key, *, hooks: Hooks, rule: str):
     ids = jnp.arange(n, dtype=jnp.uint32)
     u_event = rng.uniforms(key, state.step, EVENT, ids, theta.dtype)
     u_noise = rng.uniforms(key, state.step, NOISE, ids, theta.dtype)
-    act = hooks.alive(state) & (u_event < -jnp.expm1(-q.rate * dt))
+    alive = hooks.alive(state)
+    act = alive & (u_event < -jnp.expm1(-q.rate * dt))
     jitter = q.noise * (2.0 * u_noise - 1.0)
     ref_theta, ref_payoff = d.ref_theta, d.ref_payoff
     if rule == "imitation":
@@ -272,7 +273,7 @@ def adapt(state, params, key, *, hooks: Hooks, rule: str):
         gap = local[j] - local
         scale = q.selection * (jnp.abs(local[j]) + jnp.abs(local)) + TINY
         p = 1.0 / (1.0 + jnp.exp(-gap / scale))
-        act = act & (q.nbr_count > 0) & hooks.alive(state)[j] & (u_acc < p)
+        act = act & (q.nbr_count > 0) & alive[j] & (u_acc < p)
         target = jnp.clip(theta[j] + jitter, 0.0, 1.0)
     elif rule == "gradient":
         moved = theta - ref_theta

@@ -74,3 +74,15 @@ def distance_to_producer(theta, graph) -> float:
     dist = nx.multi_source_dijkstra_path_length(graph, sources)
     others = [dist[i] for i in range(theta.shape[-1]) if theta[i] < PRODUCER and i in dist]
     return float(np.mean(others)) if others else 0.0
+
+
+def summary(theta, output, substrate_used, per_substrate_key: str = "output_per_substrate") -> dict:
+    """Division of labour at the end of a run, mean over replicates (leading axes): specialization
+    index, producer fraction, mean theta and the specialised work (``output``) per unit of substrate
+    used, the tissue's efficiency, under ``per_substrate_key`` (the substrate names its substrate)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_sub = np.sum(output, -1) / np.sum(substrate_used, -1)
+    return {"specialization_index": float(np.mean(specialization_index(theta))),
+            "producer_fraction": float(np.mean(producer_fraction(theta))),
+            "theta_mean": float(np.mean(theta)),
+            per_substrate_key: float(np.mean(per_sub))}

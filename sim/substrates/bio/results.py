@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from sim.constants import AVOGADRO_PER_MOL, landauer_j
+from sim.core import division
 from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.substrates.bio.state import ADP, AMP, ATP, GLC, PI, SPECIES
 
@@ -175,7 +176,7 @@ def summarize(model, result, initial_state) -> dict:
         "producer_failures": float(np.mean(_np(led.failures).sum(-1))),
         "output_molecules": tissue(_np(led.output)) * to_molecules,
         "switching_molecules": tissue(_np(led.switching)) * to_molecules,
-        **_division(st, led),
+        **division.summary(_np(st.diff.theta), _np(led.output), _np(led.substrate_used), "output_per_glucose"),
         "producer_births": float(np.mean(_np(led.births).sum(-1))),
         "simulated_time_s": float(result.steps_done * float(p.dt)),
         "replicates": int(pools.shape[0]),
@@ -215,15 +216,3 @@ def chain_summary(model, st, tissue, to_molecules) -> dict:
         "atp_per_aa": tissue(_np(cled.elongation_spent)) * to_molecules / aa if aa > 0 else float("nan"),
     }
 
-
-def _division(st, led) -> dict:
-    """Division of labour at the end of a run (mean over replicates; sim.core.division)."""
-    from sim.core import division
-
-    theta = _np(st.diff.theta)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_sub = _np(led.output).sum(-1) / _np(led.substrate_used).sum(-1)
-    return {"specialization_index": float(np.mean(division.specialization_index(theta))),
-            "producer_fraction": float(np.mean(division.producer_fraction(theta))),
-            "theta_mean": float(np.mean(theta)),
-            "output_per_glucose": float(np.mean(per_sub))}

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.core import differentiation as dif
+from sim.core import division
 from sim.core.substrate import Built, EntitySpec, Quantity, Substrate
 from sim.errors import ConfigError
 from sim.substrates.generic.kernels import PROCESSES, pay
@@ -311,21 +312,8 @@ def summarize(built, result, cfg: dict) -> dict:
         "replicates": int(alive.shape[0]), "wall_s": float(result.wall_s), "compile_s": float(result.compile_s),
         "simulated_time": float(times[-1]),
         "output": total(led.output),
-        **division_summary(np.asarray(st.diff.theta), np.asarray(led.output), np.asarray(led.substrate_used)),
+        **division.summary(np.asarray(st.diff.theta), np.asarray(led.output), np.asarray(led.substrate_used)),
     }
-
-
-def division_summary(theta, output, substrate_used) -> dict:
-    """Division of labour at the end of a run (mean over replicates; sim.core.division): the
-    specialised work (output) per unit of substrate used is the tissue's efficiency."""
-    from sim.core import division
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_sub = np.sum(output, -1) / np.sum(substrate_used, -1)
-    return {"specialization_index": float(np.mean(division.specialization_index(theta))),
-            "producer_fraction": float(np.mean(division.producer_fraction(theta))),
-            "theta_mean": float(np.mean(theta)),
-            "output_per_substrate": float(np.mean(per_sub))}
 
 
 def figures(ds, out_dir):

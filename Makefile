@@ -22,8 +22,10 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m sim $(ARGS)
 
+# the suite on WORKERS processes (pytest-xdist; a test module stays on one worker, so its fixtures run once)
+WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run_bench.py $(ARGS)

@@ -9,7 +9,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-__all__ = ["simulate", "CurrencyModel"]
+__all__ = ["simulate", "CurrencyModel", "load_sweep"]
 __version__ = "0.1.0"
 
 
@@ -22,4 +22,8 @@ def __getattr__(name):  # lazy: importing Mesa or xarray is not needed for the k
         from sim.mesa_model import CurrencyModel
 
         return CurrencyModel
+    if name == "load_sweep":  # a sweep folder -> (dataset stacked along job, typed table): sim.sweep_load
+        from sim.sweep_load import load_sweep
+
+        return load_sweep
     raise AttributeError(name)

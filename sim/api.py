@@ -16,9 +16,10 @@ import jax
 import numpy as np
 
 from sim import determinism, substrates
-from sim.core import cache
+from sim.core import cache, sharding
 from sim.core import engine
 from sim.errors import ConfigError, NumericalError
+from sim.io import check_variables, output_options
 
 RUN_KINDS = ("tissue", "serving")  # experiment kinds that are a plain run of the configured substrate
 
@@ -48,8 +49,12 @@ class RunOutput:
 
 def substrate_of(cfg: dict):
     """The substrate a (plain) config runs: the one it names, with the adaptation process of
-    ``differentiation.rule`` when that is not ``fixed`` (:func:`sim.core.differentiation.substrate_for`)."""
-    from sim.core.differentiation import substrate_for
+    ``differentiation.rule`` when that is not ``fixed`` (:func:`sim.core.differentiation.substrate_for`)
+    and the carrier processes when ``carriers.n > 1`` (:func:`sim.core.carriers.substrate_for`)."""
+    from sim.core import carriers, differentiation
+
+    def substrate_for(found, cfg):
+        return carriers.substrate_for(differentiation.substrate_for(found, cfg), cfg)
 
     sub = cfg.get("substrate")
     if not isinstance(sub, dict):
@@ -71,6 +76,7 @@ def prepare(cfg):
     # before anything touches JAX: the no-FMA flag is read when the backend starts (sim.determinism)
     determinism.configure(cfg.get("deterministic_reductions") is True)
     cache.configure(cfg.get("compile_cache", "auto"))
+    sharding.configure(cfg.get("devices", 1))  # sim.simulate honours devices as the command line does
     return cfg, sub, sub.build(cfg)
 
 
@@ -126,12 +132,13 @@ def failure_summary(err) -> dict:
     return out
 
 
-def _run_experiment(kind: str, plain: dict, run_dir) -> RunOutput:
+def _run_experiment(kind: str, plain: dict, run_dir, progress=None) -> RunOutput:
     from sim import experiments
 
     # first, before anything starts the JAX backend (sim.determinism); validation refuses a non-bool
     determinism.configure(plain.get("deterministic_reductions") is True)
     cache.configure(plain.get("compile_cache", "auto"))
+    sharding.configure(plain.get("devices", 1))
     fn = experiments.get(kind)
     if fn is None:
         raise ConfigError("experiment.kind", kind, "one of " + ", ".join(sorted(set(experiments.kinds()) | set(RUN_KINDS))))
@@ -142,28 +149,80 @@ def _run_experiment(kind: str, plain: dict, run_dir) -> RunOutput:
     if plain.get("first_replicate"):
         raise ConfigError("first_replicate", plain["first_replicate"],
                           f"0 with experiment.kind={kind} (only {', '.join(RUN_KINDS)} runs split an ensemble)")
+    options = output_options(plain)
+    if options.selects:  # an experiment's results.nc is its own table; names would only be checked after the run
+        key = "output.variables" if options.variables is not None else "output.cells"
+        raise ConfigError(key, (plain.get("output") or {}).get(key.split(".")[1]),
+                          f"all with experiment.kind={kind} (only {', '.join(RUN_KINDS)} runs select variables or "
+                          "summarise cells; compress and float32 apply to every results.nc)")
+    if progress is not None:
+        progress.start()
     out = fn(plain)
     out.summary.update(_determinism_summary())
     return out
 
 
-def run(cfg, on_chunk=None, *, run_dir=None) -> RunOutput:
+def probe_dataset(sub, built, cfg: dict):
+    """The dataset ``sub.to_dataset`` makes for this config, before the run: one replicate, one
+    record (of ones: the record is only traced with ``jax.eval_shape``, ~0.04 s once JAX is up,
+    where running ``observe`` would compile it), the initial state as the final one. What
+    ``output.variables`` may name; figure code can be tried on it."""
+    state = engine.broadcast_state(built.state, 1)
+    shapes = jax.eval_shape(jax.vmap(sub.observe), state)
+    records = {k: np.ones((shapes[k].shape[0], 1) + tuple(shapes[k].shape[1:]), shapes[k].dtype)
+               for k in sub.record_fields}
+    dt = float(np.asarray(built.params.dt).reshape(-1)[0])
+    probe = engine.RunResult(jax.device_get(state), records, np.array([dt]), 1, 0.0, 0.0, None)
+    return sub.to_dataset(built, probe, cfg)
+
+
+def dataset_variables(sub, built, cfg: dict) -> list[str]:
+    """The names of the variables of this config's dataset (:func:`probe_dataset`)."""
+    return [str(name) for name in probe_dataset(sub, built, cfg).data_vars]
+
+
+TIME_UNITS = {"bio": "s", "llm": "s"}  # the time axis of these substrates; others (generic) are dimensionless
+
+
+def _chunk_hook(on_chunk, progress):
+    if progress is None:
+        return on_chunk
+    if on_chunk is None:
+        return progress.on_chunk
+
+    def both(state, done, keys):
+        on_chunk(state, done, keys)
+        progress.on_chunk(state, done, keys)
+
+    return both
+
+
+def run(cfg, on_chunk=None, *, run_dir=None, progress=None) -> RunOutput:
     """Validate, build and run a config. With ``run_dir`` and ``checkpoint_every > 0`` the engine run
     checkpoints into ``run_dir/checkpoint``; ``cfg['resume']`` (a run folder) continues from its
-    checkpoint (the caller passes the checkpoint's stored config, see :func:`sim.app.resume_run`)."""
+    checkpoint (the caller passes the checkpoint's stored config, see :func:`sim.app.resume_run`).
+    ``progress``: a :class:`sim.progress.Progress`, started once the config is accepted and fed by
+    the engine's per-chunk hook. ``output.variables`` names are checked here, before compiling."""
     plain = as_plain(cfg)
     kind = (plain.get("experiment") or {}).get("kind", "tissue")
     if kind not in RUN_KINDS:
-        return _run_experiment(kind, plain, run_dir)
+        return _run_experiment(kind, plain, run_dir, progress)
     if kind == "serving" and substrate_of(plain).name != "llm":
         raise ConfigError("substrate", substrate_of(plain).name, "llm for experiment.kind=serving (substrate=llm)")
     cfg, sub, built = prepare(plain)
-    if cfg.get("backend", "jax") == "mesa":
-        if cfg.get("resume"):
-            raise ConfigError("resume", cfg["resume"], "null with backend=mesa (the reference backend does not checkpoint)")
+    options = output_options(cfg)
+    if options.variables is not None:
+        check_variables(options, dataset_variables(sub, built, cfg))
+    mesa = cfg.get("backend", "jax") == "mesa"
+    if mesa and cfg.get("resume"):
+        raise ConfigError("resume", cfg["resume"], "null with backend=mesa (the reference backend does not checkpoint)")
+    if progress is not None:  # (the reference backend has no chunks: it gets the folder line only)
+        progress.begin(int(cfg["steps"]), float(np.asarray(built.params.dt).reshape(-1)[0]),
+                       TIME_UNITS.get(sub.name, ""))
+    if mesa:
         result = run_reference(sub, built, cfg)
     else:
-        result = run_engine(sub, built, cfg, on_chunk=on_chunk, run_dir=run_dir)
+        result = run_engine(sub, built, cfg, on_chunk=_chunk_hook(on_chunk, progress), run_dir=run_dir)
     result.state = jax.device_get(result.state)
     ds = sub.to_dataset(built, result, cfg) if result.steps_done > 0 else None
     summary = sub.summarize(built, result, cfg) if result.steps_done > 0 else {"status": "failed"}

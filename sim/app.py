@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from sim import runlock
 from sim.config.schema import register
+from sim.core import sharding
 from sim.core.config import CONF_DIR
 from sim.errors import ConfigError, NumericalError
 from sim.io import remove_temporaries, write_dataset_npz, write_json, write_netcdf, write_text
@@ -71,17 +72,82 @@ def preflight(argv: list[str]) -> None:
                 raise ConfigError(key, choice, "one of " + ", ".join(options))
 
 
-PRINTED_KEYS = (  # shown first for experiments other than the tissue run, where present
+PRINTED_KEYS = (  # shown first in their group, where present
     "stable", "tokens_per_s", "step_time_s", "joules_per_token", "kv_capacity_tokens", "littles_law_error",
     "mean_in_system", "throughput_req_per_s", "currency_produced", "currency_spent", "energy_j",
     "usd_billed", "usd_energy", "landauer_ratio", "conservation_error", "exponent_bio", "exponent_llm_long",
 )
+
+# Groups of the printed summary: (title, key prefixes or names); a key goes to the first group
+# with a match, anything else to "other". Names carry their unit (``_s``, ``_j``, ``_mm``), so
+# nothing here labels a unit: a dimensionless (generic) outcome is printed as its bare name.
+SUMMARY_GROUPS = (
+    ("outcome", ("status", "reason", "stable", "stability_", "failure_", "conservation_error", "kv_conservation_error",
+                 "littles_law", "engine_vs_analytic")),
+    ("state", ("energy_charge", "charged_", "cells_", "producers_", "producer_", "atp_mm", "adp_", "amp_", "pi_mm",
+               "pcr_mm", "glucose_mm", "dg_atp", "theta", "specialization", "mean_in_system", "mean_queue",
+               "mean_batch", "mean_time", "kv_", "gpu_busy", "utilization", "in_system", "max_batch")),
+    ("currency", ("currency", "spent", "work", "output", "switching", "substrate_", "births", "failures",
+                  "tokens", "tool_", "routed", "dropped", "memory_", "proteins", "chain", "protein_", "atp_per",
+                  "arrival_", "throughput", "spending_")),
+    ("energy and cost", ("energy", "heat", "joules", "landauer", "mean_power", "bits_per", "usd", "billed",
+                         "step_time", "hbm_", "flops", "compute_", "bandwidth_", "arithmetic_", "ridge_",
+                         "memory_bound", "analytic_", "allreduce", "perfect_scaling", "attention_", "weight_bytes",
+                         "prefill_", "decode_", "engine_joules", "power_w")),
+    ("run", ("experiment", "substrate", "backend", "model", "gpu", "seed", "replicates", "first_replicate",
+             "simulated_time", "window_s", "wall_s", "compile_s", "total_s", "deterministic_reductions",
+             "bitwise_batch_invariant", "currency_unit", "batch", "context", "power_state")),
+)
+RUN_FIRST = ("currency_unit", "simulated_time", "simulated_time_s")  # run facts that start with a group's prefix
 
 
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def group_summary(summary: dict, skip=()) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every scalar entry of ``summary`` (but ``skip``), as (group title, [(key, text), ...]) in the
+    order of :data:`SUMMARY_GROUPS`; within a group ``status``, ``reason`` and :data:`PRINTED_KEYS`
+    first, then the summary's own order."""
+    first = ("status", "reason") + PRINTED_KEYS
+    order = [k for k in first if k in summary] + [k for k in summary if k not in first]
+    groups: dict[str, list] = {title: [] for title, _ in SUMMARY_GROUPS}
+    groups["other"] = []
+    for key in order:
+        value = summary[key]
+        if key in skip or isinstance(value, (dict, list, tuple)):
+            continue
+        title = next((t for t, names in SUMMARY_GROUPS if key in names), None) or next(  # a name beats a prefix
+            (t for t, names in SUMMARY_GROUPS if any(key.startswith(n) for n in names)), "other")
+        if key in RUN_FIRST:
+            title = "run"
+        elif key.endswith(("_j", "_w")) and title != "outcome":  # joules and watts, whatever they count
+            title = "energy and cost"
+        groups[title].append((key, _fmt(value)))
+    return [(title, rows) for title, rows in groups.items() if rows]
+
+
+def _columns(rows: list[tuple[str, str]], width: int, indent: str = "    ") -> list[str]:
+    """``key value`` cells side by side, as many columns as fit in ``width``; a long text on its own line."""
+    short = [(k, v) for k, v in rows if len(v) <= 24]
+    lines = []
+    if short:
+        kw = max(len(k) for k, _ in short)
+        vw = max(len(v) for _, v in short)
+        cell = kw + 2 + vw
+        ncol = max(1, (width - len(indent) + 3) // (cell + 3))
+        for i in range(0, len(short), ncol):
+            lines.append(indent + "   ".join(f"{k:<{kw}}  {v:<{vw}}" for k, v in short[i:i + ncol]).rstrip())
+    lines += [f"{indent}{k}  {v}" for k, v in rows if len(v) > 24]
+    return lines
+
+
+def _width() -> int:
+    import shutil
+
+    return max(60, min(shutil.get_terminal_size((110, 24)).columns, 160))
 
 
 def print_run_line(summary: dict, out_dir: Path) -> None:
@@ -93,34 +159,39 @@ def print_run_line(summary: dict, out_dir: Path) -> None:
 
 
 def print_summary(summary: dict, out_dir: Path) -> None:
-    if "energy_charge" not in summary:  # not a biology tissue: show the experiment's own outcomes
-        keys = [k for k in PRINTED_KEYS if k in summary]
-        keys += [k for k in sorted(summary) if k not in keys and isinstance(summary[k], (int, float, bool))]
-        keys = ["status"] + keys[:20]
-        width = max(len(k) for k in keys)
-        print(f"run: {out_dir}")
-        for k in keys:
-            print(f"  {k:<{width}}  {_fmt(summary.get(k))}")
-        return
-    rows = [
-        ("status", summary.get("status")),
-        ("cells alive", f"{summary.get('cells_alive', float('nan')):.1f} / {summary.get('cells_total', '?')}"),
-        ("energy charge", f"{summary.get('energy_charge', float('nan')):.4f}"),
-        ("dG ATP (kJ/mol)", f"{summary.get('dg_atp_kj_per_mol', float('nan')):.2f}"),
-        ("pool turnover (s)", f"{summary.get('currency_pool_turnover_s', float('nan')):.2f}"),
-        ("currency produced", f"{summary.get('currency_produced', float('nan')):.4g} {summary.get('currency_unit', '')}"),
-        ("currency spent", f"{summary.get('currency_spent', float('nan')):.4g}"),
-        ("currency transported", f"{summary.get('currency_transported', float('nan')):.4g}"),
-        ("energy (J)", f"{summary.get('energy_j', float('nan')):.4g}"),
-        ("heat (J)", f"{summary.get('heat_j', float('nan')):.4g}"),
-        ("Landauer ratio", f"{summary.get('landauer_ratio', float('nan')):.3g}"),
-        ("conservation error", f"{summary.get('conservation_error', float('nan')):.2e}"),
-        ("wall / compile (s)", f"{summary.get('wall_s', float('nan')):.2f} / {summary.get('compile_s', float('nan')):.2f}"),
-    ]
-    width = max(len(r[0]) for r in rows)
+    """The run's folder and every outcome of ``summary.json``, grouped (outcome, state, currency,
+    energy and cost, run, other) in columns; a biology tissue first gets its headline rows with
+    units in words."""
     print(f"run: {out_dir}")
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
+    shown: tuple = ()
+    if "energy_charge" in summary and "dg_atp_kj_per_mol" in summary:  # a biology tissue: the headline
+        rows = [
+            ("status", summary.get("status")),
+            ("cells alive", f"{summary.get('cells_alive', float('nan')):.1f} / {summary.get('cells_total', '?')}"),
+            ("energy charge", f"{summary.get('energy_charge', float('nan')):.4f}"),
+            ("dG ATP (kJ/mol)", f"{summary.get('dg_atp_kj_per_mol', float('nan')):.2f}"),
+            ("pool turnover (s)", f"{summary.get('currency_pool_turnover_s', float('nan')):.2f}"),
+            ("currency produced", f"{summary.get('currency_produced', float('nan')):.4g} {summary.get('currency_unit', '')}"),
+            ("currency spent", f"{summary.get('currency_spent', float('nan')):.4g}"),
+            ("currency transported", f"{summary.get('currency_transported', float('nan')):.4g}"),
+            ("energy (J)", f"{summary.get('energy_j', float('nan')):.4g}"),
+            ("heat (J)", f"{summary.get('heat_j', float('nan')):.4g}"),
+            ("Landauer ratio", f"{summary.get('landauer_ratio', float('nan')):.3g}"),
+            ("conservation error", f"{summary.get('conservation_error', float('nan')):.2e}"),
+            ("wall / compile (s)", f"{summary.get('wall_s', float('nan')):.2f} / {summary.get('compile_s', float('nan')):.2f}"),
+        ]
+        width = max(len(r[0]) for r in rows)
+        for name, value in rows:
+            print(f"  {name:<{width}}  {value}")
+        shown = ("status", "cells_alive", "cells_total", "energy_charge", "dg_atp_kj_per_mol", "currency_pool_turnover_s",
+                 "currency_produced", "currency_spent", "currency_transported", "energy_j", "heat_j", "landauer_ratio",
+                 "conservation_error", "wall_s", "compile_s")
+        print("  all outcomes (summary.json):")
+    width = _width()
+    for title, rows in group_summary(summary, skip=shown):
+        print(f"  {title}")
+        for line in _columns(rows, width):
+            print(line)
 
 
 def _print_config_error(exc: ConfigError) -> None:
@@ -164,11 +235,12 @@ def _get(cfg, key):
     return cfg.get(key) if hasattr(cfg, "get") else None
 
 
-def _write_results(out_dir: Path, ds) -> None:
-    """``results.nc``; if that fails, the dataset goes to :data:`FALLBACK_RESULTS` (plain numpy, no
+def _write_results(out_dir: Path, ds, options=None) -> None:
+    """``results.nc`` as ``options`` (the config's ``output`` section, :class:`sim.io.OutputOptions`)
+    shape it; if that fails, the whole dataset goes to :data:`FALLBACK_RESULTS` (plain numpy, no
     netCDF library involved) and the error, naming where the arrays are, is raised on."""
     try:
-        write_netcdf(out_dir / "results.nc", ds)
+        write_netcdf(out_dir / "results.nc", ds, options)
     except Exception as exc:
         try:
             write_dataset_npz(out_dir / FALLBACK_RESULTS, ds)
@@ -182,11 +254,14 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
     from sim.api import as_plain, run
     from sim.checkpoint import CHECKPOINT_DIR, clear, holds_checkpoint
     from sim.config.validate import check_group_keys
+    from sim.io import output_options
+    from sim.progress import Progress, parse_mode
 
     summary: dict = {"status": "failed"}
     code = 0
     debug = False
     report = None
+    progress = None
     try:
         try:
             plain = as_plain(cfg)
@@ -195,14 +270,21 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
             raise ConfigError(getattr(exc, "full_key", None) or "config", None, f"a resolvable config ({msg})") from None
         debug = plain.get("debug") is True  # (a mistyped value such as "maybe" is refused, not obeyed)
         check_group_keys(plain)  # unknown keys in any group, also sections no validate() sees (analogy)
-        output = run(plain, run_dir=out_dir)
+        sharding.configure(plain.get("devices", 1))  # every engine run of this job (sim.core.sharding)
+        mode = parse_mode(plain.get("progress"))
+        # quiet callers (tests, resume_run(quiet=True)) get no progress unless they ask for it by name
+        progress = Progress(out_dir, "false" if quiet and mode == "auto" else mode)
+        output = run(plain, run_dir=out_dir, progress=progress)
         summary = dict(output.summary)
         summary["experiment"] = plain.get("experiment", {}).get("name")
         summary["substrate"] = plain.get("substrate", {}).get("name")
         summary["backend"] = plain.get("backend")
         report = getattr(output, "report", None)
         if output.dataset is not None:
-            _write_results(out_dir, output.dataset)
+            # compressing a large dataset takes seconds: say what the pause is
+            progress.note(f"writing results.nc ({output.dataset.nbytes / 1e6:,.0f} MB in memory)"
+                          + (" and figures" if plain.get("figures", True) else ""))
+            _write_results(out_dir, output.dataset, output_options(plain))
         if getattr(output, "files", None) is not None:
             output.files(out_dir)
         if plain.get("figures", True):
@@ -240,6 +322,8 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
         if debug:
             traceback.print_exc()
         code = EXIT_FAILED
+    if progress is not None:  # stops the auto timer: nothing of the run's progress after this point
+        progress.close()
     try:
         write_json(out_dir / "summary.json", summary)
     except Exception as exc:  # the job fails; the checkpoint (if any) and results.nc stay
@@ -258,7 +342,7 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
     return code
 
 
-RESUME_OVERRIDABLE = ("debug",)
+RESUME_OVERRIDABLE = ("debug", "progress")
 
 
 def resume_run(path, overrides: dict | None = None, *, quiet: bool = False) -> int:
@@ -334,6 +418,13 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     key = "hydra.sweep.dir" if hc.mode == RunMode.MULTIRUN else "hydra.run.dir"
+    if hc.mode == RunMode.MULTIRUN:  # which point of the sweep the lines that follow belong to
+        from sim.sweep import job_line
+
+        try:
+            print(job_line(hc.job.num, hc.overrides.task, hc.sweep.dir), flush=True)
+        except Exception as exc:  # (only a console line: never a reason to fail the job)
+            print(f"[job {hc.job.num}] (overrides not shown: {type(exc).__name__}: {exc})", flush=True)
     try:
         with runlock.hold(out_dir, key=key):  # (execute takes it again: the lock is reentrant)
             resume = cfg.get("resume")

@@ -60,7 +60,7 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.npz"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 2  # 2: config_sha256 and code_version in the meta (1 had neither: not resumable)
-MAY_DIFFER_ON_RESUME = ("resume", "debug")  # keys outside the config hash (sim.app.RESUME_OVERRIDABLE)
+MAY_DIFFER_ON_RESUME = ("resume", "debug", "progress")  # keys outside the config hash (sim.app.RESUME_OVERRIDABLE)
 
 
 def _stored(cfg: dict) -> dict:

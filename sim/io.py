@@ -19,6 +19,7 @@ import math
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -118,9 +119,146 @@ def write_text(path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_netcdf(path, ds) -> None:
+# ------------------------------------------------------------------------------ what results.nc holds
+
+OUTPUT_KEYS = ("compress", "variables", "cells", "float32")
+CELL_MODES = ("all", "summary")
+DEFAULT_COMPRESS = 4  # zlib level: 1-9 differ by <2% in size on our records; 4 takes ~0.5 s per 25 MB (idle core)
+# a compressed variable is stored in chunks, whose index costs ~3 KB: below this size it would grow
+MIN_COMPRESS_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """The ``output:`` section of a config (conf/config.yaml), parsed.
+
+    ``compress``: zlib level 0-9 with byte shuffle (lossless; 0 = none). ``variables``: the dataset
+    variables to keep (None: all). ``cells``: ``all``, or ``summary`` (each per-cell variable
+    becomes its mean over cells plus ``<name>_cell_std``; ``n_cells`` in the attributes turns a
+    mean back into a tissue total). ``float32``: store float64 arrays as float32 (lossy: ~7
+    significant digits, so off by default; a comparison with the reference backend to 1e-13 needs
+    float64)."""
+
+    compress: int = DEFAULT_COMPRESS
+    variables: tuple | None = None
+    cells: str = "all"
+    float32: bool = False
+
+    @property
+    def selects(self) -> bool:
+        """Whether the dataset's content (not only its encoding) changes."""
+        return self.variables is not None or self.cells != "all"
+
+
+def output_problems(cfg) -> list:
+    """One :class:`~sim.errors.ConfigError` per bad entry of ``cfg["output"]`` (empty: fine). The
+    variable names themselves are checked against the dataset by :func:`check_variables`."""
+    from sim.errors import ConfigError
+
+    node = cfg.get("output") if isinstance(cfg, dict) else None
+    if node is None:
+        return []
+    if not isinstance(node, dict):
+        return [ConfigError("output", node, "a mapping with " + ", ".join(OUTPUT_KEYS))]
+    out = []
+    for key in node:
+        if key not in OUTPUT_KEYS:
+            out.append(ConfigError(f"output.{key}", node[key], "a key of output: " + ", ".join(OUTPUT_KEYS)))
+    c = node.get("compress", DEFAULT_COMPRESS)
+    if not (isinstance(c, bool) or (isinstance(c, int) and 0 <= c <= 9)):
+        out.append(ConfigError("output.compress", c, f"true (zlib level {DEFAULT_COMPRESS}), false, or a zlib level 0-9"))
+    v = node.get("variables", "all")
+    if not (v is None or v == "all" or (isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x for x in v)
+                                        and len(set(v)) == len(v))):
+        out.append(ConfigError("output.variables", v, "all, or a non-empty list of distinct variable names of "
+                               "results.nc, e.g. [energy_charge, pools]"))
+    cells = node.get("cells", "all")
+    if cells not in CELL_MODES:
+        out.append(ConfigError("output.cells", cells, "all (every cell) or summary (mean and std over cells)"))
+    f = node.get("float32", False)
+    if not isinstance(f, bool):
+        out.append(ConfigError("output.float32", f, "true or false"))
+    return out
+
+
+def output_options(cfg) -> OutputOptions:
+    """The parsed ``output`` section (defaults where absent); its first problem raised, if any."""
+    problems = output_problems(cfg)
+    if problems:
+        raise problems[0]
+    node = (cfg.get("output") if isinstance(cfg, dict) else None) or {}
+    c = node.get("compress", DEFAULT_COMPRESS)
+    v = node.get("variables", "all")
+    return OutputOptions(compress=(DEFAULT_COMPRESS if c is True else int(c or 0)),
+                         variables=None if v in (None, "all") else tuple(v),
+                         cells=node.get("cells", "all"), float32=bool(node.get("float32", False)))
+
+
+def check_variables(options: OutputOptions, available) -> None:
+    """Refuse names in ``output.variables`` that the dataset does not hold, naming the ones it does."""
+    from sim.errors import ConfigError
+
+    if options.variables is None:
+        return
+    available = list(available)
+    unknown = [v for v in options.variables if v not in available]
+    if unknown:
+        raise ConfigError("output.variables", unknown if len(unknown) > 1 else unknown[0],
+                          "names of variables of this run's results.nc: " + ", ".join(available))
+
+
+def select_output(ds, options: OutputOptions):
+    """The dataset ``results.nc`` holds: ``output.variables`` kept, cells summarised if asked."""
+    if options.variables is not None:
+        check_variables(options, ds.data_vars)
+        ds = ds[list(options.variables)]
+    if options.cells == "summary" and "cell" in ds.dims:
+        import xarray as xr
+
+        n = int(ds.sizes["cell"])
+        out = {}
+        for name, var in ds.data_vars.items():
+            if "cell" not in var.dims:
+                out[name] = var
+                continue
+            values = var.astype("float64") if var.dtype.kind in "biu" else var
+            mean = values.mean("cell")
+            mean.attrs = {**var.attrs, "cell_reduction": f"mean over {n} cells"}
+            std = values.std("cell")
+            std.attrs = {**var.attrs, "cell_reduction": f"standard deviation over {n} cells"}
+            out[name], out[f"{name}_cell_std"] = mean, std
+        attrs = {**ds.attrs, "cells": f"summary: per-cell variables are means over the {n} cells "
+                 "(x n_cells for a tissue total), with <name>_cell_std", "n_cells": n}
+        ds = xr.Dataset(out, attrs=attrs).drop_vars("cell", errors="ignore")
+    return ds
+
+
+def netcdf_encoding(ds, options: OutputOptions) -> dict:
+    """Per-variable netCDF4 encoding: zlib + shuffle for numeric arrays of at least
+    :data:`MIN_COMPRESS_BYTES`, float64 stored as float32 with ``output.float32`` (coordinates keep
+    their dtype: time stamps stay exact)."""
+    enc = {}
+    for name, var in ds.data_vars.items():
+        e = {}
+        if options.compress and var.dtype.kind in "biuf" and var.ndim > 0 and var.nbytes >= MIN_COMPRESS_BYTES:
+            e.update(zlib=True, complevel=int(options.compress), shuffle=True)
+        if options.float32 and var.dtype == "float64":
+            e["dtype"] = "float32"
+        if e:
+            enc[name] = e
+    return enc
+
+
+def write_netcdf(path, ds, options: OutputOptions | None = None) -> None:
+    """``ds`` as netCDF4, shaped and encoded by ``options`` (default: every variable, zlib level
+    :data:`DEFAULT_COMPRESS`, float64 kept)."""
+    options = OutputOptions() if options is None else options
+    ds = select_output(ds, options).copy(deep=False)
+    for var in ds.variables.values():  # a dataset read from a file brings its encoding: options decide, not it
+        var.encoding = {}
+    encoding = netcdf_encoding(ds, options)
     with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4")
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
 
 
 def write_parquet(path, df) -> None:

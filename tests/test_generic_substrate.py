@@ -228,9 +228,11 @@ def test_command_line_writes_a_complete_run_folder(tmp_path):
     assert dict(ds.sizes) == {"replicate": 2, "time": 20, "cell": 4}
     assert all(ds[v].attrs["units"] == "1" for v in ds.data_vars)
     assert (run / "figures" / "generic.png").stat().st_size > 0
-    from sim.plot import main as plot_main  # the generic figures of `python -m sim.plot RUN`
+    from sim.plot import main as plot_main  # `python -m sim.plot RUN` redraws the substrate's own figure
 
-    assert plot_main([str(run)]) == 0 and (run / "figures" / "trajectories.png").is_file()
+    (run / "figures" / "generic.png").unlink()
+    assert plot_main([str(run)]) == 0 and (run / "figures" / "generic.png").stat().st_size > 0
+    assert not (run / "figures" / "trajectories.png").exists()
 
 
 @pytest.mark.parametrize("override,key", [

@@ -99,11 +99,11 @@ def test_sweep_collects_parquet_even_with_a_failed_job(tmp_path):
     assert len(sweeps) == 1
     df = pd.read_parquet(sweeps[0] / "summary.parquet")
     assert len(df) == 3
-    df = df.set_index("override.params.demand_scale")
-    assert df.loc["0.5", "status"] == "ok" and df.loc["2", "status"] == "ok"
-    assert df.loc["-1", "status"] == "failed" and "params.demand_scale" in df.loc["-1", "reason"]
+    df = df.set_index("override.params.demand_scale")  # typed: the values are numbers
+    assert df.loc[0.5, "status"] == "ok" and df.loc[2.0, "status"] == "ok"
+    assert df.loc[-1.0, "status"] == "failed" and "params.demand_scale" in df.loc[-1.0, "reason"]
     # a higher demand lowers the energy charge (the rows carry real outcomes)
-    assert df.loc["2", "energy_charge"] < df.loc["0.5", "energy_charge"]
+    assert df.loc[2.0, "energy_charge"] < df.loc[0.5, "energy_charge"]
     for job in ("0", "1", "2"):
         assert (sweeps[0] / job / "summary.json").is_file()
 
@@ -116,6 +116,7 @@ def test_llm_serving_run_folder_and_plot(tmp_path):
         assert {"time", "cell", "replicate"} <= set(ds.dims)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok" and "stable" in summary
-    out = _sim([str(run)], run, module="sim.plot")
+    out = _sim([str(run)], run, module="sim.plot")  # the LLM substrate's own figure, not every trajectory
     assert out.returncode == 0, out.stderr
-    assert (run / "figures" / "trajectories.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "figures" / "serving.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (run / "figures" / "trajectories.png").exists()

@@ -226,5 +226,5 @@ def test_multirun_job_hydra_files_equal_hydras_own_and_sweep_is_collected(tmp_pa
         assert yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml").read_text())[0] == f"seed={job}"
         assert not (sweep / job / runlock.LOCK_FILE).exists()
     df = pd.read_parquet(sweep / "summary.parquet")
-    assert sorted(df["override.seed"]) == ["0", "1"] and (df["status"] == "ok").all()
+    assert sorted(df["override.seed"]) == [0, 1] and (df["status"] == "ok").all()  # typed: ints
     assert not [p for p in sweep.rglob(".tmp-*")]

@@ -153,6 +153,10 @@ CONFIGS = {
     # differentiation with its adaptation process (the substrate's adaptive variant): theta moves
     "generic_adaptive": [TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=4", "differentiation=imitation",
                          "differentiation.alpha=2", "differentiation.rate=5", "differentiation.noise=0.3"],
+    # several competing carriers with strategy imitation (the carrier processes of sim.core.carriers)
+    "generic_carriers": [TISSUE, "substrate=generic_tissue", "topology=ring", "topology.n_cells=4",
+                         "carriers=competing", "carriers.rate=5", "carriers.mutation=0.3", "carriers.storage=[0.1,0.2,0.4]",
+                         "carriers.conversion_rate=1", "differentiation.pattern_period=2", "differentiation.alpha=2"],
     "toy_mesa": None,  # TOY_CFG, registered by the fixture
 }
 
@@ -197,7 +201,13 @@ def test_backends_agree(pair):
     name, jx, ms = pair
     assert jx.backend == "jax" and ms.backend == "mesa"
     assert jx.substrate is ms.substrate
-    assert jx.substrate.name == name.removesuffix("_adaptive")
+    assert jx.substrate.name == name.removesuffix("_adaptive").removesuffix("_carriers")
+    if name.endswith("_carriers"):
+        assert "carrier_strategy" in jx.substrate.process_names
+        assert float(np.sum(np.asarray(ms.state.carriers.switches))) > 0  # strategies moved
+        for model in (jx, ms):  # the cell agents read the carrier they make from the state
+            np.testing.assert_array_equal([a.carrier for a in model.agents_of("cell")],
+                                          np.asarray(model.state.carriers.make))
     if name.endswith("_adaptive"):
         assert "adaptation" in jx.substrate.process_names
         assert float(np.sum(np.asarray(ms.state.diff.switched))) > 0  # theta moved

@@ -75,8 +75,14 @@ class RunSchema:
     society: Any = None  # experiment=society: LLM division of labour (sim.substrates.llm.society)
     homeostasis: Any = None  # experiment=homeostasis: ATP, PCr, Pi and dG against work rate
     differentiation: Any = None  # theta and its adaptation (sim.core.differentiation; conf/differentiation/)
+    progress: Any = None  # progress lines on stderr: auto | true | false (checked in sim.config.validate)
+    output: Any = None  # results.nc: compress, variables, cells, float32 (checked in sim.config.validate)
+    devices: Any = None  # JAX devices the rows are split over: 1 | auto | N (sim.core.sharding)
+    carriers: Any = None  # competing carriers and standardisation (sim.core.carriers; conf/carriers/)
     multicellular: Any = None  # experiment=multicellular: phase diagrams of division of labour
+    standardization: Any = None  # experiment=standardization: competing carriers (sim.core.carriers)
     robustness: Any = None  # experiment=robustness: failures of producers / specialists
+    calibrate: Any = None  # experiment=calibrate: gradient fit of parameters (sim.core.gradients, optax)
 
 
 def register() -> None:

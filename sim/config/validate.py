@@ -38,12 +38,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sim.config.schema import RunSchema
+from sim.core import sharding
 from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 
-STRICT_GROUPS = ("substrate", "model", "gpu", "differentiation")  # free-form groups checked against conf/<group>/*.yaml
+STRICT_GROUPS = ("substrate", "model", "gpu", "differentiation", "carriers")  # free-form groups checked against conf/<group>/*.yaml
 EXPERIMENT_SECTIONS = ("roofline", "serving", "cascade", "analogy", "study", "sensitivity", "society", "homeostasis",
-                       "multicellular", "robustness")  # set by conf/experiment/*.yaml
+                       "multicellular", "robustness", "calibrate", "standardization")  # set by conf/experiment/*.yaml
 MAX_SEED = 2**63 - 1  # jax.random.PRNGKey(seed) converts the seed to a signed 64-bit integer
 REPLICATE_LIMIT = 2**32  # replicate numbers are folded into the key as uint32 (fold_in)
 BACKENDS = ("jax", "mesa")
@@ -154,6 +155,10 @@ def _check_types(cfg: dict, out: _Collector) -> None:
             continue
         if key.startswith("params."):
             continue  # free-form names, checked against sim.substrates.bio.params.Params below
+        if key == "devices":
+            continue  # "auto" or an integer: checked in validate() (sim.core.sharding owns the rule)
+        if key == "progress" or key.split(".")[0] == "output":
+            continue  # checked by _check_run_options (sim.progress, sim.io own the rules)
         try:
             OmegaConf.merge(schema, _nest(key, value))
         except ConfigKeyError:
@@ -334,6 +339,20 @@ def _check_params(params, out: _Collector) -> None:
             out.add(key, value, allowed)
 
 
+def _check_run_options(cfg: dict, out: _Collector) -> None:
+    """``progress`` (:func:`sim.progress.parse_mode`) and the ``output`` section
+    (:func:`sim.io.output_problems`; variable names are checked against the run's dataset in sim.api)."""
+    from sim.io import output_problems
+    from sim.progress import parse_mode
+
+    try:
+        parse_mode(cfg.get("progress"))
+    except ConfigError as exc:
+        out.add_error(exc)
+    for problem in output_problems(cfg):
+        out.add_error(problem)
+
+
 def _check_topology(topo, out: _Collector) -> None:
     from sim.topology import FORMATS, KINDS
 
@@ -414,7 +433,10 @@ def validate(cfg: dict) -> None:
     resume = cfg.get("resume")
     if "resume" not in bad and resume is not None and not (isinstance(resume, str) and resume):
         out.add("resume", resume, "null or the path of a run folder with a checkpoint")
+    if "devices" in cfg and not sharding.valid(cfg["devices"]):
+        out.add("devices", cfg["devices"], sharding.ALLOWED)
     _check_params(cfg.get("params"), out)
+    _check_run_options(cfg, out)
     _check_topology(cfg.get("topology") or {}, out)
     _check_group_keys(cfg, out)
 

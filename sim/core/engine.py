@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.errors import NumericalError
-from sim.core import ops
+from sim.core import ops, sharding
 from sim.rng import replicate_keys
 
 # ------------------------------------------------------------------------------ small helpers
@@ -168,15 +168,17 @@ def _axes_key(axes):
 
 
 def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixed_order: bool,
-                     state, params, keys):
-    """The compiled ``jit(vmap(scan))`` of one chunk for these shapes; built once per process."""
+                     state, params, keys, layout=None):
+    """The compiled ``jit(vmap(scan))`` of one chunk for these shapes; built once per process.
+    ``layout``: rows split over several devices (:class:`sim.core.sharding.Layout`), None for one."""
     key = (substrate, chunk, record_every, _axes_key(params_axes), bool(fixed_order),
-           signature_key(state, params, keys))
+           signature_key(state, params, keys), None if layout is None else layout.key)
 
     def build():
         fn = functools.partial(scan_records, substrate.step, substrate.observe,
                                n_records=chunk, record_every=record_every, check_fn=substrate.step_check)
-        jitted = jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)))
+        shard = {} if layout is None else layout.jit_kwargs(state, params, keys, params_axes)
+        jitted = jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)), **shard)
         with ops.reduction_order(fixed_order):  # read while tracing, and part of the key above
             return jitted.lower(state, params, keys).compile()
 
@@ -302,12 +304,14 @@ def check_chunk(substrate, chunk_state, rec, params, keys, *, record_every: int,
     if hit is None:
         return None
     r, t, cell, quantity, value = hit
-    s_r, p_r = take(chunk_state, r), take(params, r, params_axes)
+    # (on the host: the replay runs on one device whatever the run's layout)
+    s_r, p_r = jax.device_get((take(chunk_state, r), take(params, r, params_axes)))
+    key_r = jax.device_get(keys[r])
     error = None
     try:
         if t:
-            s_r = _advance_jit(substrate, fixed_order)(s_r, p_r, keys[r], t * record_every)
-        error = diagnose(substrate, s_r, p_r, keys[r], chunk_start + t * record_every, record_every, fixed_order)
+            s_r = _advance_jit(substrate, fixed_order)(s_r, p_r, key_r, t * record_every)
+        error = diagnose(substrate, s_r, p_r, key_r, chunk_start + t * record_every, record_every, fixed_order)
     except Exception:  # the replay is a diagnosis aid: never let it hide the failure itself
         error = None
     if error is None:  # not reproduced step by step: report what the records show
@@ -356,7 +360,7 @@ def drive_chunks(compiled, state, params, keys, *, n_chunks: int, chunk: int, re
 def run(substrate, state0, params, *, seed: int, steps: int, record_every: int, replicates: int = 1,
         chunk_records: int = 200, batched_params: bool = False, first_replicate: int = 0,
         on_chunk: Callable | None = None, start_step: int = 0, keys=None,
-        checkpoint: Callable | None = None, fixed_order: bool | None = None) -> RunResult:
+        checkpoint: Callable | None = None, fixed_order: bool | None = None, devices=None) -> RunResult:
     """Run ``steps`` steps of ``replicates`` replicates of ``substrate``.
 
     ``state0`` is unbatched unless it has a leading replicate axis already (resume). With
@@ -367,8 +371,10 @@ def run(substrate, state0, params, *, seed: int, steps: int, record_every: int, 
     are called (``steps_done``: steps of this call, after ``start_step``); resuming passes the
     checkpointed batched state, its ``keys`` and ``start_step``, and with the same chunk length the
     continuation is bit-identical. ``fixed_order``: fixed-order reductions (bitwise batch
-    invariance, :mod:`sim.determinism`); None takes the process's configured choice. Stops at the
-    first bad chunk, keeping the earlier ones (``RunResult.error``)."""
+    invariance, :mod:`sim.determinism`); None takes the process's configured choice. ``devices``:
+    ``1``, ``"auto"`` or N, the rows split over that many devices (:mod:`sim.core.sharding`); None
+    takes the process's configured choice. Stops at the first bad chunk, keeping the earlier ones
+    (``RunResult.error``)."""
     if steps % record_every:
         raise ValueError("steps must be a multiple of record_every")
     if fixed_order is None:
@@ -381,7 +387,11 @@ def run(substrate, state0, params, *, seed: int, steps: int, record_every: int, 
         keys = replicate_keys(seed, replicates, first_replicate)
     axes = substrate.params_axes(params) if batched_params else None
     chunk = chunk_length(n_records, chunk_records)
-    compiled, compile_s = chunk_executable(substrate, chunk, record_every, axes, fixed_order, state, params, keys)
+    layout = sharding.layout(sharding.current() if devices is None else devices, int(np.shape(state.step)[0]))
+    if layout is not None:  # rows spread over several devices
+        state, params, keys = layout.place(state, params, keys, axes)
+    compiled, compile_s = chunk_executable(substrate, chunk, record_every, axes, fixed_order, state, params, keys,
+                                           layout)
 
     def check(chunk_state, rec, done, previous):
         return check_chunk(substrate, chunk_state, rec, params, keys, record_every=record_every,

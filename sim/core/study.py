@@ -247,11 +247,13 @@ class StudyResult:
 
 def evaluate(substrate, built, names, x, outcomes, *, steps: int, record_every: int, replicates_per_point: int = 1,
              chunk_points: int = 64, seed: int | None = None, first_replicate: int = 0,
-             chunk_records: int = 100) -> StudyResult:
+             chunk_records: int = 100, devices=None) -> StudyResult:
     """Outcomes of every point of ``x`` (``(n_points, len(names))``), ``replicates_per_point`` rows
     each, ``chunk_points`` points per engine call (one compiled shape for the whole study).
     ``outcomes``: outcome texts (parsed with :func:`parse_outcome`). A numerical failure stops the
-    study: ``error`` and ``failed_point`` say where (outcomes of points after it are NaN)."""
+    study: ``error`` and ``failed_point`` say where (outcomes of points after it are NaN).
+    ``devices``: the rows (points x replicates) of each call split over that many devices
+    (``1``, ``"auto"``, N; None: the process's choice, :mod:`sim.core.sharding`)."""
     t0 = time.perf_counter()
     x = np.asarray(x, np.float64)
     n_points, R = x.shape[0], int(replicates_per_point)
@@ -271,7 +273,7 @@ def evaluate(substrate, built, names, x, outcomes, *, steps: int, record_every: 
         params = stack_params(substrate, built.params, chunk_points * R, values)
         res = engine.run(substrate, built.state, params, seed=seed, steps=steps, record_every=record_every,
                          replicates=chunk_points * R, batched_params=True, keys=keys,
-                         chunk_records=chunk_records)
+                         chunk_records=chunk_records, devices=devices)
         calls += 1
         wall += res.wall_s
         comp += res.compile_s

@@ -50,6 +50,11 @@ What a substrate provides (all pure or host-side functions; none reads module st
     a :class:`sim.core.differentiation.Hooks` (work ledger, charged currency, how to pay, alive):
     the substrate then carries ``state.diff`` / ``params.diff``, scales its production and
     specialised work by ``theta`` and gets the adaptation process of the core for free.
+``carriers`` (optional)
+    a :class:`sim.core.carriers.Hooks` (work ledger, how to settle the charged pool, alive): the
+    substrate then carries ``state.carriers`` / ``params.carriers``, splits its charged pool over
+    ``carriers.n`` competing carriers in its production, consumption and transport kernels, and
+    gets the core's upkeep (storage decay, conversion) and strategy processes.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class Substrate:
     currency: str = "currency"
     description: str = ""
     differentiation: object = None  # sim.core.differentiation.Hooks: theta, adaptation (None: not offered)
+    carriers: object = None  # sim.core.carriers.Hooks: several competing carriers (None: one currency only)
 
     @property
     def record_fields(self) -> tuple[str, ...]:

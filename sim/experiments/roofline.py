@@ -147,26 +147,8 @@ def run_roofline(cfg: dict) -> RunOutput:
 
 
 def roofline_figures(llm, batch: int, context: int, power_state: str, out_dir):
-    """Tokens/s and J/token against batch at this context (the roofline knee), this point marked."""
-    from pathlib import Path
+    """Tokens/s and J/token against batch at this context, the ridge point and this point marked
+    (the figure writer lives with the LLM substrate's results: :mod:`sim.substrates.llm.results`)."""
+    from sim.substrates.llm.results import roofline_figures as draw
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sim.plot import _save
-
-    cap_batch = max(1, int(llm.kv_capacity // context))
-    batches = np.unique(np.clip(np.round(np.logspace(0, math.log10(cap_batch), 40)), 1, cap_batch).astype(int))
-    pts = [specs.roofline_point(llm.model, llm.gpu, int(b), context, llm.n_gpus, power_state) for b in batches]
-    here = specs.roofline_point(llm.model, llm.gpu, batch, context, llm.n_gpus, power_state)
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax[0].loglog(batches, [p["tokens_per_s"] for p in pts])
-    ax[0].plot([batch], [here["tokens_per_s"]], "o", color="C3")
-    ax[0].set(xlabel="batch (streams)", ylabel="tokens/s", title=f"{llm.model.name} on {llm.gpu.name}, context {context}")
-    ax[1].loglog(batches, [p["joules_per_token"] for p in pts])
-    ax[1].plot([batch], [here["joules_per_token"]], "o", color="C3")
-    ax[1].set(xlabel="batch (streams)", ylabel=f"J/token ({power_state} power)", title="energy per token")
-    fig.tight_layout()
-    return [_save(fig, Path(out_dir) / "figures" / "roofline.png")]
+    return draw(llm, batch, context, power_state, out_dir)

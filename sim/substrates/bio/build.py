@@ -16,6 +16,7 @@ import networkx as nx
 import numpy as np
 
 from sim.constants import FARADAY_C_PER_MOL
+from sim.core import carriers as car
 from sim.core import differentiation as dif
 from sim.core.config import get, num
 from sim.errors import ConfigError
@@ -160,6 +161,11 @@ def _chains(sub, ckinds, dtype):
     return int(slots), fields
 
 
+def _floats_as(tree, dtype):
+    """``tree`` with its floating leaves as ``dtype`` (integer and boolean leaves kept)."""
+    return jax.tree_util.tree_map(lambda x: x if np.asarray(x).dtype.kind in "iub" else np.asarray(x, dtype), tree)
+
+
 def build(cfg, dtype=np.float64) -> Model:
     """Config (with ``substrate``, ``topology``, ``seed``, ``dt``) -> :class:`Model`."""
     sub = cfg["substrate"]
@@ -297,6 +303,7 @@ def build(cfg, dtype=np.float64) -> Model:
     # the few slots that wait for their next initiation)
     chains = dataclasses.replace(chains, active=np.ones((n, n_slots), bool))
     diff_opts = dif.read_config(cfg)
+    carrier_opts = car.read_config(cfg)
     diff = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), dif.init_state(diff_opts, n, seed))
     state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, step=np.int32(0),
                   chains=chains, chain_ledger=chain_ledger, diff=diff)
@@ -353,15 +360,19 @@ def build(cfg, dtype=np.float64) -> Model:
         permeability=perm,
         conductance_scale=p(1.0),
         edges=edges,
-        diff=jax.tree_util.tree_map(lambda x: x if np.asarray(x).dtype.kind in "iub" else np.asarray(x, dtype),
-                                    dif.init_params(diff_opts, src, dst, n)),
+        diff=_floats_as(dif.init_params(diff_opts, src, dst, n), dtype),
+        carriers=_floats_as(car.init_params(carrier_opts, src, dst, n), dtype),
     )
     overrides = cfg.get("params") or {}
     for name, value in overrides.items():
-        if name not in {f.name for f in dataclasses.fields(Params)} or name in ("edges", "diff"):
+        if name not in {f.name for f in dataclasses.fields(Params)} or name in ("edges", "diff", "carriers"):
             raise ConfigError(f"params.{name}", value, "a scalar parameter name of sim.substrates.bio.params.Params")
         params = dataclasses.replace(params, **{name: p(value)})
     state = _buffer_at_equilibrium(state, params)
+    # the charged pool is split over the carriers once the pools are final (creatine kinase
+    # equilibrium moves ATP): each cell holds its ATP in the carrier it makes
+    carriers = car.init_state(carrier_opts, state.cells.pools[:, ATP], seed)
+    state = dataclasses.replace(state, carriers=_floats_as(carriers, dtype))
     return Model(
         state=state, params=params, graph=graph, producer_kinds=pkinds, consumer_kinds=ckinds,
         work_units=work_units, substrate=dict(sub), seed=seed,

@@ -76,6 +76,7 @@ class Params:
     conductance_scale: object  # multiplier on all edge conductances (sweeps)
     edges: Edges
     diff: object = None  # sim.core.differentiation.DiffParams
+    carriers: object = None  # sim.core.carriers.CarrierParams (costs per carrier; zero width with one carrier)
 
 
 

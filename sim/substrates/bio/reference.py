@@ -27,6 +27,13 @@ Chains (``sim.core.chains``, ``sim.substrates.bio.kernels.translation``): in the
 serves it in the tier of the consumer kind the chains realise, and steps them with the share
 granted (:func:`step_chains`, the per-cell form of ``sim.core.chains.chain_step``, also
 usable with tools, memory compressions and budgets switched on).
+
+Carriers (``carriers.n > 1``, ``sim.core.carriers``): :class:`sim.core.carriers.CarrierReference`
+holds each cell's nucleoside triphosphates (``self.car.held[i]``, mM); the processes use them in
+the order of the kernels (spendable ATP for the consumers, debit then credit in metabolism, every
+carrier down its own gradient in transport, pro rata changes in the kinases, biogenesis and
+differentiation moves), and :meth:`ReferenceBio.step` ends with ``carrier_upkeep`` and, with
+``carriers.rule: imitation``, ``carrier_strategy``, as the engine's appended processes.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 from sim import rng
 from sim.constants import R_J_PER_MOL_K
 from sim.core import chains as ck
+from sim.core.carriers import CarrierReference, reconcile_row
 from sim.core.differentiation import AdaptationReference
 from sim.core.chains import CHAIN_LEDGER_FIELDS, Chain, ChainStep, chain_quote, step_chains  # noqa: F401 (re-exported)
 from sim.substrates.bio.kernels.thermo import MAX_LOG_STEP, N_NEWTON, TINY_MM
@@ -100,6 +108,7 @@ class Cell:
         self.out_edges = []  # [(dst Cell, (g p_s) per species, keep, leak)] junctions this cell owns
         self.in_edges = []  # [(src Cell, index in its flux, keep, leak)]
         self.flux = []  # this step's signed flux per owned junction (None: closed)
+        self.kflux = []  # with several carriers: each carrier's signed flux per owned junction
 
     def __repr__(self) -> str:
         return f"Cell({self.index}, alive={self.alive}, pools={self.pools})"
@@ -128,6 +137,9 @@ class ReferenceBio:
         self.cells = [self._make_cell(s, i) for i in range(n)]
         # differentiation (sim.core.differentiation): theta scales producers and specialised consumers
         self.diff = AdaptationReference(s.diff, params.diff, self.key)
+        # several carriers (sim.core.carriers): the ATP of cell i held as self.car.held[i]
+        self.car = CarrierReference(s.carriers, params.carriers, self.key) if s.carriers is not None else None
+        self.carriers_on = self.car is not None and self.car.on
         self.producers = [p for c in self.cells for p in c.producers]
         self.consumers = [k for c in self.cells for k in c.consumers]
         self.chains = [ch for c in self.cells for ch in c.chains]
@@ -143,6 +155,7 @@ class ReferenceBio:
             other.in_edges.append((owner, len(owner.out_edges), keep, leak))
             owner.out_edges.append((other, gp, keep, leak))
             owner.flux.append(None)
+            owner.kflux.append(None)
 
     def _read_params(self, params) -> None:
         f = float
@@ -356,7 +369,11 @@ class ReferenceBio:
 
         # consumption by priority tier, limited by the ATP present at the start of the step: each
         # consumer wants V A'/(K + A') dt, A' = max(A - reserve of its tier, 0); the chains quote
-        # their demand in place of the consumer they realise (served in its tier)
+        # their demand in place of the consumer they realise (served in its tier). With several
+        # carriers A is what the cell's consumers can spend of its step-start holdings.
+        a_pool = a
+        if self.carriers_on:
+            a = self.car.spendable(cell.index)
         cc = cell.chain_c
         if cc is not None:
             cp = self.chain_params_cell(cell, a)
@@ -425,14 +442,23 @@ class ReferenceBio:
         spent_total = spent + repair_spent
         x = s + (uptake - glc_used)
         pools[GLC] = x if x > 0.0 else 0.0
-        x = a + (made - spent_total)
-        pools[ATP] = x if x > 0.0 else 0.0
-        x = d + (spent_total - made)
-        pools[ADP] = x if x > 0.0 else 0.0
-        x = pi + (spent_total - made)
-        pools[PI] = x if x > 0.0 else 0.0
-
-        hydrolysis = spent_total * abs_dg * self.volume
+        if self.carriers_on:  # debit what was spent, credit what was made; the losses hydrolysed
+            lost = self.car.debit(cell.index, spent_total)
+            lost = lost + self.car.credit(cell.index, made)
+            x = d + ((spent_total - made) + lost)
+            pools[ADP] = x if x > 0.0 else 0.0
+            x = pi + ((spent_total - made) + lost)
+            pools[PI] = x if x > 0.0 else 0.0
+            pools[ATP] = self.car.total(cell.index)
+            hydrolysis = (spent_total + lost) * abs_dg * self.volume
+        else:
+            x = a_pool + (made - spent_total)
+            pools[ATP] = x if x > 0.0 else 0.0
+            x = d + (spent_total - made)
+            pools[ADP] = x if x > 0.0 else 0.0
+            x = pi + (spent_total - made)
+            pools[PI] = x if x > 0.0 else 0.0
+            hydrolysis = spent_total * abs_dg * self.volume
         stored = made * abs_dg * self.volume
         cell.produced += made
         cell.repair_spent += repair_spent
@@ -473,6 +499,11 @@ class ReferenceBio:
                 )
             else:
                 flux[k] = None
+        if self.carriers_on:  # every carrier down its own gradient, with ATP's permeability
+            mine, kflux = self.car.held[cell.index], cell.kflux
+            for k, (nb, gp, _, _) in enumerate(cell.out_edges):
+                kflux[k] = None if flux[k] is None else tuple(gp[ATP] * (h - o) for h, o in
+                                                               zip(mine, self.car.held[nb.index]))
 
     def transport_apply_cell(self, cell: Cell) -> None:
         """Add the fluxes of this cell's junctions (those it owns, then those it receives); what
@@ -518,12 +549,60 @@ class ReferenceBio:
                 out_in += -j
         pools = cell.pools
         lost = cell.lost
+        if self.carriers_on:  # ATP moved as its carriers: their flows replace the ATP column's
+            in_own, out_own, in_in, out_in = self._transport_carriers_cell(cell, d_own, lost_own, d_in, lost_in)
         for s in _S:
             x = pools[s] + (d_own[s] + d_in[s])
             pools[s] = x if x > 0.0 else 0.0
             lost[s] += lost_own[s] + lost_in[s]
+        if self.carriers_on:
+            pools[ATP] = self.car.total(cell.index)
         cell.transported_in += in_own + in_in
         cell.transported_out += out_own + out_in
+
+    def _transport_carriers_cell(self, cell: Cell, d_own, lost_own, d_in, lost_in):
+        """The carriers' share of :meth:`transport_apply_cell`: each carrier's holding changes by
+        its own flows; the ATP ledgers (sent, received, lost) add the carriers' flows each way
+        (per junction: sent = sum of the positive flows, as the kernel's ATP column). Returns the
+        ATP (received, sent) over owned junctions and over the others'."""
+        k_n = self.car.k
+        dh = [0.0] * k_n
+        d_own[ATP] = d_in[ATP] = lost_own[ATP] = lost_in[ATP] = 0.0
+        in_own = out_own = in_in = out_in = 0.0
+        for (_, _, keep, leak), flux, kf in zip(cell.out_edges, cell.flux, cell.kflux):
+            if flux is None:  # closed (kflux is not refreshed then)
+                continue
+            sent = recv = 0.0
+            for m, j in enumerate(kf):
+                if j > 0.0:
+                    dh[m] += -j
+                    sent += j
+                elif j < 0.0:
+                    dh[m] += keep * -j
+                    recv += -j
+            lost_own[ATP] += leak * sent
+            out_own += sent
+            in_own += keep * recv
+        for src, k, keep, leak in cell.in_edges:
+            if src.flux[k] is None:
+                continue
+            kf = src.kflux[k]
+            sent = recv = 0.0
+            for m, j in enumerate(kf):
+                if j > 0.0:  # received from the owner
+                    dh[m] += keep * j
+                    recv += j
+                elif j < 0.0:  # sent to the owner
+                    dh[m] += j
+                    sent += -j
+            lost_in[ATP] += leak * sent
+            out_in += sent
+            in_in += keep * recv
+        held = self.car.held[cell.index]
+        for m in range(k_n):
+            x = held[m] + dh[m]
+            held[m] = x if x > 0.0 else 0.0
+        return in_own, out_own, in_in, out_in
 
     # 3 adenylate kinase
     def adenylate_kinase(self) -> None:
@@ -558,6 +637,7 @@ class ReferenceBio:
         pools[ATP] = a
         pools[ADP] = d
         pools[AMP] = m if m > 0.0 else 0.0
+        self._reconcile(cell, a)
         cell.ak_atp += a - a0
 
     def _ak_ck_cell(self, cell: Cell) -> None:
@@ -589,11 +669,34 @@ class ReferenceBio:
         pools[ATP] = a
         pools[ADP] = d
         pools[AMP] = n * k / q
+        self._reconcile(cell, a)
         pcr = c * r / (r + kc)
         cell.pcr = pcr
         ck = pcr0 - pcr
         cell.ak_atp += (a - a0) - ck
         cell.ck_atp += ck
+
+    def _reconcile(self, cell: Cell, atp: float) -> None:
+        """With several carriers: the kinases' new ATP ``atp`` spread over the cell's carriers pro
+        rata (``sim.core.carriers.reconcile``); the ATP pool is their sum."""
+        if self.carriers_on:
+            i = cell.index
+            self.car.held[i] = reconcile_row(self.car.held[i], self.car.make[i], atp)
+            cell.pools[ATP] = self.car.total(i)
+
+    def _pay(self, cell: Cell, cost: float) -> None:
+        """ATP hydrolysed for ``cost`` mM (ATP -> ADP + Pi); with several carriers taken from every
+        carrier pro rata (``sim.core.carriers.discharge``) and the ATP pool their sum."""
+        pools = cell.pools
+        a = pools[ATP]
+        pools[ATP] = a - cost
+        pools[ADP] = pools[ADP] + cost
+        pools[PI] = pools[PI] + cost
+        if self.carriers_on:
+            i = cell.index
+            frac = cost / a if a > 0 else 0.0
+            self.car.held[i] = [h * (1.0 - frac) for h in self.car.held[i]]
+            pools[ATP] = self.car.total(i)
 
     # 4 producer failure
     def producer_failure(self) -> None:
@@ -652,9 +755,7 @@ class ReferenceBio:
                 cell.heat_j += energy
                 cell.hydrolysis_energy_j += energy
                 cell.stored_energy_j -= energy
-                pools[ATP] = a + -cost
-                pools[ADP] = d + cost
-                pools[PI] = pools[PI] + cost
+                self._pay(cell, cost)
                 cell.births += 1
                 cell.birth_spent += cost
                 return
@@ -691,6 +792,10 @@ class ReferenceBio:
         self.producer_biogenesis()
         self.cell_stress()
         self.adaptation()
+        if self.carriers_on:  # the core's appended processes (sim.core.carriers.with_carriers)
+            self.carrier_upkeep()
+            if self.car.rule == "imitation":
+                self.carrier_strategy()
         self.step_count += 1
 
     # 7 differentiation (only with an adaptive rule: sim.core.differentiation.adaptive)
@@ -706,10 +811,32 @@ class ReferenceBio:
             cell.heat_j += energy
             cell.hydrolysis_energy_j += energy
             cell.stored_energy_j -= energy
-            pools[ATP] = pools[ATP] - cost
-            pools[ADP] = pools[ADP] + cost
-            pools[PI] = pools[PI] + cost
+            self._pay(cell, cost)
             cell.switching += cost
+
+    # 8 carriers (only with several: sim.core.carriers.with_carriers appends them)
+    def carrier_upkeep(self) -> None:
+        """Storage decay and background conversion; the charge dissipated is hydrolysed into the
+        shared ADP and Pi, its |dG| (at the pools before) ends as heat (``spec.settle``)."""
+        for cell, x in zip(self.cells, self.car.upkeep(self.dt)):
+            pools = cell.pools
+            energy = x * self.abs_dg(pools) * self.volume
+            cell.heat_j += energy
+            cell.hydrolysis_energy_j += energy
+            cell.stored_energy_j -= energy
+            pools[ATP] = self.car.total(cell.index)
+            pools[ADP] = pools[ADP] + x
+            pools[PI] = pools[PI] + x
+
+    def carrier_strategy(self) -> None:
+        """Imitation of a better-off neighbour's carrier; the payoff is the cell's work (all kinds)."""
+        work = []
+        for cell in self.cells:
+            w = 0.0
+            for c in cell.consumers:
+                w += c.work
+            work.append(w)
+        self.car.strategy(self.step_count, self.dt, work, [c.alive for c in self.cells])
 
     # ---- export -------------------------------------------------------------------------------
 
@@ -749,6 +876,8 @@ class ReferenceBio:
             chains=chains,
             chain_ledger=chain_ledger,
             diff=self.diff.state(),
+            carriers=None if self.car is None else jax.tree_util.tree_map(
+                lambda x, like: np.asarray(x, like.dtype), self.car.state(), init.carriers),
         )
 
 

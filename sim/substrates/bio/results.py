@@ -216,3 +216,191 @@ def chain_summary(model, st, tissue, to_molecules) -> dict:
         "atp_per_aa": tissue(_np(cled.elongation_spent)) * to_molecules / aa if aa > 0 else float("nan"),
     }
 
+
+
+# ------------------------------------------------------------------------------ figures
+#
+# Each figure is built by a function returning the matplotlib Figure (tests read its axes, labels and
+# limits); :func:`figures` saves them into ``<run>/figures/``. Conventions: a line is the mean over
+# replicates, its band the min-max over replicates (the spread a reader must see to trust a
+# difference); y-ranges are fitted to what is drawn, never a fixed 0-1; currency amounts are in
+# molecules, the unit of summary.json's ``currency_*`` entries.
+
+MIN_EC_SPAN = 0.02  # the energy-charge panel never zooms into less than this (noise would look like a trend)
+PAD = 0.08  # fraction of the drawn range added above and below
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def molecules_per_mm(ds) -> float:
+    """Molecules in 1 mM of one cell's volume (``volume_l`` attribute): what turns the dataset's
+    ledgers into the molecules of summary.json."""
+    return float(ds.attrs["volume_l"]) * 1e-3 * AVOGADRO_PER_MOL
+
+
+def fitted_limits(lo: float, hi: float, *, min_span: float = 0.0, floor: float | None = None,
+                  ceil: float | None = None) -> tuple[float, float]:
+    """(bottom, top) around [lo, hi] with :data:`PAD` on each side and at least ``min_span``, kept
+    inside [floor, ceil]."""
+    lo, hi = float(lo), float(hi)
+    span = max(hi - lo, min_span)
+    mid = 0.5 * (lo + hi)
+    bottom, top = mid - 0.5 * span, mid + 0.5 * span
+    bottom, top = bottom - PAD * span, top + PAD * span
+    if floor is not None and bottom < floor:
+        top, bottom = min(top + (floor - bottom), ceil if ceil is not None else np.inf), floor
+    if ceil is not None and top > ceil:
+        bottom, top = max(bottom - (top - ceil), floor if floor is not None else -np.inf), ceil
+    return bottom, top
+
+
+def count_limits(lo: float, hi: float) -> tuple[float, float]:
+    """Y-range of a count: from 0 for a constant (a flat 200 is drawn at 200 of 0-230, not in a
+    199.5-200.5 window that makes rounding look like an event), fitted with whole-number padding
+    when it moves."""
+    lo, hi = float(lo), float(hi)
+    if hi - lo < 1.0:
+        return 0.0, max(1.0, hi) * 1.15
+    pad = max(1.0, PAD * (hi - lo))
+    return max(0.0, lo - pad), hi + pad
+
+
+def band(ax, t, x, *, color=None, label=None, spread: str | None = None, alpha=0.25):
+    """``x`` (dims replicate, time): the mean over replicates as a line and the min-max over
+    replicates as a band (one replicate: the line only). ``spread``: the band's legend entry
+    (default "<label>: min-max over N replicates"; "" for none). Returns (line, lowest, highest drawn)."""
+    mean, lo, hi = x.mean("replicate").values, x.min("replicate").values, x.max("replicate").values
+    line, = ax.plot(t, mean, color=color, label=label, lw=1.6)
+    n = x.sizes.get("replicate", 1)
+    if n > 1:
+        if spread is None:
+            spread = f"{label}: min-max over {n} replicates" if label else ""
+        ax.fill_between(t, lo, hi, color=line.get_color(), alpha=alpha, lw=0, label=spread or None)
+    return line, float(np.nanmin(lo)), float(np.nanmax(hi))
+
+
+def pools_figure(ds):
+    """Pools, energy charge and dG over time (means over cells; bands over replicates)."""
+    plt = _pyplot()
+    t = ds["time"].values
+    n_rep = ds.sizes["replicate"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.0))
+    ax = axes[0]
+    lows, highs = [], []
+    for i, sp in enumerate(ds["species"].values):
+        _, lo, hi = band(ax, t, ds["pools"].sel(species=sp).mean("cell"), color=f"C{i}", label=str(sp), spread="")
+        lows.append(lo)
+        highs.append(hi)
+    positive = [v for v in lows if v > 0]
+    if positive and max(highs) / min(positive) > 30:  # AMP at uM beside glucose at mM: log shows both
+        ax.set_yscale("log")
+    ax.set(xlabel="time (s)", ylabel="free pool (mM, mean over cells)", title="pools")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside: the pools span the panel
+
+    ax = axes[1]
+    ec = ds["energy_charge"]
+    cells_lo = ec.quantile(0.1, dim="cell").mean("replicate").values
+    cells_hi = ec.quantile(0.9, dim="cell").mean("replicate").values
+    if ds.sizes["cell"] > 1:
+        ax.fill_between(t, cells_lo, cells_hi, color="C0", alpha=0.18, lw=0, label="10-90% of cells")
+    _, lo, hi = band(ax, t, ec.mean("cell"), color="k", label="mean over cells",
+                     spread=f"mean over cells: min-max over {n_rep} replicates", alpha=0.35)
+    if ds.sizes["cell"] > 1:
+        lo, hi = min(lo, float(np.nanmin(cells_lo))), max(hi, float(np.nanmax(cells_hi)))
+    ax.set_ylim(*fitted_limits(lo, hi, min_span=MIN_EC_SPAN, floor=0.0, ceil=1.0))
+    ax.set(xlabel="time (s)", ylabel="energy charge", title="energy charge (ATP + ADP/2) / (ATP + ADP + AMP)")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    _, lo, hi = band(ax, t, ds["dg_atp"].mean("cell"), color="C3", label="mean over cells",
+                     spread=f"min-max over {n_rep} replicates")
+    ax.set_ylim(*fitted_limits(lo, hi, min_span=0.5))
+    ax.set(xlabel="time (s)", ylabel="dG of ATP hydrolysis (kJ/mol)", title="free energy of ATP hydrolysis")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"lines: mean of {n_rep} replicate{'s' if n_rep > 1 else ''}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def ledger_figure(ds):
+    """The currency ledger in molecules (summary.json's unit), cumulative, tissue totals: made and
+    spent; moved between cells on its own axis (it is orders of magnitude smaller, so on the same
+    axis it looks like zero), dropped when nothing moved; spent by consumer kind at the end."""
+    plt = _pyplot()
+    t = ds["time"].values
+    k = molecules_per_mm(ds)
+    currency = ds.attrs.get("currency", "ATP")
+    unit = f"{currency} molecules"
+    moved = ds["transported_out"].sum("cell") * k
+    show_moved = bool(np.nanmax(np.abs(moved.values)) > 0) if moved.size else False
+    n = 3 if show_moved else 2
+    fig, axes = plt.subplots(1, n, figsize=(4.8 * n, 4.0))
+    ax = axes[0]
+    band(ax, t, ds["produced"].sum("cell") * k, color="C0", label="produced")
+    band(ax, t, ds["spent"].sum("cell") * k, color="C1", label="spent")
+    ax.set(xlabel="time (s)", ylabel=f"cumulative, tissue total ({unit})", title="currency made and spent")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    if show_moved:
+        ax = axes[1]
+        _, lo, hi = band(ax, t, moved, color="C2", label="sent to neighbours")
+        ax.set_ylim(*fitted_limits(min(lo, 0.0), hi, floor=0.0))
+        ax.set(xlabel="time (s)", ylabel=f"cumulative, tissue total ({unit})", title="currency moved between cells")
+        ax.legend(fontsize=8)
+    ax = axes[-1]
+    by_kind = ds["spent_by_kind"].sum("cell") * k  # (replicate, consumer_kind)
+    kinds = [str(x) for x in ds["consumer_kind"].values]
+    mean = by_kind.mean("replicate").values
+    err = None
+    if ds.sizes["replicate"] > 1:
+        err = np.vstack([mean - by_kind.min("replicate").values, by_kind.max("replicate").values - mean])
+    ax.bar(kinds, mean, yerr=err, color=[f"C{i}" for i in range(len(kinds))], capsize=3)
+    ax.set(ylabel=f"cumulative spent at the end ({unit})", title="spent by consumer kind (cumulative)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def fate_figure(ds):
+    """Cells and producers alive (tissue totals; bands over replicates), whole-number axes."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    t = ds["time"].values
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax = axes[0]
+    _, lo, hi = band(ax, t, ds["alive"].sum("cell"), color="C0", label="cells alive")
+    total = ds.sizes["cell"]
+    ax.axhline(total, color="0.4", ls="--", lw=1, label=f"cells in the tissue ({total})")
+    ax.set_ylim(*count_limits(min(lo, total), max(hi, total)))
+    ax.set(xlabel="time (s)", ylabel="cells", title="cells alive")
+    ax = axes[1]
+    _, lo, hi = band(ax, t, ds["n_producers"].sum("cell"), color="C1", label="producers alive")
+    ax.set_ylim(*count_limits(lo, hi))
+    ax.set(xlabel="time (s)", ylabel="producers (all cells)", title="producers alive (mitochondria)")
+    for ax in axes:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = (("pools_energy_charge.png", pools_figure), ("ledger.png", ledger_figure), ("fate.png", fate_figure))
+
+
+def figures(ds, out_dir):
+    """``figures/pools_energy_charge.png``, ``ledger.png``, ``fate.png`` of a biology tissue run."""
+    from pathlib import Path
+
+    from sim.plot import _save
+
+    out = Path(out_dir) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    return [_save(make(ds), out / name) for name, make in FIGURES]

@@ -5,6 +5,16 @@ The equations are the kernels of :mod:`sim.substrates.bio.kernels` (process orde
 initial state and parameters come from ``conf/substrate/bio.yaml`` through
 :func:`sim.substrates.bio.build.build`, and the results (dataset, summary in molecules) from
 :mod:`sim.substrates.bio.results`. The guard's invariant: every pool finite and non-negative.
+
+Several competing carriers (``carriers.n > 1``, e.g. ``carriers=nucleotides``: ATP, GTP, UTP,
+CTP; :mod:`sim.core.carriers`): the ATP pool is split over nucleoside triphosphates held per cell
+(``State.carriers.held``, mM) that share one phosphate potential (ADP, AMP and Pi stay shared;
+dG and the energy charge use the total). The kernels make, spend and move the carriers
+(:mod:`sim.substrates.bio.kernels.metabolism`, ``.transport``), the kinases, biogenesis and
+differentiation moves change them pro rata, and the core appends ``carrier_upkeep`` (storage
+decay, background conversion, settled by :func:`settle`) and ``carrier_strategy`` (imitation; the
+payoff is the cell's work rate). With one carrier (the default) none of this is traced: the
+program is the one-currency program.
 """
 
 from __future__ import annotations
@@ -16,10 +26,13 @@ import numpy as np
 
 from sim.core.substrate import EntitySpec, Quantity, Substrate
 from sim.core.ops import rowsum
+from sim.core import carriers as car
 from sim.core import differentiation as dif
+from sim.pytree import replace
 from sim.substrates.bio.kernels.fate import pay_for_move
 from sim.substrates.bio.kernels.step import PROCESSES
-from sim.substrates.bio.state import ATP, SPECIES
+from sim.substrates.bio.kernels.thermo import dg_atp_kj
+from sim.substrates.bio.state import ADP, ATP, PI, SPECIES
 
 RECORDS = (
     Quantity("pools", "mM", "free (exchanging) pool concentration", ("species",)),
@@ -61,24 +74,34 @@ def observe(state) -> dict:
         "output": led.output,
         "substrate_used": led.substrate_used,
         "theta": state.diff.theta,
+        **(car.observe(state.carriers) if car.active(state.carriers) else {}),
     }
 
 
 def invariants(obs: dict, previous: dict | None = None) -> dict:
-    """Every pool finite and non-negative, one entry per species (``(..., cells)`` masks)."""
+    """Every pool finite and non-negative, one entry per species (``(..., cells)`` masks); with
+    several carriers every carrier's holding too (``held``, the values: their sum)."""
     pools = np.asarray(obs["pools"])
     out = {}
     for s, name in enumerate(SPECIES):
         x = pools[..., s]
         with np.errstate(invalid="ignore"):
             out[name] = (~np.isfinite(x) | (x < 0), x)
+    if "held" in obs:
+        x = np.asarray(obs["held"])
+        with np.errstate(invalid="ignore"):
+            out["held"] = (np.any(~np.isfinite(x) | (x < 0), axis=-1), x.sum(-1))
     return out
 
 
 def step_check(state):
     """Traced, after every step: any pool NaN/Inf or negative (the records' invariant, every step)."""
     pools = state.cells.pools
-    return jnp.any(~jnp.isfinite(pools) | (pools < 0))
+    bad = jnp.any(~jnp.isfinite(pools) | (pools < 0))
+    if car.active(state.carriers):  # static
+        held = state.carriers.held
+        bad = bad | jnp.any(~jnp.isfinite(held) | (held < 0))
+    return bad
 
 
 def build(cfg: dict):
@@ -126,19 +149,68 @@ def validate(cfg: dict) -> None:
 def to_dataset(model, result, cfg: dict):
     from sim.substrates.bio.results import to_dataset as bio_dataset
 
-    return bio_dataset(model, result, cfg)
+    ds = bio_dataset(model, result, cfg)
+    rec = result.records
+    if "held" in rec:  # several carriers: the carrier each cell makes and what it holds of each
+        import xarray as xr
+
+        ds = ds.assign_coords(carrier=car.carrier_names(car.read_config(cfg)))
+        for q in car.records("mM"):
+            ds[q.name] = xr.Variable(("replicate", "time", "cell") + q.extra_dims, rec[q.name],
+                                     {"units": q.unit, "long_name": q.long_name})
+    return ds
 
 
 def summarize(model, result, cfg: dict) -> dict:
     from sim.substrates.bio.results import summarize as bio_summary
 
-    return bio_summary(model, result, model.state)
+    out = bio_summary(model, result, model.state)
+    rec = result.records
+    if "held" in rec:  # several carriers
+        st = result.state
+        out.update(car.summary(st.carriers, rec, np.asarray(result.times), car.carrier_names(car.read_config(cfg)),
+                               np.asarray(st.cells.alive)))
+        err = _currency_balance(model, result)
+        out.update(conservation_error_currency=err, conservation_error=max(err, out["conservation_error_adenine"]))
+    return out
+
+
+def _currency_balance(model, result) -> float:
+    """The per-cell ATP balance of :func:`sim.substrates.bio.results.summarize` with the charge the
+    carriers dissipated (storage decay, conversion and production losses: ATP -> ADP + Pi without
+    a ledger line of ``Ledger``) taken out: dATP = produced - spent + AK + CK + in - out - those."""
+    st, led, cs = result.state, result.state.ledger, result.state.carriers
+    f = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    pools, pools0 = f(st.cells.pools), f(model.state.cells.pools)[None]
+    spent_all = f(led.spent).sum(-1) + f(led.repair_spent) + f(led.birth_spent) + f(led.switching)
+    produced = f(led.produced)
+    dissipated = f(cs.decayed) + f(cs.conversion_lost) + f(cs.production_lost)
+    booked = (produced - spent_all + f(led.ak_atp) + f(led.ck_atp) + f(led.transported_in) - f(led.transported_out)
+              - dissipated)
+    scale = np.maximum(produced + spent_all + pools0[..., ATP], 1e-300)
+    return float(np.max(np.abs(pools[..., ATP] - pools0[..., ATP] - booked) / scale))
 
 
 def figures(ds, out_dir):
-    from sim.plot import run_figures
+    from sim.substrates.bio.results import figures as bio_figures
 
-    return run_figures(ds, out_dir)
+    return bio_figures(ds, out_dir)
+
+
+def settle(state, params, held, dissipated):
+    """Carrier hook (:func:`sim.core.carriers.upkeep`): the ATP pool becomes ``held`` (C, K) mM
+    summed over carriers; ``dissipated`` (C,) mM of charge (storage decay, conversion losses) is
+    hydrolysed, NTP -> NDP + Pi into the shared ADP and Pi, releasing |dG_ATP| per mol as heat
+    (booked like biogenesis: hydrolysis energy and heat up, stored energy down)."""
+    pools = state.cells.pools
+    abs_dg = jnp.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], params.dg0_kj, params.temperature_k))
+    energy = dissipated * abs_dg * params.volume_l
+    new_pools = pools.at[:, ATP].set(jnp.sum(held, axis=1)).at[:, ADP].add(dissipated).at[:, PI].add(dissipated)
+    led = state.ledger
+    led = replace(led, heat_j=led.heat_j + energy, hydrolysis_energy_j=led.hydrolysis_energy_j + energy,
+                  stored_energy_j=led.stored_energy_j - energy)
+    return replace(state, cells=replace(state.cells, pools=new_pools), ledger=led,
+                   carriers=replace(state.carriers, held=held))
 
 
 def reference(model, replicate: int = 0):
@@ -149,7 +221,7 @@ def reference(model, replicate: int = 0):
 
 ENTITIES = (
     EntitySpec("cell", "", (("alive", "cells.alive"), ("stress", "cells.stress"), ("theta", "diff.theta"),
-                            ("maintenance", "cells.maintenance"))),
+                            ("maintenance", "cells.maintenance"), ("carrier", "carriers.make"))),
     EntitySpec("producer", "producers", (("kind", "kind"), ("vmax", "vmax"), ("health", "health"),
                                          ("alive", "alive")), alive="alive"),
     EntitySpec("consumer", "consumers", (("kind", "kind"), ("vmax", "vmax"), ("km", "km"), ("tier", "tier"),
@@ -178,4 +250,8 @@ SUBSTRATE = Substrate(
     description="cells on ATP: glucose -> ATP in mitochondria/glycolysis, organelles spend it (mM, s, kJ/mol)",
     differentiation=dif.Hooks(work=lambda s: s.ledger.output, charged=lambda s: s.cells.pools[:, ATP],
                               pay=pay_for_move, alive=lambda s: s.cells.alive),
+    # the carriers' payoff: the cell's work rate (every consumer kind, value x ATP spent), as the
+    # generic substrate's; a cell whose consumers cannot use the currency it holds does less work
+    carriers=car.Hooks(work=lambda s: rowsum(s.ledger.work), settle=settle, alive=lambda s: s.cells.alive,
+                       unit="mM"),
 )

@@ -11,6 +11,11 @@ exchanging pools (the bound ADP and AMP are constants of ``Params``; see
 ``sim.substrates.bio.kernels.thermo``). Phosphocreatine, when the creatine kinase buffer is on,
 is ``Cells.pcr`` (creatine = ``Params.creatine_total - pcr``); it stays in its cell.
 
+Carriers (``sim.core.carriers``, ``carriers.n > 1``): the ATP column is the total charged pool,
+held as ``State.carriers.held`` (C, K) mM over K nucleoside triphosphates that share one phosphate
+potential: ADP, AMP and Pi stay one pool each, and dG, the energy charge and every kinase see the
+total (the bond is spent, not the nucleoside).
+
 Chains (``sim.core.chains``; biology: ribosome cohorts doing protein synthesis) live in a
 ``(n_cells, chain_slots)`` block too (slot ``s`` of cell ``c`` has chain id ``c * slots + s``);
 a preset without chains has ``chain_slots = 0``.
@@ -99,3 +104,7 @@ class State:
     # differentiation (sim.core.differentiation.DiffState): theta, the share of the cell's protein
     # budget in producers (vs specialised work consumers), and its adaptation
     diff: object = None
+    # several competing carriers (sim.core.carriers.CarrierState): the charged pool (the ATP column
+    # of ``Cells.pools``, mM) split over nucleoside triphosphates, ``held`` (C, K) mM with
+    # sum_k held = pools[:, ATP]; zero width with one carrier (the default: no carrier code runs)
+    carriers: object = None

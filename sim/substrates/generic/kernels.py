@@ -24,6 +24,14 @@ Explicit Euler steps of length ``dt``; every quantity is dimensionless. Per cell
 
 ``adaptation``   (only with ``differentiation.rule`` imitation | gradient: :mod:`sim.core.differentiation`)
 
+With several carriers (``carriers.n > 1``, :mod:`sim.core.carriers`) A is split as held[i, k]:
+production credits the carrier the cell makes (less its production cost, dissipated to D);
+consumption rations what the cell's consumers can spend (accepted carriers in full, the others at
+1 - conversion_cost) and takes it accepted-first; transport moves every carrier down its own
+gradient with the junction's loss; the appended processes ``carrier_upkeep`` (storage decay,
+background conversion) and ``carrier_strategy`` (imitation) run last. With one carrier these
+branches are not traced: the program is the one-currency program.
+
 f_p = (2 theta)^alpha and f_w = (2 (1 - theta))^alpha are the differentiation factors of the cell's
 theta (:mod:`sim.core.differentiation`; both 1 for a generalist, theta = 1/2, the default).
 A + D of a cell changes only by transport, so sum_i (A_i + D_i) is constant.
@@ -37,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from sim import rng
+from sim.core import carriers
 from sim.core.differentiation import production_factor, work_factor
 from sim.core.ops import rowsum
 from sim.pytree import replace
@@ -56,7 +65,12 @@ def production(state, params, key=None):
     rate = jnp.where(p.alive & c.alive[:, None], p.vmax * params.supply_scale * p.health, 0.0)
     made = params.dt * rowsum(rate) * production_factor(state.diff.theta, params.diff.alpha) * sat
     used = made / params.yield_
-    cells = replace(c, s=s - used, a=c.a + made, d=d - made)
+    if carriers.active(state.carriers):
+        cs, lost = carriers.credit(state.carriers, params.carriers, made)
+        cells = replace(c, s=s - used, a=jnp.sum(cs.held, axis=1), d=d - made + lost)
+        state = replace(state, carriers=cs)
+    else:
+        cells = replace(c, s=s - used, a=c.a + made, d=d - made)
     led = replace(state.ledger, produced=state.ledger.produced + made,
                   substrate_used=state.ledger.substrate_used + used)
     return replace(state, cells=cells, ledger=led)
@@ -64,7 +78,8 @@ def production(state, params, key=None):
 
 def consumption(state, params, key=None):
     c, k = state.cells, state.consumers
-    a0 = c.a
+    several = carriers.active(state.carriers)
+    a0 = carriers.spendable(state.carriers, params.carriers) if several else c.a  # others at their conversion price
     ask = params.dt * k.vmax * params.demand_scale * a0[:, None] / (k.km + a0[:, None])
     f_w = work_factor(state.diff.theta, params.diff.alpha)[:, None]
     ask = jnp.where(c.alive[:, None], jnp.where(k.tier == 1, ask * f_w, ask), 0.0)
@@ -78,7 +93,11 @@ def consumption(state, params, key=None):
         spent = spent + q * share[:, None]
         a = jnp.where(short, 0.0, a - total)
     out = rowsum(spent)
-    cells = replace(c, a=a, d=c.d + out)
+    lost = 0.0
+    if several:
+        cs, lost = carriers.debit(state.carriers, params.carriers, out)
+        state, a = replace(state, carriers=cs), jnp.sum(cs.held, axis=1)
+    cells = replace(c, a=a, d=c.d + out + lost)
     done = k.value * spent
     led = replace(state.ledger, spent=state.ledger.spent + out, work=state.ledger.work + rowsum(done),
                   output=state.ledger.output + rowsum(jnp.where(k.tier == 1, done, 0.0)))
@@ -86,6 +105,8 @@ def consumption(state, params, key=None):
 
 
 def transport(state, params, key=None):
+    if carriers.active(state.carriers):
+        return _transport_carriers(state, params)
     c, e = state.cells, params.edges
     n = c.alive.shape[0]
     x = jnp.stack([c.a, c.d], axis=1)  # (C, 2)
@@ -103,6 +124,30 @@ def transport(state, params, key=None):
     led = replace(state.ledger, transported_out=state.ledger.transported_out + booked[:, 2],
                   lost=state.ledger.lost + booked[:, 3])
     return replace(state, cells=cells, ledger=led)
+
+
+def _transport_carriers(state, params):
+    """``transport`` with the charged pool split over carriers: every carrier moves down its own
+    gradient with the junction's loss (the same law column by column; it is linear, so the total A
+    moves exactly as one pool would)."""
+    c, e, cs = state.cells, params.edges, state.carriers
+    n = c.alive.shape[0]
+    g = jnp.where(c.alive[e.src] & c.alive[e.dst], params.dt * e.conductance * params.conductance_scale, 0.0)
+    ja = g[:, None] * (cs.held[e.src] - cs.held[e.dst])  # (E, K)
+    jd = g * (c.d[e.src] - c.d[e.dst])
+    fwd, back = jnp.maximum(ja, 0.0), jnp.maximum(-ja, 0.0)
+    fa, ba = fwd * e.loss[:, None], back * e.loss[:, None]
+    dfwd, dback = jnp.maximum(jd, 0.0), jnp.maximum(-jd, 0.0)
+    k = ja.shape[1]
+    at_src = jnp.concatenate([back - ba - fwd, jnp.stack([dback + ba.sum(1) - dfwd, fwd.sum(1), fa.sum(1)], 1)], 1)
+    at_dst = jnp.concatenate([fwd - fa - back, jnp.stack([dfwd + fa.sum(1) - dback, back.sum(1), ba.sum(1)], 1)], 1)
+    booked = jax.ops.segment_sum(jnp.concatenate([at_src, at_dst]), jnp.concatenate([e.src, e.dst]),
+                                 num_segments=n)
+    held = cs.held + booked[:, :k]
+    cells = replace(c, a=jnp.sum(held, axis=1), d=c.d + booked[:, k])
+    led = replace(state.ledger, transported_out=state.ledger.transported_out + booked[:, k + 1],
+                  lost=state.ledger.lost + booked[:, k + 2])
+    return replace(state, cells=cells, ledger=led, carriers=replace(cs, held=held))
 
 
 def failure(state, params, key):
@@ -139,4 +184,15 @@ def pay(state, params, amount):
     """Differentiation hook: a move's cost is charged currency spent (A -> D), booked as switching."""
     c = state.cells
     led = replace(state.ledger, switching=state.ledger.switching + amount)
+    if carriers.active(state.carriers):  # paid from every carrier held, pro rata
+        held = carriers.discharge(state.carriers.held, c.a, amount)
+        return replace(state, cells=replace(c, a=jnp.sum(held, axis=1), d=c.d + amount), ledger=led,
+                       carriers=replace(state.carriers, held=held))
     return replace(state, cells=replace(c, a=c.a - amount, d=c.d + amount), ledger=led)
+
+
+def settle(state, params, held, dissipated):
+    """Carrier hook: the charged pool becomes ``held`` summed over carriers; ``dissipated`` goes to D."""
+    c = state.cells
+    return replace(state, cells=replace(c, a=jnp.sum(held, axis=1), d=c.d + dissipated),
+                   carriers=replace(state.carriers, held=held))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import rng
+from sim.core.carriers import CarrierReference
 from sim.core.differentiation import AdaptationReference
 from sim.substrates.generic.state import N_TIERS, Cells, Consumers, Ledger, Producers, State
 
@@ -40,7 +41,7 @@ class ReferenceGeneric:
     def __init__(self, built, replicate: int = 0, key=None):
         p = built.params
         self.p = {f.name: float(np.asarray(getattr(p, f.name))) for f in dataclasses.fields(p)
-                  if f.name not in ("edges", "diff")}
+                  if f.name not in ("edges", "diff", "carriers")}
         e = p.edges
         self.edges = list(zip(np.asarray(e.src).tolist(), np.asarray(e.dst).tolist(),
                               np.asarray(e.conductance, float).tolist(), np.asarray(e.loss, float).tolist()))
@@ -55,6 +56,7 @@ class ReferenceGeneric:
         self.n, self.slots = np.asarray(pr.alive).shape
         self.step_count = int(s.step)
         self.diff = AdaptationReference(s.diff, p.diff, self.key)
+        self.car = CarrierReference(s.carriers, p.carriers, self.key)
 
     # ---- processes, in the order of kernels.PROCESSES ---------------------------------------------
 
@@ -75,7 +77,11 @@ class ReferenceGeneric:
                     rate += self.p_vmax[i][k] * p["supply_scale"] * self.p_health[i][k]
             made = p["dt"] * rate * self.diff.factors(i)[0] * sat
             used = made / p["yield_"]
-            self.S[i], self.A[i], self.D[i] = s - used, self.A[i] + made, d - made
+            if self.car.on:
+                lost = self.car.credit(i, made)
+                self.S[i], self.A[i], self.D[i] = s - used, self.car.total(i), d - made + lost
+            else:
+                self.S[i], self.A[i], self.D[i] = s - used, self.A[i] + made, d - made
             led["produced"][i] += made
             led["substrate_used"][i] += used
 
@@ -84,7 +90,7 @@ class ReferenceGeneric:
         for i in range(self.n):
             if not self.alive[i]:
                 continue
-            a0 = a = self.A[i]
+            a0 = a = self.car.spendable(i) if self.car.on else self.A[i]  # consumers spend accepted carriers
             f_w = self.diff.factors(i)[1]
             ask = [p["dt"] * v * p["demand_scale"] * a0 / (km + a0) * (f_w if tier == 1 else 1.0)
                    for v, km, tier in zip(self.c_vmax[i], self.c_km[i], self.c_tier[i])]
@@ -97,13 +103,19 @@ class ReferenceGeneric:
                     spent[k] += ask[k] * share
                 a = 0.0 if total > a else a - total
             out = sum(spent)
-            self.A[i], self.D[i] = a, self.D[i] + out
+            lost = 0.0
+            if self.car.on:
+                lost = self.car.debit(i, out)
+                a = self.car.total(i)
+            self.A[i], self.D[i] = a, self.D[i] + out + lost
             led["spent"][i] += out
             done = [v * x for v, x in zip(self.c_value[i], spent)]
             led["work"][i] += sum(done)
             led["output"][i] += sum(x for x, tier in zip(done, self.c_tier[i]) if tier == 1)
 
     def transport(self):
+        if self.car.on:
+            return self._transport_carriers()
         p, led = self.p, self.ledger
         delta_a, delta_d = [0.0] * self.n, [0.0] * self.n
         sent, lost = [0.0] * self.n, [0.0] * self.n
@@ -127,6 +139,42 @@ class ReferenceGeneric:
             led["transported_out"][i] += sent[i]
             led["lost"][i] += lost[i]
 
+    def _transport_carriers(self):
+        p, led, k = self.p, self.ledger, self.car.k
+        delta = [[0.0] * k for _ in range(self.n)]
+        delta_d, sent, lost = [0.0] * self.n, [0.0] * self.n, [0.0] * self.n
+        held = self.car.held
+        for i, j, g, loss in self.edges:
+            if not (self.alive[i] and self.alive[j]):
+                continue
+            gdt = p["dt"] * g * p["conductance_scale"]
+            for m in range(k):  # every carrier down its own gradient; loss arrives discharged
+                ja = gdt * (held[i][m] - held[j][m])
+                src, dst = (i, j) if ja >= 0 else (j, i)
+                delta[src][m] -= abs(ja)
+                delta[dst][m] += abs(ja) - loss * abs(ja)
+                delta_d[dst] += loss * abs(ja)
+                lost[src] += loss * abs(ja)
+                sent[src] += abs(ja)
+            jd = gdt * (self.D[i] - self.D[j])
+            src, dst = (i, j) if jd >= 0 else (j, i)
+            delta_d[src] -= abs(jd)
+            delta_d[dst] += abs(jd)
+        for i in range(self.n):
+            held[i] = [h + x for h, x in zip(held[i], delta[i])]
+            self.A[i] = self.car.total(i)
+            self.D[i] += delta_d[i]
+            led["transported_out"][i] += sent[i]
+            led["lost"][i] += lost[i]
+
+    def carrier_upkeep(self):
+        for i, x in enumerate(self.car.upkeep(self.p["dt"])):
+            self.A[i] = self.car.total(i)
+            self.D[i] += x
+
+    def carrier_strategy(self):
+        self.car.strategy(self.step_count, self.p["dt"], self.ledger["work"], self.alive)
+
     def failure(self):
         n, slots = self.n, self.slots
         u = np.asarray(_uniforms(self.key, jnp.int32(self.step_count), rng.PRODUCER_FAILURE, n * slots)).tolist()
@@ -149,7 +197,12 @@ class ReferenceGeneric:
     def adaptation(self):
         paid = self.diff.step(self.step_count, self.p["dt"], self.ledger["output"], self.A, self.alive)
         for i, x in enumerate(paid):
-            self.A[i] -= x
+            if self.car.on:  # paid from every carrier pro rata
+                frac = x / self.A[i] if self.A[i] > 0 else 0.0
+                self.car.held[i] = [h * (1.0 - frac) for h in self.car.held[i]]
+                self.A[i] = self.car.total(i)
+            else:
+                self.A[i] -= x
             self.D[i] += x
             self.ledger["switching"][i] += x
 
@@ -161,6 +214,10 @@ class ReferenceGeneric:
         self.failure()
         self.birth()
         self.adaptation()
+        if self.car.on:
+            self.carrier_upkeep()
+            if self.car.rule == "imitation":  # the engine runs carrier_strategy only then
+                self.carrier_strategy()
         self.step_count += 1
 
     # ---- export -------------------------------------------------------------------------------------
@@ -177,5 +234,6 @@ class ReferenceGeneric:
                                 value=f(self.c_value)),
             ledger=Ledger(**{name: f(self.ledger[name]) for name in LEDGER}),
             diff=self.diff.state(),
+            carriers=self.car.state(),
             step=np.int32(self.step_count),
         )

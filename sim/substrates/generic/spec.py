@@ -29,11 +29,12 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from sim.core import carriers as car
 from sim.core import differentiation as dif
 from sim.core import division
 from sim.core.substrate import Built, EntitySpec, Quantity, Substrate
 from sim.errors import ConfigError
-from sim.substrates.generic.kernels import PROCESSES, pay
+from sim.substrates.generic.kernels import PROCESSES, pay, settle
 from sim.substrates.generic.state import N_TIERS, Cells, Consumers, Edges, Ledger, Params, Producers, State
 
 PARAM_NAMES = ("supply_scale", "demand_scale", "uptake_scale", "conductance_scale")
@@ -185,7 +186,10 @@ def build(cfg: dict) -> Built:
     ledger = Ledger(**{name: full(0.0) for name in LEDGER})
     opts = dif.read_config(cfg)
     diff = dif.init_state(opts, n, seed)
-    state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, diff=diff, step=np.int32(0))
+    copts = car.read_config(cfg)
+    carriers = car.init_state(copts, cells.a, seed)
+    state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, diff=diff, carriers=carriers,
+                  step=np.int32(0))
     scales = cfg.get("params") or {}
     f = np.float64
     edges = Edges(src=src, dst=dst, conductance=full(v["transport.conductance"], src.shape),
@@ -194,7 +198,8 @@ def build(cfg: dict) -> Built:
                     external=f(v["supply.external"]), exchange_rate=f(v["supply.exchange_rate"]),
                     k_substrate=f(v["producers.k_substrate"]), k_discharged=f(v["producers.k_discharged"]),
                     yield_=f(v["producers.yield"]), hazard=f(v["producers.hazard"]),
-                    birth_rate=f(v["producers.birth_rate"]), edges=edges, diff=dif.init_params(opts, src, dst, n))
+                    birth_rate=f(v["producers.birth_rate"]), edges=edges, diff=dif.init_params(opts, src, dst, n),
+                    carriers=car.init_params(copts, src, dst, n))
     built = Built(state=state, params=params, graph=graph, seed=seed)
     # the largest theta a cell can reach: stability is checked for the fastest producer possible
     theta_max = built.theta_max = 1.0 if opts["rule"] != "fixed" else float(np.max(diff.theta, initial=0.5))
@@ -238,6 +243,7 @@ def observe(state) -> dict:
         "alive": c.alive, "producers_alive": jnp.sum(state.producers.alive, axis=1).astype(jnp.int32),
         **{name: getattr(led, name) for name in LEDGER},
         "theta": state.diff.theta,
+        **(car.observe(state.carriers) if car.active(state.carriers) else {}),
     }
 
 
@@ -249,6 +255,9 @@ def invariants(obs: dict, previous: dict | None = None) -> dict:
         for name in POOLS + LEDGER + ("charged_fraction",):
             x = np.asarray(obs[name])
             out[name] = (~np.isfinite(x) | ((x < 0) if name != "charged_fraction" else False), x)
+        if "held" in obs:  # several carriers: every carrier's holding finite and >= 0
+            x = np.asarray(obs["held"])
+            out["held"] = (np.any(~np.isfinite(x) | (x < 0), axis=-1), x.sum(-1))
         if previous is not None:
             for name in LEDGER:
                 change = np.asarray(obs[name]) - np.asarray(previous[name])
@@ -269,6 +278,11 @@ def to_dataset(built, result, cfg: dict):
     data = {q.name: xr.Variable(("replicate", "time", "cell"),
                                 rec[q.name].astype(np.int8) if q.name == "alive" else rec[q.name],
                                 {"units": q.unit, "long_name": q.long_name}) for q in RECORDS}
+    if "held" in rec:  # several carriers
+        for q in car.records("1"):
+            data[q.name] = xr.Variable(("replicate", "time", "cell") + q.extra_dims, rec[q.name],
+                                       {"units": q.unit, "long_name": q.long_name})
+        coords["carrier"] = car.carrier_names(car.read_config(cfg))
     ds = xr.Dataset(data, coords=coords)
     ds["time"].attrs["units"] = "1"
     ds.attrs.update(substrate="generic", currency="currency", units="dimensionless",
@@ -313,6 +327,8 @@ def summarize(built, result, cfg: dict) -> dict:
         "simulated_time": float(times[-1]),
         "output": total(led.output),
         **division.summary(np.asarray(st.diff.theta), np.asarray(led.output), np.asarray(led.substrate_used)),
+        **(car.summary(st.carriers, rec, times, car.carrier_names(car.read_config(cfg)), alive)
+           if "held" in rec else {}),
     }
 
 
@@ -350,7 +366,8 @@ def reference(built, replicate: int = 0):
 
 ENTITIES = (
     EntitySpec("cell", "", (("alive", "cells.alive"), ("substrate", "cells.s"), ("charged", "cells.a"),
-                            ("discharged", "cells.d"), ("theta", "diff.theta"), ("payoff", "diff.payoff"))),
+                            ("discharged", "cells.d"), ("theta", "diff.theta"), ("payoff", "diff.payoff"),
+                            ("carrier", "carriers.make"))),
     EntitySpec("producer", "producers", (("vmax", "vmax"), ("health", "health"), ("alive", "alive")), alive="alive"),
     EntitySpec("consumer", "consumers", (("vmax", "vmax"), ("km", "km"), ("tier", "tier"), ("value", "value"))),
 )
@@ -383,4 +400,5 @@ SUBSTRATE = Substrate(
     description="one dimensionless currency: producers recharge D -> A from substrate, consumers spend A for work",
     differentiation=dif.Hooks(work=lambda s: s.ledger.output, charged=lambda s: s.cells.a, pay=pay,
                               alive=lambda s: s.cells.alive),
+    carriers=car.Hooks(work=lambda s: s.ledger.work, settle=settle, alive=lambda s: s.cells.alive),
 )

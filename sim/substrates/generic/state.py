@@ -56,6 +56,7 @@ class State:
     consumers: Consumers
     ledger: Ledger
     diff: object  # sim.core.differentiation.DiffState: theta and its adaptation
+    carriers: object  # sim.core.carriers.CarrierState: A split over competing carriers (zero width: one carrier)
     step: object  # int32 scalar
 
 
@@ -83,3 +84,4 @@ class Params:
     birth_rate: object  # b, producer births per cell with a free slot per unit time
     edges: Edges
     diff: object  # sim.core.differentiation.DiffParams
+    carriers: object  # sim.core.carriers.CarrierParams

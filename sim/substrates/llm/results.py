@@ -44,6 +44,8 @@ def to_dataset(llm, result, cfg: dict) -> xr.Dataset:
         substrate="llm", currency="token", model=llm.model.name, gpu=llm.gpu.name, gpus_per_model=llm.n_gpus,
         kv_capacity_tokens=float(llm.kv_capacity), experiment=str(cfg.get("experiment", {}).get("name", "")),
         seed=int(cfg.get("seed", 0)), dt_s=float(np.asarray(llm.params.dt)), backend=str(cfg.get("backend", "jax")),
+        # per model instance (the summary's value): serving.png draws it against the request rates
+        stability_limit_req_per_s=float(stability_limit(llm)["stability_limit_req_per_s"]),
     )
     return ds
 
@@ -183,3 +185,188 @@ def summarize(llm, result, warmup_fraction: float = 0.25) -> dict:
     out.update(lim)
     out["utilization_estimate"] = out["arrival_rate_req_per_s"] / (lim["stability_limit_req_per_s"] * llm.n_cells)
     return out
+
+
+# ------------------------------------------------------------------------------ figures
+#
+# Builders return the matplotlib Figure (tests read its axes); :func:`figures` and
+# :func:`roofline_figures` save them. Lines: mean over replicates, bands: min-max over replicates.
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(ax, t, x, *, color, label, spread=True):
+    """``x`` (replicate, time): mean line and min-max band over replicates; returns the top drawn."""
+    mean, lo, hi = x.mean("replicate").values, x.min("replicate").values, x.max("replicate").values
+    ax.plot(t, mean, color=color, label=label, lw=1.5)
+    n = x.sizes.get("replicate", 1)
+    if n > 1:
+        ax.fill_between(t, lo, hi, color=color, alpha=0.25, lw=0,
+                        label=f"min-max over {n} replicates" if spread else None)
+    return float(np.nanmax(hi)) if hi.size else 0.0
+
+
+def _rate(x, t):
+    """Per-second rate of a cumulative ``x`` (replicate, time) between records (the first record
+    from time 0, where every ledger starts at 0)."""
+    dt = np.diff(np.concatenate([[0.0], t]))
+    dx = x.diff("time", label="upper")
+    first = x.isel(time=[0])
+    return xr.concat([first, dx], dim="time") / xr.DataArray(dt, dims="time", coords={"time": x["time"]})
+
+
+KV_AXIS_MIN_PCT = 5.0  # the KV panel shows at least 0-5% (an idle cache is not zoomed into noise)
+
+
+def serving_figure(ds):
+    """Requests in the system (queued stacked on decoding: no two lines drawn over each other), KV
+    cache occupancy in % of capacity on an axis fitted to it (capacity drawn when in view, named
+    when not), request rates against the stability limit, generated tokens per second."""
+    plt = _pyplot()
+    t = ds["time"].values
+    n_rep, n_cells = ds.sizes["replicate"], ds.sizes["cell"]
+    tot = ds.sum("cell")
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.2))
+
+    ax = axes[0, 0]
+    batch, queued = tot["batch"].mean("replicate").values, tot["queue_len"].mean("replicate").values
+    ax.stackplot(t, batch, queued, labels=["in a chain (decoding or on a tool)", "queued"],
+                 colors=["C0", "C1"], alpha=0.8)
+    ax.plot(t, batch + queued, color="k", lw=1, label="in system (sum)")
+    ax.set(xlabel="time (s)", ylabel="requests (all instances)",
+           title=f"requests in the system (mean of {n_rep} replicate{'s' if n_rep > 1 else ''})")
+    peak = float(np.max(batch + queued)) if batch.size else 0.0
+    ax.set_ylim(0, 1.4 * peak if peak > 0 else 1.0)  # (room for the legend above the area)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
+
+    ax = axes[0, 1]
+    pct = 100.0 * ds["kv_occupied"] / ds["kv_capacity"]  # (replicate, time, cell)
+    shown = range(min(n_cells, 8))
+    peak = 0.0
+    for c in shown:
+        peak = max(peak, _band(ax, t, pct.isel(cell=c), color=f"C{c}",
+                               label=f"instance {c}" if n_cells > 1 else "occupied", spread=c == 0))
+    top = min(105.0, max(KV_AXIS_MIN_PCT, 1.25 * peak))
+    if top >= 100.0:
+        ax.axhline(100.0, color="C3", ls="--", lw=1, label="capacity: requests queue beyond it")
+    else:
+        cap = float(ds["kv_capacity"].isel(replicate=0, time=0, cell=0))
+        ax.text(0.98, 0.95, f"capacity 100% = {cap:,.0f} tokens (off scale)", transform=ax.transAxes,
+                ha="right", va="top", fontsize=8, color="C3")
+    ax.set_ylim(0, top)
+    ax.set(xlabel="time (s)", ylabel="KV cache occupied (% of capacity)",
+           title="KV cache" + (f" (first {len(shown)} of {n_cells} instances)" if n_cells > len(shown) else ""))
+    ax.legend(fontsize=8, loc="upper left")
+
+    ax = axes[1, 0]
+    top = _band(ax, t, _rate(tot["arrived"], t), color="C0", label="arrivals")
+    top = max(top, _band(ax, t, _rate(tot["completed"], t), color="C2", label="completions", spread=False))
+    limit = ds.attrs.get("stability_limit_req_per_s")
+    if limit is not None and np.isfinite(float(limit)):
+        total_limit = float(limit) * n_cells
+        ax.axhline(total_limit, color="C3", ls="--", lw=1.2,
+                   label=f"stability limit {total_limit:.3g} req/s (fluid estimate)")
+        top = max(top, total_limit)
+    ax.set_ylim(0, 1.5 * top if top > 0 else 1.0)  # (room for the legend above the limit line)
+    ax.set(xlabel="time (s)", ylabel="requests/s (all instances)", title="request rates per record interval")
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
+
+    ax = axes[1, 1]
+    top = _band(ax, t, _rate(tot["tokens_out"], t), color="C4", label="generated")
+    ax.set_ylim(0, 1.15 * top if top > 0 else 1.0)
+    ax.set(xlabel="time (s)", ylabel="tokens/s (all instances)", title="output tokens per second")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def figures(ds, out_dir):
+    """``figures/serving.png`` of an LLM serving run."""
+    from pathlib import Path
+
+    from sim.plot import _save
+
+    (Path(out_dir) / "figures").mkdir(parents=True, exist_ok=True)
+    return [_save(serving_figure(ds), Path(out_dir) / "figures" / "serving.png")]
+
+
+def ridge_batch(llm, context: int, power_state: str = "decode", max_batch: float = 1e7) -> float | None:
+    """The batch at which decoding at ``context`` turns from memory-bound to compute-bound (its
+    arithmetic intensity reaches the GPU's ridge point, achieved FLOP/s / achieved bytes/s), or None
+    when it never does: the KV cache read per token grows with the batch as fast as the FLOPs."""
+    def intensity(b):
+        p = specs.roofline_point(llm.model, llm.gpu, b, context, llm.n_gpus, power_state)
+        return p["arithmetic_intensity_flop_per_byte"] - p["ridge_flop_per_byte"]
+
+    if intensity(1.0) >= 0:
+        return 1.0
+    if intensity(max_batch) < 0:
+        return None
+    lo, hi = 1.0, max_batch
+    for _ in range(60):  # bisection in log space: ~1e-15 relative
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if intensity(mid) < 0 else (lo, mid)
+    return hi
+
+
+def roofline_figure(llm, batch: int, context: int, power_state: str = "decode"):
+    """Tokens/s and J/token against batch at this context, the ridge batch marked on both (grey,
+    dashed, beyond the KV-cache limit when it lies there), and the roofline itself: attainable
+    FLOP/s against arithmetic intensity with the ridge point and this run's point."""
+    plt = _pyplot()
+    cap_batch = max(1, int(llm.kv_capacity // context))
+    ridge = ridge_batch(llm, context, power_state)
+    reach = cap_batch if ridge is None else max(cap_batch, min(ridge * 2.0, 100.0 * cap_batch))
+    batches = np.unique(np.clip(np.round(np.logspace(0, math.log10(max(reach, 1)), 60)), 1, None).astype(int))
+    pts = [specs.roofline_point(llm.model, llm.gpu, int(b), context, llm.n_gpus, power_state) for b in batches]
+    here = specs.roofline_point(llm.model, llm.gpu, batch, context, llm.n_gpus, power_state)
+    fits = batches <= cap_batch
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    for a, key, ylabel, title in ((ax[0], "tokens_per_s", "tokens/s", f"throughput, context {context}"),
+                                  (ax[1], "joules_per_token", f"J/token ({power_state} power)", "energy per token")):
+        y = np.array([p[key] for p in pts])
+        a.loglog(batches[fits], y[fits], color="C0", label="fits the KV cache")
+        if (~fits).any():
+            a.loglog(batches[~fits], y[~fits], color="0.6", ls="--", label="beyond the KV cache")
+        a.plot([batch], [here[key]], "o", color="C3", label=f"this run (batch {batch})")
+        a.axvline(cap_batch, color="0.3", lw=0.8, ls=":", label=f"KV limit (batch {cap_batch})")
+        if ridge is not None and ridge <= batches[-1]:
+            a.axvline(ridge, color="C2", lw=1.2, ls="--", label=f"ridge (batch {ridge:,.0f})")
+        a.set(xlabel="batch (streams)", ylabel=ylabel, title=title)
+        a.legend(fontsize=7)
+    a = ax[2]
+    f_peak = llm.gpu.achieved_flops * llm.n_gpus
+    bw = llm.gpu.achieved_bandwidth * llm.n_gpus
+    ridge_i = f_peak / bw
+    ai = np.array([p["arithmetic_intensity_flop_per_byte"] for p in pts])
+    xs = np.logspace(math.log10(min(ai.min(), ridge_i) / 4), math.log10(max(ai.max(), ridge_i) * 4), 200)
+    a.loglog(xs, np.minimum(f_peak, xs * bw), color="k", lw=1.5, label="roofline (achieved FLOP/s, bytes/s)")
+    attained = lambda p: p["flops_utilization"] * llm.gpu.peak_flops * llm.n_gpus  # noqa: E731
+    a.loglog(ai[fits], [attained(p) for p, ok in zip(pts, fits) if ok], ".", color="C0", ms=4,
+             label=f"batches 1-{cap_batch} at context {context}")
+    a.plot([ridge_i], [f_peak], "D", color="C2", ms=8, label=f"ridge point {ridge_i:.0f} FLOP/byte")
+    a.plot([here["arithmetic_intensity_flop_per_byte"]], [attained(here)], "o", color="C3", label="this run")
+    a.set(xlabel="arithmetic intensity (FLOP/byte)", ylabel="FLOP/s", title=f"roofline: {llm.model.name} on "
+          f"{llm.n_gpus} x {llm.gpu.name}")
+    a.legend(fontsize=7, loc="lower right")
+    if ridge is None:
+        ax[0].text(0.02, 0.02, "memory-bound at every batch at this context", transform=ax[0].transAxes, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def roofline_figures(llm, batch: int, context: int, power_state: str, out_dir):
+    """``figures/roofline.png`` (:func:`roofline_figure`)."""
+    from pathlib import Path
+
+    from sim.plot import _save
+
+    (Path(out_dir) / "figures").mkdir(parents=True, exist_ok=True)
+    return [_save(roofline_figure(llm, batch, context, power_state), Path(out_dir) / "figures" / "roofline.png")]

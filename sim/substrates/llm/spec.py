@@ -13,8 +13,6 @@ every cumulative ledger non-negative; the cumulative ledgers never decrease; and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 
@@ -164,29 +162,9 @@ def summarize(llm, result, cfg: dict) -> dict:
 
 
 def figures(ds, out_dir):
-    import matplotlib
+    from sim.substrates.llm.results import figures as llm_figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sim.plot import _save
-
-    t = ds["time"].values
-    tot = ds.sum("cell").mean("replicate")
-    fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
-    ax[0].plot(t, tot["in_system"], label="in system")
-    ax[0].plot(t, tot["queue_len"], label="queued")
-    ax[0].plot(t, tot["batch"], label="in a chain")
-    ax[0].set(xlabel="time (s)", ylabel="requests", title="requests (sum over models)")
-    ax[0].legend(fontsize=8)
-    cap = float(ds.attrs.get("kv_capacity_tokens", 1.0))
-    ax[1].plot(t, ds["kv_occupied"].mean("replicate") / cap, lw=0.8)
-    ax[1].set(xlabel="time (s)", ylabel="fraction of KV capacity", title="KV cache occupied (per model)", ylim=(0, 1.02))
-    rate = tot["tokens_out"].diff("time") / float(t[1] - t[0]) if len(t) > 1 else tot["tokens_out"]
-    ax[2].plot(t[1:], rate)
-    ax[2].set(xlabel="time (s)", ylabel="tokens/s", title="generated tokens per second")
-    fig.tight_layout()
-    return [_save(fig, Path(out_dir) / "figures" / "serving.png")]
+    return llm_figures(ds, out_dir)
 
 
 def reference(llm, replicate: int = 0):

@@ -17,6 +17,10 @@ reference sees the same numbers agent by agent.
 - stress: while maintenance (tier 0 served / saturated tier-0 demand) < stress_threshold a cell
   accumulates stress (s); otherwise it recovers at stress_recovery s/s. At stress_death_s the
   cell dies: its producers stop and its junctions close; its pools stay (they are not lost).
+
+With several carriers (:mod:`sim.core.carriers`) what biogenesis and a differentiation move cost is
+paid from every nucleoside triphosphate the cell holds, pro rata (``carriers.discharge``: building
+a mitochondrion takes ATP and GTP alike), and the ATP column is the carriers' sum.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sim import rng
+from sim.core import carriers
 from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.pytree import replace
 from sim.substrates.bio.state import ADP, ATP, PI
@@ -66,6 +71,7 @@ def producer_biogenesis(state, params, key):
     abs_dg = jnp.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], params.dg0_kj, params.temperature_k))
     energy = cost * abs_dg * params.volume_l
     new_pools = pools.at[:, ATP].add(-cost).at[:, ADP].add(cost).at[:, PI].add(cost)
+    state, new_pools = _pay_from_carriers(state, new_pools, cost)
     led = state.ledger
     led = replace(
         led,
@@ -102,7 +108,18 @@ def pay_for_move(state, params, amount):
     abs_dg = jnp.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], params.dg0_kj, params.temperature_k))
     energy = amount * abs_dg * params.volume_l
     new_pools = pools.at[:, ATP].add(-amount).at[:, ADP].add(amount).at[:, PI].add(amount)
+    state, new_pools = _pay_from_carriers(state, new_pools, amount)
     led = state.ledger
     led = replace(led, switching=led.switching + amount, heat_j=led.heat_j + energy,
                   hydrolysis_energy_j=led.hydrolysis_energy_j + energy, stored_energy_j=led.stored_energy_j - energy)
     return replace(state, cells=replace(state.cells, pools=new_pools), ledger=led)
+
+
+def _pay_from_carriers(state, new_pools, amount):
+    """With several carriers: ``amount`` (C,) mM taken from every carrier held pro rata, and the ATP
+    column of ``new_pools`` set to their sum. With one carrier (static) nothing changes."""
+    if not carriers.active(state.carriers):
+        return state, new_pools
+    cs = state.carriers
+    held = carriers.discharge(cs.held, state.cells.pools[:, ATP], amount)
+    return replace(state, carriers=replace(cs, held=held)), new_pools.at[:, ATP].set(jnp.sum(held, axis=1))

@@ -14,12 +14,23 @@ R_tier is the ATP reserve a tier cannot draw below (energy sensing, e.g. AMPK/mT
 translation when ATP falls): as a cell runs short it cuts biosynthesis (tier 1) before ion
 pumping (tier 0), the hierarchy of Buttgereit & Brand 1995. Within one step demand is also
 served tier by tier (0 first), proportionally within a tier, never more than the cell holds.
+
+With several carriers (``carriers.n > 1``, :mod:`sim.core.carriers`; ATP is then the sum of the
+nucleoside triphosphates a cell holds, ``State.carriers.held``) A in the consumers' law, in the
+chains' and in the tier budget is what the cell's consumers can spend (``carriers.spendable``: the
+carriers they accept in full, the others at ``1 - conversion_cost``, converted on demand by
+nucleoside diphosphate kinase), while dG and the producers' brake keep the total. What was spent
+(consumers and repair) is debited accepted carriers first (``carriers.debit``), then the recharge
+``made`` is credited to the carrier the cell makes (``carriers.credit``). The charge lost in
+conversion and to the production cost is hydrolysed on the spot (NTP -> NDP + Pi, the discharged
+pool is shared): it goes to ADP and Pi and its |dG| to heat, booked with the hydrolysis energy.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
+from sim.core import carriers
 from sim.substrates.bio.kernels.capacity import consumer_vmax, producer_scale
 from sim.substrates.bio.kernels import translation
 from sim.core.chains import chain_demand, chain_step
@@ -70,10 +81,13 @@ def production_rates(state, params, dg):
     return jnp.where(on, producer_scale(state, params) * prod.vmax * prod.health * factor, 0.0)
 
 
-def consumption_demand(state, params):
-    """Unconstrained ATP demand per consumer slot (C, K) in mM/s and the saturated tier-0 rate."""
+def consumption_demand(state, params, atp=None):
+    """Unconstrained ATP demand per consumer slot (C, K) in mM/s and the saturated tier-0 rate.
+    ``atp`` (C,) mM: the ATP the consumers see (default the pool; with several carriers what they
+    can spend)."""
     cons = state.consumers
-    a = jnp.maximum(state.cells.pools[:, ATP, None] - per_slot(params.tier_reserve, cons.tier), 0.0)
+    atp = state.cells.pools[:, ATP] if atp is None else atp
+    a = jnp.maximum(atp[:, None] - per_slot(params.tier_reserve, cons.tier), 0.0)
     vmax = consumer_vmax(state, params)
     alive = state.cells.alive[:, None]
     u = jnp.where(alive, vmax * a / (cons.km + a), 0.0)
@@ -128,12 +142,15 @@ def metabolism(state, params, key=None):
     # consumption by priority tier, limited by ATP present at the start of the step; the chains
     # (ribosome cohorts) quote their demand in place of the consumer kind they realise, are
     # served in its tier and spend at most the share granted (sim.substrates.bio.kernels.translation)
-    u, saturated0 = consumption_demand(state, params)
+    several = carriers.active(state.carriers)  # static: no carrier code is traced with one carrier
+    if several:  # the consumers see what they can spend of the step-start holdings
+        a = carriers.spendable(state.carriers, params.carriers)
+    u, saturated0 = consumption_demand(state, params, a if several else None)
     want = u * dt
     chains_on = translation.has_chains(state)
     if chains_on:
         is_chain = state.consumers.kind == params.chain_kind
-        cp, cohort = translation.chain_params(state, params, is_chain, per_slot)
+        cp, cohort = translation.chain_params(state, params, is_chain, per_slot, a if several else None)
         chain_want = chain_demand(state.chains, state.chain_ledger, cp, key, state.step)
         want = jnp.where(is_chain, chain_want[:, None], want)
     served, rest = serve_tiers(want, state.consumers.tier, a)
@@ -159,12 +176,22 @@ def metabolism(state, params, key=None):
 
     spent_total = rowsum(served) + repair_spent
     new_pools = pools.at[:, GLC].add(uptake - glc_used)
-    new_pools = new_pools.at[:, ATP].add(made - spent_total)
-    new_pools = new_pools.at[:, ADP].add(spent_total - made)
-    new_pools = new_pools.at[:, PI].add(spent_total - made)
-    new_pools = jnp.maximum(new_pools, 0.0)  # only round-off can reach below zero here
-
-    hydrolysis_energy = spent_total * abs_dg * params.volume_l
+    if several:
+        # spent from the step-start holdings (at most what was spendable), then the recharge made
+        cs, lost = carriers.debit(state.carriers, params.carriers, spent_total)
+        cs, lost_made = carriers.credit(cs, params.carriers, made)
+        lost = lost + lost_made  # charge hydrolysed converting and making carriers
+        new_pools = new_pools.at[:, ADP].add((spent_total - made) + lost)
+        new_pools = new_pools.at[:, PI].add((spent_total - made) + lost)
+        new_pools = jnp.maximum(new_pools, 0.0).at[:, ATP].set(jnp.sum(cs.held, axis=1))
+        state = replace(state, carriers=cs)
+        hydrolysis_energy = (spent_total + lost) * abs_dg * params.volume_l
+    else:
+        new_pools = new_pools.at[:, ATP].add(made - spent_total)
+        new_pools = new_pools.at[:, ADP].add(spent_total - made)
+        new_pools = new_pools.at[:, PI].add(spent_total - made)
+        new_pools = jnp.maximum(new_pools, 0.0)  # only round-off can reach below zero here
+        hydrolysis_energy = spent_total * abs_dg * params.volume_l
     stored_energy = made * abs_dg * params.volume_l
     led = replace(
         led,

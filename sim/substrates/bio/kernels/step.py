@@ -4,7 +4,9 @@ step itself is ``Substrate.step``: every process in order, then the step counter
 1 metabolism (uptake, production, consumption by tier with the protein-synthesis chains served in
 tier 1 and stepped right after the tiers are served, repair, damage; rates on the step-start
 state) -> 2 transport over junctions -> 3 adenylate kinase equilibrium -> 4 producer failure ->
-5 biogenesis -> 6 cell stress and death -> step counter.
+5 biogenesis -> 6 cell stress and death -> step counter. The core appends its processes after
+these: ``adaptation`` (``differentiation.rule`` imitation | gradient) and, with several carriers
+(``carriers.n > 1``), ``carrier_upkeep`` and ``carrier_strategy`` (:mod:`sim.core.carriers`).
 """
 
 from __future__ import annotations

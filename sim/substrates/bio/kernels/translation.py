@@ -40,15 +40,18 @@ def has_chains(state) -> bool:
     return ch is not None and ch.active.shape[-1] > 0
 
 
-def chain_params(state, params, is_chain, per_slot):
+def chain_params(state, params, is_chain, per_slot, atp=None):
     """Per-cell :class:`ChainParams` of this step and the cohort size (C,) in mM of ribosomes.
 
     ``is_chain`` (C, K) marks the consumer slot the chains realise; ``per_slot`` is
-    ``metabolism.per_slot`` (passed in to keep this module free of a circular import).
+    ``metabolism.per_slot`` (passed in to keep this module free of a circular import); ``atp``
+    (C,) mM the ATP the chains see (default the pool; with several carriers what the cell's
+    consumers can spend, ``sim.core.carriers.spendable``).
     """
     cells, cons = state.cells, state.consumers
     n_slots = state.chains.active.shape[-1]
-    ap = jnp.maximum(cells.pools[:, ATP, None] - per_slot(params.tier_reserve, cons.tier), 0.0)
+    atp = cells.pools[:, ATP] if atp is None else atp
+    ap = jnp.maximum(atp[:, None] - per_slot(params.tier_reserve, cons.tier), 0.0)
     sat = rowsum(jnp.where(is_chain, ap / (cons.km + ap), 0.0))
     vmax = consumer_vmax(state, params)
     v = rowsum(jnp.where(is_chain, vmax, 0.0))

@@ -4,6 +4,12 @@ Per step and edge e = (i, j): J = dt g_e p_s (X_i - X_j), zero if either cell is
 gap junctions). The sender loses |J|, the receiver gains (1 - loss_e) |J|, the rest is lost.
 Fluxes are summed onto cells with segment sums (no loops over agents). Non-negativity holds
 when dt * g * max_degree < 1, which the config validation enforces.
+
+With several carriers (``carriers.n > 1``, :mod:`sim.core.carriers`) every nucleoside
+triphosphate moves down its own gradient with the same law and ATP's permeability (they are
+molecules of one size class through the same connexin pore), ``held[:, k]`` column by column; the
+ATP column of the pools is their sum and the ATP ledgers (sent, received, lost) add the carriers'
+flows, which can cross in opposite directions. ADP, AMP, Pi and glucose move as before.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sim.core import carriers
 from sim.pytree import replace
 from sim.substrates.bio.state import ATP
 
@@ -32,19 +39,32 @@ def transport(state, params, key=None):
     back = jnp.maximum(-j, 0.0)  # dst -> src
     keep = (1.0 - e.loss)[:, None]
     leak = 1.0 - keep
+    several = carriers.active(state.carriers)  # static: no carrier code is traced with one carrier
+    extra_src = extra_dst = []
+    if several:
+        held = state.carriers.held
+        open_ = state.cells.alive[e.src] & state.cells.alive[e.dst]
+        g = jnp.where(open_, e.conductance * params.conductance_scale * params.dt, 0.0)
+        jk = (g * params.permeability[ATP])[:, None] * (held[e.src] - held[e.dst])  # (E, K)
+        fk, bk = jnp.maximum(jk, 0.0), jnp.maximum(-jk, 0.0)
+        # the ATP column carries what the carriers send each way (they may cross)
+        fwd = fwd.at[:, ATP].set(jnp.sum(fk, axis=1))
+        back = back.at[:, ATP].set(jnp.sum(bk, axis=1))
+        extra_src, extra_dst = [keep * bk - fk], [keep * fk - bk]
     # One scatter-add for everything each end of an edge books: pool change (S), ATP sent (1),
-    # ATP received (1) and what leaked from it as sender (S). What leaks is booked to the sender.
+    # ATP received (1) and what leaked from it as sender (S) (and with carriers each carrier's
+    # change (K)). What leaks is booked to the sender.
     at_src = jnp.concatenate(
-        [keep * back - fwd, fwd[:, ATP, None], keep[:, 0, None] * back[:, ATP, None], leak * fwd], axis=1
+        [keep * back - fwd, fwd[:, ATP, None], keep[:, 0, None] * back[:, ATP, None], leak * fwd] + extra_src, axis=1
     )
     at_dst = jnp.concatenate(
-        [keep * fwd - back, back[:, ATP, None], keep[:, 0, None] * fwd[:, ATP, None], leak * back], axis=1
+        [keep * fwd - back, back[:, ATP, None], keep[:, 0, None] * fwd[:, ATP, None], leak * back] + extra_dst, axis=1
     )
     booked = jax.ops.segment_sum(
         jnp.concatenate([at_src, at_dst]), jnp.concatenate([e.src, e.dst]), num_segments=n
     )
     s = pools.shape[1]
-    delta, out_atp, in_atp, lost = booked[:, :s], booked[:, s], booked[:, s + 1], booked[:, s + 2:]
+    delta, out_atp, in_atp, lost = booked[:, :s], booked[:, s], booked[:, s + 1], booked[:, s + 2:2 * s + 2]
     led = state.ledger
     led = replace(
         led,
@@ -56,4 +76,8 @@ def transport(state, params, key=None):
     # it holds, so pools stay >= 0 exactly; an unstable configuration shows up as a negative pool
     # that the engine's guard names, instead of mass silently created by clamping.
     new_pools = pools + delta
+    if several:
+        held = state.carriers.held + booked[:, 2 * s + 2:]
+        new_pools = new_pools.at[:, ATP].set(jnp.sum(held, axis=1))
+        state = replace(state, carriers=replace(state.carriers, held=held))
     return replace(state, cells=replace(state.cells, pools=new_pools), ledger=led)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 def bio_cfg(n_cells: int, seed: int = 0) -> dict:
     import yaml
 
-    sub = yaml.safe_load((ROOT / "conf/substrate/bio.yaml").read_text())
+    sub = yaml.safe_load((ROOT / "sim/conf/substrate/bio.yaml").read_text())
     topo = {"kind": "small_world", "n_cells": n_cells, "k": 4, "p": 0.1} if n_cells > 4 else {"kind": "ring", "n_cells": n_cells}
     return {"substrate": sub, "topology": topo, "seed": seed, "dt": 0.02}
 

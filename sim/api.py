@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from sim import determinism, substrates
+from sim import determinism, substrates, topology
 from sim.core import cache, sharding
 from sim.core import engine
 from sim.errors import ConfigError, NumericalError
@@ -225,6 +225,7 @@ def run(cfg, on_chunk=None, *, run_dir=None, progress=None) -> RunOutput:
         result = run_engine(sub, built, cfg, on_chunk=_chunk_hook(on_chunk, progress), run_dir=run_dir)
     result.state = jax.device_get(result.state)
     ds = sub.to_dataset(built, result, cfg) if result.steps_done > 0 else None
+    ds = topology.label_cells(ds, getattr(built, "graph", None))  # a graph file's node labels name the cells
     summary = sub.summarize(built, result, cfg) if result.steps_done > 0 else {"status": "failed"}
     summary.update(_determinism_summary(), first_replicate=int(cfg.get("first_replicate", 0) or 0))
     if result.error is not None:
@@ -235,9 +236,22 @@ def run(cfg, on_chunk=None, *, run_dir=None, progress=None) -> RunOutput:
     return RunOutput(ds, summary, built, result, figures=figures)
 
 
-def simulate(cfg):
-    """Run the configured substrate and return its ``xarray.Dataset`` (dims replicate, time, cell, ...)."""
+def simulate(cfg=None, *, overrides=None):
+    """Run a config and return its ``xarray.Dataset`` (dims replicate, time, cell, ...).
+
+    ``cfg``: a composed config (dict or DictConfig, e.g. from :func:`sim.load_config`); or
+    ``overrides``: Hydra overrides of the shipped configs, ``sim.simulate(overrides=["experiment=tissue",
+    "steps=200"])`` (nothing given: the shipped default, the analogy experiment). A failed run raises
+    its error (:class:`~sim.errors.NumericalError`, ...)."""
+    if cfg is not None and overrides is not None:
+        raise ConfigError("overrides", overrides, "None when a composed cfg is given (compose it with them: "
+                          "sim.load_config(overrides))")
+    if cfg is None:
+        from sim.core.config import load_config
+
+        cfg = load_config(() if overrides is None else overrides)
     out = run(cfg)
-    if out.result.error is not None:
-        raise out.result.error
+    error = getattr(out.result, "error", None)
+    if error is not None:
+        raise error
     return out.dataset

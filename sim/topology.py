@@ -3,13 +3,32 @@
 Every generator is seeded from the run seed, nodes are relabelled 0..n-1 in sorted order, and
 each undirected junction appears once in the edge arrays (src < dst); transport handles both
 directions.
+
+A graph file (``topology=file``) may carry more than junctions (:func:`file_inputs`):
+
+- the edge attribute ``weight`` (an edge list's third column, ``u v 0.5``, or ``{'weight': 0.5}``)
+  multiplies that junction's conductance: its conductance is ``weight x`` the substrate's
+  ``transport.conductance_per_s`` (bio) or ``transport.conductance`` (generic); 1 where absent;
+- the node attribute ``demand`` multiplies that cell's consumer capacity (bio: on top of the drawn
+  ``consumers.demand_cv`` heterogeneity; generic: each consumer's ``capacity``), like a per-cell
+  ``params.demand_scale``; 1 where absent (or the GraphML key's default);
+- node labels become the ``cell`` coordinate of ``results.nc`` (cell i is the i-th label in sorted
+  order, as the engine numbers them).
+
+Both must be finite numbers >= 0 (else the file is refused). Anything else in the file (other
+attributes, graph data, self-loops, a junction listed twice, edge directions, and ``weight`` /
+``demand`` on a substrate without junction conductances or per-cell demand: llm) is ignored with
+one :class:`GraphFileWarning` line naming all of it.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import io
 import math
 import os
+import warnings
 
 import networkx as nx
 import numpy as np
@@ -23,6 +42,16 @@ MAX_FILE_EDGES = 20_000_000
 FORMATS = ("auto", "graphml", "edgelist")
 MAX_CELLS = 10_000_000  # any generated tissue
 MAX_GENERATED_EDGES = 5_000_000  # edges (or, for erdos_renyi, node pairs / 10) a generator may make
+WEIGHT = "weight"  # edge attribute of a graph file: multiplies the junction's conductance
+NODE_PARAMS = ("demand",)  # node attributes of a graph file a substrate may read (per-cell multipliers)
+# graph-level keys this module keeps on a file's graph (named so that no file's own graph data meets them)
+SOURCE, DROPPED, CELL_LABELS = "sim.topology.source", "sim.topology.dropped", "sim.topology.cell_labels"
+# ... and those networkx's GraphML reader keeps: none of them is data of the file left unread
+_OWN_KEYS = (SOURCE, DROPPED, CELL_LABELS, "node_default", "edge_default")
+
+
+class GraphFileWarning(UserWarning):
+    """Part of a graph file that a run does not use (one line naming all of it)."""
 
 
 def _int(cfg, key, minimum):
@@ -55,6 +84,8 @@ def build_graph(cfg, seed: int = 0) -> nx.Graph:
         raise ConfigError("topology.kind", kind, "one of " + ", ".join(KINDS))
     if kind == "file":
         g = load_graph_file(cfg.get("path"), cfg.get("format", "auto"))
+        # the file's own names for its cells, in the order the engine numbers them (results.nc's cell)
+        g.graph[CELL_LABELS] = sorted(g.nodes)
     elif kind == "single":
         g = nx.empty_graph(1)
     else:
@@ -119,6 +150,23 @@ def _edgelist_line_ok(tokens: list[str], line: str) -> bool:
     return False
 
 
+def _edge_data(tokens: list[str], line: str, number: int, path) -> dict:
+    """The data of an edge-list line with more than ``u v``: ``{"weight": w}`` for a number, the
+    mapping of a ``{...}`` literal (refused, with its line number, if it is not one)."""
+    if not tokens[2].startswith("{"):
+        return {WEIGHT: float(tokens[2])}  # (checked finite by _edgelist_line_ok)
+    literal = line.split(None, 2)[2]
+    try:
+        data = ast.literal_eval(literal)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        shown = literal if len(literal) <= 60 else literal[:57] + "..."
+        _refuse(path, f"edge data that is a Python mapping with string keys, e.g. {{'weight': 0.5}}; line {number} "
+                      f"reads {shown!r}")
+    return data
+
+
 def _parse_edgelist(text: str, path) -> nx.Graph:
     """Strict whitespace edge list: ``u v``, ``u v weight`` or ``u v {data}`` per line; ``#`` comments.
 
@@ -140,8 +188,9 @@ def _parse_edgelist(text: str, path) -> nx.Graph:
     (below it the distinct junctions cannot pass the cap either).
     """
     nodes: dict[str, None] = {}  # insertion-ordered: the graph's node order
-    edges: list[tuple[str, str]] = []  # junctions between distinct cells, in line order
+    edges: list[tuple] = []  # junctions between distinct cells, in line order: (u, v) or (u, v, data)
     loops: set[str] = set()  # cells with a self-loop line (dropped, but counted as edges by the cap)
+    with_data = False  # a line with a weight or {data}: only then are the values checked (a pass over the edges)
     distinct: set | None = None
     max_nodes, max_edges = MAX_FILE_NODES, MAX_FILE_EDGES
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -161,11 +210,15 @@ def _parse_edgelist(text: str, path) -> nx.Graph:
         if u == v:
             loops.add(u)
         else:
-            edges.append((u, v))
+            if len(tokens) == 2:
+                edges.append((u, v))
+            else:
+                edges.append((u, v, _edge_data(tokens, line, number, path)))
+                with_data = True
         if distinct is not None:
             distinct.add((u, v) if u <= v else (v, u))
         elif len(edges) + len(loops) > max_edges:
-            distinct = {(a, b) if a <= b else (b, a) for a, b in edges} | {(a, a) for a in loops}
+            distinct = {(e[0], e[1]) if e[0] <= e[1] else (e[1], e[0]) for e in edges} | {(a, a) for a in loops}
         if distinct is not None and len(distinct) > max_edges:
             _refuse(path, f"a graph with at most {max_edges} edges")
     if not nodes:
@@ -179,8 +232,19 @@ def _parse_edgelist(text: str, path) -> nx.Graph:
         g.add_edges_from(edges)
     else:
         g.add_nodes_from(labels.values())
-        g.add_edges_from([(labels[a], labels[b]) for a, b in edges])
-    return g
+        g.add_edges_from([(labels[e[0]], labels[e[1]], *e[2:]) for e in edges])
+    g.graph.update({SOURCE: path, DROPPED: _dropped(len(loops), len(edges) - g.number_of_edges(), directed=False)})
+    return _check_values(g, path) if with_data else g
+
+
+def _dropped(loops: int, duplicates: int, directed: bool) -> list[str]:
+    """What loading a file left out, for the warning of :func:`file_inputs`."""
+    out = [f"{loops} self-loop{'s' if loops != 1 else ''}"] if loops else []
+    if duplicates:  # the graph keeps one edge (and its data: the last one read) per pair of cells
+        out.append(f"{duplicates} repeated junction{'s' if duplicates != 1 else ''} (one kept)")
+    if directed:
+        out.append("edge directions (junctions carry currency both ways)")
+    return out
 
 
 def _natural_mapping(labels) -> dict | None:
@@ -278,6 +342,7 @@ def load_graph_file(path, fmt: str = "auto") -> nx.Graph:
         msg = " ".join(str(exc).split())
         msg = msg if len(msg) <= 120 else msg[:117] + "..."
         _refuse(path, f"a valid {fmt} file ({type(exc).__name__}: {msg})")
+    directed, n_file_edges = g.is_directed(), g.number_of_edges()
     if g.is_directed() or g.is_multigraph():
         g = nx.Graph(g.to_undirected() if g.is_directed() else g)  # undirected, no multi-edges
     if g.number_of_nodes() == 0:
@@ -290,7 +355,46 @@ def load_graph_file(path, fmt: str = "auto") -> nx.Graph:
     if loops and len(loops) == g.number_of_edges():
         _refuse(path, "a graph with junctions between distinct cells (every edge in this file is a self-loop)")
     g.remove_edges_from(loops)
-    return _natural_labels(nx.Graph(g))
+    g = _natural_labels(nx.Graph(g))
+    g.graph.update({SOURCE: path, DROPPED: _dropped(len(loops), n_file_edges - len(loops) - g.number_of_edges(), directed)})
+    return _check_values(g, path)
+
+
+def _check_values(g: nx.Graph, path) -> nx.Graph:
+    """Refuse a ``weight`` (edges) or ``demand`` (nodes) that is not a finite number >= 0, naming
+    the first such junction or cell; a key default declared in GraphML is checked as well."""
+
+    def bad(value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            return True
+        return not math.isfinite(value) or value < 0
+
+    def shown(value) -> str:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    defaults = (g.graph.get("edge_default") or {}, g.graph.get("node_default") or {})
+    if WEIGHT in defaults[0] and bad(defaults[0][WEIGHT]):
+        _refuse(path, f"an edge weight (a conductance multiplier) that is a finite number >= 0; the GraphML default "
+                      f"is {shown(defaults[0][WEIGHT])}")
+    for name in NODE_PARAMS:
+        if name in defaults[1] and bad(defaults[1][name]):
+            _refuse(path, f"a node {name} (a per-cell multiplier) that is a finite number >= 0; the GraphML default "
+                          f"is {shown(defaults[1][name])}")
+    for u, v, w in g.edges(data=WEIGHT):
+        if w is not None and bad(w):
+            _refuse(path, f"an edge weight (a conductance multiplier) that is a finite number >= 0; junction {u}-{v} "
+                          f"has {shown(w)}")
+    for name in NODE_PARAMS:
+        for node, value in g.nodes(data=name):
+            if value is not None and bad(value):
+                _refuse(path, f"a node {name} (a per-cell multiplier) that is a finite number >= 0; cell {node} has "
+                              f"{shown(value)}")
+    return g
 
 
 def edge_arrays(g: nx.Graph) -> tuple[np.ndarray, np.ndarray]:
@@ -300,3 +404,75 @@ def edge_arrays(g: nx.Graph) -> tuple[np.ndarray, np.ndarray]:
     e = np.array([(min(u, v), max(u, v)) for u, v in g.edges()], dtype=np.int64)
     e = e[np.lexsort((e[:, 1], e[:, 0]))]
     return e[:, 0].astype(np.int32), e[:, 1].astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInputs:
+    """What a graph file sets beyond its junctions (ones for a generated graph)."""
+
+    weight: np.ndarray  # per junction, in :func:`edge_arrays` order: multiplies its conductance
+    demand: np.ndarray  # per cell (0..n-1): multiplies its consumer capacity
+
+
+def _names(keys) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+
+
+def file_inputs(graph: nx.Graph, src, dst, *, substrate: str, conductance_key: str | None = None,
+                demand: bool = False) -> FileInputs:
+    """The edge weights and node demands of a graph file for a substrate's builder.
+
+    ``conductance_key``: the config key a weight multiplies (None: the substrate has no junction
+    conductance and weights are ignored); ``demand``: whether the substrate reads the node
+    attribute ``demand``. Everything in the file the substrate does not use is named in one
+    :class:`GraphFileWarning` line. A generated graph gives ones and no warning."""
+    n = graph.number_of_nodes()
+    weight, dem = np.ones(len(src)), np.ones(n)
+    path = graph.graph.get(SOURCE)
+    if path is None:
+        return FileInputs(weight, dem)
+    edge_default = graph.graph.get("edge_default") or {}
+    node_default = graph.graph.get("node_default") or {}
+    # "id": the GraphML <edge id=...> networkx keeps as data: a name, not a value of the tissue
+    edge_keys = {k for _, _, d in graph.edges(data=True) for k in d if k != "id"} | set(edge_default)
+    node_keys = {k for _, d in graph.nodes(data=True) for k in d} | set(node_default)
+    used_edge = {WEIGHT} if conductance_key else set()
+    used_node = {"demand"} if demand else set()
+    if WEIGHT in used_edge & edge_keys:
+        w0 = float(edge_default.get(WEIGHT, 1.0))
+        triples = [(min(u, v), max(u, v), float(w)) for u, v, w in graph.edges(data=WEIGHT, default=w0)]
+        e = np.array(triples, dtype=np.float64).reshape(-1, 3)
+        order = np.lexsort((e[:, 1], e[:, 0]))  # the order of edge_arrays
+        if not (np.array_equal(e[order, 0], src) and np.array_equal(e[order, 1], dst)):
+            raise ValueError("file_inputs needs the (src, dst) of edge_arrays(graph)")
+        weight = e[order, 2]
+    if "demand" in used_node & node_keys:
+        d0 = float(node_default.get("demand", 1.0))
+        dem = np.array([float(graph.nodes[i].get("demand", d0)) for i in range(n)])
+    ignored = []
+    if edge_keys - used_edge:
+        ignored.append("edge attributes " + _names(edge_keys - used_edge))
+    if node_keys - used_node:
+        ignored.append("node attributes " + _names(node_keys - used_node))
+    graph_keys = [k for k in graph.graph if k not in _OWN_KEYS]
+    if graph_keys:
+        ignored.append("graph attributes " + _names(graph_keys))
+    ignored += graph.graph.get(DROPPED) or []
+    if ignored:
+        uses = [f"edge {WEIGHT} x {conductance_key}"] if conductance_key else []
+        uses += ["node demand x the cell's consumer capacity"] if demand else []
+        reads = ", ".join(uses) if uses else "only the junctions"
+        # stacklevel 3: the line that called the substrate's build (api.prepare, a test, a script)
+        warnings.warn(f"topology.path={path}: ignored by substrate {substrate}: {'; '.join(ignored)} (it reads {reads})",
+                      GraphFileWarning, stacklevel=3)
+    return FileInputs(weight, dem)
+
+
+def label_cells(ds, graph: nx.Graph | None):
+    """``ds`` with the graph file's node labels as its ``cell`` coordinate (unchanged for a
+    generated graph, or a dataset without that cell dimension)."""
+    labels = None if graph is None else graph.graph.get(CELL_LABELS)
+    if labels is None or ds is None or "cell" not in ds.dims or ds.sizes["cell"] != len(labels):
+        return ds
+    return ds.assign_coords(cell=np.asarray(labels))

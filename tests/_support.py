@@ -10,12 +10,14 @@ import numpy as np
 import xarray as xr
 import yaml
 
+from sim.core.config import CONF_DIR  # the shipped configs (sim/conf)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bio_substrate() -> dict:
     """The shipped biology preset as a plain dict (a fresh copy each call)."""
-    return yaml.safe_load((ROOT / "conf" / "substrate" / "bio.yaml").read_text())
+    return yaml.safe_load((CONF_DIR / "substrate" / "bio.yaml").read_text())
 
 
 def quiet_bio_substrate(**chains) -> dict:
@@ -185,6 +187,7 @@ CATALOGUE_VALID = {
     "substrate/llm.yaml:substrate.memory.threshold_tokens=1.5": "a history length threshold: any real >= 0",
     "experiment/cascade.yaml:cascade.memory.threshold_tokens=1.5": "a history length threshold: any real > 0",
     "experiment/cascade.yaml:cascade.window_fit_min=1.5": "a bound of the fitted lengths: any real > 0",
+    "experiment/cascade.yaml:cascade.loop.memory_threshold_tokens=1.5": "a history length threshold: any real > 0",
     "experiment/cascade.yaml:cascade.long_context_min=1.5": "a bound of the fitted lengths: any real > 0",
     "experiment/analogy.yaml:analogy.cascade.short_max_tokens=1.5": "a bound of the fitted lengths: any real > 0",
     "experiment/analogy.yaml:analogy.cascade.long_min_tokens=1.5": "a bound of the fitted lengths: any real > 0",
@@ -304,7 +307,7 @@ def bad_input_catalogue(edge_list, *, full: bool = False, conf_dir: Path | None 
     experiment file sets at the top level and that ``config.yaml`` has are generated from it; the
     ``topology`` keys of an experiment belong to the topology group); each substrate has its own
     keys, generated from its first preset (``generic.yaml``, not again from ``generic_tissue.yaml``). ``edge_list``: a valid edge-list file for ``topology=file``."""
-    conf_dir = Path(conf_dir or ROOT / "conf")
+    conf_dir = Path(conf_dir or CONF_DIR)
     out, seen = [], set()
     for source, prefix, context, data in _catalogue_sources(conf_dir, str(edge_list)):
         group = source.split("/")[0] if "/" in source else ""

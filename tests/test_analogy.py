@@ -23,6 +23,7 @@ from _support import run_child
 from sim.api import run
 from sim.app import EXIT_CONFIG, execute
 from sim.constants import landauer_j
+from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 from sim.experiments import analogy_rows as rows
 from sim.experiments.analogy_rows import DEFINITION, EMERGENT, ROWS, SET, Spread, View, Window
@@ -335,14 +336,14 @@ def test_bad_options_are_refused_one_line(tmp_path, capsys, override, key):
 def test_the_analogy_is_the_default_experiment():
     """`python -m sim` / `make run` with no experiment=... run the analogy; experiment=tissue is the
     plain run, without the analogy's top-level values (its 16 cells, its analogy section)."""
-    from _support import ROOT, TISSUE
+    from _support import TISSUE
     import yaml
 
     default = compose([])
     assert default["experiment"] == {"name": "analogy", "kind": "analogy"}
     assert default["topology"]["n_cells"] == 16 and "analogy" in default
     plain = compose([TISSUE])
-    shipped = yaml.safe_load((ROOT / "conf" / "topology" / "small_world.yaml").read_text())
+    shipped = yaml.safe_load((CONF_DIR / "topology" / "small_world.yaml").read_text())
     assert plain["experiment"] == {"name": "tissue", "kind": "tissue"} and "analogy" not in plain
     assert plain["topology"]["n_cells"] == shipped["n_cells"]
 

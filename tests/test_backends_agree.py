@@ -303,7 +303,7 @@ def test_space_and_construction(runs):
         assert all(p.cell is c.cell for p in c.producers) and all(k.cell is c.cell for k in c.consumers)
     with pytest.raises(ConfigError, match="backend"):
         CurrencyModel(dict(make_cfg(), backend="torch"))
-    with pytest.raises(TypeError):
-        CurrencyModel()
+    with pytest.raises(TypeError):  # a config and a built model: which one? (neither: the shipped tissue)
+        CurrencyModel(make_cfg(), model=build(make_cfg()))
     m = CurrencyModel(model=build(make_cfg()), backend="mesa", collect_every=0)
     assert m.backend == "mesa" and m.replicate == 0 and m.state.step == 0

@@ -31,6 +31,7 @@ from _support import bad_input_catalogue, run_child
 from sim import api, app
 from sim.config.validate import problems_of
 from sim.core import engine
+from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 from sim.experiments import cascade
 
@@ -114,7 +115,7 @@ def _param(entry):
 def test_the_catalogue_is_large_and_covers_every_config_file():
     assert len(CATALOGUE) >= 200
     assert len({e.id for e in CATALOGUE}) == len(CATALOGUE)
-    conf = ROOT / "conf"
+    conf = CONF_DIR
     covered = {e.source for e in CATALOGUE}
     # every group, every substrate and every experiment with keys of its own (the options of the other
     # groups, and the presets of one substrate, share their keys: each is generated once)

@@ -33,8 +33,18 @@ def _close_figures():
     plt.close("all")
 
 
-def bio_dataset(*, n_rep=3, n_t=30, n_c=5, transported=True, constant_counts=True, seed=0):
-    """A biology tissue dataset with the variables and attributes of ``bio.results.to_dataset``."""
+def ring(n_c):
+    """``edge_src``, ``edge_dst`` attributes of a ring of ``n_c`` cells (as ``sim.network_figure.edge_attributes``)."""
+    import networkx as nx
+
+    from sim.network_figure import edge_attributes
+
+    return edge_attributes(nx.cycle_graph(n_c))
+
+
+def bio_dataset(*, n_rep=3, n_t=30, n_c=5, transported=True, constant_counts=True, seed=0, edges=False):
+    """A biology tissue dataset with the variables and attributes of ``bio.results.to_dataset``
+    (``edges``: with the graph of a ring, so ``network.png`` is drawn too)."""
     rng = np.random.default_rng(seed)
     t = np.arange(1, n_t + 1) * 0.2
     rc = ("replicate", "time", "cell")
@@ -55,11 +65,11 @@ def bio_dataset(*, n_rep=3, n_t=30, n_c=5, transported=True, constant_counts=Tru
          "energy_charge": (rc, ec, {"units": "1"}), "dg_atp": (rc, dg, {"units": "kJ/mol"}),
          "alive": (rc, alive, {"units": "1"}), "n_producers": (rc, n_prod.astype(np.int32), {"units": "1"}),
          "produced": (rc, produced, {"units": "mM"}), "spent": (rc, spent, {"units": "mM"}),
-         "transported_out": (rc, moved, {"units": "mM"}),
+         "transported_out": (rc, moved, {"units": "mM"}), "work": (rc, 2.0 * spent, {"units": "work units"}),
          "spent_by_kind": (("replicate", "cell", "consumer_kind"), by_kind, {"units": "mM"})},
         coords={"replicate": np.arange(n_rep), "time": t, "cell": np.arange(n_c), "species": SPECIES,
                 "consumer_kind": KINDS})
-    ds.attrs.update(substrate="bio", currency="ATP", volume_l=VOLUME_L)
+    ds.attrs.update(substrate="bio", currency="ATP", volume_l=VOLUME_L, **(ring(n_c) if edges else {}))
     return ds
 
 
@@ -162,6 +172,15 @@ def test_bio_figures_write_three_pngs(tmp_path):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
 
 
+def test_the_network_figure_joins_the_run_figures_when_the_dataset_holds_the_graph(tmp_path):
+    paths = bio.figures(bio_dataset(n_rep=2, edges=True), tmp_path)
+    assert [p.name for p in paths] == ["pools_energy_charge.png", "ledger.png", "fate.png", "network.png"]
+    llm_paths = llm_results.figures(serving_dataset(n_c=3, edges=True), tmp_path / "llm")
+    assert [p.name for p in llm_paths] == ["serving.png", "network.png"]
+    one = llm_results.figures(serving_dataset(n_c=1, edges=True), tmp_path / "one")  # one instance: no network
+    assert [p.name for p in one] == ["serving.png"]
+
+
 @pytest.fixture(scope="module")
 def built_tissue():
     """A real biology dataset layout: the probe dataset of a built 4-cell tissue (no compiling)."""
@@ -186,7 +205,7 @@ def test_bio_figures_draw_the_datasets_the_run_makes(built_tissue):
 # ------------------------------------------------------------------------------ LLM serving
 
 
-def serving_dataset(*, n_rep=2, n_t=20, n_c=2, kv_fraction=0.03, limit=12.0):
+def serving_dataset(*, n_rep=2, n_t=20, n_c=2, kv_fraction=0.03, limit=12.0, edges=False):
     t = np.arange(1, n_t + 1) * 0.5
     rc = ("replicate", "time", "cell")
     shape = (n_rep, n_t, n_c)
@@ -201,7 +220,9 @@ def serving_dataset(*, n_rep=2, n_t=20, n_c=2, kv_fraction=0.03, limit=12.0):
         "arrived": arrived, "completed": completed, "tokens_out": np.cumsum(rng.poisson(400, shape), axis=1) * 1.0,
     }
     ds = xr.Dataset({k: (rc, v) for k, v in data.items()}, coords={"time": t})
-    ds.attrs.update(substrate="llm", kv_capacity_tokens=cap, stability_limit_req_per_s=limit)
+    ds["time"].attrs["units"] = "s"
+    ds.attrs.update(substrate="llm", kv_capacity_tokens=cap, stability_limit_req_per_s=limit,
+                    **(ring(n_c) if edges else {}))
     return ds
 
 

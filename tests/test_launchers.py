@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import yaml
-from _support import ROOT, TISSUE, assert_same_results, run_child
+from _support import CONF_DIR, ROOT, TISSUE, assert_same_results, run_child
 
 SWEEP = [TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=4", "steps=20", "replicates=2",
          "figures=false", "seed=1,2"]
@@ -74,7 +74,7 @@ def test_the_project_launcher_configs_compose_and_instantiate(choice, target, fi
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3", job_name="sim"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="sim"):
         cfg = compose("config", overrides=[f"hydra/launcher={choice}", TISSUE, "hydra.launcher.timeout_min=7"],
                       return_hydra_config=True)
     node = cfg.hydra.launcher

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 import sim  # noqa: F401  (float64)
 from sim.config.validate import check_stability
+from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 from sim.substrates.bio import SUBSTRATE as BIO
 from sim.substrates.bio.kernels.transport import transport
@@ -43,7 +44,7 @@ PHOSPHATE_WEIGHTS[[ATP, ADP, AMP, PI]] = [3.0, 2.0, 1.0, 1.0]
 
 def _substrate(name):
     # OmegaConf, as Hydra loads it (PyYAML would read 1.0e6 as a string)
-    return OmegaConf.to_container(OmegaConf.load(f"conf/substrate/{name}.yaml"), resolve=True)
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "substrate" / f"{name}.yaml"), resolve=True)
 
 
 def _model(n_cells, kind="complete", substrate="bio"):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 import networkx as nx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -345,3 +347,40 @@ def test_fuzz_mutated_graphml(edges, cuts):
         pos %= len(doc) + 1
         doc[pos: pos + len(insert) or pos + 1] = insert
     _check_outcome(bytes(doc), ".graphml")
+
+
+_numbers = st.sampled_from(["1", "0.5", "0", "-1", "nan", "inf", "1e999", "x", "", "true", "9" * 400, "  2  "])
+
+
+@FUZZ
+@given(edges=_edges, weights=st.lists(_numbers, min_size=1, max_size=16), demands=st.lists(_numbers, max_size=8),
+       wtype=_attr_types, dtype=_attr_types)
+def test_fuzz_weights_and_demands(edges, weights, demands, wtype, dtype):
+    """GraphML whose ``weight`` and ``demand`` have any declared type and any value: refused with a
+    ConfigError naming topology.path, or read into finite multipliers >= 0 (sim/topology.py)."""
+    nodes = sorted({n for e in edges for n in e})
+    body = "".join(f"<node id='{n}'>" + (f"<data key='dm'>{demands[i]}</data>" if i < len(demands) else "") + "</node>"
+                   for i, n in enumerate(nodes))
+    body += "".join(f"<edge source='{u}' target='{v}'><data key='w'>{weights[i % len(weights)]}</data></edge>"
+                    for i, (u, v) in enumerate(edges))
+    doc = (GRAPHML_HEAD + f"<key id='w' for='edge' attr.name='weight' attr.type='{wtype}'/>"
+           f"<key id='dm' for='node' attr.name='demand' attr.type='{dtype}'/>"
+           f"<graph edgedefault='undirected'>{body}</graph></graphml>")
+    fd, path = tempfile.mkstemp(suffix=".graphml")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(doc)
+        try:
+            g = build_graph({"kind": "file", "path": path})
+        except ConfigError as exc:
+            assert exc.key == "topology.path" and "\n" not in str(exc)
+            return
+        src, dst = edge_arrays(g)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", topology.GraphFileWarning)
+            inputs = topology.file_inputs(g, src, dst, substrate="generic", conductance_key="k", demand=True)
+        for values in (inputs.weight, inputs.demand):
+            assert np.isfinite(values).all() and (values >= 0).all()
+        assert len(inputs.weight) == len(src) and len(inputs.demand) == g.number_of_nodes()
+    finally:
+        os.unlink(path)

@@ -65,6 +65,7 @@ import numpy as np
 
 from sim import rng
 from sim.core import differentiation as dif
+from sim.core.config import bounded, read_section
 from sim.errors import ConfigError
 from sim.pytree import pytree_dataclass, replace
 
@@ -164,18 +165,7 @@ def read_config(cfg: dict) -> dict:
     """The ``carriers`` section of a plain config, checked (every problem at once)."""
     from sim.config.validate import ConfigErrors
 
-    node = cfg.get("carriers")
-    node = {} if node is None else node
-    if not isinstance(node, dict):
-        raise ConfigError("carriers", node, "a mapping (conf/carriers/*.yaml)")
-    out, problems = dict(DEFAULTS), []
-    for key, value in node.items():
-        if key == "name":
-            continue
-        if key not in DEFAULTS:
-            problems.append(ConfigError(f"carriers.{key}", value, "a key of carriers: " + ", ".join(DEFAULTS)))
-            continue
-        out[key] = value
+    out, problems = read_section(cfg, "carriers", DEFAULTS)
 
     def bad(key, allowed):
         problems.append(ConfigError(f"carriers.{key}", out[key], allowed))
@@ -197,11 +187,9 @@ def read_config(cfg: dict) -> dict:
     for key, lo, strict, hi in (("conversion_rate", 0, False, None), ("conversion_cost", 0, False, 1),
                                 ("rate", 0, False, None), ("selection", 0, True, None), ("mutation", 0, False, 1),
                                 ("payoff_tau", 0, True, None)):
-        v = out[key]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ok = ok and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
-        if not ok:
-            bad(key, f"a finite number {'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else ""))
+        allowed = bounded(out[key], lo, strict, hi)
+        if allowed:
+            bad(key, allowed)
     for key, allowed in (("rule", RULES), ("accepts", ACCEPTS), ("payoff", PAYOFFS)):
         if out[key] not in allowed:
             bad(key, "one of " + ", ".join(allowed))

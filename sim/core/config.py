@@ -12,7 +12,9 @@ from pathlib import Path
 
 from sim.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the shipped Hydra config folder
+# The Hydra config folder ships inside the package (package data), so the same path works from a
+# checkout (editable install) and from an installed wheel; Hydra is given it as an absolute path.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 _MISSING = object()
 
 
@@ -42,6 +44,62 @@ def num(cfg, dotted: str, minimum=None, maximum=None, strict: bool = False, inte
     if maximum is not None and v > maximum:
         raise ConfigError(dotted, v, f"{what} <= {maximum}")
     return int(v) if integer else float(v)
+
+
+def read_section(cfg: dict, section: str, defaults: dict) -> tuple[dict, list[ConfigError]]:
+    """(``defaults`` updated by the mapping ``cfg[section]``, the unknown keys as problems) for a
+    config group read by a core module (``differentiation``, ``carriers``); ``name`` is the group
+    option's own label and is skipped. A section that is not a mapping is refused at once."""
+    node = cfg.get(section)
+    node = {} if node is None else node
+    if not isinstance(node, dict):
+        raise ConfigError(section, node, f"a mapping (conf/{section}/*.yaml)")
+    out, problems = dict(defaults), []
+    for key, value in node.items():
+        if key == "name":
+            continue
+        if key not in defaults:
+            problems.append(ConfigError(f"{section}.{key}", value, f"a key of {section}: " + ", ".join(defaults)))
+            continue
+        out[key] = value
+    return out, problems
+
+
+def bounded(value, lo, strict: bool, hi=None) -> str | None:
+    """None when ``value`` is a finite number ``> lo`` (``strict``) or ``>= lo``, and ``<= hi``; else
+    what is allowed."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and (value > lo if strict else value >= lo) and (hi is None or value <= hi):
+        return None
+    return f"a finite number {'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+
+
+def load_config(overrides=()) -> dict:
+    """The shipped configs (``sim/conf``, inside the package) composed with Hydra ``overrides``
+    (``["experiment=tissue", "topology=ring", "topology.n_cells=10"]``) into a plain dict, as
+    ``python -m sim`` composes them; ``sim.load_config``. No path is needed, from a checkout or
+    an installed wheel. A bad override (unknown group option or key, wrong type, unparsable) is one
+    :class:`~sim.errors.ConfigError` naming its key and value, as on the command line."""
+    if isinstance(overrides, (str, bytes)) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError("overrides", overrides, "a list of Hydra override strings, e.g. ['topology=ring', 'steps=100']")
+    overrides = list(overrides)
+    from hydra import compose as h_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sim.app import _hydra_error, preflight  # the command line's one-line refusals
+    from sim.config.validate import check_group_keys
+
+    preflight(overrides)  # an unknown group option: named with the options there are
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = h_compose(config_name="config", overrides=overrides)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:
+        raise _hydra_error(exc, overrides) from None
+    # keys added with `+` that no shipped file of their group has: refused as `python -m sim` refuses them
+    check_group_keys(OmegaConf.to_container(cfg, resolve=False))
+    return plain
 
 
 def compose(overrides=(), config_dir=None) -> dict:

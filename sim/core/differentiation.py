@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import rng
+from sim.core.config import bounded, read_section
 from sim.errors import ConfigError
 from sim.pytree import pytree_dataclass, replace
 
@@ -141,19 +142,7 @@ def read_config(cfg: dict) -> dict:
     """The ``differentiation`` section of a plain config, checked (every problem at once)."""
     from sim.config.validate import ConfigErrors
 
-    node = cfg.get("differentiation")
-    node = {} if node is None else node
-    if not isinstance(node, dict):
-        raise ConfigError("differentiation", node, "a mapping (conf/differentiation/*.yaml)")
-    out, problems = dict(DEFAULTS), []
-    for key, value in node.items():
-        if key == "name":
-            continue
-        if key not in DEFAULTS:
-            problems.append(ConfigError(f"differentiation.{key}", value, "a key of differentiation: "
-                                        + ", ".join(DEFAULTS)))
-            continue
-        out[key] = value
+    out, problems = read_section(cfg, "differentiation", DEFAULTS)
 
     def bad(key, allowed):
         problems.append(ConfigError(f"differentiation.{key}", out[key], allowed))
@@ -165,11 +154,9 @@ def read_config(cfg: dict) -> dict:
     for key, lo, strict, hi in (("alpha", 0, True, None), ("rate", 0, False, None), ("noise", 0, False, 1),
                                 ("switch_cost", 0, False, None), ("payoff_tau", 0, True, None),
                                 ("step_size", 0, False, 1), ("selection", 0, True, None)):
-        v = out[key]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ok = ok and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
-        if not ok:
-            bad(key, f"a finite number {'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else ""))
+        allowed = bounded(out[key], lo, strict, hi)
+        if allowed:
+            bad(key, allowed)
     init = out["initial"]
     if not (init == "random" or (isinstance(init, (int, float)) and not isinstance(init, bool)
                                  and math.isfinite(init) and 0 <= init <= 1)):

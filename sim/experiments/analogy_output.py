@@ -160,7 +160,7 @@ def _response_panel(ax, ds, entries, summary, side):
         ax.axvline(tau.mean, color="C3", lw=0.8, ls="--", label=f"63% relaxation {tau.mean:.3g} s (n={tau.n})")
         if math.isfinite(tau.low):
             ax.axvspan(tau.low, tau.high, color="C3", alpha=0.15, lw=0)
-    ax.set(xlabel="time from the demand step (s)", ylabel="charged currency / carrier",
+    ax.set(xlabel="time from the demand step (s)", ylabel="charged currency / carrier (1)",
            title=f"{SIDE_NAMES[side]}: demand x{summary['step_factor']:g} ({'ATP' if side == 'bio' else 'occupied KV'})")
     ax.legend(fontsize=7)
 
@@ -180,7 +180,7 @@ def _verdict_panel(ax, entries, summary):
             ax.annotate(e["verdict"], (1.0, i), ha="center", va="center", fontsize=7, color="C3")
     ax.set_xscale("log")
     ax.set_yticks(range(len(compared)), [e["row"].name for e in compared], fontsize=7)
-    ax.set(xlabel=f"LLM / biology (mean, {rows.CONFIDENCE:.0%} interval)", title="emergent rows: verdicts")
+    ax.set(xlabel=f"LLM / biology, mean and {rows.CONFIDENCE:.0%} interval (1)", title="emergent rows: verdicts")
     ax.legend(fontsize=7)
 
 
@@ -197,7 +197,8 @@ def _cascade_panel(ax, ds, summary, entries):
     ax.loglog(ll, ll, "k:", lw=0.8, label="slope 1")
     if summary.get("llm_cascade_long_extrapolated"):
         ax.axvline(summary["llm_max_context_tokens"], color="C3", lw=0.6, ls="--", label="LLM context window")
-    ax.set(xlabel="chain length (aa or tokens)", ylabel="cost per chain / cost per unit of the shortest",
+    # cost / (the shortest chain's cost per unit): a cost counted in units of length
+    ax.set(xlabel="chain length (aa or tokens)", ylabel="cost per chain / cost per unit of the shortest (aa or tokens)",
            title="cascade: cost vs length (set by parameters)")
     ax.legend(fontsize=7)
 

@@ -374,7 +374,8 @@ def figure(history, names, out_dir, series=None):
     grad = np.maximum([h[2] for h in history], 1e-300)
     ax.semilogy(it, loss, "o-", ms=3, label="loss 1/2 sum r^2")
     ax.semilogy(it, grad, "s--", ms=3, label="|gradient| (log parameters)")
-    ax.set(xlabel="iteration", title="calibration of " + ", ".join(names))
+    # residuals are divided by their sigmas and parameters fitted in log space: loss and gradient are pure numbers
+    ax.set(xlabel="iteration (count)", ylabel="loss, |gradient| (1)", title="calibration of " + ", ".join(names))
     ax.legend(fontsize=8)
     if series is not None:
         ax2 = axes[0][1]

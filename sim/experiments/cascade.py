@@ -98,7 +98,7 @@ LOOP_NUMBERS = {
     "loop.prompt_tokens": (0, True, None, True),
     "loop.output_tokens": (0, True, None, True),
     "loop.followup_tokens": (0, False, None, True),
-    "loop.memory_threshold_tokens": (0, True, None, True),
+    "loop.memory_threshold_tokens": (0, True, None, False),  # a history length threshold, real like memory.threshold_tokens
     "loop.memory_factor": (1, True, None, False),
 }
 WINDOW_FIT_MIN = 1000.0  # tokens, when cascade.window_fit_min is not set
@@ -448,7 +448,7 @@ def cascade_figures(ch, loops, summary, model, gpu, t_dec, out_dir):
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     m = series == "bio"
     ax[0].loglog(length[m], cost[m], "o-", label=f"protein synthesis (slope {summary['exponent_bio']:.3f})")
-    ax[0].set(xlabel="chain length (amino acids)", ylabel="ATP per chain", title="biology: constant cost per unit")
+    ax[0].set(xlabel="chain length (amino acids)", ylabel="cost per chain (ATP)", title="biology: constant cost per unit")
     ax[0].legend(fontsize=8)
     for name, lab in (("llm", "decode"), ("llm_tools", "decode + tool calls"), ("llm_memory", "decode + memory module")):
         m = series == name
@@ -456,7 +456,7 @@ def cascade_figures(ch, loops, summary, model, gpu, t_dec, out_dir):
     lx = length[series == "llm"]
     ax[1].loglog(lx, model.flops_per_token * lx, "k:", lw=0.8, label="slope 1 (2N L)")
     ax[1].loglog(lx, 0.5 * model.flops_per_token_per_ctx * lx**2, "k--", lw=0.8, label="slope 2 (n_layer d L^2)")
-    ax[1].set(xlabel="chain length (tokens)", ylabel="FLOPs per chain", title=f"LLM ({model.name}): cost grows with context")
+    ax[1].set(xlabel="chain length (tokens)", ylabel="cost per chain (FLOP)", title=f"LLM ({model.name}): cost grows with context")
     ax[1].legend(fontsize=7)
     mid = np.sqrt(lx[1:] * lx[:-1])
     ax[2].semilogx(mid, local_exponent(lx, cost[series == "llm"]), "o-", label="FLOPs (LLM)")
@@ -466,7 +466,7 @@ def cascade_figures(ch, loops, summary, model, gpu, t_dec, out_dir):
                    label="with memory module")
     ax[2].axhline(1.0, color="k", lw=0.5)
     ax[2].axhline(2.0, color="k", lw=0.5)
-    ax[2].set(xlabel="chain length (tokens)", ylabel="local exponent d ln cost / d ln L", title="cost exponent vs length",
+    ax[2].set(xlabel="chain length (tokens)", ylabel="local exponent d ln cost / d ln L (1)", title="cost exponent vs length",
               ylim=(0.8, 2.1))
     ax[2].legend(fontsize=7)
     fig.tight_layout()
@@ -477,7 +477,7 @@ def cascade_figures(ch, loops, summary, model, gpu, t_dec, out_dir):
     ax.plot(T, loops["tokens_in"], "o", label=f"simulated (exponent {summary['exponent_loop']:.2f})")
     ax.plot(T, loops["formula"], "k-", lw=0.8, label="T b + k T(T-1)/2")
     ax.plot(T, loops["tokens_in_memory"], "s", label=f"with memory module (exponent {summary['exponent_loop_memory']:.2f})")
-    ax.set(xlabel="turns T", ylabel="input tokens", title="agent loop (stateless API resends history)")
+    ax.set(xlabel="turns T (count)", ylabel="input per loop (tokens)", title="agent loop (stateless API resends history)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(_save(fig, out / "agent_loop.png"))

@@ -237,9 +237,9 @@ def figures(ds, out_dir) -> list[Path]:
             if name == "gain":
                 for (a, b), val in np.ndenumerate(v):
                     ax.text(b, a, f"{2 ** val:.2f}", ha="center", va="center", fontsize=7)
-            ax.set(xlabel="specialization gain 2^(alpha-1)", ylabel="transport cost (loss fraction)" if j == 0 else "",
+            ax.set(xlabel="specialization gain 2^(alpha-1) (1)", ylabel="transport cost: loss fraction (1)",
                    title=f"{top}: {label}" if i == 0 else f"{top}: gain")
-            fig.colorbar(im, ax=ax, fraction=0.046)
+            fig.colorbar(im, ax=ax, fraction=0.046).set_label(f"{label} (1)")
     sub = ds.attrs.get("substrate", "")
     fig.suptitle(f"division of labour ({sub}; {ds.attrs.get('rule', '')} adaptation, "
                  f"{ds.attrs.get('replicates', '')} replicates per point)")

@@ -155,7 +155,7 @@ def figures(ds, out_dir) -> list[Path]:
             ax.fill_between(t, x.min("replicate"), x.max("replicate"), color=color, alpha=0.2, lw=0)
         ax.axvline(ds.attrs["fail_time"], color="k", ls=":", lw=1)
         ax.set(title=f"{coll} collective", xlabel=f"time ({ds.attrs.get('time_unit', '1')})",
-               ylabel="work rate / rate before the failure")
+               ylabel="work rate / rate before the failure (1)")
         ax.legend(fontsize=8, title=f"{ds.attrs['kill_fraction']:.0%} of cells die", title_fontsize=8)
     fig.suptitle(f"robustness ({ds.attrs['substrate']}, alpha {ds.attrs['alpha']}, "
                  f"{ds.attrs['rule']} re-differentiation; band: replicates)")

@@ -96,11 +96,12 @@ def figure(method: str, names, indices: dict, out_dir):
         if method == "sobol":
             ax.bar(xs - w / 2, cols["S1"], w, yerr=cols["S1_conf"], capsize=3, label="S1 (first order)")
             ax.bar(xs + w / 2, cols["ST"], w, yerr=cols["ST_conf"], capsize=3, label="ST (total)")
-            ax.set_ylabel("Sobol index")
+            ax.set_ylabel("Sobol index (1)")
         else:
             ax.bar(xs - w / 2, cols["mu_star"], w, yerr=cols["mu_star_conf"], capsize=3, label="mu*")
             ax.bar(xs + w / 2, cols["sigma"], w, label="sigma")
-            ax.set_ylabel("elementary effect")
+            # SALib's effects are per unit of the parameter's normalised range: in the outcome's unit
+            ax.set_ylabel("elementary effect (unit of the outcome)")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xticks(xs, names, rotation=30, ha="right")
         ax.set_title(outcome)

@@ -321,13 +321,13 @@ def society_figures(ds, summary, p, out_dir):
     ax[0].axhline(1.0, color="k", lw=0.8)
     ax[0].fill_between([np.nanmin(hp), np.nanmax(hp)], 1.0, max(1.05, np.nanmax(gain) * 1.05), color="C2", alpha=0.08,
                        label="specialists win")
-    ax[0].set(xlabel="hand-off tokens H", ylabel="generalist / specialist J per task",
+    ax[0].set(xlabel="hand-off size H (tokens)", ylabel="generalist / specialist energy per task (1)",
               title=f"specialization gain (N = {p.n_instances}, K = {p.n_kinds}, p_miss = {p.p_miss:g})")
     ax[0].legend(fontsize=7)
     for j, n in enumerate(ds["n_instances"].values):
         ax[1].semilogx(c, ds["alpha_effective"].values[:, j], "o-", ms=3, label=f"N = {n}")
     ax[1].axhline(1.0, color="k", lw=0.8)
-    ax[1].set(xlabel="context per kind c (tokens)", ylabel="alpha_effective = 1 + ln G / ln(K/m)",
+    ax[1].set(xlabel="context per kind c (tokens)", ylabel="alpha_effective = 1 + ln G / ln(K/m) (1)",
               title="curvature from the roofline (no misrouting)")
     ax[1].legend(fontsize=7)
     fig.tight_layout()
@@ -340,7 +340,7 @@ def society_figures(ds, summary, p, out_dir):
         ax.loglog(c, ds["tokens_vs_chat"].sel(topology=name).values[:, k0], marker, ms=4, label=name)
     ax.axhline(PUBLISHED["single_agent_vs_chat_tokens"], color="C0", ls=":", label="agents ~4x (Anthropic 2025)")
     ax.axhline(PUBLISHED["multi_agent_vs_chat_tokens"], color="C1", ls=":", label="multi-agent ~15x (Anthropic 2025)")
-    ax.set(xlabel="context per kind c (tokens)", ylabel="tokens per task / chat",
+    ax.set(xlabel="context per kind c (tokens)", ylabel="tokens per task / a chat's (1)",
            title=f"tokens by topology (H = {h[k0]:g})")
     ax.legend(fontsize=7)
     fig.tight_layout()

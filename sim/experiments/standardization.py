@@ -26,7 +26,13 @@ replicates):
 
 Plus, with ``standardization.kiyotaki_wright: true``, the Kiyotaki-Wright check of
 :mod:`sim.core.kiyotaki_wright` (three types, no double coincidence of wants): which good ends as the
-medium of exchange.
+medium of exchange. And with ``standardization.llm: true``, the LLM side
+(:mod:`sim.substrates.llm.formats`): model instances on the same topologies (``n_cells`` of them)
+choosing the message format of their hand-offs (text in two tokenizers, hidden states, KV caches),
+costed on the roofline of the ``model``/``gpu`` groups, with ``conversion_costs`` as the fraction of
+the re-prefill a mismatched hand-off pays and ``replicates`` per point; options in
+``standardization.llm_formats``; outcomes ``llm_*`` in the summary and ``llm_formats.nc`` /
+``llm_formats.parquet``.
 
 Writes ``results.nc``, ``standardization.parquet`` (one row per point), ``summary.json`` and
 ``figures/standardization.png`` (dominant share over time; Herfindahl over conversion cost and
@@ -48,6 +54,7 @@ from sim.errors import ConfigError
 from sim.experiments import register
 from sim.experiments.multicellular import _floats, batch_rows, topology_cfg
 from sim.rng import replicate_keys
+from sim.substrates.llm import formats as llm_formats
 
 MODES = ("adaptive", "one", "mixed")
 TAIL = 0.1  # the end state of a run: the mean over its last 10% of records (shares flicker under mutation)
@@ -85,6 +92,11 @@ def read_options(cfg: dict) -> dict:
     if not isinstance(kw, bool):
         raise ConfigError("standardization.kiyotaki_wright", kw, "true or false")
     out["kiyotaki_wright"] = kw
+    llm = opts.get("llm", False)
+    if not isinstance(llm, bool):
+        raise ConfigError("standardization.llm", llm, "true or false (also run the LLM message-format economy)")
+    out["llm"] = llm
+    out["llm_formats"] = llm_formats.read_config(opts.get("llm_formats"), "standardization.llm_formats")
     return out
 
 
@@ -221,7 +233,7 @@ def figures(ds, out_dir) -> list[Path]:
                     label=f"cost {c:g}")
         ax.axhline(1.0 / n0, color="grey", lw=0.8, ls=":", label=f"1/{n0} (even)")
         ax.axhline(car.STANDARD, color="k", lw=0.8, ls="--", label="standard (90%)")
-        ax.set(xlabel=f"time ({ds.attrs.get('time_unit', '1')})", ylabel="share of the dominant carrier" if j == 0 else "",
+        ax.set(xlabel=f"time ({ds.attrs.get('time_unit', '1')})", ylabel="share of the dominant carrier (1)",
                ylim=(0, 1.02), title=f"{top}: dominant share (spread {spreads[0]:g})")
         if j == 0:
             ax.legend(fontsize=7)
@@ -233,9 +245,9 @@ def figures(ds, out_dir) -> list[Path]:
         for (a, b), val in np.ndenumerate(v):
             ax.text(b, a, f"{val:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if val < 0.6 else "black")
-        ax.set(xlabel="conversion cost (fraction of charge)", ylabel="storage-cost spread" if j == 0 else "",
+        ax.set(xlabel="conversion cost: fraction of the charge (1)", ylabel="storage-cost spread (1)",
                title=f"{top}: Herfindahl of carriers made")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.colorbar(im, ax=ax, fraction=0.046).set_label("Herfindahl index of the carriers made (1)")
     fig.suptitle(f"standardisation: {n0} carriers, {ds.attrs.get('replicates', '')} replicates per point, "
                  f"{ds.attrs.get('n_cells', '')} compartments")
     fig.tight_layout()
@@ -261,6 +273,19 @@ def _kiyotaki_wright(cfg: dict, replicates: int) -> dict:
                "kw_cheapest_is_medium_fraction": float(np.mean(np.asarray(out["most_held_medium"]) == 0))}
     summary.update({f"kw_medium_share_good_{k + 1}": float(med[:, k].mean()) for k in range(med.shape[1])})
     return summary
+
+
+def _llm(cfg: dict, opts: dict):
+    """The LLM message-format economy (:mod:`sim.substrates.llm.formats`) on the experiment's
+    topologies (``n_cells`` instances, the run seed's graphs) and conversion costs: its dataset."""
+    from sim.topology import build_graph
+
+    graphs = {kind: build_graph(topology_cfg(kind, opts["n_cells"]), seed=int(cfg["seed"])) for kind in opts["topologies"]}
+    exp = llm_formats.experiment(cfg, opts["llm_formats"], graphs, opts["conversion_costs"], opts["replicates"],
+                                 int(cfg["seed"]))
+    ds = llm_formats.dataset(exp)
+    ds.attrs["wall_s"] = exp["wall_s"]
+    return ds
 
 
 @register("standardization")
@@ -314,6 +339,10 @@ def run_standardization(cfg: dict) -> RunOutput:
         summary[f"{tag}_cheapest_wins_at_widest_spread"] = float(r["cheapest_wins"][:, -1].mean())
     if opts["kiyotaki_wright"] and complete:
         summary.update(_kiyotaki_wright(cfg, opts["replicates"]))
+    llm_ds = _llm(cfg, opts) if opts["llm"] and complete else None
+    if llm_ds is not None:
+        summary.update(llm_formats.summary(llm_ds))
+        summary["llm_wall_s"] = llm_ds.attrs["wall_s"]
     summary["total_s"] = time.perf_counter() - t0
 
     def files(out_dir):
@@ -322,6 +351,11 @@ def run_standardization(cfg: dict) -> RunOutput:
         if ds is not None:
             write_parquet(Path(out_dir) / "standardization.parquet",
                           ds.drop_vars(["dominant_share_t", "time"]).to_dataframe().reset_index())
+        if llm_ds is not None:
+            from sim.io import write_netcdf
+
+            write_netcdf(Path(out_dir) / "llm_formats.nc", llm_ds)
+            write_parquet(Path(out_dir) / "llm_formats.parquet", llm_formats.table(llm_ds))
 
     lines = [f"standardization ({base.name}): {len(results)} engine call(s) of {summary['rows_per_call']} rows x "
              f"{opts['n_cells']} compartments, wall {wall:.1f} s, compile {comp:.1f} s",
@@ -336,5 +370,7 @@ def run_standardization(cfg: dict) -> RunOutput:
         for i, c in enumerate(opts["conversion_costs"]):
             cells = "  ".join(f"{h:4.2f} ({f:.0%})" for h, f in zip(r["herfindahl"][i], r["standardised_fraction"][i]))
             lines.append(f"    cost {c:4.2g}: {cells}")
+    if llm_ds is not None:
+        lines += llm_formats.report(llm_ds, llm_ds.attrs["wall_s"])
     return RunOutput(ds, summary, last, res, figures=(lambda out_dir: figures(ds, out_dir)) if ds is not None
                      else (lambda out_dir: []), files=files, report="\n".join(lines))

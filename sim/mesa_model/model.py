@@ -15,9 +15,17 @@
 
 Both backends expose ``model.state`` (a numpy ``sim.substrates.bio.state.State``), the Mesa ``Network`` space
 built from the tissue graph (``model.space``) and a ``DataCollector`` (``model.datacollector``).
+
+Keyword parameters (:data:`KEYWORDS`) make it a model ``mesa.batch_run`` can vary:
+``CurrencyModel(n_cells=10, topology="ring", demand_scale=1.5, seed=0)`` runs the shipped
+``experiment=tissue`` biology config with those values, and
+``mesa.batch_run(CurrencyModel, parameters={"demand_scale": [1.0, 1.5]}, iterations=1, max_steps=5)``
+a row per run and step (the model reporters of :data:`MODEL_REPORTERS`).
 """
 
 from __future__ import annotations
+
+import copy
 
 import jax
 import jax.numpy as jnp
@@ -93,14 +101,74 @@ MODEL_REPORTERS = {
 CELL_REPORTERS = {"atp": "atp", "energy_charge": "energy_charge", "alive": "alive", "stress": "stress"}
 PRODUCER_REPORTERS = {"alive": "alive", "health": "health"}
 
+# keyword parameter -> where it goes in the config (the params.* multipliers change no shapes, so a
+# batch over them compiles the step once)
+SCALES = ("supply_scale", "demand_scale", "uptake_scale", "conductance_scale")
+KEYWORDS = ("n_cells", "topology", "seed", "dt") + SCALES
+
+
+def keyword_config(cfg=None, **given) -> dict:
+    """The config of ``CurrencyModel(cfg, **given)``: ``cfg`` (default: the shipped
+    ``experiment=tissue`` config, :func:`sim.load_config`) with the keyword parameters set:
+    ``topology`` (a shipped topology option: ring, grid, small_world, ...), ``n_cells``
+    (``topology.n_cells``), ``seed``, ``dt`` and the ``params.*`` multipliers of :data:`SCALES`.
+    A value that is not allowed is one :class:`~sim.errors.ConfigError` naming its key."""
+    from omegaconf import OmegaConf
+
+    from sim.api import as_plain
+    from sim.core.config import CONF_DIR, load_config, num
+    from sim.errors import ConfigError
+
+    given = {k: v for k, v in given.items() if v is not None}
+    shipped = cfg is None
+    cfg = load_config(["experiment=tissue"]) if shipped else copy.deepcopy(as_plain(cfg))
+    if "topology" in given:
+        options = sorted(p.stem for p in (CONF_DIR / "topology").glob("*.yaml"))
+        name = given["topology"]
+        if name not in options:
+            raise ConfigError("topology", name, "one of " + ", ".join(options))
+        cfg["topology"] = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "topology" / f"{name}.yaml"), resolve=True)
+    if "n_cells" in given:
+        cfg["topology"] = {**cfg.get("topology", {}), "n_cells": given["n_cells"]}
+        num(cfg, "topology.n_cells", 1, integer=True, what="a number of cells")
+    if "seed" in given:
+        cfg["seed"] = given["seed"]
+        num(cfg, "seed", 0, integer=True, what="a seed")
+    if "dt" in given:
+        cfg["dt"] = given["dt"]
+        num(cfg, "dt", 0, strict=True, what="a time step (s)")
+    for name in SCALES:
+        if name in given:
+            cfg["params"] = {**(cfg.get("params") or {}), name: given[name]}
+            num(cfg, f"params.{name}", 0, what="a multiplier")
+    if shipped:  # the whole config is the shipped one: checked as a run's would be
+        from sim.substrates.bio import SUBSTRATE as BIO
+
+        BIO.validate(cfg)
+    return cfg
+
+
+def _stable_build(cfg: dict) -> Preset:
+    """:func:`build`, then the explicit step's stability check of a run (a ``dt`` or demand too large
+    for it is refused, naming ``dt``)."""
+    from sim.config.validate import check_stability
+
+    model = build(cfg)
+    check_stability(model, cfg)
+    return model
+
 
 class CurrencyModel(DualBackendModel):
     """A tissue of cells with producers and consumers, on a Mesa ``Network``.
 
     Args:
         cfg: composed config (``substrate``, ``topology``, ``seed``, ``dt``, optional ``params``,
-            ``backend`` ("jax" or "mesa") and ``replicate``), as taken by ``sim.substrates.bio.build``.
+            ``backend`` ("jax" or "mesa") and ``replicate``), as taken by ``sim.substrates.bio.build``;
+            default (neither ``cfg`` nor ``model``): the shipped ``experiment=tissue`` config.
         model: a ``sim.substrates.bio.build.Model`` to use instead of ``cfg``.
+        n_cells, topology, seed, dt, supply_scale, demand_scale, uptake_scale, conductance_scale:
+            set in the config (:func:`keyword_config`), so ``mesa.batch_run`` can vary them;
+            not with ``model=`` (it is built already).
         backend, replicate: override the config's (defaults "jax" and 0).
         shuffle: reference backend only: call agents in a random order each phase (results do
             not change; this is what the order-independence test checks).
@@ -119,8 +187,25 @@ class CurrencyModel(DualBackendModel):
         shuffle: bool = False,
         collect_every: int = 1,
         collect_agents: bool = True,
+        n_cells: int | None = None,
+        topology: str | None = None,
+        seed: int | None = None,
+        dt: float | None = None,
+        supply_scale: float | None = None,
+        demand_scale: float | None = None,
+        uptake_scale: float | None = None,
+        conductance_scale: float | None = None,
     ):
-        model = self._init_common(cfg, model, backend, replicate, shuffle, collect_every, build)
+        given = dict(n_cells=n_cells, topology=topology, seed=seed, dt=dt, supply_scale=supply_scale,
+                     demand_scale=demand_scale, uptake_scale=uptake_scale, conductance_scale=conductance_scale)
+        build_fn = build
+        if model is None and (cfg is None or any(v is not None for v in given.values())):
+            cfg = keyword_config(cfg, **given)
+            build_fn = _stable_build  # keyword values (a dt, a demand) are checked as a run's would be
+        elif model is not None and any(v is not None for v in given.values()):
+            named = ", ".join(k for k, v in given.items() if v is not None)
+            raise TypeError(f"CurrencyModel: {named} set the config; a built model= has its own (pass cfg= or none)")
+        model = self._init_common(cfg, model, backend, replicate, shuffle, collect_every, build_fn)
         self.producer_kinds = model.producer_kinds
         self.consumer_kinds = model.consumer_kinds
         self.work_units = model.work_units
@@ -192,4 +277,4 @@ class CurrencyModel(DualBackendModel):
         return self._ref.state()
 
 
-__all__ = ["CurrencyModel", "BACKENDS", "replicate_key", "host_draws", "MODEL_REPORTERS"]
+__all__ = ["CurrencyModel", "BACKENDS", "KEYWORDS", "keyword_config", "replicate_key", "host_draws", "MODEL_REPORTERS"]

@@ -25,7 +25,7 @@ from sim.substrates.bio.kernels.thermo import adenylate_equilibrium, ak_ck_equil
 from sim.substrates.bio.kernels.translation import no_chain_params
 from sim.substrates.bio.params import Edges, Params
 from sim.substrates.bio.state import ADP, AMP, ATP, N_SPECIES, SPECIES, Cells, Consumers, Ledger, Producers, State
-from sim.topology import build_graph, edge_arrays
+from sim.topology import build_graph, edge_arrays, file_inputs
 
 
 @dataclasses.dataclass
@@ -177,6 +177,10 @@ def build(cfg, dtype=np.float64) -> Model:
     _opt_num(sub, "landauer_bits_per_unit", 1.0, 0, strict_min=True)
     graph = build_graph(cfg["topology"], seed=seed)
     n = graph.number_of_nodes()
+    src, dst = edge_arrays(graph)
+    # a graph file's edge weights (x conductance) and node demands (x the cell's demand): sim.topology
+    inputs = file_inputs(graph, src, dst, substrate="bio", conductance_key="substrate.transport.conductance_per_s",
+                         demand=True)
     rng = np.random.default_rng([seed, 0x5EED])
 
     # producers
@@ -260,7 +264,7 @@ def build(cfg, dtype=np.float64) -> Model:
     ]
 
     uptake = _num(sub, "supply.uptake_per_s", 0) * _lognormal_mult(rng, _num(sub, "supply.uptake_cv", 0), n)
-    demand_mult = _lognormal_mult(rng, _num(sub, "consumers.demand_cv", 0), n)
+    demand_mult = _lognormal_mult(rng, _num(sub, "consumers.demand_cv", 0), n) * inputs.demand
     zeros_c = np.zeros(n, dtype)
     birth_ec_set = _num(sub, "producers.birth_set_energy_charge", 0, 1)
     cells = Cells(
@@ -308,7 +312,6 @@ def build(cfg, dtype=np.float64) -> Model:
     state = State(cells=cells, producers=producers, consumers=consumers, ledger=ledger, step=np.int32(0),
                   chains=chains, chain_ledger=chain_ledger, diff=diff)
 
-    src, dst = edge_arrays(graph)
     tr = sub["transport"]
     g = _num(sub, "transport.conductance_per_s", 0)
     loss = _num(sub, "transport.loss_fraction", 0, 1)
@@ -317,7 +320,7 @@ def build(cfg, dtype=np.float64) -> Model:
     perm = np.array([_num(sub, f"transport.permeability.{s}", 0) for s in SPECIES], dtype)
     del tr
     edges = Edges(
-        src=src, dst=dst, conductance=np.full(src.shape, g, dtype), loss=np.full(src.shape, loss, dtype)
+        src=src, dst=dst, conductance=(g * inputs.weight).astype(dtype), loss=np.full(src.shape, loss, dtype)
     )
     p = lambda v: np.asarray(v, dtype)  # noqa: E731
     params = Params(

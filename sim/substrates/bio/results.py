@@ -16,6 +16,7 @@ import xarray as xr
 
 from sim.constants import AVOGADRO_PER_MOL, landauer_j
 from sim.core import division
+from sim.network_figure import edge_attributes
 from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.substrates.bio.state import ADP, AMP, ATP, GLC, PI, SPECIES
 
@@ -90,6 +91,7 @@ def to_dataset(model, result, cfg: dict) -> xr.Dataset:
         volume_l=float(p.volume_l),
         work_units="; ".join(f"{k}: {u}" for k, u in zip(model.consumer_kinds, model.work_units)),
         backend=str(cfg.get("backend", "jax")),
+        **edge_attributes(model.graph),  # the junctions, for figures/network.png (sim.network_figure)
     )
     return ds
 
@@ -315,7 +317,7 @@ def pools_figure(ds):
     if ds.sizes["cell"] > 1:
         lo, hi = min(lo, float(np.nanmin(cells_lo))), max(hi, float(np.nanmax(cells_hi)))
     ax.set_ylim(*fitted_limits(lo, hi, min_span=MIN_EC_SPAN, floor=0.0, ceil=1.0))
-    ax.set(xlabel="time (s)", ylabel="energy charge", title="energy charge (ATP + ADP/2) / (ATP + ADP + AMP)")
+    ax.set(xlabel="time (s)", ylabel="energy charge (1)", title="energy charge (ATP + ADP/2) / (ATP + ADP + AMP)")
     ax.legend(fontsize=8)
 
     ax = axes[2]
@@ -380,11 +382,11 @@ def fate_figure(ds):
     total = ds.sizes["cell"]
     ax.axhline(total, color="0.4", ls="--", lw=1, label=f"cells in the tissue ({total})")
     ax.set_ylim(*count_limits(min(lo, total), max(hi, total)))
-    ax.set(xlabel="time (s)", ylabel="cells", title="cells alive")
+    ax.set(xlabel="time (s)", ylabel="cells alive (count)", title="cells alive")
     ax = axes[1]
     _, lo, hi = band(ax, t, ds["n_producers"].sum("cell"), color="C1", label="producers alive")
     ax.set_ylim(*count_limits(lo, hi))
-    ax.set(xlabel="time (s)", ylabel="producers (all cells)", title="producers alive (mitochondria)")
+    ax.set(xlabel="time (s)", ylabel="producers alive, all cells (count)", title="producers alive (mitochondria)")
     for ax in axes:
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8, loc="lower left")
@@ -396,11 +398,13 @@ FIGURES = (("pools_energy_charge.png", pools_figure), ("ledger.png", ledger_figu
 
 
 def figures(ds, out_dir):
-    """``figures/pools_energy_charge.png``, ``ledger.png``, ``fate.png`` of a biology tissue run."""
+    """``figures/pools_energy_charge.png``, ``ledger.png``, ``fate.png`` of a biology tissue run, and
+    ``network.png`` (:mod:`sim.network_figure`) when the dataset holds the tissue's graph."""
     from pathlib import Path
 
+    from sim.network_figure import network_figures
     from sim.plot import _save
 
     out = Path(out_dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    return [_save(make(ds), out / name) for name, make in FIGURES]
+    return [_save(make(ds), out / name) for name, make in FIGURES] + network_figures(ds, out_dir)

@@ -29,6 +29,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from sim import network_figure
 from sim.core import carriers as car
 from sim.core import differentiation as dif
 from sim.core import division
@@ -164,7 +165,7 @@ def build(cfg: dict) -> Built:
     """Config (``substrate``, ``topology``, ``dt``, ``seed``, ``params``) -> :class:`Built` (numpy)."""
     from sim.config.validate import ConfigErrors
     from sim.core.engine import cast
-    from sim.topology import build_graph, edge_arrays
+    from sim.topology import build_graph, edge_arrays, file_inputs
 
     values, kinds, problems = read_substrate(cfg.get("substrate"))
     if problems:
@@ -174,6 +175,9 @@ def build(cfg: dict) -> Built:
     graph = build_graph(cfg["topology"], seed=seed)
     n, slots = graph.number_of_nodes(), v["producers.slots"]
     src, dst = edge_arrays(graph)
+    # a graph file's edge weights (x conductance) and node demands (x the cell's consumer capacity)
+    inputs = file_inputs(graph, src, dst, substrate="generic", conductance_key="substrate.transport.conductance",
+                         demand=True)
     full = lambda x, shape=(n,): np.full(shape, x, np.float64)  # noqa: E731
     carrier, fraction = v["initial.carrier"], v["initial.charged_fraction"]
     cells = Cells(alive=np.ones(n, bool), s=full(v["initial.substrate"]), a=full(carrier * fraction),
@@ -182,7 +186,8 @@ def build(cfg: dict) -> Built:
                           vmax=full(v["producers.capacity"], (n, slots)), health=full(v["producers.health"], (n, slots)))
     row = lambda key, dtype=np.float64: np.tile(np.array([k[key] for _, k in kinds for _ in range(k["count"])],  # noqa: E731
                                                           dtype).reshape(1, -1), (n, 1))
-    consumers = Consumers(vmax=row("capacity"), km=row("affinity"), tier=row("tier", np.int32), value=row("value"))
+    consumers = Consumers(vmax=row("capacity") * inputs.demand[:, None], km=row("affinity"), tier=row("tier", np.int32),
+                          value=row("value"))
     ledger = Ledger(**{name: full(0.0) for name in LEDGER})
     opts = dif.read_config(cfg)
     diff = dif.init_state(opts, n, seed)
@@ -192,7 +197,7 @@ def build(cfg: dict) -> Built:
                   step=np.int32(0))
     scales = cfg.get("params") or {}
     f = np.float64
-    edges = Edges(src=src, dst=dst, conductance=full(v["transport.conductance"], src.shape),
+    edges = Edges(src=src, dst=dst, conductance=full(v["transport.conductance"], src.shape) * inputs.weight,
                   loss=full(v["transport.loss_fraction"], src.shape))
     params = Params(dt=f(cfg["dt"]), **{k: f(scales.get(k, 1.0)) for k in PARAM_NAMES},
                     external=f(v["supply.external"]), exchange_rate=f(v["supply.exchange_rate"]),
@@ -287,7 +292,8 @@ def to_dataset(built, result, cfg: dict):
     ds["time"].attrs["units"] = "1"
     ds.attrs.update(substrate="generic", currency="currency", units="dimensionless",
                     experiment=str((cfg.get("experiment") or {}).get("name", "")), seed=int(cfg.get("seed", 0)),
-                    dt=float(np.asarray(built.params.dt)), backend=str(cfg.get("backend", "jax")))
+                    dt=float(np.asarray(built.params.dt)), backend=str(cfg.get("backend", "jax")),
+                    **network_figure.edge_attributes(built.graph))  # the junctions, for figures/network.png
     return ds
 
 
@@ -334,7 +340,7 @@ def summarize(built, result, cfg: dict) -> dict:
 
 def figures(ds, out_dir):
     """``figures/generic.png``: the pools and the charged fraction (mean over cells) over time, mean
-    over replicates with a min-max band."""
+    over replicates with a min-max band; ``network.png`` (:mod:`sim.network_figure`) of the tissue."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -345,17 +351,18 @@ def figures(ds, out_dir):
     (Path(out_dir) / "figures").mkdir(parents=True, exist_ok=True)
     t = ds["time"].values
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    for axis, names in ((ax[0], POOLS), (ax[1], ("charged_fraction",))):
+    for axis, names, ylabel in ((ax[0], POOLS, "pool, mean over cells (1)"),
+                                (ax[1], ("charged_fraction",), "charged fraction A / (A + D) (1)")):
         for name in names:
             x = ds[name].mean("cell")
             line, = axis.plot(t, x.mean("replicate"), label=ds[name].attrs["long_name"])
             axis.fill_between(t, x.min("replicate"), x.max("replicate"), color=line.get_color(), alpha=0.25, lw=0)
-        axis.set(xlabel="time (1)", ylabel="1")
+        axis.set(xlabel="time (1)", ylabel=ylabel)
         axis.legend(fontsize=8)
     ax[0].set_title("pools (mean over cells; band: replicates)")
     ax[1].set(title="charged fraction A / (A + D)", ylim=(0, 1.02))
     fig.tight_layout()
-    return [_save(fig, Path(out_dir) / "figures" / "generic.png")]
+    return [_save(fig, Path(out_dir) / "figures" / "generic.png")] + network_figure.network_figures(ds, out_dir)
 
 
 def reference(built, replicate: int = 0):

@@ -18,7 +18,7 @@ from sim.errors import ConfigError
 from sim.substrates.llm.params import Edges, LLMParams
 from sim.substrates.llm.specs import GpuSpec, ModelSpec, check_fits, gpu_spec, model_spec
 from sim.substrates.llm.state import Cells, Chains, Gpus, Ledger, LLMState, Queue
-from sim.topology import build_graph, edge_arrays
+from sim.topology import build_graph, edge_arrays, file_inputs
 
 POISSON_TAIL = 1e-9  # arrivals lost to truncation per step must stay below this probability
 
@@ -185,6 +185,7 @@ def build_llm(cfg: dict) -> LLMModel:
     graph = build_graph(cfg["topology"], seed=seed)
     n = graph.number_of_nodes()
     src, dst = edge_arrays(graph)
+    file_inputs(graph, src, dst, substrate="llm")  # no junction conductance, no per-cell demand: warns what a file sets
 
     # initial requests (serving calculator, agent loops)
     n_act, n_q = v["initial.active"], v["initial.queued"]

@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from sim.constants import landauer_j
+from sim.network_figure import edge_attributes
 from sim.substrates.llm import specs
 
 
@@ -46,6 +47,7 @@ def to_dataset(llm, result, cfg: dict) -> xr.Dataset:
         seed=int(cfg.get("seed", 0)), dt_s=float(np.asarray(llm.params.dt)), backend=str(cfg.get("backend", "jax")),
         # per model instance (the summary's value): serving.png draws it against the request rates
         stability_limit_req_per_s=float(stability_limit(llm)["stability_limit_req_per_s"]),
+        **edge_attributes(llm.graph),  # the junctions, for figures/network.png (sim.network_figure)
     )
     return ds
 
@@ -240,7 +242,7 @@ def serving_figure(ds):
     ax.stackplot(t, batch, queued, labels=["in a chain (decoding or on a tool)", "queued"],
                  colors=["C0", "C1"], alpha=0.8)
     ax.plot(t, batch + queued, color="k", lw=1, label="in system (sum)")
-    ax.set(xlabel="time (s)", ylabel="requests (all instances)",
+    ax.set(xlabel="time (s)", ylabel="in the system, all instances (requests)",
            title=f"requests in the system (mean of {n_rep} replicate{'s' if n_rep > 1 else ''})")
     peak = float(np.max(batch + queued)) if batch.size else 0.0
     ax.set_ylim(0, 1.4 * peak if peak > 0 else 1.0)  # (room for the legend above the area)
@@ -275,26 +277,27 @@ def serving_figure(ds):
                    label=f"stability limit {total_limit:.3g} req/s (fluid estimate)")
         top = max(top, total_limit)
     ax.set_ylim(0, 1.5 * top if top > 0 else 1.0)  # (room for the legend above the limit line)
-    ax.set(xlabel="time (s)", ylabel="requests/s (all instances)", title="request rates per record interval")
+    ax.set(xlabel="time (s)", ylabel="rate, all instances (requests/s)", title="request rates per record interval")
     ax.legend(fontsize=8, loc="upper left", ncol=2)
 
     ax = axes[1, 1]
     top = _band(ax, t, _rate(tot["tokens_out"], t), color="C4", label="generated")
     ax.set_ylim(0, 1.15 * top if top > 0 else 1.0)
-    ax.set(xlabel="time (s)", ylabel="tokens/s (all instances)", title="output tokens per second")
+    ax.set(xlabel="time (s)", ylabel="generated, all instances (tokens/s)", title="output tokens per second")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
 
 
 def figures(ds, out_dir):
-    """``figures/serving.png`` of an LLM serving run."""
+    """``figures/serving.png`` of an LLM serving run and ``network.png`` of a cluster of instances."""
     from pathlib import Path
 
+    from sim.network_figure import network_figures
     from sim.plot import _save
 
     (Path(out_dir) / "figures").mkdir(parents=True, exist_ok=True)
-    return [_save(serving_figure(ds), Path(out_dir) / "figures" / "serving.png")]
+    return [_save(serving_figure(ds), Path(out_dir) / "figures" / "serving.png")] + network_figures(ds, out_dir)
 
 
 def ridge_batch(llm, context: int, power_state: str = "decode", max_batch: float = 1e7) -> float | None:
@@ -329,8 +332,9 @@ def roofline_figure(llm, batch: int, context: int, power_state: str = "decode"):
     here = specs.roofline_point(llm.model, llm.gpu, batch, context, llm.n_gpus, power_state)
     fits = batches <= cap_batch
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
-    for a, key, ylabel, title in ((ax[0], "tokens_per_s", "tokens/s", f"throughput, context {context}"),
-                                  (ax[1], "joules_per_token", f"J/token ({power_state} power)", "energy per token")):
+    for a, key, ylabel, title in ((ax[0], "tokens_per_s", "throughput (tokens/s)", f"throughput, context {context}"),
+                                  (ax[1], "joules_per_token", f"energy per token, {power_state} power (J/token)",
+                                   "energy per token")):
         y = np.array([p[key] for p in pts])
         a.loglog(batches[fits], y[fits], color="C0", label="fits the KV cache")
         if (~fits).any():
@@ -353,7 +357,7 @@ def roofline_figure(llm, batch: int, context: int, power_state: str = "decode"):
              label=f"batches 1-{cap_batch} at context {context}")
     a.plot([ridge_i], [f_peak], "D", color="C2", ms=8, label=f"ridge point {ridge_i:.0f} FLOP/byte")
     a.plot([here["arithmetic_intensity_flop_per_byte"]], [attained(here)], "o", color="C3", label="this run")
-    a.set(xlabel="arithmetic intensity (FLOP/byte)", ylabel="FLOP/s", title=f"roofline: {llm.model.name} on "
+    a.set(xlabel="arithmetic intensity (FLOP/byte)", ylabel="attained compute (FLOP/s)", title=f"roofline: {llm.model.name} on "
           f"{llm.n_gpus} x {llm.gpu.name}")
     a.legend(fontsize=7, loc="lower right")
     if ridge is None:

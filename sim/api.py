@@ -218,7 +218,7 @@ def run(cfg, on_chunk=None, *, run_dir=None, progress=None) -> RunOutput:
         raise ConfigError("resume", cfg["resume"], "null with backend=mesa (the reference backend does not checkpoint)")
     if progress is not None:  # (the reference backend has no chunks: it gets the folder line only)
         progress.begin(int(cfg["steps"]), float(np.asarray(built.params.dt).reshape(-1)[0]),
-                       TIME_UNITS.get(sub.name, ""))
+                       TIME_UNITS.get(sub.name, ""), cells=built.n_cells * int(cfg["replicates"]))
     if mesa:
         result = run_reference(sub, built, cfg)
     else:

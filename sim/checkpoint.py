@@ -54,7 +54,7 @@ import jax
 import numpy as np
 
 from sim.errors import ConfigError
-from sim.io import atomic_path, json_text, to_json_value, write_text
+from sim.io import atomic_path, interrupts_deferred, json_text, to_json_value, write_text
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.npz"
@@ -84,7 +84,8 @@ def code_version() -> str:
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
-    with atomic_path(path) as tmp:
+    # a Ctrl-C / SIGTERM arriving mid-write is delivered once the file is complete (sim.io)
+    with interrupts_deferred(), atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
             np.savez(fh, **arrays)
 

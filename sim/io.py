@@ -27,6 +27,37 @@ TEMP_PREFIX = ".tmp-"  # what a temporary of ours is called (and what remove_tem
 
 
 @contextmanager
+def interrupts_deferred():
+    """SIGINT and SIGTERM held back until the block ends, then delivered as if they had just arrived.
+
+    A signal whose handler raises (Ctrl-C's KeyboardInterrupt, SIGTERM's ``Interrupted``) inside
+    ``np.savez`` leaves its zip writer half-closed, and closing it then raises a ValueError that
+    replaces the interrupt: the run would end as "failed" instead of "interrupted". Checkpoint
+    writes are short, so they finish first. Outside the main thread (where signal handlers cannot be
+    set) the block runs as is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if got:
+            handler = previous[got[0]]
+            if callable(handler):
+                handler(got[0], None)  # raises KeyboardInterrupt / Interrupted here, after the write
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), got[0])
+
+
+@contextmanager
 def atomic_path(path):
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)

@@ -175,3 +175,15 @@ def test_a_valid_run_exits_0_and_writes_its_folder(tmp_path):
     assert res.returncode == 0, res.stderr
     assert {"results.nc", "summary.json", ".hydra"} <= {p.name for p in tmp_path.iterdir()}
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_help_is_the_projects_own():
+    """`python -m sim --help`: what the project is, its groups (every shipped option), examples, exit codes."""
+    from _support import run_child
+
+    res = run_child(["-m", "sim", "--help"], timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    assert out.startswith("currency-sim: an agent-based") and "== Configuration groups (group=option) ==" in out
+    assert "carriers: competing, nucleotides, one" in out and "standardization" in out
+    assert "Examples:" in out and "python -m sim.plot" in out and "exit code 2" in out

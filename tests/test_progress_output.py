@@ -79,34 +79,70 @@ def test_progress_counts_from_the_state_step_after_a_resume():
     assert "70/100 steps (70%)  t 70  wall" in out.getvalue()
 
 
-def test_progress_false_and_quiet_auto_print_nothing():
-    for mode, tty in (("false", True), ("auto", False)):
+def test_progress_false_and_piped_or_ci_auto_print_nothing():
+    for mode, tty, ci, expected in (("false", True, False, ""), ("auto", False, False, ""),
+                                    ("auto", True, True, "")):  # piped, or in CI
         out = io.StringIO()
-        p = Progress("r", mode, stream=out, tty=tty, auto_after_s=60.0)
+        p = Progress("r", mode, stream=out, tty=tty, ci=ci)
         p.start()
         p.begin(20, 1.0, "s")
         p.on_chunk(_state(20), 20)
         p.close()
-        assert out.getvalue() == "", mode
+        assert out.getvalue() == expected, (mode, tty, ci)
 
 
-def test_progress_auto_on_a_terminal_and_after_a_few_seconds_elsewhere():
-    out = io.StringIO()
-    p = Progress("r", "auto", stream=out, tty=True)
+def test_progress_auto_on_a_terminal_draws_one_bar_in_place():
+    clock, out = Clock(), io.StringIO()
+    p = Progress("r", "auto", stream=out, tty=True, ci=False, clock=clock)
     p.start()
-    assert out.getvalue() == "sim: run folder r\n"
-    out = io.StringIO()
-    p = Progress("r", "auto", stream=out, tty=False, auto_after_s=0.05)
-    p.start()
-    p.begin(100, 1.0, "s")
-    p.on_chunk(_state(10), 10)  # before the timer: kept, not printed
-    assert out.getvalue() == ""
-    deadline = time.monotonic() + 5
-    while "steps" not in out.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    p.begin(100, 1.0, "s", cells=50)
+    for i, done in enumerate(range(25, 101, 25)):
+        clock.now += 10.0 if i == 0 else 2.5  # compiling, then 2.5 s per 25 steps
+        p.on_chunk(_state(done), done)
     p.close()
-    lines = out.getvalue().splitlines()  # the folder, then the last chunk's line, once someone listens
-    assert lines[0] == "sim: run folder r" and lines[1].startswith("sim: 10/100 steps (10%)") and len(lines) == 2
+    text = out.getvalue()
+    assert text.startswith("sim: run folder r\n") and text.endswith("\n")
+    body = text.split("\n", 1)[1]
+    assert body.count("\n") == 1 and body.count("\r") == 4  # one line, redrawn per report, ended once
+    last = body.rsplit("\r", 1)[1]
+    assert last.startswith("sim: [####################] 100%  100/100 steps") and "done" in last
+    assert "10 steps/s" in last and "5e+02 cell-updates/s" in last  # 10 steps/s x 50 cells
+
+
+def test_a_run_on_a_pseudo_terminal_shows_its_bar_and_piped_prints_no_progress(tmp_path):
+    """``python -m sim`` with stderr on a pseudo-terminal draws the bar; piped, only the folder line."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from _support import ROOT, child_env
+
+    args = [sys.executable, "-m", "sim", "experiment=tissue", "substrate=generic", "topology=ring",
+            "topology.n_cells=4", "steps=400", "record_every=10", "chunk_records=5", "replicates=1", "figures=false"]
+    env = child_env(drop=("CI",))
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(args + [f"hydra.run.dir={tmp_path / 'tty'}"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=180) == 0
+    finally:
+        os.close(master)
+    tty = b"".join(chunks).decode(errors="replace")
+    assert "run folder" in tty and "\r" in tty and "] 100%  400/400 steps" in tty and "cell-updates/s" in tty
+    piped = subprocess.run(args + [f"hydra.run.dir={tmp_path / 'pipe'}"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=180)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
 
 
 # ------------------------------------------------------------------------------ output options
@@ -163,7 +199,6 @@ def runs(tmp_path_factory):
     progress=true, then a selected, summarised float32 output with progress=auto."""
     import contextlib
 
-    from sim import progress
     from sim.app import execute
 
     tmp = tmp_path_factory.mktemp("output")
@@ -172,12 +207,8 @@ def runs(tmp_path_factory):
                         ("small", ["output.variables=[a,charged_fraction,spent]", "output.cells=summary",
                                    "output.float32=true"])):
         err, out = io.StringIO(), io.StringIO()
-        saved, progress.AUTO_AFTER_S = progress.AUTO_AFTER_S, 60.0  # "short" even on a machine shared 5 ways
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-                code = execute(_compose(*CHEAP, *extra), tmp / name)
-        finally:
-            progress.AUTO_AFTER_S = saved
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = execute(_compose(*CHEAP, *extra), tmp / name)
         got[name] = {"code": code, "stderr": err.getvalue(), "stdout": out.getvalue(), "dir": tmp / name,
                      "ds": xr.load_dataset(tmp / name / "results.nc")}
     return got
@@ -191,7 +222,7 @@ def test_progress_true_prints_folder_then_chunks_and_auto_stays_quiet(runs):
     assert lines[1].startswith("sim: 20/20 steps (100%)  t 0.4  wall") and lines[1].endswith("done")
     assert lines[2].startswith("sim: writing results.nc (") and lines[2].endswith("MB in memory) and figures")
     assert len(lines) == 3
-    small = runs["small"]  # auto, not a terminal, a short run: nothing on stderr
+    small = runs["small"]  # auto, not a terminal: nothing on stderr
     assert small["code"] == 0 and small["stderr"] == "", small["stderr"]
 
 

@@ -521,12 +521,7 @@ class CarrierReference:
 
     def strategy(self, step: int, dt: float, work, alive) -> None:
         q, n, k = self.q, len(self.make), self.k
-        decay = -math.expm1(-dt / q["payoff_tau"])
-        ema = [p + decay * ((w - lw) / dt - p) for p, w, lw in zip(self.payoff, work, self.last_work)]
-        if q["neighbourhood"] > 0:
-            local = [(ema[i] + sum(ema[j] for j in self.nbrs[i])) / (1.0 + len(self.nbrs[i])) for i in range(n)]
-        else:
-            local = list(ema)
+        ema, local = dif.reference_payoffs(self.payoff, self.last_work, work, dt, q, self.nbrs)
         draw = lambda purpose: np.asarray(rng.host_uniforms(self.key, step, purpose, n)).tolist()  # noqa: E731
         u_event, u_nbr, u_acc, u_mut, u_pick = (draw(p) for p in (EVENT, NEIGHBOUR, ACCEPT, MUTATE, PICK))
         threshold = -math.expm1(-q["rate"] * dt)

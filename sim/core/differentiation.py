@@ -310,6 +310,16 @@ def substrate_for(substrate, cfg: dict):
 # ------------------------------------------------------------------------------ plain-Python reference
 
 
+def reference_payoffs(payoff, last_work, work, dt: float, q: dict, nbrs) -> tuple[list, list]:
+    """:func:`_payoffs` with Python floats, compartment by compartment: (new payoff average, local
+    payoff) from the cumulative ``work`` (``q``: ``payoff_tau``, ``neighbourhood``; ``nbrs``: lists)."""
+    decay = -math.expm1(-dt / q["payoff_tau"])
+    ema = [p + decay * ((w - lw) / dt - p) for p, w, lw in zip(payoff, work, last_work)]
+    if q["neighbourhood"] > 0:
+        return ema, [(ema[i] + sum(ema[j] for j in nbrs[i])) / (1.0 + len(nbrs[i])) for i in range(len(ema))]
+    return ema, list(ema)
+
+
 class AdaptationReference:
     """The adaptation process for the plain-Python references, compartment by compartment with
     Python floats (the same equations and draws as :func:`adapt`)."""
@@ -337,12 +347,7 @@ class AdaptationReference:
         q, n = self.q, len(self.theta)
         if self.rule == "fixed":
             return [0.0] * n
-        decay = -math.expm1(-dt / q["payoff_tau"])
-        ema = [p + decay * ((w - lw) / dt - p) for p, w, lw in zip(self.payoff, work, self.last_work)]
-        if q["neighbourhood"] > 0:
-            local = [(ema[i] + sum(ema[j] for j in self.nbrs[i])) / (1.0 + len(self.nbrs[i])) for i in range(n)]
-        else:
-            local = list(ema)
+        ema, local = reference_payoffs(self.payoff, self.last_work, work, dt, q, self.nbrs)
         draw = lambda purpose: np.asarray(rng.host_uniforms(self.key, step, purpose, n)).tolist()  # noqa: E731
         u_event, u_noise = draw(EVENT), draw(NOISE)
         u_nbr, u_acc = (draw(NEIGHBOUR), draw(ACCEPT)) if self.rule == "imitation" else (None, None)

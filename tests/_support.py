@@ -48,6 +48,40 @@ def run_child(args, timeout=180, cwd=ROOT, env=None):
                           timeout=timeout)
 
 
+# Many `python -m sim` argvs through sim.app.entry in ONE child process (one JAX start-up for all):
+# reads {name: argv} from the JSON file argv[1], prints {name: {code, stderr}} as the last stdout line;
+# with "--layouts", also the device layouts of the engine's executable cache (tests/test_sharding.py).
+ENTRY_DRIVER = """
+import contextlib, io, json, sys
+from sim.app import entry
+results, layouts = {}, "--layouts" in sys.argv[2:]  # (read now: every case replaces sys.argv)
+for name, argv in json.loads(open(sys.argv[1]).read()).items():
+    err, code = io.StringIO(), 0
+    sys.argv = ["sim", *argv]
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            entry()
+        except SystemExit as exc:
+            code = exc.code
+    results[name] = {"code": code, "stderr": err.getvalue()}
+if layouts:
+    from sim.core import engine
+    results["layouts"] = sorted({str(k[-1]) for k in engine.CACHE._table})
+print(json.dumps(results))
+"""
+
+
+def run_entries(cases: dict, folder: Path, timeout=300, env=None, layouts: bool = False) -> dict:
+    """{name: {"code", "stderr"}} of every case (name -> argv) run by :data:`ENTRY_DRIVER` in one child
+    (its files written into ``folder``); the child itself must exit 0."""
+    (folder / "entry_driver.py").write_text(ENTRY_DRIVER)
+    (folder / "cases.json").write_text(json.dumps(cases))
+    args = [str(folder / "entry_driver.py"), str(folder / "cases.json")] + (["--layouts"] if layouts else [])
+    res = run_child(args, timeout=timeout, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def assert_same_results(a: Path, b: Path) -> None:
     """Bit-identical ``results.nc`` (every variable, coordinate and attribute) and ``summary.json``
     (but for the wall-clock and compile times) of run folders ``a`` and ``b``."""

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from _support import TISSUE, run_child
+from _support import TISSUE, run_child, run_entries
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = [TISSUE, "steps=20", "record_every=10", "replicates=1", "figures=false"]
@@ -90,22 +90,6 @@ def _run(args, cwd, timeout=120, module=True):
     return run_child(["-m", "sim", *args] if module else list(args), timeout=timeout, cwd=cwd)
 
 
-DRIVER = """
-import contextlib, io, json, sys
-from sim.app import entry
-results = {}
-for name, argv in json.loads(open(sys.argv[1]).read()).items():
-    err = io.StringIO()
-    code = 0
-    sys.argv = ["sim", *argv]
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            entry()
-        except SystemExit as exc:
-            code = exc.code
-    results[name] = {"code": code, "stderr": err.getvalue()}
-print(json.dumps(results))
-"""
 DIRECT = ["group_choice", "unknown_key", "type_int", "several_problems", "stability_both", "topology_file_malformed",
           "resume_with_override"]
 
@@ -128,11 +112,7 @@ def tmp(tmp_path_factory):
 @pytest.fixture(scope="module")
 def batched(tmp):
     cases = {name: _argv(name, i, tmp) for i, name in enumerate(CASES)}
-    (tmp / "cases.json").write_text(json.dumps(cases))
-    (tmp / "driver.py").write_text(DRIVER)
-    res = _run([str(tmp / "driver.py"), str(tmp / "cases.json")], ROOT, timeout=300, module=False)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_entries(cases, tmp)
 
 
 @pytest.fixture(scope="module")

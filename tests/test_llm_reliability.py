@@ -24,7 +24,7 @@ import xarray as xr
 
 import sim  # noqa: F401  (float64)
 from _support import Stop as _Stop
-from _support import KILL_BETWEEN_CHECKPOINTS, assert_same_results, run_child
+from _support import KILL_BETWEEN_CHECKPOINTS, assert_same_results, run_child, run_entries
 from _support import stop_after_checkpoint as _stop_after
 from _support import fault_child_script, inject, with_fault
 from sim import checkpoint
@@ -250,26 +250,7 @@ def test_bad_llm_values_exit_code_2_from_the_command_line(tmp_path):
              for name in ("warmup", "model_value", "several")}
     cases["model_name"] = ["experiment=serving", "model=gpt5", f"hydra.run.dir={tmp_path}/model_name"]
     cases["gpu_name"] = ["experiment=serving", "gpu=tpu", f"hydra.run.dir={tmp_path}/gpu_name"]
-    driver = tmp_path / "driver.py"
-    driver.write_text(textwrap.dedent("""
-        import contextlib, io, json, sys
-        from sim.app import entry
-        results = {}
-        for name, argv in json.loads(open(sys.argv[1]).read()).items():
-            err, code = io.StringIO(), 0
-            sys.argv = ["sim", *argv]
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                try:
-                    entry()
-                except SystemExit as exc:
-                    code = exc.code
-            results[name] = {"code": code, "stderr": err.getvalue()}
-        print(json.dumps(results))
-    """))
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    res = run_child([str(driver), str(tmp_path / "cases.json")])
-    assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+    got = run_entries(cases, tmp_path, timeout=180)
     expected = {name: REFUSALS[name][1] for name in ("warmup", "model_value", "several")}
     expected.update(model_name=["model"], gpu_name=["gpu"])
     for name, keys in expected.items():

@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import sim
-from _support import TISSUE, Stop, assert_same_results, run_child, stop_after_checkpoint
+from _support import TISSUE, Stop, assert_same_results, run_child, run_entries, stop_after_checkpoint
 from sim import checkpoint, sweep, topology
 from sim.app import CONF_DIR, EXIT_CONFIG, EXIT_FAILED, FALLBACK_RESULTS, execute, resume_run
 from sim.config.validate import check_group_keys, validate
@@ -338,22 +338,6 @@ OK_CASES = {  # runs that must go through (exit 0)
 }
 FAST = [TISSUE, "topology=ring", "topology.n_cells=4", "steps=20", "record_every=10", "replicates=1", "figures=false"]
 
-DRIVER = """
-import contextlib, io, json, sys
-from sim.app import entry
-results = {}
-for name, argv in json.loads(open(sys.argv[1]).read()).items():
-    err = io.StringIO()
-    code = 0
-    sys.argv = ["sim", *argv]
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            entry()
-        except SystemExit as exc:
-            code = exc.code
-    results[name] = {"code": code, "stderr": err.getvalue()}
-print(json.dumps(results))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -363,11 +347,7 @@ def batched(tmp_path_factory):
     for name, argv in {**{k: v[0] for k, v in CASES.items()}, **OK_CASES}.items():
         out = f"hydra.sweep.dir={tmp}/{name}" if "-m" in argv else f"hydra.run.dir={tmp}/{name}"
         cases[name] = FAST + argv + [out]
-    (tmp / "cases.json").write_text(json.dumps(cases))
-    (tmp / "driver.py").write_text(DRIVER)
-    res = run_child([str(tmp / "driver.py"), str(tmp / "cases.json")], timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return tmp, json.loads(res.stdout.strip().splitlines()[-1])
+    return tmp, run_entries(cases, tmp)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -27,7 +27,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from _support import ROOT, TISSUE, assert_same_results, child_env, run_child
+from _support import ROOT, TISSUE, assert_same_results, child_env, run_child, run_entries
 
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
 SMALL = [TISSUE, "substrate=generic", "topology=ring", "topology.n_cells=4", "steps=40", "record_every=10",
@@ -80,42 +80,22 @@ out["guard"] = [[e.step, e.replicate, e.cell, e.quantity, e.process] if e is not
 print(json.dumps(out))
 """
 
-CLI_CHILD = r"""
-import contextlib, io, json, sys
-from sim.app import entry
-from sim.core import engine
-results = {}
-for name, argv in json.loads(sys.argv[1]).items():
-    err, code = io.StringIO(), 0
-    sys.argv = ["sim", *argv]
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            entry()
-        except SystemExit as exc:
-            code = exc.code
-    results[name] = {"code": code, "stderr": err.getvalue()}
-results["layouts"] = sorted({str(k[-1]) for k in engine.CACHE._table})
-print(json.dumps(results))
-"""
 
 
 @pytest.fixture(scope="module")
 def children(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharding")
     (tmp / "engine.py").write_text(ENGINE_CHILD)
-    (tmp / "cli.py").write_text(CLI_CHILD)
     cli = {name: [*SMALL, "replicates=4", "deterministic_reductions=true", f"devices={value}",
                   f"hydra.run.dir={tmp / name}"]
            for name, value in (("one", 1), ("two", 2), ("three", 3), ("abc", "abc"))}
     env = child_env(XLA_FLAGS=TWO_DEVICES)
     with ThreadPoolExecutor(max_workers=2) as pool:
         engine_f = pool.submit(run_child, [str(tmp / "engine.py"), json.dumps(SMALL)], 300, ROOT, env)
-        cli_f = pool.submit(run_child, [str(tmp / "cli.py"), json.dumps(cli)], 300, ROOT, env)
-        out = {}
-        for name, f in (("engine", engine_f), ("cli", cli_f)):
-            res = f.result()
-            assert res.returncode == 0, res.stderr[-3000:]
-            out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+        cli_f = pool.submit(run_entries, cli, tmp, 300, env, True)
+        res = engine_f.result()
+        assert res.returncode == 0, res.stderr[-3000:]
+        out = {"engine": json.loads(res.stdout.strip().splitlines()[-1]), "cli": cli_f.result()}
     out["tmp"] = tmp
     return out
 

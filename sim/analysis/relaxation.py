@@ -14,6 +14,13 @@ biogenesis, whose few events in 2 replicates moved the table's value from the OD
   :mod:`sim.analysis.supply_demand` (free pools on the kinase-equilibrium manifold, protein
   synthesis at its expected rate) with ``scipy.integrate.solve_ivp`` from the steady state before
   the step; it never calls the engine;
+* :func:`ode_protocol_relaxation_time` integrates the same cell WITH producer wear and repair
+  (:func:`sim.analysis.supply_demand.rhs_wear`) through the analogy's protocol from the built
+  state (warm-up at rest, the step, the run after it) and applies the analogy's window
+  definition (``before``/``after`` = means over the steady windows), so it is the deterministic
+  twin of the table's number. Wear matters: over the minute after a 2x step producer health falls
+  by ~0.5% (time scale 1/repair = 1,000 s), the post-step window sits below the wear-free new
+  steady state, and the 63% crossing comes ~4% later (3.16 s vs 3.08 s for the preset);
 * :func:`relaxation_time_ci` measures it in each replicate of a simulated trajectory and reports
   the mean with a Student-t confidence interval over replicates.
 """
@@ -29,7 +36,8 @@ from sim.analysis import supply_demand as sd
 
 E_FOLD = 1.0 - math.exp(-1.0)  # 63.2%
 
-__all__ = ["E_FOLD", "ode_relaxation_time", "ode_step_response", "relaxation_time", "relaxation_time_ci"]
+__all__ = ["E_FOLD", "ode_protocol_relaxation_time", "ode_protocol_response", "ode_relaxation_time",
+           "ode_step_response", "relaxation_time", "relaxation_time_ci"]
 
 
 def relaxation_time(times, x, t_step: float, before: float, after: float) -> float:
@@ -107,3 +115,48 @@ def ode_relaxation_time(cm: sd.CellModel, factor: float = 2.0, quantity: str = "
     times = np.linspace(0.0, t_end, n_points)
     values, before, after = ode_step_response(cm, factor, times, quantity)
     return relaxation_time(times, values, 0.0, before, after)
+
+
+def ode_protocol_response(cm: sd.CellModel, factor: float, step_time_s: float, after_s: float, times,
+                          wear: bool = True, rtol: float = 1e-10, atol: float = 1e-12) -> np.ndarray:
+    """Free ATP (mM) at ``times`` (s from the start) of the deterministic cell ``cm`` started from
+    its own pools (``cm.e_start``, ``cm.glucose_start``, producer health ``cm.p_health``), at rest
+    until ``step_time_s`` and at ``factor`` times the demand for ``after_s`` more (one LSODA leg
+    each). ``wear``: producer health is integrated too
+    (:func:`~sim.analysis.supply_demand.rhs_wear`); otherwise it stays at its start."""
+    if cm.e_start is None or cm.glucose_start is None:
+        raise ValueError("ode_protocol_response needs the cell's starting pools (cell_from_model fills them)")
+    times = np.asarray(times, float)
+    y = [float(cm.e_start), float(cm.glucose_start)]
+    if wear:
+        y += [float(h) for h in np.asarray(cm.p_health, float)]
+    t_end = float(step_time_s + after_s)
+    legs = ((cm, 0.0, float(step_time_s)), (cm.replace(demand_scale=cm.demand_scale * factor), float(step_time_s), t_end))
+    out = np.full(times.shape, np.nan)
+    for c, t0, t1 in legs:
+        sel = (times >= t0) & ((times < t1) if t1 < t_end else (times <= t1))
+        t_eval = np.append(times[sel], t1)  # the leg's end (the next leg's start) as the last point
+        keep = np.ones(t_eval.size, bool)
+        keep[-1] = not (t_eval.size > 1 and t_eval[-2] == t1)
+        t_eval = t_eval[keep]
+        sol = integrate.solve_ivp(sd.rhs_wear(c) if wear else sd.rhs(c), (t0, t1), y, method="LSODA", t_eval=t_eval,
+                                  rtol=rtol, atol=atol)
+        if not sol.success:
+            raise RuntimeError(f"solve_ivp failed: {sol.message}")
+        out[sel] = [float(c.species(e)[0]) for e in sol.y[0, :int(sel.sum())]]
+        y = sol.y[:, -1]
+    return out
+
+
+def ode_protocol_relaxation_time(cm: sd.CellModel, factor: float, step_time_s: float, after_s: float,
+                                 window_s: float, sample_s: float = 0.01, wear: bool = True) -> float:
+    """The analogy table's relaxation time (s) of the deterministic cell: :func:`ode_protocol_response`
+    sampled every ``sample_s``, ``before``/``after`` the means over the last ``window_s`` before the
+    step and before the end, then :func:`relaxation_time` from the step."""
+    n = int(round((step_time_s + after_s) / sample_s))
+    times = np.linspace(0.0, n * sample_s, n + 1)
+    x = ode_protocol_response(cm, factor, step_time_s, after_s, times, wear=wear)
+    eps = 1e-9
+    pre = (times > step_time_s - window_s + eps) & (times <= step_time_s + eps)
+    post = times > times[-1] - window_s + eps
+    return relaxation_time(times, x, step_time_s, float(x[pre].mean()), float(x[post].mean()))

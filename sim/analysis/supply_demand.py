@@ -72,6 +72,7 @@ __all__ = [
     "elasticities",
     "numerical_control_coefficients",
     "rhs",
+    "rhs_wear",
     "quasi_steady_glucose",
     "solve_steady_state",
     "supply_capacity",
@@ -181,6 +182,15 @@ class CellModel:
     creatine_total: float = 0.0  # mM (0: no buffer)
     k_ck: float = 166.0  # apparent K_CK (Lawson & Veech 1979 at pH 7.0)
     parallel_activation: float = 0.0  # exponent of demand_scale on the producers' capacity
+    # producer wear and repair (only :func:`rhs_wear` uses them; ``p_vmax`` above is ``p_v_nominal * p_health``)
+    p_v_nominal: np.ndarray | None = None  # mM/s, V_p of the living producers before health
+    p_health: np.ndarray | None = None  # health h_p in [0, 1] at the start
+    p_damage: np.ndarray | None = None  # 1/s health lost per unit relative load J_p / V_p
+    repair_rate: float = 0.0  # 1/s: repair restores repair_rate (1 - h_p) health per s
+    repair_cost: float = 0.0  # mM ATP per unit health restored
+    # the cell's starting pools (what an ODE started from the built state begins with)
+    e_start: float | None = None  # mM, high-energy phosphate 2A + D + PCr
+    glucose_start: float | None = None  # mM
 
     def replace(self, **kw) -> "CellModel":
         return dataclasses.replace(self, **kw)
@@ -284,7 +294,9 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
     pcr = float(np.asarray(st.cells.pcr)[cell])
     alive_p = np.asarray(st.producers.alive)[cell] & bool(np.asarray(st.cells.alive)[cell])
     kind = np.asarray(st.producers.kind)[cell][alive_p]
-    vmax = (np.asarray(st.producers.vmax)[cell] * np.asarray(st.producers.health)[cell])[alive_p]
+    v_nominal = np.asarray(st.producers.vmax, float)[cell][alive_p]
+    health = np.asarray(st.producers.health, float)[cell][alive_p]
+    vmax = v_nominal * health
     mult = f(np.asarray(st.cells.demand_mult)[cell])
     cm = CellModel(
         temperature_k=f(pr.temperature_k),
@@ -312,6 +324,13 @@ def cell_from_model(model, cell: int = 0, **overrides) -> CellModel:
         creatine_total=f(pr.creatine_total),
         k_ck=f(pr.k_ck),
         parallel_activation=f(pr.parallel_activation),
+        p_v_nominal=v_nominal,
+        p_health=health,
+        p_damage=np.asarray(pr.p_damage, float)[kind],
+        repair_rate=f(pr.repair_rate),
+        repair_cost=f(pr.repair_cost),
+        e_start=2.0 * atp + adp + pcr,
+        glucose_start=float(pools[0]),
     )
     ch = getattr(st, "chains", None)
     slots = 0 if ch is None else int(np.asarray(ch.active).shape[-1])
@@ -486,5 +505,30 @@ def rhs(cm: CellModel):
     def f(t, y):
         e, s = float(y[0]), float(y[1])
         return [float(cm.supply(e, s) - cm.demand(e)), float(cm.uptake(s) - cm.glucose_use(e, s))]
+
+    return f
+
+
+def rhs_wear(cm: CellModel):
+    """:func:`rhs` with producer wear and repair, ``y = (E, S, h_1 .. h_P)`` (the engine's
+    ``metabolism``): ``dh_p/dt = k_r (1 - h_p) - w_p J_p / V_p`` (wear grows with the relative load;
+    repair served in full, which holds while ATP is left after the consumers), repair costs
+    ``c_r k_r sum_p (1 - h_p)`` mM ATP/s, and ``J_p`` runs on ``V_p h_p``. Wear has the 1/k_r =
+    1,000 s time scale of the preset, so over a minute it is a slow drift of capacity that the
+    two-variable :func:`rhs` leaves out."""
+    if cm.p_v_nominal is None or cm.p_damage is None:
+        raise ValueError("rhs_wear needs p_v_nominal, p_health and p_damage (cell_from_model fills them)")
+    v = np.asarray(cm.p_v_nominal, float)
+    w = np.asarray(cm.p_damage, float)
+
+    def f(t, y):
+        e, s, h = float(y[0]), float(y[1]), np.asarray(y[2:], float)
+        c = cm.replace(p_vmax=v * h)
+        j = np.asarray(c.producer_rates(e, s), float)
+        repair = cm.repair_rate * (1.0 - h)
+        de = float(j.sum() - c.demand(e) - cm.repair_cost * repair.sum())
+        ds = float(c.uptake(s) - np.sum(j / c.p_yield))
+        load = np.divide(j, v, out=np.zeros_like(j), where=v > 0)
+        return [de, ds, *(repair - w * load)]
 
     return f

@@ -89,7 +89,9 @@ def table_markdown(entries: list[dict], summary: dict) -> str:
         notes.append(f"The LLM long-chain exponent is fitted beyond the model's {summary['llm_max_context_tokens']:.0f}-"
                      "token context window: the architecture extrapolated, not a servable context.")
     if "bio_relaxation_reference_s" in summary:
-        notes.append(f"Biology relaxation time, deterministic reference: {summary['bio_relaxation_reference_s']:.4g} s.")
+        notes.append(f"Biology relaxation time, deterministic reference: {summary['bio_relaxation_reference_s']:.4g} s "
+                     "(the single cell as an ODE with producer wear, same protocol and windows; the replicate "
+                     "estimate differs from it by the explicit step's first-order error and sampling).")
     return title + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 

@@ -16,8 +16,10 @@ a Latin hypercube, one replicate each, the outcome ``mean_last:energy_charge``):
                to ``P``.
 
 Start-up: the wall time of ``python -m sim`` for a 1-step run, with an empty compilation cache
-(cold) and again with the cache the first one filled (warm), and the part of it spent before the
-first step (the run's ``compile_s``). Each is the median of ``--repeats`` runs; the spread is the
+(cold) and again with the cache the first one filled (warm); the time from the process's start to
+its first step done (the run's ``first_chunk_s``: interpreter, imports, config, build, compile and
+the step, not the writing of results.nc and summary.json after it); and the compile part of it
+(``compile_s``). Each is the median of ``--repeats`` runs; the spread is the
 min-max. Writes ``bench/results/study.json``.
 """
 
@@ -116,15 +118,17 @@ def main() -> int:
         per_process = statistics.median(walls)
 
         # start-up: a 1-step run, cold (empty cache each time) and warm
-        cold, warm, cold_compile, warm_compile = [], [], [], []
+        cold, warm, cold_compile, warm_compile, cold_first, warm_first = [], [], [], [], [], []
         for k in range(a.repeats):
             c = str(Path(tmp) / f"cold{k}")
             w, s = run_cli(OVERRIDES + ["steps=1", "record_every=1"], c, Path(tmp) / f"c{k}")
             cold.append(w)
             cold_compile.append(s["compile_s"])
+            cold_first.append(s.get("first_chunk_s", float("nan")))
             w, s = run_cli(OVERRIDES + ["steps=1", "record_every=1"], c, Path(tmp) / f"w{k}")
             warm.append(w)
             warm_compile.append(s["compile_s"])
+            warm_first.append(s.get("first_chunk_s", float("nan")))
 
     out = {
         "points": a.points, "steps": a.steps, "cells": 16, "chunk_points": a.chunk_points,
@@ -135,6 +139,7 @@ def main() -> int:
         "speedup_vs_processes": per_process * a.points / batched,
         "startup_cold_s": spread(cold), "startup_warm_s": spread(warm),
         "compile_cold_s": spread(cold_compile), "compile_warm_s": spread(warm_compile),
+        "first_step_cold_s": spread(cold_first), "first_step_warm_s": spread(warm_first),
         "loadavg": os.getloadavg(),
     }
     path = ROOT / "bench" / "results" / "study.json"
@@ -150,6 +155,9 @@ def main() -> int:
           f"({min(cold):.1f}-{max(cold):.1f}; compile {statistics.median(cold_compile):.1f} s), warm "
           f"{out['startup_warm_s']['median']:.1f} s ({min(warm):.1f}-{max(warm):.1f}; compile "
           f"{statistics.median(warm_compile):.2f} s); load average {out['loadavg'][0]:.1f}")
+    print(f"start-up to the first step done (process start -> first chunk): cold "
+          f"{out['first_step_cold_s']['median']:.1f} s ({min(cold_first):.1f}-{max(cold_first):.1f}), warm "
+          f"{out['first_step_warm_s']['median']:.1f} s ({min(warm_first):.1f}-{max(warm_first):.1f})")
     print(f"wrote {path}")
     return 0
 

@@ -10,6 +10,7 @@ the other experiments (analogy, cascade, roofline) register in :mod:`sim.experim
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -184,17 +185,32 @@ def dataset_variables(sub, built, cfg: dict) -> list[str]:
 TIME_UNITS = {"bio": "s", "llm": "s"}  # the time axis of these substrates; others (generic) are dimensionless
 
 
-def _chunk_hook(on_chunk, progress):
-    if progress is None:
-        return on_chunk
-    if on_chunk is None:
-        return progress.on_chunk
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``: start time in clock ticks after boot
+    against the uptime), None where that cannot be read. It counts the interpreter's own start and
+    every import, which a timer started in Python would miss."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: starttime
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
-    def both(state, done, keys):
-        on_chunk(state, done, keys)
-        progress.on_chunk(state, done, keys)
 
-    return both
+def _chunk_hook(on_chunk, progress, first: dict):
+    """The engine's per-chunk hook: the caller's and the progress reporter's, and the process age
+    at the end of the first chunk into ``first["s"]`` (the start-up to a first result)."""
+    hooks = [h for h in (on_chunk, progress.on_chunk if progress is not None else None) if h is not None]
+
+    def hook(state, done, keys):
+        if "s" not in first:
+            first["s"] = process_age_s()
+        for h in hooks:
+            h(state, done, keys)
+
+    return hook
 
 
 def run(cfg, on_chunk=None, *, run_dir=None, progress=None) -> RunOutput:
@@ -219,15 +235,18 @@ def run(cfg, on_chunk=None, *, run_dir=None, progress=None) -> RunOutput:
     if progress is not None:  # (the reference backend has no chunks: it gets the folder line only)
         progress.begin(int(cfg["steps"]), float(np.asarray(built.params.dt).reshape(-1)[0]),
                        TIME_UNITS.get(sub.name, ""), cells=built.n_cells * int(cfg["replicates"]))
+    first: dict = {}
     if mesa:
         result = run_reference(sub, built, cfg)
     else:
-        result = run_engine(sub, built, cfg, on_chunk=_chunk_hook(on_chunk, progress), run_dir=run_dir)
+        result = run_engine(sub, built, cfg, on_chunk=_chunk_hook(on_chunk, progress, first), run_dir=run_dir)
     result.state = jax.device_get(result.state)
     ds = sub.to_dataset(built, result, cfg) if result.steps_done > 0 else None
     ds = topology.label_cells(ds, getattr(built, "graph", None))  # a graph file's node labels name the cells
     summary = sub.summarize(built, result, cfg) if result.steps_done > 0 else {"status": "failed"}
     summary.update(_determinism_summary(), first_replicate=int(cfg.get("first_replicate", 0) or 0))
+    if first.get("s") is not None:  # process start (interpreter, imports, config, build, compile) -> first chunk done
+        summary["first_chunk_s"] = float(first["s"])
     if result.error is not None:
         summary.update(failure_summary(result.error))
     figures = None

@@ -95,7 +95,7 @@ SUMMARY_GROUPS = (
                          "memory_bound", "analytic_", "allreduce", "perfect_scaling", "attention_", "weight_bytes",
                          "prefill_", "decode_", "engine_joules", "power_w")),
     ("run", ("experiment", "substrate", "backend", "model", "gpu", "seed", "replicates", "first_replicate",
-             "simulated_time", "window_s", "wall_s", "compile_s", "total_s", "deterministic_reductions",
+             "simulated_time", "window_s", "wall_s", "compile_s", "total_s", "first_chunk_s", "deterministic_reductions",
              "bitwise_batch_invariant", "currency_unit", "batch", "context", "power_state")),
 )
 RUN_FIRST = ("currency_unit", "simulated_time", "simulated_time_s")  # run facts that start with a group's prefix

@@ -305,14 +305,14 @@ def _robustness(out):
 def _standardization(out):
     from sim.experiments import standardization
 
-    tops, costs, spreads = ["complete", "ring"], [0.0, 0.5, 0.9], [0.0, 2.0]
+    tops, costs, spreads, ns = ["complete", "ring"], [0.0, 0.5, 0.9], [0.0, 2.0], [2, 3]  # two n: the third row
     t = np.arange(1, 11) * 10.0
     rng = np.random.default_rng(6)
-    share = 1 / 3 + (2 / 3) * (1 - np.exp(-t / 40.0)) * rng.random((len(tops), 1, len(costs), len(spreads), 1))
-    ds = xr.Dataset({"dominant_share_t": (("topology", "n_carriers", "conversion_cost", "storage_spread", "time"),
-                                          share),
-                     "herfindahl": (("topology", "n_carriers", "conversion_cost", "storage_spread"), share[..., -1])},
-                    coords={"topology": tops, "n_carriers": [3], "conversion_cost": costs, "storage_spread": spreads,
+    share = 1 / 3 + (2 / 3) * (1 - np.exp(-t / 40.0)) * rng.random((len(tops), len(ns), len(costs), len(spreads), 1))
+    dims = ("topology", "n_carriers", "conversion_cost", "storage_spread")
+    ds = xr.Dataset({"dominant_share_t": (dims + ("time",), share), "herfindahl": (dims, share[..., -1]),
+                     "herfindahl_std": (dims, 0.05 * share[..., -1])},
+                    coords={"topology": tops, "n_carriers": ns, "conversion_cost": costs, "storage_spread": spreads,
                             "time": t},
                     attrs={"time_unit": "1", "replicates": 2, "n_cells": 16})
     return standardization.figures(ds, out)

@@ -208,10 +208,19 @@ def to_dataset(results: dict, opts: dict, times, attrs: dict):
     return ds
 
 
+def normalised_herfindahl(h, n):
+    """``(H - 1/n) / (1 - 1/n)``: 0 for an even mix of ``n`` carriers, 1 for one carrier alone, so
+    tissues with different numbers of carriers sit on one scale."""
+    n = np.asarray(n, float)
+    return (np.asarray(h, float) - 1.0 / n) / (1.0 - 1.0 / n)
+
+
 def figures(ds, out_dir) -> list[Path]:
     """``figures/standardization.png``: the dominant carrier's share over time (one line per
     conversion cost, first storage spread and number of carriers) and the Herfindahl index over
-    conversion cost x storage spread, one column per topology."""
+    conversion cost x storage spread, one column per topology; with several numbers of carriers a
+    third row: the normalised Herfindahl (:func:`normalised_herfindahl`) against conversion cost, a
+    line per number of carriers (band: the replicates' standard deviation), at the largest spread."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,8 +230,10 @@ def figures(ds, out_dir) -> list[Path]:
 
     (Path(out_dir) / "figures").mkdir(parents=True, exist_ok=True)
     tops = list(ds["topology"].values)
-    n0 = ds["n_carriers"].values[0]
-    fig, axes = plt.subplots(2, len(tops), figsize=(3.8 * len(tops) + 1, 7), squeeze=False)
+    ns = [int(n) for n in ds["n_carriers"].values]
+    n0 = ns[0]
+    rows = 3 if len(ns) > 1 else 2
+    fig, axes = plt.subplots(rows, len(tops), figsize=(3.8 * len(tops) + 1, 3.5 * rows), squeeze=False)
     costs, spreads = ds["conversion_cost"].values, ds["storage_spread"].values
     cmap = plt.get_cmap("viridis")
     for j, top in enumerate(tops):
@@ -234,7 +245,7 @@ def figures(ds, out_dir) -> list[Path]:
         ax.axhline(1.0 / n0, color="grey", lw=0.8, ls=":", label=f"1/{n0} (even)")
         ax.axhline(car.STANDARD, color="k", lw=0.8, ls="--", label="standard (90%)")
         ax.set(xlabel=f"time ({ds.attrs.get('time_unit', '1')})", ylabel="share of the dominant carrier (1)",
-               ylim=(0, 1.02), title=f"{top}: dominant share (spread {spreads[0]:g})")
+               ylim=(0, 1.02), title=f"{top}: dominant share ({n0} carriers, spread {spreads[0]:g})")
         if j == 0:
             ax.legend(fontsize=7)
         ax = axes[1, j]
@@ -246,9 +257,25 @@ def figures(ds, out_dir) -> list[Path]:
             ax.text(b, a, f"{val:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if val < 0.6 else "black")
         ax.set(xlabel="conversion cost: fraction of the charge (1)", ylabel="storage-cost spread (1)",
-               title=f"{top}: Herfindahl of carriers made")
+               title=f"{top}: Herfindahl, {n0} carriers")
         fig.colorbar(im, ax=ax, fraction=0.046).set_label("Herfindahl index of the carriers made (1)")
-    fig.suptitle(f"standardisation: {n0} carriers, {ds.attrs.get('replicates', '')} replicates per point, "
+        if rows == 3:
+            ax = axes[2, j]
+            for i, n in enumerate(ns):
+                sub = ds.sel(topology=top, n_carriers=n).isel(storage_spread=-1)
+                mean = normalised_herfindahl(sub["herfindahl"].values, n)
+                sd = np.asarray(sub["herfindahl_std"].values, float) / (1.0 - 1.0 / n)
+                color = plt.get_cmap("plasma")(i / max(len(ns) - 1, 1) * 0.85)
+                ax.plot(costs, mean, "o-", color=color, label=f"{n} carriers")
+                ax.fill_between(costs, mean - sd, mean + sd, color=color, alpha=0.15, lw=0)
+            ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+            ax.set(xlabel="conversion cost: fraction of the charge (1)",
+                   ylabel="normalised Herfindahl (H - 1/n)/(1 - 1/n) (1)", ylim=(-0.1, 1.0),
+                   title=f"{top}: number of carriers (spread {spreads[-1]:g})")
+            if j == 0:
+                ax.legend(fontsize=7)
+    title = f"{n0} carriers" if len(ns) == 1 else f"{', '.join(map(str, ns))} carriers"
+    fig.suptitle(f"standardisation: {title}, {ds.attrs.get('replicates', '')} replicates per point, "
                  f"{ds.attrs.get('n_cells', '')} compartments")
     fig.tight_layout()
     return [_save(fig, Path(out_dir) / "figures" / "standardization.png")]

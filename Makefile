@@ -30,6 +30,19 @@ test: $(STAMP) chromium solara-assets
 bench: $(STAMP)
 	$(PY) bench/run_bench.py $(ARGS)
 
+# The Ray launcher (hydra/launcher=ray_local, README: Launchers and devices): installs the extra distributed
+# (hydra-ray-launcher, ray[default]: 45 more packages, pinned in $(CONSTRAINTS)) into $(VENV) and runs
+# tests/test_launchers.py, its slow Ray sweep included (slow tests are never deselected here). `make test`
+# installs only [test], where the Ray tests skip; once this has run, `make test` runs them too.
+DIST_STAMP := $(VENV)/.installed-distributed-py$(PYVER)
+$(DIST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[test,distributed]'
+	touch $@
+
+.PHONY: test-distributed
+test-distributed: $(DIST_STAMP)
+	$(PY) -m pytest -q tests/test_launchers.py $(ARGS)
+
 # The dashboard (sim/mesa_model/app.py, README: Dashboard) on http://$(VIZ_HOST):$(VIZ_PORT)
 VIZ_HOST ?= 127.0.0.1
 VIZ_PORT ?= 8765

@@ -185,10 +185,11 @@ def _split_instr(rest: str):
     return rtype, op, rest2[j: k - 1], rest2[k:]
 
 
-def parse_hlo(text: str) -> dict:
-    """Computations of an HLO module text: name -> list of (opcode, result bytes, operand bytes, attrs)."""
+def walk_hlo(text: str, record) -> dict:
+    """Computations of an HLO module text: name -> list of ``record(match, computation)`` for each
+    instruction (``match`` of :data:`_INSTR`: group 1 the name, group 2 the rest; ``computation``
+    the list being filled, for records that look back at earlier instructions)."""
     comps, cur, entry = {}, None, None
-    cur_sizes: dict = {}
     for line in text.splitlines():
         if line.endswith("{") and not line.startswith(" ") and "(" in line:
             is_entry = line.startswith("ENTRY")
@@ -202,17 +203,26 @@ def parse_hlo(text: str) -> dict:
         if cur is None:
             continue
         m = _INSTR.match(line)
-        if not m:
-            continue
+        if m:
+            cur.append(record(m, cur))
+    return {"computations": comps, "entry": entry}
+
+
+def parse_hlo(text: str) -> dict:
+    """Computations of an HLO module text: name -> list of (opcode, result bytes, operand bytes, attrs)."""
+    sizes_of: dict = {}
+
+    def record(m, cur):
         rtype, op, operands, attrs = _split_instr(m.group(2))
         rb = _shape_bytes(rtype)
-        sizes = cur_sizes.setdefault(id(cur), {})
+        sizes = sizes_of.setdefault(id(cur), {})
         sizes[m.group(1)] = rb
         # operands are printed as typed values (older XLA) or as bare %names (looked up here)
         ob = _shape_bytes(operands) if _SHAPE.search(operands) else sum(
             sizes.get(ref, 0) for ref in re.findall(r"%([\w.\-]+)", operands))
-        cur.append((op, rb, ob, attrs))
-    return {"computations": comps, "entry": entry}
+        return (op, rb, ob, attrs)
+
+    return walk_hlo(text, record)
 
 
 def kernel_bytes(mod: dict, name: str | None = None, depth: int = 0) -> tuple[float, int]:
@@ -246,42 +256,25 @@ def kernel_bytes(mod: dict, name: str | None = None, depth: int = 0) -> tuple[fl
 
 
 def hlo_bytes(n_cells: int, dtype: str = "float64") -> dict:
-    """Bytes per agent and step of the engine's step at ``n_cells``, from the compiled HLO."""
+    """Bytes per agent and step of the engine's step at ``n_cells``, from the step compiled as the
+    engine compiles it (``bench.bench_step_work.work``: kernels, bytes, transcendentals and
+    Threefry hashes counted from the optimised HLO), plus what reading and writing the state once
+    would move."""
     import jax
 
+    from bench.bench_step_work import work
     from bench.run_bench import bio_cfg
     from sim.core import engine
-    from sim.rng import replicate_keys
-    from sim.substrates.bio import SUBSTRATE as BIO
     from sim.substrates.bio.build import build
 
+    out = work(n_cells, dtype)
     model = build(bio_cfg(n_cells))
     dt = np.float64 if dtype == "float64" else np.float32
     state, params = engine.cast(model.state, dt), engine.cast(model.params, dt)
-    key = replicate_keys(0, 1)[0]
-    compiled = jax.jit(BIO.step).lower(state, params, key).compile()
-    ca = compiled.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    mod = parse_hlo(compiled.as_text())
-    moved, kernels = kernel_bytes(mod)
-    agents = _agents(model)
-    # Threefry hashes per step: the element count of every rolled Threefry loop of the step (one
-    # hash per element; the scalar fold_ins of the step and purpose are negligible)
-    hashes = 0
-    for line in compiled.as_text().splitlines():
-        if " while(" in line and ("threefry" in line or "uniforms" in line):
-            m = re.search(r"u32\[(\d+)(?:,1)?\]", line.split(" while(")[0])
-            if m:
-                hashes += int(m.group(1))
     state_b = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
     param_b = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params))
-    return {"cells": n_cells, "agents": agents, "dtype": dtype,
-            "xla_bytes_accessed_per_agent": float(ca.get("bytes accessed", float("nan"))) / agents,
-            "hlo_kernel_bytes_per_agent": moved / agents, "kernels_per_step": kernels,
-            "transcendentals_per_cell": float(ca.get("transcendentals", float("nan"))) / n_cells,
-            "threefry_hashes_per_cell": hashes / n_cells,
-            "flops_per_agent": float(ca.get("flops", float("nan"))) / agents,
-            "state_read_write_once_per_agent": (2 * state_b + param_b) / agents}
+    out["state_read_write_once_per_agent"] = (2 * state_b + param_b) / out["agents"]
+    return out
 
 
 def section_throughputs(repeats: int = 5) -> dict:

@@ -36,7 +36,7 @@ import pandas as pd  # noqa: E402
 from sim.sweep import OVERRIDE_PREFIX  # noqa: E402
 
 REPLICATE_KEYS = ("seed", "first_replicate")  # swept to add replicates: pooled, not drawn as axes
-NOT_OUTCOMES = frozenset({"job", "wall_s", "compile_s", "total_s", "seed", "replicates", "first_replicate"})
+NOT_OUTCOMES = frozenset({"job", "wall_s", "compile_s", "total_s", "first_chunk_s", "seed", "replicates", "first_replicate"})
 COLS = 4  # panels per row
 LOG_SPAN = 50.0  # a positive parameter spanning this factor or more gets a log axis
 

@@ -19,6 +19,10 @@ Both must be finite numbers >= 0 (else the file is refused). Anything else in th
 attributes, graph data, self-loops, a junction listed twice, edge directions, and ``weight`` /
 ``demand`` on a substrate without junction conductances or per-cell demand: llm) is ignored with
 one :class:`GraphFileWarning` line naming all of it.
+
+An edge list is read by C parsers into arrays (:mod:`sim.graph_files`: ~0.3-1 us per line; the
+graph is a :class:`~sim.graph_files.FileGraph`, which builds its networkx adjacency only if
+something reads it); files that parser hands back, and GraphML, are read as before.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ import warnings
 import networkx as nx
 import numpy as np
 
+from sim import graph_files
 from sim.errors import ConfigError
+from sim.graph_files import FileGraph
 
 KINDS = ("single", "ring", "grid", "small_world", "scale_free", "complete", "erdos_renyi", "file")
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -84,6 +90,11 @@ def build_graph(cfg, seed: int = 0) -> nx.Graph:
         raise ConfigError("topology.kind", kind, "one of " + ", ".join(KINDS))
     if kind == "file":
         g = load_graph_file(cfg.get("path"), cfg.get("format", "auto"))
+        if isinstance(g, FileGraph) and g.lazy is not None:  # an edge list read into arrays (sim.graph_files)
+            g = g.relabelled()  # (cells 0..n-1 in sorted label order already: nothing to convert)
+            g.graph[CELL_LABELS] = list(g.lazy.labels)
+            _check_connected(cfg, g)
+            return g
         # the file's own names for its cells, in the order the engine numbers them (results.nc's cell)
         g.graph[CELL_LABELS] = sorted(g.nodes)
     elif kind == "single":
@@ -127,10 +138,33 @@ def build_graph(cfg, seed: int = 0) -> nx.Graph:
             g = nx.gnp_random_graph(n, p, seed=seed)
     g = nx.convert_node_labels_to_integers(g, ordering="sorted")
     g.remove_edges_from(list(nx.selfloop_edges(g)))
-    if cfg.get("require_connected", False) and g.number_of_nodes() > 1 and not nx.is_connected(g):
-        parts = nx.number_connected_components(g)
-        raise ConfigError("topology.require_connected", True, f"a connected graph (this one has {parts} components)")
+    _check_connected(cfg, g)
     return g
+
+
+def _check_connected(cfg, g: nx.Graph) -> None:
+    if not cfg.get("require_connected", False) or g.number_of_nodes() <= 1:
+        return
+    edges = _lazy_arrays(g)
+    if edges is None:
+        parts = 1 if nx.is_connected(g) else nx.number_connected_components(g)
+    else:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        n = g.number_of_nodes()
+        adjacency = coo_matrix((np.ones(len(edges.src), np.int8), (edges.src, edges.dst)), shape=(n, n))
+        parts = connected_components(adjacency, directed=False, return_labels=False)
+    if parts > 1:
+        raise ConfigError("topology.require_connected", True, f"a connected graph (this one has {parts} components)")
+
+
+def _lazy_arrays(g) -> graph_files.EdgeList | None:
+    """The arrays of an edge list read by :mod:`sim.graph_files` and relabelled by :func:`build_graph`
+    (cells 0..n-1), while its networkx adjacency is not built; None for any other graph."""
+    if isinstance(g, FileGraph) and g.is_relabelled:
+        return g.lazy
+    return None
 
 
 def _refuse(path, allowed: str):
@@ -169,6 +203,12 @@ def _edge_data(tokens: list[str], line: str, number: int, path) -> dict:
 
 def _parse_edgelist(text: str, path) -> nx.Graph:
     """Strict whitespace edge list: ``u v``, ``u v weight`` or ``u v {data}`` per line; ``#`` comments.
+
+    The reference loader, line by line in Python (~20 us per line): :func:`load_graph_file` reads
+    an edge list with :func:`sim.graph_files.parse` first (C parsers and arrays, ~0.3-1 us per
+    line), which gives the same graph, refusals and warnings, and leaves to this one the files it
+    does not read (``{data}`` literals, malformed lines: refused here with their line number, and
+    rarer things: sim/graph_files.py).
 
     Stricter than ``networkx.read_edgelist``, which silently skips lines it cannot read: a
     malformed line is refused with its line number instead of quietly dropping a junction.
@@ -331,11 +371,20 @@ def load_graph_file(path, fmt: str = "auto") -> nx.Graph:
         else:
             if b"\x00" in data:
                 _refuse(path, "a text edge list (this file is binary)")
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                _refuse(path, f"a UTF-8 text edge list (byte {exc.start} is not UTF-8)")
-            return _parse_edgelist(text, path)  # (already the finished graph: no copies below)
+            if not data.isascii():  # (ASCII is UTF-8)
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    _refuse(path, f"a UTF-8 text edge list (byte {exc.start} is not UTF-8)")
+            try:  # arrays read by C code (sim.graph_files); None: a file only the line-by-line parser reads
+                edges = graph_files.parse(data, path, MAX_FILE_NODES, MAX_FILE_EDGES)
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001 - (a fault of the fast path: the reference parser decides)
+                edges = None
+            if edges is not None:
+                return FileGraph.from_edgelist(edges, {SOURCE: path, DROPPED: edges.dropped})
+            return _parse_edgelist(data.decode("utf-8"), path)  # (already the finished graph: no copies below)
     except ConfigError:
         raise
     except Exception as exc:  # any parser failure (XML, GraphML schema, recursion, memory) -> ConfigError
@@ -399,6 +448,9 @@ def _check_values(g: nx.Graph, path) -> nx.Graph:
 
 def edge_arrays(g: nx.Graph) -> tuple[np.ndarray, np.ndarray]:
     """(src, dst) int32 arrays with src < dst, sorted, one entry per undirected edge."""
+    edges = _lazy_arrays(g)
+    if edges is not None:
+        return edges.src.astype(np.int32), edges.dst.astype(np.int32)
     if g.number_of_edges() == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
     e = np.array([(min(u, v), max(u, v)) for u, v in g.edges()], dtype=np.int64)
@@ -434,12 +486,20 @@ def file_inputs(graph: nx.Graph, src, dst, *, substrate: str, conductance_key: s
         return FileInputs(weight, dem)
     edge_default = graph.graph.get("edge_default") or {}
     node_default = graph.graph.get("node_default") or {}
-    # "id": the GraphML <edge id=...> networkx keeps as data: a name, not a value of the tissue
-    edge_keys = {k for _, _, d in graph.edges(data=True) for k in d if k != "id"} | set(edge_default)
-    node_keys = {k for _, d in graph.nodes(data=True) for k in d} | set(node_default)
     used_edge = {WEIGHT} if conductance_key else set()
     used_node = {"demand"} if demand else set()
-    if WEIGHT in used_edge & edge_keys:
+    arrays = _lazy_arrays(graph)
+    if arrays is not None:  # an edge list as arrays: weights (NaN where a line gives none), no node attributes
+        if not (np.array_equal(arrays.src, src) and np.array_equal(arrays.dst, dst)):
+            raise ValueError("file_inputs needs the (src, dst) of edge_arrays(graph)")
+        edge_keys, node_keys = ({WEIGHT} if arrays.weight is not None else set()), set()
+        if WEIGHT in used_edge & edge_keys:
+            weight = np.where(np.isnan(arrays.weight), 1.0, arrays.weight)
+    else:
+        # "id": the GraphML <edge id=...> networkx keeps as data: a name, not a value of the tissue
+        edge_keys = {k for _, _, d in graph.edges(data=True) for k in d if k != "id"} | set(edge_default)
+        node_keys = {k for _, d in graph.nodes(data=True) for k in d} | set(node_default)
+    if arrays is None and WEIGHT in used_edge & edge_keys:
         w0 = float(edge_default.get(WEIGHT, 1.0))
         triples = [(min(u, v), max(u, v), float(w)) for u, v, w in graph.edges(data=WEIGHT, default=w0)]
         e = np.array(triples, dtype=np.float64).reshape(-1, 3)
@@ -447,7 +507,7 @@ def file_inputs(graph: nx.Graph, src, dst, *, substrate: str, conductance_key: s
         if not (np.array_equal(e[order, 0], src) and np.array_equal(e[order, 1], dst)):
             raise ValueError("file_inputs needs the (src, dst) of edge_arrays(graph)")
         weight = e[order, 2]
-    if "demand" in used_node & node_keys:
+    if arrays is None and "demand" in used_node & node_keys:
         d0 = float(node_default.get("demand", 1.0))
         dem = np.array([float(graph.nodes[i].get("demand", d0)) for i in range(n)])
     ignored = []

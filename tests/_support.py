@@ -90,8 +90,8 @@ def assert_same_results(a: Path, b: Path) -> None:
     for name in list(da.data_vars) + list(da.coords):
         assert np.array_equal(da[name].values, db[name].values), name
     sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
-    for key in ("wall_s", "compile_s"):
-        sa.pop(key), sb.pop(key)
+    for key in ("wall_s", "compile_s", "first_chunk_s"):  # clock readings, not results
+        sa.pop(key, None), sb.pop(key, None)
     assert sa == sb
 
 
@@ -176,6 +176,44 @@ entry()
 """
 
 
+# Many faulty `python -m sim` argvs through sim.app.entry in ONE child process: reads {name: {substrate,
+# process, at_step, change (an expression of the state s), argv}} from the JSON file argv[1]; each
+# case's substrate is registered with its fault for that case only; prints {name: {code, stderr}}.
+FAULTY_ENTRIES = """
+import contextlib, io, json, sys
+sys.path.insert(0, {tests!r})
+import jax.numpy as jnp
+from _support import with_fault
+from sim import substrates
+from sim.app import entry
+from sim.pytree import replace
+results = {{}}
+for name, case in json.loads(open(sys.argv[1]).read()).items():
+    change = eval("lambda s: " + case["change"], {{"jnp": jnp, "replace": replace}})
+    err, code = io.StringIO(), 0
+    sys.argv = ["sim", *case["argv"]]
+    with substrates.override(with_fault(case["substrate"], case["process"], case["at_step"], change)):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                entry()
+            except SystemExit as exc:
+                code = exc.code
+    results[name] = {{"code": code, "stderr": err.getvalue()}}
+print(json.dumps(results))
+"""
+
+
+def run_faulty_entries(cases: dict, folder: Path, timeout=600) -> dict:
+    """{name: {"code", "stderr"}} of every case (name -> {substrate, process, at_step, change, argv}:
+    ``python -m sim ARGV`` with ``change`` applied after ``process`` at step ``at_step``, see
+    :data:`FAULTY_ENTRIES`), all in one child (one JAX start-up); the child itself must exit 0."""
+    (folder / "faulty_entries.py").write_text(FAULTY_ENTRIES.format(tests=str(ROOT / "tests")))
+    (folder / "faulty_cases.json").write_text(json.dumps(cases))
+    res = run_child([str(folder / "faulty_entries.py"), str(folder / "faulty_cases.json")], timeout=timeout)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def fault_child_script(path, name: str, process: str, at_step: int, change_source: str):
     """Write a child script that runs ``python -m sim`` with a fault injected (``change_source``
     defines ``change(s) -> state``); returns the script's path."""
@@ -191,6 +229,7 @@ def fault_child_script(path, name: str, process: str, at_step: int, change_sourc
 # through the command line.
 
 import dataclasses as _dc
+import functools as _functools
 import math as _math
 import zlib as _zlib
 
@@ -225,10 +264,24 @@ CATALOGUE_VALID = {
     "experiment/cascade.yaml:cascade.long_context_min=1.5": "a bound of the fitted lengths: any real > 0",
     "experiment/analogy.yaml:analogy.cascade.short_max_tokens=1.5": "a bound of the fitted lengths: any real > 0",
     "experiment/analogy.yaml:analogy.cascade.long_min_tokens=1.5": "a bound of the fitted lengths: any real > 0",
+    # a folder path is used as given (sim.core.cache.resolve): a relative one is relative to the working
+    # directory (hydra.job.chdir is false); 'bogus_choice' is a folder name like any other
+    "config.yaml:compile_cache=bogus_choice": "a relative folder for the compilation cache",
+    # bytes per weight / per KV element are averages over a format (sim.substrates.llm.specs: any real > 0):
+    # 4-bit weights with group scales ~0.53, FP8 weights with BF16 layers or FP8 V with BF16 K ~1.5
+    "model/llama2_7b.yaml:model.bytes_per_param=1.5": "average bytes per weight: any real > 0 (mixed formats)",
+    "model/llama2_7b.yaml:model.bytes_per_kv=1.5": "average bytes per KV element: any real > 0 (mixed formats)",
+    # a producer's ceiling is a positive number (kJ/mol) or 'pmf' (sim.substrates.bio.build._ceiling_kj):
+    # glycolysis ships 98.0; a number for the mitochondrion replaces its proton-motive-force ceiling
+    "substrate/bio.yaml:substrate.producers.kinds.mitochondrion.ceiling_kj_per_mol=5": "a positive ceiling in kJ/mol",
+    # the memory module's cost in prefill passes over the history it compresses (sim.substrates.llm.kernels):
+    # a summariser that reads the history and writes a summary costs more than one pass; the rule is >= 0
+    "substrate/llm.yaml:substrate.memory.cost_fraction=1.5": "a cost in prefill passes: any real >= 0",
 }
-# number leaves that may be negative (free energies of reactions)
+# number leaves that may be negative (free energies of reactions), outside the substrates (whose
+# numbers' rules are declared: Substrate.config_rules)
 CATALOGUE_SIGNED_WORDS = ("dg",)
-# number leaves that are fractions / probabilities in [0, 1] (by name)
+# number leaves that are fractions / probabilities in [0, 1] (by name; outside the substrates too)
 CATALOGUE_FRACTION_WORDS = ("fraction", "efficiency", "utilization", "energy_charge", "prob", "p_per_token",
                             "health", "conf_level", "stress_threshold")
 CATALOGUE_NON_FINITE = ("nan", "inf", "-inf")
@@ -242,31 +295,79 @@ def _fmt_override(value) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def _value_rules(key: str, value) -> list:
-    """(rule, override value) pairs that are bad for a leaf whose shipped value is ``value``."""
+@_functools.lru_cache(maxsize=None)
+def _preset_substrate(conf_dir: str, stem: str):
+    """The substrate a preset without a ``name`` of its own configures: the name of the preset Hydra
+    composes (one built on another through its defaults list, e.g. ``bio_tissue`` on ``bio``)."""
+    from sim.core.config import compose
+
+    try:
+        return compose(["experiment=tissue", f"substrate={stem}"], config_dir=conf_dir)["substrate"].get("name")
+    except Exception:  # (not composable here: the words guess)
+        return None
+
+
+def _declared_rule(name, key: str):
+    """The rule substrate ``name`` declares for ``key`` (``substrate.<dotted>``,
+    ``Substrate.config_rules``), read instead of guessed from the key's name; None where it has none."""
+    from sim import substrates
+    from sim.core.substrate import rule_for
+
+    try:
+        sub = substrates.get(name)
+    except Exception:  # (a preset naming no registered substrate: the words guess)
+        return None
+    return rule_for(sub.config_rules, key.split(".", 1)[1])
+
+
+def _bound_rules(rule, value) -> list:
+    """(rule, override value) pairs outside the bounds a declared rule sets (shipped value ``value``)."""
+    out = []
+    if rule.minimum is not None and rule.minimum >= 0:
+        neg = -value if isinstance(value, (int, float)) and value > 0 else (-1 if isinstance(value, int) else -0.5)
+        out.append(("negative number", _fmt_override(neg)))
+    if rule.maximum is not None and rule.maximum <= 0:  # a released free energy
+        out.append(("positive number", "5.0"))
+    elif rule.maximum == 1 and not rule.integer:
+        out.append(("fraction above 1", "1.5"))
+    elif rule.maximum is not None:
+        out.append(("number above its maximum", _fmt_override(rule.maximum + 1)))
+    return out
+
+
+def _value_rules(key: str, value, declared=None) -> list:
+    """(rule, override value) pairs that are bad for a leaf whose shipped value is ``value``;
+    ``declared``: the rule its substrate declares for it (:func:`_declared_rule`), else the key's
+    words decide what is bad."""
     leaf = _leaf(key)
     out = []
     if isinstance(value, bool):
         out.append(("string for a bool", "maybe"))
     elif isinstance(value, (int, float)):
         out.append(("string for a number", "abc"))
-        if isinstance(value, int):
+        if declared.integer if declared is not None else isinstance(value, int):
             out.append(("float for an integer", "1.5"))
         else:
             pick = CATALOGUE_NON_FINITE[_zlib.crc32(key.encode()) % len(CATALOGUE_NON_FINITE)]
             out.append(("non-finite number", pick))
-        if not any(w in leaf for w in CATALOGUE_SIGNED_WORDS):
-            neg = -value if value > 0 else (-1 if isinstance(value, int) else -0.5)
-            out.append(("negative number", _fmt_override(neg)))
-        if isinstance(value, float) and 0 <= value <= 1 and (leaf == "p" or any(w in leaf for w in CATALOGUE_FRACTION_WORDS)):
-            out.append(("fraction above 1", "1.5"))
+        if declared is not None:
+            out += _bound_rules(declared, value)
+        else:
+            if not any(w in leaf for w in CATALOGUE_SIGNED_WORDS):
+                neg = -value if value > 0 else (-1 if isinstance(value, int) else -0.5)
+                out.append(("negative number", _fmt_override(neg)))
+            if isinstance(value, float) and 0 <= value <= 1 and (leaf == "p" or any(w in leaf for w in CATALOGUE_FRACTION_WORDS)):
+                out.append(("fraction above 1", "1.5"))
     elif isinstance(value, str):
         if value == "???":  # a mandatory path
             out.append(("missing file", "/nonexistent/currency-sim/graph.txt"))
         elif not (any(key == k or leaf == k for k in CATALOGUE_LABEL_KEYS)
                   or (leaf == "name" and key.count(".") == 1 and not key.startswith("substrate."))):
             out.append(("unknown choice", "bogus_choice"))
-            out.append(("number for a name", "5"))
+            if declared is None:
+                out.append(("number for a name", "5"))
+            else:  # a word where a number may stand too (a producer's ceiling: a number or 'pmf')
+                out += _bound_rules(declared, value)[:1]
     elif value is None:
         if key == "resume":
             out.append(("missing run folder", "/nonexistent/currency-sim/run"))
@@ -333,7 +434,9 @@ def bad_input_catalogue(edge_list, *, full: bool = False, conf_dir: Path | None 
 
     For every leaf the rules of its type apply (:func:`_value_rules`: a string for a number or a
     bool, a float for an integer, NaN/inf, a negative for anything but a free energy, a fraction
-    above 1, an unknown choice or a number for a name, a scalar or strings for a list); for every
+    above 1, an unknown choice or a number for a name, a scalar or strings for a list; for a
+    substrate's number what its declared rule makes bad, not what its name suggests: a float where
+    an integer is declared, a negative, a positive free energy, a value above the maximum); for every
     mapping, a scalar in its place and an unknown key beside its keys (added with ``+``). ``full``:
     every rule of every leaf (~2.5x as many); otherwise one rule per leaf, picked by a hash of the
     key (stable when keys are added elsewhere), so that every rule is used across the catalogue.
@@ -359,7 +462,11 @@ def bad_input_catalogue(edge_list, *, full: bool = False, conf_dir: Path | None 
                 rules = [("unknown key", f"{key}.zz_unknown", f"+{key}.zz_unknown=1"),
                          ("scalar for a mapping", key, f"{key}=5")]
             else:
-                rules = [(rule, key, f"{key}={v}") for rule, v in _value_rules(key, value)]
+                declared = None
+                if group == "substrate":
+                    name = data.get("name") or _preset_substrate(str(conf_dir), Path(source).stem)
+                    declared = _declared_rule(name, key)
+                rules = [(rule, key, f"{key}={v}") for rule, v in _value_rules(key, value, declared)]
             if len(rules) > 1 and not full:
                 rules = [rules[_zlib.crc32(key.encode()) % len(rules)]]
             for rule, named, override in rules:

@@ -176,12 +176,12 @@ def test_chain_agents_mirror_the_state(runs, which):
     s = model.state
     chains = list(model.agents_by_type[ChainAgent])
     assert len(chains) == model.n_cells * model.n_chain_slots == s.chains.active.size
-    assert [c.chain_id for c in chains] == list(range(len(chains)))
+    assert [c.slot_id for c in chains] == list(range(len(chains)))  # the id its draws are keyed by
     np.testing.assert_array_equal([c.active for c in chains], s.chains.active.ravel())
     np.testing.assert_array_equal([c.length for c in chains], s.chains.length.ravel())
     np.testing.assert_array_equal([c.made for c in chains], s.chains.made.ravel())
     cells = list(model.agents_by_type[CellAgent])
-    assert all(len(c.chains) == 8 and all(ch.host is c for ch in c.chains) for c in cells)
+    assert all(len(c.members["chain"]) == 8 and all(ch.host is c for ch in c.members["chain"]) for c in cells)
     assert [c.n_active_chains for c in cells] == s.chains.active.sum(axis=1).tolist()
     assert sum(c.proteins_completed for c in cells) == pytest.approx(float(s.chain_ledger.delivered.sum()))
     active = model.agents_by_type[ChainAgent].select(lambda c: c.active)
@@ -219,8 +219,8 @@ def test_producer_agents_mirror_the_mask(runs):
     for model in (runs["ref"], runs["eng"]):
         prods = list(model.agents_by_type[ProducerAgent])
         p_slots = model.n_producer_slots
-        assert [p.pid for p in prods] == list(range(model.n_cells * p_slots))
-        assert all(p.pid == p.cell_index * p_slots + p.slot for p in prods)
+        assert [p.slot_id for p in prods] == list(range(model.n_cells * p_slots))
+        assert all(p.slot_id == p.cell_index * p_slots + p.slot for p in prods)
         mask = model.state.producers.alive
         np.testing.assert_array_equal(producer_flags(model), mask.ravel())
         health = np.array([p.health for p in prods]).reshape(mask.shape)
@@ -300,10 +300,22 @@ def test_space_and_construction(runs):
     for c in model.agents_by_type[CellAgent]:
         assert c.cell.coordinate == c.index
         assert sorted(n.index for n in c.neighbours) == sorted(graph.neighbors(c.index))
-        assert all(p.cell is c.cell for p in c.producers) and all(k.cell is c.cell for k in c.consumers)
+        assert all(p.cell is c.cell for p in c.members["producer"]) and all(k.cell is c.cell for k in c.members["consumer"])
     with pytest.raises(ConfigError, match="backend"):
         CurrencyModel(dict(make_cfg(), backend="torch"))
     with pytest.raises(TypeError):  # a config and a built model: which one? (neither: the shipped tissue)
         CurrencyModel(make_cfg(), model=build(make_cfg()))
     m = CurrencyModel(model=build(make_cfg()), backend="mesa", collect_every=0)
     assert m.backend == "mesa" and m.replicate == 0 and m.state.step == 0
+
+
+def test_a_variant_substrate_runs_with_the_same_agent_classes():
+    """A config asking for adaptation runs the adaptive biology substrate on both backends (the
+    engine's process and the reference's phase), with the agents of the one generated CellAgent."""
+    cfg = sim.load_config(["experiment=tissue", "topology=ring", "topology.n_cells=6", "differentiation=imitation"])
+    m = CurrencyModel(cfg, backend="mesa", collect_every=0)
+    assert "adaptation" in m.substrate.process_names and m.substrate is not CurrencyModel(
+        model=m.preset, collect_every=0).substrate
+    assert "adaptation" in [p.name for p in m._ref.phases]
+    m.run(3)
+    assert len(m.agents_by_type[CellAgent]) == 6 and m.steps_taken == 3

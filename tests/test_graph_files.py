@@ -13,6 +13,8 @@ import networkx as nx
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import sim  # noqa: F401  (float64)
 from sim import topology
@@ -235,3 +237,198 @@ def test_node_labels_are_the_cell_coordinate_of_results_nc(tmp_path, text, label
         assert ds["a"].sizes["cell"] == len(labels)
     generated = sim.simulate(load_config([*GENERIC, "topology=ring", "topology.n_cells=3"]))
     assert generated["cell"].values.tolist() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- the fast edge-list loader = the line-by-line one
+# sim/graph_files.py reads edge lists with C parsers into arrays (a FileGraph that builds its networkx adjacency
+# only when read); topology._parse_edgelist, line by line, is the reference. Same graph (node order, adjacency
+# order, data), same refusals, same warnings, same engine arrays.
+
+
+def _reference(text: str, path: str):
+    try:
+        return topology._parse_edgelist(text, path), None
+    except ConfigError as exc:
+        return None, str(exc)
+
+
+def _built_reference(g: nx.Graph) -> nx.Graph:
+    g = g.copy()
+    g.graph[topology.CELL_LABELS] = sorted(g.nodes)  # as build_graph does
+    return nx.convert_node_labels_to_integers(g, ordering="sorted")
+
+
+def _inputs(g):
+    src, dst = edge_arrays(g)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        inputs = topology.file_inputs(g, src, dst, substrate="generic", conductance_key="k", demand=True)
+    return src, dst, inputs, [str(w.message) for w in seen]
+
+
+def assert_same_as_reference(path: str, fast_expected: bool | None = None) -> str:
+    """Load ``path`` as a run does and by the reference parser; everything must agree. Returns
+    "fast", "line" (handed back to the reference parser) or "refused"."""
+    text = open(path, encoding="utf-8", newline="").read()
+    want, want_error = _reference(text, path)
+    try:
+        got, error = load_graph_file(path), None
+    except ConfigError as exc:
+        got, error = None, str(exc)
+    assert error == want_error, (text, error, want_error)
+    if want is None:
+        return "refused"
+    fast = isinstance(got, topology.FileGraph) and got.lazy is not None
+    if fast_expected is not None:
+        assert fast == fast_expected, text
+    assert got.number_of_nodes() == want.number_of_nodes() and got.number_of_edges() == want.number_of_edges()
+    assert got.graph == want.graph
+    assert list(got.nodes(data=True)) == list(want.nodes(data=True)), text
+    assert list(got.edges(data=True)) == list(want.edges(data=True)), text
+    built, reference = build_graph({"kind": "file", "path": path}), _built_reference(want)
+    assert built.graph[topology.CELL_LABELS] == reference.graph[topology.CELL_LABELS]
+    (s1, d1, in1, warn1), (s0, d0, in0, warn0) = _inputs(built), _inputs(reference)
+    assert s1.dtype == s0.dtype == np.int32 and np.array_equal(s1, s0) and np.array_equal(d1, d0)
+    np.testing.assert_array_equal(in1.weight, in0.weight)
+    np.testing.assert_array_equal(in1.demand, in0.demand)
+    assert warn1 == warn0
+    for connected in (True,):
+        try:
+            build_graph({"kind": "file", "path": path, "require_connected": connected})
+            refusal = None
+        except ConfigError as exc:
+            refusal = str(exc)
+        parts = nx.number_connected_components(reference) if reference.number_of_nodes() > 1 else 1
+        assert (refusal is None) == (parts == 1) and (parts == 1 or f"has {parts} components" in refusal)
+    assert list(built.nodes(data=True)) == list(reference.nodes(data=True))  # (builds the adjacency)
+    assert list(built.edges(data=True)) == list(reference.edges(data=True))
+    return "fast" if fast else "line"
+
+
+@pytest.mark.parametrize("text, fast", [
+    ("0 1\n1 2\n2 0\n", True),
+    ("# a tissue\n\n30 10 # first\n10 20 2.5\n\n20 30 {'weight': 0.5}\n", False),  # a {data} literal: line by line
+    ("# weights, a repeat both ways (its last weight kept), a self-loop\n0 1 0.5\n1 0 2\n1 1 7\n1 2\n2 1\n", True),
+    ("kidney liver\nliver heart 0.25\nheart kidney\nheart heart\n", True),
+    ("10 2\n2 01\n01 5\n", True),  # "01" is not an integer as str(int) writes it: all labels stay strings
+    ("1 01\n", True),  # "1" and "01": both kept as strings
+    ("+5 3\n3 -2\n", True),  # "+5" is 5 for int(): labels become ints
+    ("-3 7\n7 0 1e-3\n0 -3 1E2\n", True),
+    ("0\t1\r\n 1   2 \t3.0\r\n2 0\r", True),  # tabs, runs of blanks, CRLF and a lone CR
+    ("a b\nb c {'weight': 2, 'colour': 'red'}\n", False),
+    ("0 1 nan\n", False), ("0 1 inf\n", False), ("0 1 true\n", False),  # refused at their line, line by line
+    ("0 1\n1 2 -0.5\n2 3 -1\n", True),  # refused: the junction networkx yields first
+    ("3 4 2\n1 2 -1\n4 1 -2\n", True),
+    ("0 1 -0.0\n", True),
+    ("# only a comment\n\n", True),  # refused: no node
+    ("1 1\n2 2 0.5\n", True),  # refused: self-loops only
+    ("0 1\n1 2 3 4\n", False),  # refused with its line number, line by line
+    ("Zürich Genève\nGenève Bern 2\n", True),
+    ("a\u00a0b c\n", False),  # a no-break space splits for str.split: line by line
+])
+def test_fast_loader_matches_the_line_by_line_loader(tmp_path, text, fast):
+    path = tmp_path / "g.txt"
+    path.write_bytes(text.encode())
+    assert_same_as_reference(str(path), fast_expected=fast)
+
+
+def test_fast_loader_caps_refuse_at_the_same_line(tmp_path, monkeypatch):
+    path = tmp_path / "g.txt"
+    path.write_text("0 1\n1 2\n0 1\n3 3\n2 3\n3 4\n4 5\n")
+    for nodes, edges in [(3, 100), (100, 3), (4, 4), (5, 5), (4, 5), (5, 4), (6, 5), (5, 6)]:
+        monkeypatch.setattr(topology, "MAX_FILE_NODES", nodes)
+        monkeypatch.setattr(topology, "MAX_FILE_EDGES", edges)
+        assert assert_same_as_reference(str(path)) == "refused", (nodes, edges)
+    monkeypatch.setattr(topology, "MAX_FILE_NODES", 6)
+    monkeypatch.setattr(topology, "MAX_FILE_EDGES", 6)  # 6 distinct junctions with the self-loop 3-3: loads
+    assert assert_same_as_reference(str(path), fast_expected=True) == "fast"
+
+
+_LABELS = st.sampled_from(["0", "1", "2", "3", "10", "-1", "01", "+2", "-0", "a", "b", "é", "NA", "nan", "1.0", "1e2",
+                           "true", "'q'", '"', "\\", "٣"])
+_WEIGHTS = st.sampled_from(["", " 1", " 0.5", " -1", " 2e-1", " 0", " -0.0", " +3", " .5", " 5.", " 1_0", " 1e999",
+                            " nan", " true", " {'weight': 2}", " 3 4", " 0x1"])
+_LINE = st.tuples(st.sampled_from(["", " ", "\t"]), _LABELS, st.sampled_from([" ", "  ", "\t", " \t"]), _LABELS,
+                  _WEIGHTS, st.sampled_from(["", "", " ", " # note", "#x"])).map("".join)
+_EDGE_LISTS = st.lists(st.one_of(_LINE, _LINE, _LINE, st.sampled_from(["", "# comment", "  ", "7"])), max_size=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(lines=_EDGE_LISTS, ending=st.sampled_from(["\n", "\n", "\r\n", "\r"]),
+       caps=st.sampled_from([None, None, (3, 100), (100, 3), (4, 4)]))
+def test_fuzz_fast_loader_matches_the_line_by_line_loader(tmp_path, lines, ending, caps):
+    path = tmp_path / "fuzz.txt"
+    path.write_bytes(ending.join(lines).encode())
+    if not path.read_bytes().strip():
+        return  # (an empty file is refused before either parser)
+    saved = topology.MAX_FILE_NODES, topology.MAX_FILE_EDGES
+    try:
+        if caps:
+            topology.MAX_FILE_NODES, topology.MAX_FILE_EDGES = caps
+        assert_same_as_reference(str(path))
+    finally:
+        topology.MAX_FILE_NODES, topology.MAX_FILE_EDGES = saved
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(st.integers(-3, 12), st.integers(-3, 12), st.one_of(st.none(), st.floats(-1, 4))),
+                      min_size=1, max_size=40),
+       strings=st.booleans())
+def test_fuzz_fast_loader_on_valid_tissues(tmp_path, pairs, strings):
+    """Valid-looking files (repeats both ways, self-loops, weights written by repr, some negative):
+    read by the fast path, and equal to the reference."""
+    name = (lambda i: f"c{i}") if strings else str
+    text = "".join(f"{name(u)} {name(v)}{'' if w is None else ' ' + repr(w)}\n" for u, v, w in pairs)
+    path = tmp_path / "valid.txt"
+    path.write_text(text)
+    outcome = assert_same_as_reference(str(path))
+    assert outcome in ("fast", "refused")
+
+
+def test_a_run_reads_a_large_edge_list_as_arrays(tmp_path):
+    """The path a substrate's build takes (build_graph, edge_arrays, file_inputs) never builds the
+    networkx adjacency of an edge list: 100,000 lines stay arrays."""
+    rng = np.random.default_rng(5)
+    u, v = rng.integers(0, 20_000, 100_000), rng.integers(0, 20_000, 100_000)
+    w = rng.random(100_000)
+    path = tmp_path / "big.txt"
+    path.write_text("".join(f"{a} {b} {c!r}\n" for a, b, c in zip(u.tolist(), v.tolist(), w.tolist())))
+    g = build_graph({"kind": "file", "path": str(path), "require_connected": False})
+    src, dst = edge_arrays(g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GraphFileWarning)
+        inputs = topology.file_inputs(g, src, dst, substrate="generic", conductance_key="k", demand=True)
+    assert isinstance(g, topology.FileGraph) and g.lazy is not None and not g.__dict__["_adj"]
+    assert g.number_of_nodes() == len(set(u.tolist()) | set(v.tolist())) and len(inputs.weight) == len(src)
+    cell = {label: i for i, label in enumerate(sorted(set(u.tolist()) | set(v.tolist())))}
+    assert g.graph[topology.CELL_LABELS] == sorted(cell)
+    keys = {(cell[min(a, b)], cell[max(a, b)]): c for a, b, c in zip(u.tolist(), v.tolist(), w.tolist()) if a != b}
+    assert list(zip(src.tolist(), dst.tolist())) == sorted(keys)
+    np.testing.assert_array_equal(inputs.weight, [keys[k] for k in sorted(keys)])  # the last weight of a repeat
+
+
+def test_every_non_ascii_whitespace_sends_the_file_line_by_line():
+    """sim.graph_files names the non-ASCII characters str.split / str.splitlines split on (all below
+    U+3001); a file with one is read by the line-by-line loader."""
+    import sys
+
+    from sim import graph_files
+
+    wide = [chr(c) for c in range(0x80, sys.maxunicode + 1) if chr(c).isspace()]
+    assert wide and max(map(ord, wide)) <= 0x3000
+    for c in wide:
+        assert graph_files.parse(f"a{c}b c\n".encode(), "p", 10, 10) is None, hex(ord(c))
+
+
+def test_the_mesa_backend_builds_the_same_tissue_from_an_edge_list(tmp_path):
+    """The Mesa reference reads the graph's networkx adjacency (built on demand) and agrees with
+    the engine, cell by cell."""
+    path = write(tmp_path, "m.txt", "b c 2\na b\nc a 0.5\nd a\n")
+    runs = {}
+    for backend in ("jax", "mesa"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GraphFileWarning)
+            runs[backend] = sim.simulate(config(path, f"backend={backend}", "steps=20"))
+    assert runs["mesa"]["cell"].values.tolist() == ["a", "b", "c", "d"]
+    np.testing.assert_allclose(runs["mesa"]["a"].values, runs["jax"]["a"].values, rtol=1e-9, atol=1e-12)

@@ -114,7 +114,7 @@ def test_every_process_ran(models):
         for h in m.instance_agents:
             assert h.kv_free + h.kv_occupied == pytest.approx(h.kv_capacity, rel=1e-12)
             assert h.kv_free >= -1e-9
-            assert h.kv_occupied == pytest.approx(sum(s.context for s in h.streams), rel=1e-12)
+            assert h.kv_occupied == pytest.approx(sum(s.context for s in h.members["decode_stream"]), rel=1e-12)
         assert sum(t.tool_calls for t in m.tool_agents) == np.sum(led.tool_calls)
         assert sum(k.compressions for k in m.memory_agents) == np.sum(led.compressions)
 

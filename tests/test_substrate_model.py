@@ -1,8 +1,11 @@
-"""The generic Mesa layer: ``SubstrateModel`` runs any registered substrate on agents generated from
-its entity specs. For biology, LLM serving, the generic economy and a toy substrate defined here, the JAX backend (jitted
-``substrate.step``: one ``run()`` scan, then single steps) and the reference backend
-(``substrate.reference``) agree on every state leaf to 1e-9 relative after 30 steps; the agents
-exist in the right numbers and mirror the state; AgentSet queries and the DataCollector work."""
+"""The one Mesa layer: ``SubstrateModel`` runs any registered substrate on agents generated from its
+entity specs. For biology (plain, and with the adaptation and carrier processes), LLM serving, the
+generic economy and a toy substrate defined here, the JAX backend (jitted ``substrate.step``: one
+``run()`` scan, then single steps) and the reference backend (``substrate.reference``, stepped phase
+by phase through the compartment agents where it declares phases) agree on every state leaf to 1e-9
+relative after 30 steps; the agents exist in the right numbers and mirror the state (fields,
+records, derived values); a shuffled agent order changes no bit; AgentSet queries and the
+DataCollector work."""
 
 from __future__ import annotations
 
@@ -157,6 +160,11 @@ CONFIGS = {
     "generic_carriers": [TISSUE, "substrate=generic_tissue", "topology=ring", "topology.n_cells=4",
                          "carriers=competing", "carriers.rate=5", "carriers.mutation=0.3", "carriers.storage=[0.1,0.2,0.4]",
                          "carriers.conversion_rate=1", "differentiation.pattern_period=2", "differentiation.alpha=2"],
+    # biology with both appended processes: the reference's whole-tissue phases (adaptation, carrier
+    # upkeep and strategy) between and after its per-cell phases through the cell agents
+    "bio_carriers": [TISSUE, "substrate=bio", "topology=ring", "topology.n_cells=4", "carriers=nucleotides",
+                     "carriers.rate=20", "carriers.mutation=0.3", "differentiation=imitation",
+                     "differentiation.rate=5", "differentiation.noise=0.3"],
     "toy_mesa": None,  # TOY_CFG, registered by the fixture
 }
 
@@ -264,7 +272,7 @@ def test_agents_mirror_the_state(pair, which):
     for spec in sub.entities:
         cls = model.agent_classes[spec.name]
         assert cls is agent_class(sub, spec)  # generated once per (substrate, spec)
-        assert cls.entity_spec is spec and cls.source_substrate is sub
+        assert cls.entity_spec is spec and cls.substrate_name == sub.name
         expected_attrs = [a for a, _ in spec.attributes] + (["alive"] if spec.alive and "alive" not in
                                                             dict(spec.attributes) else [])
         assert list(cls.attribute_names) == expected_attrs
@@ -278,7 +286,8 @@ def test_agents_mirror_the_state(pair, which):
         else:
             assert issubclass(cls, SlotAgent)
             first = resolve(s, block + (spec.attributes[0][1],))
-            slots = first.shape[1]
+            slots = first.shape[1] if first.ndim > 1 else 1  # (cells,) arrays: one agent per cell
+            assert model.n_slots[spec.name] == (first.shape[1] if first.ndim > 1 else None)
             assert len(agents) == n * slots
             assert [a.slot_id for a in agents] == list(range(n * slots))
             hosts = model.compartment_agents
@@ -291,6 +300,16 @@ def test_agents_mirror_the_state(pair, which):
             want = np.asarray(resolve(s, block + tuple(path.split("."))))
             got = np.array([getattr(a, attr) for a in agents])
             np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=f"{spec.name}.{attr}")
+        # records: the cell's value of substrate.observe; derived: fn(state, built) at the agent's index
+        obs = jax.device_get(sub.observe(s))
+        for attr, record in spec.records:
+            want = np.asarray(obs[record])[[a.cell_index for a in agents]]
+            np.testing.assert_allclose([getattr(a, attr) for a in agents], want, rtol=1e-12, err_msg=f"{spec.name}.{attr}")
+        for attr, fn in spec.derived:
+            want = np.asarray(fn(s, model.built))
+            got = [getattr(a, attr) for a in agents]
+            assert [np.asarray(g).tolist() for g in got] == [np.asarray(want[a._at]).tolist() for a in agents], attr
+        assert set(agents[0].attributes) == set(cls.attribute_names + cls.record_names + cls.derived_names)
         if spec.alive is not None:
             mask = np.asarray(resolve(s, block + (spec.alive,)))
             np.testing.assert_array_equal(np.array([a.alive for a in agents]).reshape(mask.shape), mask)
@@ -340,6 +359,42 @@ def test_select_groupby(pair, which):
         per_cell = agents.groupby("cell_index").count()
         assert per_cell == {c: mask.shape[1] for c in range(model.n_cells)}
         assert sum(by.values()) == len(agents)
+
+
+# ---------------------------------------------------------------------------- reference phases
+@pytest.mark.parametrize("name", ["bio_carriers", "llm"])
+def test_reference_phases_run_through_the_compartment_agents(name):
+    """A reference that declares its step as phases (biology, LLM serving) is stepped through the
+    compartment agents: each is bound to its per-cell object and has one method per per-cell phase;
+    in index order or shuffled anew in every phase, the state is the serial reference's bit for bit."""
+    cfg = compose(CONFIGS[name])
+    in_order = SubstrateModel(cfg, backend="mesa", collect_every=0)
+    shuffled = SubstrateModel(cfg, backend="mesa", shuffle=True, collect_every=0)
+    ref = in_order.substrate.reference(in_order.built, 0)
+    for _ in range(12):
+        ref.step()
+    in_order.run(12)
+    shuffled.run(6)
+    for _ in range(6):
+        shuffled.step()
+    cls = in_order.agent_classes[in_order.compartment_entity.name]
+    per_cell = [p.name for p in ref.phases if p.cell is not None]
+    assert len(per_cell) >= 5 and all(callable(getattr(cls, p)) for p in per_cell)
+    assert [p.name for p in in_order._phases] == [p.name for p in ref.phases]
+    assert all(a.reference_cell is in_order._ref.cells[a.index] for a in in_order.compartment_agents)
+    assert shuffled.random.random() != in_order.random.random()  # shuffle_do drew from the model's rng
+    for (path, x), y, z in zip(jax.tree_util.tree_leaves_with_path(ref.state()), jax.tree_util.tree_leaves(in_order.state),
+                               jax.tree_util.tree_leaves(shuffled.state), strict=True):
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(x), err_msg=f"{name} in order {jax.tree_util.keystr(path)}")
+        np.testing.assert_array_equal(np.asarray(z), np.asarray(x), err_msg=f"{name} shuffled {jax.tree_util.keystr(path)}")
+    assert in_order.steps_taken == shuffled.steps_taken == int(in_order.state.step) == 12
+
+
+def test_a_reference_without_phases_is_stepped_whole(toy_registered):
+    model = SubstrateModel(TOY_CFG, backend="mesa", shuffle=True, collect_every=0)
+    model.run(4)
+    assert model._phases == () and all(a.reference_cell is None for a in model.compartment_agents)
+    assert model.steps_taken == int(model.state.step) == 4
 
 
 # ---------------------------------------------------------------------------- data and space

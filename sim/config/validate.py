@@ -2,8 +2,10 @@
 
 Run before any compilation. Checks: types (through the structured schemas in
 :mod:`sim.config.schema`, key by key so every wrong key is reported), known names (backend,
-precision, topology kind and format, parameter names), ranges (rates, capacities and affinities
->= 0, probabilities in [0, 1], dt > 0), and stability of the explicit step: transport needs
+precision, topology kind and format, parameter names), ranges (dt > 0; every number of the
+substrate section by the rule its substrate declares for that key, ``Substrate.config_rules``: a
+substrate says what its keys mean, none is guessed from its name), and stability of the explicit
+step: transport needs
 dt * g * max_degree * max(permeability) < 1 (else a cell can send more than it has); kinetics
 need dt well below the fastest pool relaxation time, estimated as
 dt * max(sum V_prod / K_ADP, sum V_cons / K_ATP, uptake) <= 0.5.
@@ -49,10 +51,6 @@ MAX_SEED = 2**63 - 1  # jax.random.PRNGKey(seed) converts the seed to a signed 6
 REPLICATE_LIMIT = 2**32  # replicate numbers are folded into the key as uint32 (fold_in)
 BACKENDS = ("jax", "mesa")
 PRECISIONS = ("float64", "float32")
-# substrate keys whose values must be non-negative (rates, capacities, affinities, amounts)
-NONNEG_SUFFIXES = ("_per_s", "_mm", "_mm_per_s", "_l", "count", "yield", "share", "value", "_k", "fraction")
-PROBABILITY_KEYS = ("energy_charge", "birth_min_energy_charge", "stress_threshold", "loss_fraction")
-
 # params.<name> overrides (sim.substrates.bio.params.Params fields): (lower, lower_strict, upper) or None = any finite
 _POS, _NONNEG, _FRACTION, _NEG = (0.0, True, None), (0.0, False, None), (0.0, False, 1.0), "negative"
 PARAM_RULES = {
@@ -148,7 +146,7 @@ def _schema_keys(node, dotted: str) -> list[str]:
 
 
 def _check_types(cfg: dict, out: _Collector) -> None:
-    """Merge each leaf (outside ``substrate``, whose numbers the preset builder checks) into the schema."""
+    """Merge each leaf (outside ``substrate``, whose numbers its declared rules check) into the schema."""
     schema = OmegaConf.structured(RunSchema)
     for key, value in _walk({k: v for k, v in cfg.items() if k not in ("hydra", "substrate")}, ""):
         if key in ("params", "topology", "experiment") and value == {}:
@@ -301,8 +299,12 @@ def _int_at_least(cfg, key, minimum, out: _Collector):
     return v
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return _is_number(value) and math.isfinite(value)
 
 
 def _check_params(params, out: _Collector) -> None:
@@ -442,17 +444,46 @@ def validate(cfg: dict) -> None:
 
     sub = cfg.get("substrate") or {}
     _check_substrate_sections(sub, out)
-    for key, value in _walk(sub, "substrate"):
-        leaf = key.rsplit(".", 1)[-1]
-        if key in out.bad_keys or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue  # (an unknown key is named once)
-        if not math.isfinite(value):
-            out.add(key, value, "a finite number")
-        elif leaf.endswith(NONNEG_SUFFIXES) and "dg" not in leaf and value < 0:
-            out.add(key, value, "a number >= 0 (rates, capacities, affinities and amounts cannot be negative)")
-        elif leaf in PROBABILITY_KEYS and not 0 <= value <= 1:
-            out.add(key, value, "a fraction in [0, 1]")
+    _check_substrate_numbers(sub, out)
     out.raise_if_any()
+
+
+def _substrate_rules(sub) -> tuple:
+    """The ``config_rules`` of the substrate a config names; none for a name that is not registered
+    (refused where the substrate is looked up, by the one lookup that names the options)."""
+    from sim import substrates
+
+    name = sub.get("name") if isinstance(sub, dict) else None
+    if not isinstance(name, str):
+        return ()
+    try:
+        return substrates.get(name).config_rules
+    except ConfigError:
+        return ()
+
+
+def _check_substrate_numbers(sub, out: _Collector) -> None:
+    """Every number (and list of numbers) of the substrate section: finite, and within the rule its
+    substrate declares for the key. Strings, flags and nulls are their readers' to refuse (a
+    number's key may also take a word, such as a ceiling's ``pmf``). A number without a declared
+    rule is only required to be finite here; tests/test_refusals_rules.py keeps every shipped
+    number declared."""
+    from sim.core.substrate import rule_for
+
+    if not isinstance(sub, dict):
+        return
+    rules = _substrate_rules(sub)
+    for key, value in _walk(sub, "substrate"):
+        numbers = value if isinstance(value, list) else [value]
+        if key in out.bad_keys or not numbers or not all(_is_number(v) for v in numbers):
+            continue  # (an unknown key is named once)
+        if not all(math.isfinite(v) for v in numbers):
+            out.add(key, value, "a finite number")
+            continue
+        rule = rule_for(rules, key.split(".", 1)[1])
+        problem = rule.problem(key, value) if rule is not None else None
+        if problem is not None:
+            out.add_error(problem)
 
 
 def _differentiates(cfg: dict) -> bool:
@@ -507,7 +538,8 @@ def validate_llm(cfg: dict) -> None:
     Run by LLM experiments (``experiment=serving``) before anything is built or compiled. Beyond
     the generic checks: the substrate must be ``llm``; ``model.*`` and ``gpu.*`` positive (group
     names are refused by the command line before composing); every number of the substrate preset
-    in its range (``sim.substrates.llm.build.SUBSTRATE_NUMBERS``, shared with the builder) and its flags
+    in its range (``sim.substrates.llm.build.SUBSTRATE_NUMBERS``, the substrate's declared rules, shared
+    with the builder) and its flags
     booleans; for ``experiment.kind=serving`` also ``serving.warmup_fraction`` in [0, 1) and
     ``substrate.arrivals.rate_per_s > 0`` (a serving run without arrivals has no steady state:
     Little's law and J/token are undefined). A key the generic checks already named is not named

@@ -180,7 +180,7 @@ def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixe
         shard = {} if layout is None else layout.jit_kwargs(state, params, keys, params_axes)
         jitted = jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)), **shard)
         with ops.reduction_order(fixed_order):  # read while tracing, and part of the key above
-            return jitted.lower(state, params, keys).compile()
+            return ops.compile_lowered(jitted.lower(state, params, keys))  # XLA options: ops.COMPILE_OPTIONS
 
     return CACHE.get(key, build)
 

@@ -53,3 +53,42 @@ def rowsum(x):
     if _FIXED_ORDER[0]:
         return fixed_order_sum(x, axis=1)
     return jnp.sum(x, axis=1)
+
+
+def rowsums(*xs):
+    """:func:`rowsum` of several same-shaped ``(C, K)`` arrays in one reduction: XLA reads the
+    operands they are computed from once (one fused reduction over ``(C, K, n)``) instead of once
+    per sum. Inside :func:`reduction_order` ``(True)`` each is the fixed left-to-right chain of
+    :func:`fixed_order_sum`, bit for bit as :func:`rowsum` of each alone."""
+    if _FIXED_ORDER[0] or len(xs) == 1:
+        return tuple(rowsum(x) for x in xs)
+    xs = jnp.broadcast_arrays(*xs)
+    total = jnp.sum(jnp.stack(xs, axis=-1), axis=1)
+    return tuple(total[:, i] for i in range(len(xs)))
+
+
+# XLA options the engine compiles a run's chunk with (issue 10). YNNPACK's CPU fusions take every
+# row sum out of the loop fusion that computes its operand, so each operand is written to memory and
+# read back: off, the biology step at 10,000 cells moves 642 instead of 782 bytes per agent over 153
+# instead of 170 kernels and runs 1.44-1.47x faster (``bench/bench_step_work.py``). The option exists
+# in jaxlib 0.10 and 0.12; one a jaxlib does not know is an error at compile time (not an abort at
+# start-up, as an unknown ``XLA_FLAGS`` entry is), and the engine then compiles without it.
+COMPILE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_UNSUPPORTED: set = set()
+
+
+def compile_lowered(lowered):
+    """``lowered.compile()`` with :data:`COMPILE_OPTIONS` this jaxlib accepts (an option it refuses
+    is dropped, once per process)."""
+    opts = {k: v for k, v in COMPILE_OPTIONS.items() if k not in _UNSUPPORTED}
+    while opts:
+        try:
+            return lowered.compile(dict(opts))
+        except Exception as e:  # noqa: BLE001  (jaxlib's error type differs between versions)
+            bad = [k for k in opts if k in str(e)]
+            if "compile option" not in str(e) or not bad:
+                raise
+            for k in bad:
+                _UNSUPPORTED.add(k)
+                opts.pop(k)
+    return lowered.compile()

@@ -32,6 +32,13 @@ What a substrate provides (all pure or host-side functions; none reads module st
     state as a numpy PyTree) that the JAX engine must reproduce.
 ``validate(cfg)``
     config rules beyond the generic ones, every problem at once (``sim.config.validate``).
+``config_rules``
+    what each number of the substrate's config section means: ``(pattern, Rule)`` pairs, the
+    pattern a dotted key under ``substrate`` with ``*`` for one name chosen by the user (a kind),
+    e.g. ``("producers.kinds.*.yield", Rule(minimum=0, strict=True))``; the first matching pattern
+    applies. :func:`sim.config.validate.validate` refuses every number (or list of numbers) outside
+    its rule before anything is built; ``tests/test_refusals_rules.py`` requires a rule for every
+    number of every shipped preset, so a new key cannot go unchecked by accident.
 ``demand_knob``
     the name of the parameter field a demand step multiplies (``demand_scale`` for biology,
     ``arrival_scale`` for LLM serving): the analogy experiment turns it without knowing the
@@ -43,7 +50,9 @@ What a substrate provides (all pure or host-side functions; none reads module st
 ``params_axes(params)``
     ``in_axes`` of the parameter PyTree when a run evaluates one parameter point per replicate.
 ``entities``
-    what the Mesa layer builds agents from (:class:`EntitySpec`).
+    what the Mesa layer builds agents from (:class:`EntitySpec`). A reference stepper that also
+    declares its step as ``phases`` over per-cell ``cells`` (:mod:`sim.core.phases`) is run by the
+    Mesa layer phase by phase through its compartment agents.
 ``compartment``
     what a cell is called in messages ("cell", "model instance").
 ``differentiation`` (optional)
@@ -77,14 +86,70 @@ class Quantity:
 class EntitySpec:
     """An agent kind of the Mesa layer: which state block it reads and what it exposes.
 
-    ``block``: attribute path of its ``(n_cells, slots)`` arrays in the state (``""`` for the cell
-    itself, whose arrays are ``(n_cells,)``); ``attributes``: public name -> field path below the
-    block (e.g. ``"health": "health"``), read from the current host state."""
+    ``block``: attribute path of its arrays in the state: ``(n_cells, slots)`` arrays give one agent
+    per slot, ``(n_cells,)`` arrays one agent per cell (``""`` or ``"cells"``: the compartment
+    itself). Read-only public attributes, all taken from the current host state:
+
+    - ``attributes``: name -> field path below the block (e.g. ``("health", "health")``);
+    - ``records``: name -> a record of ``Substrate.observe`` (per cell: a slot agent reads its
+      cell's value), so an agent shows what a run records, computed as the run computes it;
+    - ``derived``: name -> ``fn(state, built) -> array`` indexed like the entity's arrays (cell, or
+      cell and slot), for values that are neither (a pool's column, the energy charge from the
+      parameters, a kind's name from ``built``); numpy in, computed once per state for all agents.
+    """
 
     name: str
     block: str
     attributes: tuple[tuple[str, str], ...]
     alive: str | None = None  # field path of its alive mask (None: always there)
+    records: tuple[tuple[str, str], ...] = ()
+    derived: tuple[tuple[str, Callable], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one number of a substrate's config may be: the keyword arguments of
+    :func:`sim.core.config.num` (the one config reader, which does the checking), ``optional``
+    (null allowed: a mechanism left off) and ``allowed``, the refusal's text where the substrate
+    has its own words for it (otherwise :func:`~sim.core.config.num`'s). A list of numbers is
+    checked element by element."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    strict: bool = False  # minimum excluded
+    integer: bool = False
+    what: str = "a number"
+    optional: bool = False
+    allowed: str | None = None
+
+    def num_kwargs(self) -> dict:
+        return dict(minimum=self.minimum, maximum=self.maximum, strict=self.strict, integer=self.integer,
+                    what=self.what)
+
+    def problem(self, key: str, value):
+        """None if ``value`` (at dotted ``key``) keeps the rule, else the :class:`~sim.errors.ConfigError`."""
+        from sim.core.config import num
+        from sim.errors import ConfigError
+
+        if value is None and self.optional:
+            return None
+        try:
+            for v in (value if isinstance(value, (list, tuple)) else [value]):
+                num({"v": v}, "v", **self.num_kwargs())
+        except ConfigError as exc:
+            return ConfigError(key, value, self.allowed or exc.allowed)
+        return None
+
+
+def rule_for(rules, key: str) -> Rule | None:
+    """The rule of the first pattern of ``rules`` matching the dotted ``key`` (relative to the
+    substrate section; ``*`` matches one part), None when no pattern does."""
+    parts = key.split(".")
+    for pattern, rule in rules:
+        pat = pattern.split(".")
+        if len(pat) == len(parts) and all(p in ("*", k) for p, k in zip(pat, parts)):
+            return rule
+    return None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -112,6 +177,7 @@ class Substrate:
     description: str = ""
     differentiation: object = None  # sim.core.differentiation.Hooks: theta, adaptation (None: not offered)
     carriers: object = None  # sim.core.carriers.Hooks: several competing carriers (None: one currency only)
+    config_rules: tuple = ()  # ((pattern, Rule), ...): the meaning of each number of its config section
 
     @property
     def record_fields(self) -> tuple[str, ...]:

@@ -151,6 +151,12 @@ def read_options(cfg: dict, substrate_name: str) -> dict:
     if not isinstance(outcomes, (list, tuple, type(None))):
         raise ConfigError(f"{SECTION}.outcomes", outcomes, "a list of '<reducer>:<quantity>'")
     outcomes = list(outcomes or [])
+    from sim.core.study import REDUCERS
+
+    for text in outcomes:  # the form now, before anything is built or compiled; quantities once the model is
+        if not isinstance(text, str) or text.count(":") != 1 or text.split(":")[0] not in REDUCERS:
+            raise ConfigError(f"{SECTION}.outcomes", text,
+                              f"'<reducer>:<quantity>', reducer one of {', '.join(REDUCERS)}")
     if not outcomes and series is None:
         raise ConfigError(f"{SECTION}.outcomes", outcomes, "at least one '<reducer>:<quantity>' (or a series)")
     if values is not None:

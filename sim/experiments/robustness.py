@@ -2,7 +2,9 @@
 
 Two collectives of the same cells on the same graph (issue 12 item 5): **specialised** (the imposed
 pattern of ``robustness.pattern_period``: every K-th cell a producer, theta 1, the rest workers,
-theta 0) and **generalists** (theta 1/2), both with the trade-off curvature ``robustness.alpha``.
+theta 0) and **generalists** (every cell at ``robustness.generalist_theta``: the best uniform theta,
+0.6 for generic_tissue at alpha 3, not 1/2: see experiment=multicellular's baseline), both with the
+trade-off curvature ``robustness.alpha``.
 At ``robustness.fail_at`` (a fraction of the run) a share ``robustness.kill_fraction`` of the cells
 dies (their junctions close, they make and spend nothing):
 
@@ -50,9 +52,10 @@ def read_options(cfg: dict) -> dict:
     out = {}
     rules = {"alpha": (lambda v: v > 0, "a number > 0"),
              "kill_fraction": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-             "fail_at": (lambda v: 0 < v < 1, "a fraction of the run in (0, 1)")}
+             "fail_at": (lambda v: 0 < v < 1, "a fraction of the run in (0, 1)"),
+             "generalist_theta": (lambda v: 0 < v < 1, "a theta in (0, 1): every cell of the generalist collective")}
     for key, (ok, allowed) in rules.items():
-        v = opts.get(key)
+        v = opts.get(key, 0.5) if key == "generalist_theta" else opts.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or not ok(v):
             raise ConfigError(f"robustness.{key}", v, allowed)
         out[key] = float(v)
@@ -84,7 +87,7 @@ def run_collectives(sub, cfg: dict, opts: dict):
     R = opts["replicates"]
     rows = [(c, f, r) for c in COLLECTIVES for f in FAILURES for r in range(R)]
     pattern = (np.arange(n) % opts["pattern_period"] == 0).astype(float)
-    theta = np.array([pattern if c == "specialised" else np.full(n, 0.5) for c, _, _ in rows])
+    theta = np.array([pattern if c == "specialised" else np.full(n, opts["generalist_theta"]) for c, _, _ in rows])
     # the collectives are the imposed patterns until the failure; the survivors re-differentiate after it
     rate = float(np.asarray(built.params.diff.rate))
     params = batch_rows(built.params, len(rows), {"diff.alpha": np.full(len(rows), opts["alpha"]),
@@ -189,6 +192,7 @@ def run_robustness(cfg: dict) -> RunOutput:
         "recovered": (("collective", "failure", "replicate"), o["recovered"].reshape(shape),
                       {"long_name": "rate over the last fifth of the run relative to the no-failure twin"}),
     }, coords=coords, attrs={"substrate": base.name, "alpha": opts["alpha"], "kill_fraction": opts["kill_fraction"],
+                             "generalist_theta": opts["generalist_theta"],
                              "fail_time": first_time, "rule": dopts["rule"], "time_unit": unit,
                              "pattern_period": opts["pattern_period"], "n_cells": built.n_cells})
     summary = {"status": "ok", "substrate": base.name, "rule": dopts["rule"], "engine_calls": 2,

@@ -1,14 +1,23 @@
-"""The Mesa layer: ``SubstrateModel`` (any registered substrate as a ``mesa.Model``, agents generated
-from its entity specs) and the hand-written ``CurrencyModel`` (biology: cell, producer, consumer
-and chain agents) and ``LLMCurrencyModel`` (LLM serving).
+"""The Mesa layer: one ``mesa.Model`` for every substrate, ``SubstrateModel``, on agents generated
+from the substrate's entity specs; ``CurrencyModel`` (biology) and ``LLMCurrencyModel`` (LLM
+serving) are thin subclasses with keyword parameters and their own reporters.
 
 ``backend="jax"`` steps the jitted engine and lets the agents read the state; ``backend="mesa"``
-is the plain-Python reference backend that steps agent by agent with the same equations, process
-order and random draws (see ``sim.mesa_model.model``).
+is the plain-Python reference backend with the same equations, process order and random draws,
+stepped through the compartment agents phase by phase where the reference declares phases (see
+``sim.mesa_model.substrate_model``). ``CellAgent``, ``GPUAgent``, ... are the generated classes.
 """
 
-from sim.mesa_model.agents import CellAgent, ChainAgent, ConsumerAgent, ProducerAgent
-from sim.mesa_model.model import BACKENDS, CurrencyModel, host_draws, replicate_key
+from sim.mesa_model.substrate_model import BACKENDS, SubstrateModel, agent_class
+from sim.mesa_model.model import (
+    CellAgent,
+    ChainAgent,
+    ConsumerAgent,
+    CurrencyModel,
+    ProducerAgent,
+    host_draws,
+    replicate_key,
+)
 from sim.mesa_model.llm import (
     DecodeStreamAgent,
     GPUAgent,
@@ -17,7 +26,6 @@ from sim.mesa_model.llm import (
     ModelInstanceAgent,
     ToolAgent,
 )
-from sim.mesa_model.substrate_model import SubstrateModel, agent_class
 
 __all__ = [
     "SubstrateModel",

@@ -1,20 +1,15 @@
-"""``CurrencyModel``: the tissue as a ``mesa.Model``, stepped by the JAX engine or agent by agent.
+"""``CurrencyModel``: the biology substrate on the one Mesa layer (:class:`~sim.mesa_model.SubstrateModel`).
 
-- ``backend="jax"`` (default): ``step()`` calls the jitted substrate step (``sim.substrates.bio.SUBSTRATE.step``) once and
-  ``run(n)`` advances ``n`` steps in one ``lax.scan``; compiled functions are cached per shape.
-  Agents read their attributes from a host (numpy) copy of the state, fetched lazily after each
-  step / run.
-- ``backend="mesa"``: the reference backend. Every cell agent steps its own plain-Python cell (and
-  that cell's organelles and chains) through the per-cell methods of
-  :class:`sim.substrates.bio.reference.ReferenceBio`, process by process in the order of
-  ``sim.substrates.bio.kernels.step.PROCESSES``, each process called on all cells through ``AgentSet.do`` (or
-  ``shuffle_do`` with ``shuffle=True``, which must give the same numbers). Random draws are the
-  engine's: one vectorised ``sim.rng.uniforms`` call per step and purpose with the replicate's key
-  ``fold_in(PRNGKey(seed), replicate)`` (made by the model between the phases); each cell takes the
-  numbers of its agents' ids.
-
-Both backends expose ``model.state`` (a numpy ``sim.substrates.bio.state.State``), the Mesa ``Network`` space
-built from the tissue graph (``model.space``) and a ``DataCollector`` (``model.datacollector``).
+It adds keyword parameters, biology's model reporters and the names of the hand-written model it
+replaced; everything else is ``SubstrateModel``: agents generated from
+``sim.substrates.bio.spec.ENTITIES`` (cells, producers, consumers, chains), ``backend="jax"``
+stepping the jitted substrate step (the adaptive and carrier variants when the config asks for
+them) and ``backend="mesa"`` stepping :class:`sim.substrates.bio.reference.ReferenceBio` phase by
+phase, each per-cell phase called on every cell agent through ``AgentSet.do`` (or ``shuffle_do``
+with ``shuffle=True``, which gives the same numbers). Random draws are the engine's: one
+vectorised ``sim.rng.uniforms`` call per step and purpose with the replicate's key
+``fold_in(PRNGKey(seed), replicate)`` (made between the phases); each cell takes the numbers of
+its agents' ids.
 
 Keyword parameters (:data:`KEYWORDS`) make it a model ``mesa.batch_run`` can vary:
 ``CurrencyModel(n_cells=10, topology="ring", demand_scale=1.5, seed=0)`` runs the shipped
@@ -27,21 +22,16 @@ from __future__ import annotations
 
 import copy
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from mesa.datacollection import DataCollector
 
 from sim import rng
-from sim.substrates.bio.kernels.thermo import energy_charge
+from sim.mesa_model.substrate_model import BACKENDS, SubstrateModel, agent_class, resolve_run
 from sim.substrates.bio import SUBSTRATE as BIO
-from sim.mesa_model.agents import CellAgent, ChainAgent, ConsumerAgent, ProducerAgent
-from sim.mesa_model.dual import BACKENDS, DualBackendModel
-from sim.mesa_model.substrate_model import network_space as _network
 from sim.substrates.bio.build import Model as Preset
 from sim.substrates.bio.build import build
-from sim.substrates.bio.state import ADP, AMP, ATP, State
-from sim.substrates.bio.reference import ReferenceBio, host_draws
+from sim.substrates.bio.kernels.thermo import energy_charge
+from sim.substrates.bio.reference import host_draws
+from sim.substrates.bio.state import ADP, AMP, ATP
 
 
 def replicate_key(seed: int, replicate: int = 0):
@@ -158,30 +148,45 @@ def _stable_build(cfg: dict) -> Preset:
     return model
 
 
-class CurrencyModel(DualBackendModel):
-    """A tissue of cells with producers and consumers, on a Mesa ``Network``.
+class CurrencyModel(SubstrateModel):
+    """A tissue of cells with producers, consumers and chains: the biology substrate's
+    :class:`~sim.mesa_model.SubstrateModel`, with keyword parameters and biology's reporters.
 
     Args:
         cfg: composed config (``substrate``, ``topology``, ``seed``, ``dt``, optional ``params``,
-            ``backend`` ("jax" or "mesa") and ``replicate``), as taken by ``sim.substrates.bio.build``;
-            default (neither ``cfg`` nor ``model``): the shipped ``experiment=tissue`` config.
+            ``differentiation``, ``carriers``, ``backend`` ("jax" or "mesa") and ``replicate``), as
+            taken by ``sim.substrates.bio.build``; default (neither ``cfg`` nor ``model``): the
+            shipped ``experiment=tissue`` config. It runs the substrate ``sim.api.substrate_of``
+            gives it (with the adaptation and carrier processes it asks for).
         model: a ``sim.substrates.bio.build.Model`` to use instead of ``cfg``.
+        substrate: with ``model=``: the biology substrate value that built it (default
+            ``sim.substrates.bio.SUBSTRATE``; pass ``sim.api.substrate_of(cfg)`` for an adaptive or
+            several-carrier model).
         n_cells, topology, seed, dt, supply_scale, demand_scale, uptake_scale, conductance_scale:
             set in the config (:func:`keyword_config`), so ``mesa.batch_run`` can vary them;
             not with ``model=`` (it is built already).
         backend, replicate: override the config's (defaults "jax" and 0).
-        shuffle: reference backend only: call agents in a random order each phase (results do
-            not change; this is what the order-independence test checks).
+        shuffle: reference backend only: call the cells in a random order in every per-cell phase
+            (results do not change; this is what the order-independence test checks).
         collect_every: ``step()`` collects data every this many steps (0: never); ``run(n)``
             collects once at its end; also collected once at construction when > 0.
         collect_agents: also collect the per-agent reporters (cells and producers).
+
+    Agents (generated from ``sim.substrates.bio.spec.ENTITIES``): :data:`CellAgent` (one per
+    cell: pools and their columns in mM, ``energy_charge``, ``alive``, ``stress``, ...),
+    :data:`ProducerAgent` (mitochondria, glycolysis), :data:`ConsumerAgent` (organelle processes)
+    and :data:`ChainAgent` (ribosome cohorts), listed per cell in ``cell.members``.
     """
+
+    MODEL_REPORTERS = MODEL_REPORTERS
+    AGENT_REPORTERS = {"cell": CELL_REPORTERS, "producer": PRODUCER_REPORTERS}
 
     def __init__(
         self,
         cfg=None,
         *,
         model: Preset | None = None,
+        substrate=None,
         backend: str | None = None,
         replicate: int | None = None,
         shuffle: bool = False,
@@ -196,85 +201,49 @@ class CurrencyModel(DualBackendModel):
         uptake_scale: float | None = None,
         conductance_scale: float | None = None,
     ):
+        from sim.api import as_plain, substrate_of
+        from sim.errors import ConfigError
+
         given = dict(n_cells=n_cells, topology=topology, seed=seed, dt=dt, supply_scale=supply_scale,
                      demand_scale=demand_scale, uptake_scale=uptake_scale, conductance_scale=conductance_scale)
-        build_fn = build
-        if model is None and (cfg is None or any(v is not None for v in given.values())):
-            cfg = keyword_config(cfg, **given)
-            build_fn = _stable_build  # keyword values (a dt, a demand) are checked as a run's would be
-        elif model is not None and any(v is not None for v in given.values()):
-            named = ", ".join(k for k, v in given.items() if v is not None)
-            raise TypeError(f"CurrencyModel: {named} set the config; a built model= has its own (pass cfg= or none)")
-        model = self._init_common(cfg, model, backend, replicate, shuffle, collect_every, build_fn)
+        named = ", ".join(k for k, v in given.items() if v is not None)
+        if model is not None:
+            if cfg is not None:
+                raise TypeError("CurrencyModel needs one of a config or model=, not both")
+            if named:
+                raise TypeError(f"CurrencyModel: {named} set the config; a built model= has its own (pass cfg= or none)")
+            sub = BIO if substrate is None else substrate
+        else:
+            if cfg is None or named:
+                cfg = keyword_config(cfg, **given)
+                build_fn = _stable_build  # keyword values (a dt, a demand) are checked as a run's would be
+            else:
+                cfg = as_plain(cfg)
+                build_fn = build  # a partial config (substrate, topology, seed, dt) is enough here
+            backend, replicate = resolve_run(backend, replicate, cfg)
+            sub = substrate_of(cfg) if substrate is None else substrate
+            if sub.name != BIO.name:
+                raise ConfigError("substrate", sub.name, "bio (CurrencyModel; SubstrateModel runs any substrate)")
+            model = build_fn(cfg)
+        super().__init__(substrate=sub, built=model, backend=backend, replicate=replicate,
+                         collect_every=collect_every, shuffle=shuffle, collect_agents=collect_agents)
+        self.cfg = cfg
         self.producer_kinds = model.producer_kinds
         self.consumer_kinds = model.consumer_kinds
         self.work_units = model.work_units
 
-        n_cells, n_slots = self._initial.producers.alive.shape
-        n_cons = self._initial.consumers.kind.shape[1]
-        self.n_cells, self.n_producer_slots, self.n_consumer_slots = n_cells, n_slots, n_cons
-
-        # agents on the Network space
-        self.space = _network(self.graph, self.random)
-        self.cell_agents: list[CellAgent] = [CellAgent(self, i, self.space[i]) for i in range(n_cells)]
-        self.producer_agents: list[ProducerAgent] = [
-            ProducerAgent(self, c, s, n_slots) for c in self.cell_agents for s in range(n_slots)
-        ]
-        self.consumer_agents: list[ConsumerAgent] = [
-            ConsumerAgent(self, c, s, n_cons) for c in self.cell_agents for s in range(n_cons)
-        ]
-        chains0 = self._initial.chains
-        n_ch = 0 if chains0 is None else int(chains0.active.shape[1])
-        self.n_chain_slots = n_ch
-        self.chain_agents: list[ChainAgent] = [
-            ChainAgent(self, c, s, n_ch) for c in self.cell_agents for s in range(n_ch)
-        ]
-        for c in self.cell_agents:
-            c.producers = self.producer_agents[c.index * n_slots : (c.index + 1) * n_slots]
-            c.consumers = self.consumer_agents[c.index * n_cons : (c.index + 1) * n_cons]
-            c.chains = self.chain_agents[c.index * n_ch : (c.index + 1) * n_ch]
-
-        self._ref: ReferenceBio | None = None
-        if self.backend == "jax":
-            self._dev_params = jax.tree_util.tree_map(jnp.asarray, self.params)
-            self._dev_state = jax.tree_util.tree_map(jnp.asarray, self._initial)
-        else:
-            self._ref = ReferenceBio(model, replicate=self.replicate, key=self.key)
-            for c in self.cell_agents:
-                c._cell = self._ref.cells[c.index]
-            self._cells_set = self.agents_by_type[CellAgent]
-
-        self.datacollector = DataCollector(
-            model_reporters=dict(MODEL_REPORTERS),
-            agenttype_reporters=(
-                {CellAgent: dict(CELL_REPORTERS), ProducerAgent: dict(PRODUCER_REPORTERS)}
-                if collect_agents
-                else None
-            ),
-        )
-        if self.collect_every > 0:
-            self.datacollector.collect(self)
-
-    # ------------------------------------------------------------------------ reference backend
-    def _kernel_step(self):
-        return BIO.step  # the engine's step of the substrate value
-
-    def _reference_step(self) -> None:
-        ref = self._ref
-        cells = self._cells_set
-        do = cells.shuffle_do if self.shuffle else cells.do
-        do("metabolism", ref.metabolism_draws())  # 1 rates on the step-start state (chains in the consumption)
-        do("transport_compute")  # 2 fluxes from the post-metabolism pools of all cells ...
-        do("transport_apply")  # ... then applied by every cell
-        do("adenylate_kinase")  # 3
-        do("producer_failure", ref.producer_failure_draws())  # 4
-        do("producer_biogenesis", ref.producer_biogenesis_draws())  # 5
-        do("cell_stress")  # 6
-        ref.step_count += 1
-        self._t = ref.step_count
-
-    def _export_reference(self) -> State:
-        return self._ref.state()
+    # the agents of each kind and the slots per cell (names kept from the hand-written model)
+    cell_agents = property(lambda self: self.agents_of_entity["cell"])
+    producer_agents = property(lambda self: self.agents_of_entity["producer"])
+    consumer_agents = property(lambda self: self.agents_of_entity["consumer"])
+    chain_agents = property(lambda self: self.agents_of_entity["chain"])
+    n_producer_slots = property(lambda self: self.n_slots["producer"])
+    n_consumer_slots = property(lambda self: self.n_slots["consumer"])
+    n_chain_slots = property(lambda self: self.n_slots["chain"] or 0)
 
 
-__all__ = ["CurrencyModel", "BACKENDS", "KEYWORDS", "keyword_config", "replicate_key", "host_draws", "MODEL_REPORTERS"]
+# the generated agent classes (shared by every biology model, adaptive and carrier variants included)
+CellAgent, ProducerAgent, ConsumerAgent, ChainAgent = (agent_class(BIO, spec) for spec in BIO.entities)
+
+__all__ = ["CurrencyModel", "BACKENDS", "KEYWORDS", "keyword_config", "replicate_key", "host_draws", "MODEL_REPORTERS",
+           "CellAgent", "ProducerAgent", "ConsumerAgent", "ChainAgent"]

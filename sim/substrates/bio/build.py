@@ -24,6 +24,7 @@ from sim.core import chains as ck
 from sim.substrates.bio.kernels.thermo import adenylate_equilibrium, ak_ck_equilibrium
 from sim.substrates.bio.kernels.translation import no_chain_params
 from sim.substrates.bio.params import Edges, Params
+from sim.substrates.bio.rules import MAX_MM
 from sim.substrates.bio.state import ADP, AMP, ATP, N_SPECIES, SPECIES, Cells, Consumers, Ledger, Producers, State
 from sim.topology import build_graph, edge_arrays, file_inputs
 
@@ -65,11 +66,6 @@ def _opt_num(sub, dotted, default, minimum=None, maximum=None, strict_min=False)
 
 def _get_or_none(sub, dotted):
     return get({"substrate": sub}, f"substrate.{dotted}", None)
-
-
-# no cell pool or medium reaches 1 M: larger concentrations are typing errors and would overflow the
-# energy ledgers (J = mM x L x kJ/mol) long before they meant anything
-MAX_MM = 1000.0
 
 
 def _dg0(sub) -> float:

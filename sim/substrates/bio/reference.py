@@ -14,13 +14,16 @@ backend (``sim.mesa_model.CurrencyModel(backend="mesa")``), and works on its own
 
 One method per process of ``sim.substrates.bio.kernels.step.PROCESSES`` (``metabolism``, ``transport``,
 ``adenylate_kinase``, ``producer_failure``, ``producer_biogenesis``, ``cell_stress``) steps every
-cell; each has a per-cell variant (``metabolism_cell(cell, draws)``, ...) that a Mesa layer calls
-on all cells through ``AgentSet.do``, and, where the process is random, a ``*_draws()`` method
-that makes the step's draws (one vectorised ``sim.rng.uniforms`` call per purpose, the engine's
-stream; each cell takes the numbers of its agents' ids). A per-cell method reads only its own cell,
-except transport, which is split into a compute phase (reads the neighbours' pools, writes the
-fluxes of the junctions the cell owns) and an apply phase (sums the fluxes of its junctions), so
-the results do not depend on the order in which cells are called.
+cell; each has a per-cell variant (``metabolism_cell(cell, draws)``, ...) and, where the process is
+random, a ``*_draws()`` method that makes the step's draws (one vectorised ``sim.rng.uniforms``
+call per purpose, the engine's stream; each cell takes the numbers of its agents' ids). The step
+is declared as ``ReferenceBio.phases`` (:mod:`sim.core.phases`): the per-cell variants, then the
+whole-tissue adaptation and carrier processes and the clock. ``step()`` runs them cell by cell in
+index order, the Mesa layer through ``AgentSet.do`` / ``shuffle_do`` on the cell agents bound to
+``ReferenceBio.cells``. A per-cell method reads only its own cell, except transport, which is
+split into a compute phase (reads the neighbours' pools, writes the fluxes of the junctions the
+cell owns) and an apply phase (sums the fluxes of its junctions), so the results do not depend on
+the order in which cells are called.
 
 Chains (``sim.core.chains``, ``sim.substrates.bio.kernels.translation``): in the consumption of
 :meth:`ReferenceBio.metabolism_cell` a cell asks its chains for their quote (:func:`chain_quote`),
@@ -49,6 +52,7 @@ from sim.constants import R_J_PER_MOL_K
 from sim.core import chains as ck
 from sim.core.carriers import CarrierReference, reconcile_row
 from sim.core.differentiation import AdaptationReference
+from sim.core.phases import Phase, step_in_phases
 from sim.core.chains import CHAIN_LEDGER_FIELDS, Chain, ChainStep, chain_quote, step_chains  # noqa: F401 (re-exported)
 from sim.substrates.bio.kernels.thermo import MAX_LOG_STEP, N_NEWTON, TINY_MM
 from sim.substrates.bio.state import ADP, AMP, ATP, GLC, N_SPECIES, PI, Ledger, State
@@ -156,6 +160,7 @@ class ReferenceBio:
             owner.out_edges.append((other, gp, keep, leak))
             owner.flux.append(None)
             owner.kflux.append(None)
+        self.phases = self._make_phases()
 
     def _read_params(self, params) -> None:
         f = float
@@ -783,20 +788,35 @@ class ReferenceBio:
                 p.alive = False
             cell.living = []
 
-    def step(self) -> None:
-        """One time step: the processes in the order of ``sim.substrates.bio.kernels.step.PROCESSES``."""
-        self.metabolism()
-        self.transport()
-        self.adenylate_kinase()
-        self.producer_failure()
-        self.producer_biogenesis()
-        self.cell_stress()
-        self.adaptation()
+    def _make_phases(self) -> tuple[Phase, ...]:
+        """The step as phases (:mod:`sim.core.phases`), in the order of
+        ``sim.substrates.bio.kernels.step.PROCESSES`` and then the core's appended processes.
+        Transport is two per-cell phases because a cell's fluxes read its neighbours' pools: every
+        flux is computed from the post-metabolism pools before any cell applies one."""
+        phases = (
+            Phase("metabolism", cell=self.metabolism_cell, draws=self.metabolism_draws),
+            Phase("transport_compute", cell=self.transport_compute_cell),
+            Phase("transport_apply", cell=self.transport_apply_cell),
+            Phase("adenylate_kinase", cell=self.adenylate_kinase_cell),
+            Phase("producer_failure", cell=self.producer_failure_cell, draws=self.producer_failure_draws),
+            Phase("producer_biogenesis", cell=self.producer_biogenesis_cell, draws=self.producer_biogenesis_draws),
+            Phase("cell_stress", cell=self.cell_stress_cell),
+        )
+        if self.diff.rule != "fixed":  # as the engine, which appends no adaptation process then
+            # payoffs and imitation read every cell: whole-tissue phases
+            phases += (Phase("adaptation", tissue=self.adaptation),)
         if self.carriers_on:  # the core's appended processes (sim.core.carriers.with_carriers)
-            self.carrier_upkeep()
+            phases += (Phase("carrier_upkeep", tissue=self.carrier_upkeep),)
             if self.car.rule == "imitation":
-                self.carrier_strategy()
+                phases += (Phase("carrier_strategy", tissue=self.carrier_strategy),)
+        return phases + (Phase("clock", tissue=self._tick),)
+
+    def _tick(self) -> None:
         self.step_count += 1
+
+    def step(self) -> None:
+        """One time step: :attr:`phases` in order, cells in index order."""
+        step_in_phases(self.phases, self.cells)
 
     # 7 differentiation (only with an adaptive rule: sim.core.differentiation.adaptive)
     def adaptation(self) -> None:

@@ -31,8 +31,9 @@ from sim.core import differentiation as dif
 from sim.pytree import replace
 from sim.substrates.bio.kernels.fate import pay_for_move
 from sim.substrates.bio.kernels.step import PROCESSES
-from sim.substrates.bio.kernels.thermo import dg_atp_kj
-from sim.substrates.bio.state import ADP, ATP, PI, SPECIES
+from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge
+from sim.substrates.bio.state import ADP, AMP, ATP, PI, SPECIES
+from sim.substrates.bio.rules import RULES
 
 RECORDS = (
     Quantity("pools", "mM", "free (exchanging) pool concentration", ("species",)),
@@ -219,14 +220,63 @@ def reference(model, replicate: int = 0):
     return ReferenceBio(model, replicate=replicate)
 
 
+def _pool(i: int):
+    return lambda state, built: state.cells.pools[:, i]
+
+
+def _energy_charge(state, built):
+    """Energy charge of the total pools (free + the parameters' bound ADP and AMP), as the summary."""
+    pools, q = np.asarray(state.cells.pools), built.params
+    return energy_charge(pools[:, ATP], pools[:, ADP], pools[:, AMP], xp=np,
+                         adp_bound=float(np.asarray(q.adp_bound)), amp_bound=float(np.asarray(q.amp_bound)))
+
+
+def _chains_active(state, built):
+    ch = state.chains
+    return np.zeros(np.shape(state.cells.alive), int) if ch is None else np.sum(ch.active, axis=1)
+
+
+def _proteins_completed(state, built):
+    led = state.chain_ledger
+    return np.zeros(np.shape(state.cells.alive)) if led is None else led.delivered
+
+
+def _cell_ledger(state, built):
+    """Per cell: its cumulative accounts (``sim.substrates.bio.state.Ledger``) as a dict."""
+    led = state.ledger
+    columns = {f.name: np.asarray(getattr(led, f.name)) for f in dataclasses.fields(led)}
+    rows = np.empty(np.shape(state.cells.alive), object)
+    for i in range(rows.shape[0]):
+        rows[i] = {name: x[i].tolist() for name, x in columns.items()}
+    return rows
+
+
+def _kind_names(block: str, kinds: str):
+    return lambda state, built: np.asarray(getattr(built, kinds), dtype=object)[getattr(state, block).kind]
+
+
 ENTITIES = (
     EntitySpec("cell", "", (("alive", "cells.alive"), ("stress", "cells.stress"), ("theta", "diff.theta"),
-                            ("maintenance", "cells.maintenance"), ("carrier", "carriers.make"))),
+                            ("maintenance", "cells.maintenance"), ("carrier", "carriers.make")),
+               # mM: produced/spent (consumers, repair, biogenesis, differentiation moves); work units
+               records=(("n_producers", "n_producers"), ("produced", "produced"), ("spent", "spent"),
+                        ("work", "work")),
+               # mM: the free pools (a row in the order of SPECIES) and each species' column
+               derived=(("pools", lambda state, built: state.cells.pools),)
+               + tuple((name, _pool(i)) for i, name in enumerate(SPECIES))
+               + (("energy_charge", _energy_charge), ("n_active_chains", _chains_active),
+                  ("proteins_completed", _proteins_completed), ("ledger", _cell_ledger))),
     EntitySpec("producer", "producers", (("kind", "kind"), ("vmax", "vmax"), ("health", "health"),
-                                         ("alive", "alive")), alive="alive"),
+                                         ("alive", "alive")), alive="alive",
+               derived=(("kind_name", _kind_names("producers", "producer_kinds")),)),
     EntitySpec("consumer", "consumers", (("kind", "kind"), ("vmax", "vmax"), ("km", "km"), ("tier", "tier"),
-                                         ("value", "value"))),
-    EntitySpec("chain", "chains", (("active", "active"),), alive="active"),
+                                         ("value", "value")),
+               # mM of ATP hydrolysed by this consumer; work = value x spent
+               derived=(("spent", lambda state, built: state.ledger.spent),
+                        ("work", lambda state, built: state.ledger.work),
+                        ("kind_name", _kind_names("consumers", "consumer_kinds")))),
+    EntitySpec("chain", "chains", (("active", "active"), ("length", "length"), ("made", "made"),
+                                   ("tool_wait", "tool_wait")), alive="active"),
 )
 
 SUBSTRATE = Substrate(
@@ -239,6 +289,7 @@ SUBSTRATE = Substrate(
     to_dataset=to_dataset,
     summarize=summarize,
     validate=validate,
+    config_rules=RULES,
     reference=reference,
     figures=figures,
     demand_knob="demand_scale",

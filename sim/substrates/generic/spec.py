@@ -23,7 +23,6 @@ of V h (production, with every slot alive, and supply take at most half of D and
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ from sim import network_figure
 from sim.core import carriers as car
 from sim.core import differentiation as dif
 from sim.core import division
-from sim.core.substrate import Built, EntitySpec, Quantity, Substrate
+from sim.core.substrate import Built, EntitySpec, Quantity, Rule, Substrate
 from sim.errors import ConfigError
 from sim.substrates.generic.kernels import PROCESSES, pay, settle
 from sim.substrates.generic.state import N_TIERS, Cells, Consumers, Edges, Ledger, Params, Producers, State
@@ -45,50 +44,55 @@ DECREASED = " (decreased)"  # suffix of a cumulative ledger that went down; its 
 
 # ------------------------------------------------------------------------------ config
 
-# (key under ``substrate``, minimum, minimum excluded, maximum, integer)
+def _rule(lo, strict: bool = False, hi=None, integer: bool = False) -> Rule:
+    """A range of the generic preset, refused in one wording whatever is wrong with the value."""
+    allowed = ("an integer" if integer else "a finite number") + f" {'>' if strict else '>='} {lo}"
+    allowed += f" and <= {hi}" if hi is not None else ""
+    return Rule(minimum=lo, maximum=hi, strict=strict, integer=integer, allowed=allowed)
+
+
+# (key under ``substrate``, its rule): read by :func:`read_substrate` and, as the substrate's
+# ``config_rules`` (:data:`RULES`), checked by ``sim.config.validate.validate``
 NUMBERS = (
-    ("initial.substrate", 0, False, None, False),
-    ("initial.carrier", 0, False, None, False),
-    ("initial.charged_fraction", 0, False, 1, False),
-    ("supply.external", 0, False, None, False),
-    ("supply.exchange_rate", 0, False, None, False),
-    ("producers.slots", 1, False, None, True),
-    ("producers.count", 0, False, None, True),
-    ("producers.capacity", 0, False, None, False),
-    ("producers.health", 0, False, 1, False),
-    ("producers.k_substrate", 0, True, None, False),
-    ("producers.k_discharged", 0, True, None, False),
-    ("producers.yield", 0, True, None, False),
-    ("producers.hazard", 0, False, None, False),
-    ("producers.birth_rate", 0, False, None, False),
-    ("transport.conductance", 0, False, None, False),
-    ("transport.loss_fraction", 0, False, 1, False),
+    ("initial.substrate", _rule(0)),
+    ("initial.carrier", _rule(0)),
+    ("initial.charged_fraction", _rule(0, hi=1)),
+    ("supply.external", _rule(0)),
+    ("supply.exchange_rate", _rule(0)),
+    ("producers.slots", _rule(1, integer=True)),
+    ("producers.count", _rule(0, integer=True)),
+    ("producers.capacity", _rule(0)),
+    ("producers.health", _rule(0, hi=1)),
+    ("producers.k_substrate", _rule(0, strict=True)),
+    ("producers.k_discharged", _rule(0, strict=True)),
+    ("producers.yield", _rule(0, strict=True)),
+    ("producers.hazard", _rule(0)),
+    ("producers.birth_rate", _rule(0)),
+    ("transport.conductance", _rule(0)),
+    ("transport.loss_fraction", _rule(0, hi=1)),
 )
 KIND_NUMBERS = (  # each consumers.kinds.<kind>
-    ("count", 0, False, None, True),
-    ("tier", 0, False, N_TIERS - 1, True),
-    ("capacity", 0, False, None, False),
-    ("affinity", 0, True, None, False),
-    ("value", 0, False, None, False),
+    ("count", _rule(0, integer=True)),
+    ("tier", _rule(0, hi=N_TIERS - 1, integer=True)),
+    ("capacity", _rule(0)),
+    ("affinity", _rule(0, strict=True)),
+    ("value", _rule(0)),
 )
+RULES = NUMBERS + tuple((f"consumers.kinds.*.{key}", rule) for key, rule in KIND_NUMBERS)
 
 
-def _number(node, key: str, rule, prefix: str):
+def _number(node, key: str, rule: Rule, prefix: str):
     """(value, None) or (None, ConfigError) for ``node[key]`` (dotted) under ``rule``."""
-    lo, strict, hi, integer = rule
     v = node
     for part in key.split("."):
         v = v.get(part) if isinstance(v, dict) else None
     dotted = f"{prefix}.{key}"
-    what = ("an integer" if integer else "a finite number") + f" {'>' if strict else '>='} {lo}"
-    what += f" and <= {hi}" if hi is not None else ""
     if v is None:
-        return None, ConfigError(dotted, v, f"{what} (missing from the config)")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (integer and v != int(v)):
-        return None, ConfigError(dotted, v, what)
-    if v < lo or (strict and v == lo) or (hi is not None and v > hi):
-        return None, ConfigError(dotted, v, what)
-    return (int(v) if integer else float(v)), None
+        return None, ConfigError(dotted, v, f"{rule.allowed} (missing from the config)")
+    problem = rule.problem(dotted, v)
+    if problem is not None:
+        return None, problem
+    return (int(v) if rule.integer else float(v)), None
 
 
 def read_substrate(sub) -> tuple[dict, list, list[ConfigError]]:
@@ -96,7 +100,7 @@ def read_substrate(sub) -> tuple[dict, list, list[ConfigError]]:
     values, kinds, problems = {}, [], []
     if not isinstance(sub, dict):
         return values, kinds, [ConfigError("substrate", sub, "the generic substrate preset (a mapping)")]
-    for key, *rule in NUMBERS:
+    for key, rule in NUMBERS:
         values[key], problem = _number(sub, key, rule, "substrate")
         problems += [problem] if problem else []
     slots, count = values.get("producers.slots"), values.get("producers.count")
@@ -109,7 +113,7 @@ def read_substrate(sub) -> tuple[dict, list, list[ConfigError]]:
         return values, kinds, problems
     for name, kcfg in table.items():
         numbers = {}
-        for key, *rule in KIND_NUMBERS:
+        for key, rule in KIND_NUMBERS:
             numbers[key], problem = _number(kcfg, key, rule, f"substrate.consumers.kinds.{name}")
             problems += [problem] if problem else []
         kinds.append((name, numbers))
@@ -396,6 +400,7 @@ SUBSTRATE = Substrate(
     to_dataset=to_dataset,
     summarize=summarize,
     validate=validate,
+    config_rules=RULES,
     reference=reference,
     figures=figures,
     demand_knob="demand_scale",

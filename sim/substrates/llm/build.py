@@ -14,6 +14,7 @@ import networkx as nx
 import numpy as np
 
 from sim.core.config import CONF_DIR, compose, num  # noqa: F401 (compose re-exported for scripts and tests)
+from sim.core.substrate import Rule
 from sim.errors import ConfigError
 from sim.substrates.llm.params import Edges, LLMParams
 from sim.substrates.llm.specs import GpuSpec, ModelSpec, check_fits, gpu_spec, model_spec
@@ -52,56 +53,57 @@ def poisson_tail(lam: float, kmax: int) -> float:
     return max(0.0, 1.0 - cdf)
 
 
-# The numbers of the LLM substrate preset and what each must be: (key under ``substrate``, keyword
-# arguments of :func:`num`; ``optional``: null allowed). Read here by :func:`read_numbers` (the first
-# problem raises) and checked all at once by :func:`config_problems` (``sim.config.validate.validate_llm``).
+# The numbers of the LLM substrate preset and what each must be: (key under ``substrate``, its
+# :class:`~sim.core.substrate.Rule`, checked by :func:`num`; ``optional``: null allowed). Read here by
+# :func:`read_numbers` (the first problem raises), checked all at once by :func:`config_problems` and,
+# as the substrate's ``config_rules``, by ``sim.config.validate.validate``.
 SUBSTRATE_NUMBERS = (
-    ("gpus_per_model", dict(minimum=1, integer=True, what="GPUs per model instance")),
-    ("gpu_memory_utilization", dict(minimum=0, maximum=1, strict=True, what="a fraction of HBM")),
-    ("activation_reserve_gib", dict(minimum=0, what="an activation reserve (GiB per GPU)")),
-    ("kv_capacity_tokens", dict(minimum=1, what="KV capacity (tokens)", optional=True)),
-    ("chain_slots", dict(minimum=1, integer=True, what="chain slots per model")),
-    ("max_batch", dict(minimum=1, integer=True, what="a batch size")),
-    ("queue_slots", dict(minimum=1, integer=True, what="queue slots per model")),
-    ("arrivals.rate_per_s", dict(minimum=0, what="an arrival rate (requests/s per model instance)")),
-    ("arrivals.max_per_step", dict(minimum=1, integer=True, what="arrivals per step")),
-    ("arrivals.prompt_median_tokens", dict(minimum=1, what="a median prompt length (tokens)")),
-    ("arrivals.output_median_tokens", dict(minimum=1, what="a median output length (tokens)")),
-    ("arrivals.prompt_sigma", dict(minimum=0, what="a lognormal shape")),
-    ("arrivals.output_sigma", dict(minimum=0, what="a lognormal shape")),
-    ("tools.p_per_token", dict(minimum=0, maximum=1, what="a probability per token")),
-    ("tools.latency_s", dict(minimum=0, what="a tool latency (s)")),
-    ("tools.tokens", dict(minimum=0, integer=True, what="tokens appended per tool call")),
-    ("memory.threshold_tokens", dict(minimum=0, what="a history length (tokens; 0 = off)")),
-    ("memory.factor", dict(minimum=1, strict=True, what="a compression factor")),
-    ("memory.cost_fraction", dict(minimum=0, what="a cost fraction")),
-    ("agent.followup_prob", dict(minimum=0, maximum=1, what="a probability")),
-    ("agent.max_turns", dict(minimum=1, integer=True, what="turns per conversation")),
-    ("agent.followup_tokens", dict(minimum=0, integer=True, what="tokens per follow-up")),
-    ("agent.hops", dict(minimum=1, integer=True, what="models per agentic chain")),
-    ("agent.handoff_tokens", dict(minimum=0, integer=True, what="tokens per hand-off")),
-    ("prices.usd_per_1m_input", dict(minimum=0, what="a price >= 0")),
-    ("prices.usd_per_1m_output", dict(minimum=0, what="a price >= 0")),
-    ("prices.usd_per_kwh", dict(minimum=0, what="a price >= 0")),
-    ("temperature_k", dict(minimum=0, strict=True, what="a temperature (K)")),
-    ("landauer_bits_per_unit", dict(minimum=0, strict=True, what="bits per token", optional=True)),
-    ("initial.active", dict(minimum=0, integer=True, what="initial chains per model")),
-    ("initial.queued", dict(minimum=0, integer=True, what="initial queued requests per model")),
-    ("initial.prompt_tokens", dict(minimum=1, integer=True, what="a prompt length (tokens)")),
-    ("initial.output_tokens", dict(minimum=1, what="an output length (tokens)")),
+    ("gpus_per_model", Rule(minimum=1, integer=True, what="GPUs per model instance")),
+    ("gpu_memory_utilization", Rule(minimum=0, maximum=1, strict=True, what="a fraction of HBM")),
+    ("activation_reserve_gib", Rule(minimum=0, what="an activation reserve (GiB per GPU)")),
+    ("kv_capacity_tokens", Rule(minimum=1, what="KV capacity (tokens)", optional=True)),
+    ("chain_slots", Rule(minimum=1, integer=True, what="chain slots per model")),
+    ("max_batch", Rule(minimum=1, integer=True, what="a batch size")),
+    ("queue_slots", Rule(minimum=1, integer=True, what="queue slots per model")),
+    ("arrivals.rate_per_s", Rule(minimum=0, what="an arrival rate (requests/s per model instance)")),
+    ("arrivals.max_per_step", Rule(minimum=1, integer=True, what="arrivals per step")),
+    ("arrivals.prompt_median_tokens", Rule(minimum=1, what="a median prompt length (tokens)")),
+    ("arrivals.output_median_tokens", Rule(minimum=1, what="a median output length (tokens)")),
+    ("arrivals.prompt_sigma", Rule(minimum=0, what="a lognormal shape")),
+    ("arrivals.output_sigma", Rule(minimum=0, what="a lognormal shape")),
+    ("tools.p_per_token", Rule(minimum=0, maximum=1, what="a probability per token")),
+    ("tools.latency_s", Rule(minimum=0, what="a tool latency (s)")),
+    ("tools.tokens", Rule(minimum=0, integer=True, what="tokens appended per tool call")),
+    ("memory.threshold_tokens", Rule(minimum=0, what="a history length (tokens; 0 = off)")),
+    ("memory.factor", Rule(minimum=1, strict=True, what="a compression factor")),
+    ("memory.cost_fraction", Rule(minimum=0, what="a cost fraction")),
+    ("agent.followup_prob", Rule(minimum=0, maximum=1, what="a probability")),
+    ("agent.max_turns", Rule(minimum=1, integer=True, what="turns per conversation")),
+    ("agent.followup_tokens", Rule(minimum=0, integer=True, what="tokens per follow-up")),
+    ("agent.hops", Rule(minimum=1, integer=True, what="models per agentic chain")),
+    ("agent.handoff_tokens", Rule(minimum=0, integer=True, what="tokens per hand-off")),
+    ("prices.usd_per_1m_input", Rule(minimum=0, what="a price >= 0")),
+    ("prices.usd_per_1m_output", Rule(minimum=0, what="a price >= 0")),
+    ("prices.usd_per_kwh", Rule(minimum=0, what="a price >= 0")),
+    ("temperature_k", Rule(minimum=0, strict=True, what="a temperature (K)")),
+    ("landauer_bits_per_unit", Rule(minimum=0, strict=True, what="bits per token", optional=True)),
+    ("initial.active", Rule(minimum=0, integer=True, what="initial chains per model")),
+    ("initial.queued", Rule(minimum=0, integer=True, what="initial queued requests per model")),
+    ("initial.prompt_tokens", Rule(minimum=1, integer=True, what="a prompt length (tokens)")),
+    ("initial.output_tokens", Rule(minimum=1, what="an output length (tokens)")),
 )
 SUBSTRATE_FLAGS = ("routing", "freeze_context")  # booleans (freeze_context: false when absent)
 
 
-def _number(sub: dict, key: str, optional: bool = False, **rule):
+def _number(sub: dict, key: str, rule: Rule):
     dotted = f"substrate.{key}"
-    if optional:
+    if rule.optional:
         node = sub
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node is None:
             return None
-    return num({"substrate": sub}, dotted, **rule)
+    return num({"substrate": sub}, dotted, **rule.num_kwargs())
 
 
 def _flag(sub: dict, key: str) -> bool:
@@ -113,7 +115,7 @@ def _flag(sub: dict, key: str) -> bool:
 
 def read_numbers(sub: dict) -> dict:
     """The preset's numbers and flags by key (raises a ConfigError at the first problem)."""
-    out = {key: _number(sub, key, **rule) for key, rule in SUBSTRATE_NUMBERS}
+    out = {key: _number(sub, key, rule) for key, rule in SUBSTRATE_NUMBERS}
     out.update({key: _flag(sub, key) for key in SUBSTRATE_FLAGS})
     return out
 
@@ -125,7 +127,7 @@ def config_problems(cfg: dict) -> list[ConfigError]:
     problems = []
     sub = cfg.get("substrate") or {}
     checks = [lambda: model_spec(cfg), lambda: gpu_spec(cfg)]
-    checks += [lambda key=key, rule=rule: _number(sub, key, **rule) for key, rule in SUBSTRATE_NUMBERS]
+    checks += [lambda key=key, rule=rule: _number(sub, key, rule) for key, rule in SUBSTRATE_NUMBERS]
     checks += [lambda key=key: _flag(sub, key) for key in SUBSTRATE_FLAGS]
     for check in checks:
         try:

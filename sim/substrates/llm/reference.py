@@ -4,7 +4,9 @@ Cells (model instances), chain slots (decode streams) and queued requests are Py
 stepping themselves with Python floats, in the process order of ``sim.substrates.llm.kernels``. Random numbers
 come from the same counter-based stream (``sim.rng.uniforms`` keyed by (seed, step, purpose, id)):
 one vectorised host call per purpose and step, each agent taking the number for its own id. The
-JAX engine must reproduce this stepper in float64 (``tests/test_llm_reference.py``).
+JAX engine must reproduce this stepper in float64 (``tests/test_llm_reference.py``). The step is
+declared as ``ReferenceLLM.phases`` (:mod:`sim.core.phases`) over ``ReferenceLLM.cells``, which the
+Mesa layer runs instance by instance through ``AgentSet.do`` (``sim.mesa_model.LLMCurrencyModel``).
 
 It is a correctness oracle, not a fast path: use it on a few cells and slots.
 """
@@ -19,6 +21,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from sim import rng
+from sim.core.phases import Phase, step_in_phases
 from sim.substrates.llm import kernels as K
 from sim.substrates.llm.state import Cells, Chains, Gpus, Ledger, LLMState, Queue
 
@@ -121,6 +124,7 @@ class ReferenceLLM:
                 int(c.next_seq[i]), float(c.step_time_s[i]), [bool(x) for x in np.asarray(s.gpus.alive)[i]],
                 chains, queue, {f.name: float(np.asarray(getattr(led, f.name))[i]) for f in dataclasses.fields(Ledger)},
             ))
+        self.phases = self._make_phases()
 
     # ---- helpers mirroring sim.substrates.llm.kernels ----------------------------------------------------
 
@@ -178,9 +182,9 @@ class ReferenceLLM:
 
     # ---- processes ------------------------------------------------------------------------------
 
-    # Each process is split into per-cell steps (``*_cell``), which the Mesa layer
-    # (``sim.mesa_model.llm``) calls through its model-instance agents, and the few global parts
-    # (draws, routing scores, enqueueing in flat order), which the model runs between them.
+    # Each process is split into per-cell steps (``*_cell``), which the Mesa layer calls through its
+    # model-instance agents (``phases``), and the few global parts (draws, routing scores,
+    # enqueueing in flat order), which run between them.
 
     def tools(self):
         for cell in self.cells:
@@ -433,15 +437,33 @@ class ReferenceLLM:
         n = sum(r is not None for r in cell.queue) + sum(c.active for c in cell.chains)
         cell.ledger["occupancy_s"] += n * self.p["dt"]
 
-    def step(self):
-        self.tools()
-        self.memory()
-        self.arrivals()
-        self.admission()
-        self.decode()
-        self.finish()
-        self.account()
+    def _make_phases(self):
+        """The step as phases (:mod:`sim.core.phases`) in the order of ``sim.substrates.llm.kernels``.
+        Arrivals and finished turns may land on another instance's queue, so their per-cell phases
+        return entries and the gather enqueues them in the engine's flat (cell-major) order."""
+        return (
+            Phase("tools", cell=self.tools_cell),
+            Phase("memory", cell=self.memory_cell),
+            Phase("arrivals", cell=self.arrivals_cell, draws=self.arrival_draws, gather=self._enqueue_all),
+            Phase("admission", cell=self.admission_cell),
+            Phase("decode", cell=self.decode_cell, draws=self.decode_draws),
+            Phase("finish", cell=self.finish_cell, draws=self.finish_draws, gather=self._finish_route_all),
+            Phase("account", cell=self.account_cell),
+            Phase("clock", tissue=self._tick),
+        )
+
+    def _enqueue_all(self, per_cell):
+        self.enqueue([e for entries in per_cell for e in entries])
+
+    def _finish_route_all(self, per_cell):
+        self.finish_route([p for pending in per_cell for p in pending])
+
+    def _tick(self):
         self.step_count += 1
+
+    def step(self):
+        """One time step: :attr:`phases` in order, instances in index order."""
+        step_in_phases(self.phases, self.cells)
 
     # ---- export -----------------------------------------------------------------------------------
 

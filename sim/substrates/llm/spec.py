@@ -13,6 +13,8 @@ every cumulative ledger non-negative; the cumulative ledgers never decrease; and
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,6 +22,7 @@ from sim.core.substrate import EntitySpec, Quantity, Substrate
 from sim.errors import ConfigError
 from sim.core.ops import rowsum
 from sim.substrates.llm.kernels import PROCESSES, in_system
+from sim.substrates.llm.build import SUBSTRATE_NUMBERS
 
 RECORDS = (
     Quantity("queue_len", "requests", "requests waiting in the queue"),
@@ -173,12 +176,69 @@ def reference(llm, replicate: int = 0):
     return ReferenceLLM(llm, replicate=replicate)
 
 
+def _decoding(state):
+    ch = state.chains
+    return np.asarray(ch.active) & (np.asarray(ch.tool_wait) == 0)
+
+
+def _gpus_on(state):
+    return np.asarray(state.gpus.alive) & np.asarray(state.cells.alive)[:, None]
+
+
+def _power_state(state, built):
+    """The state a GPU starts the next step in: "off" (it or its instance dead), "prefill" (owes
+    prefill / tool / memory work, served first), "decode" (streams to decode) or "idle"."""
+    shape = np.shape(state.gpus.alive)
+    debt = np.broadcast_to((np.asarray(state.cells.debt_s) > 0)[:, None], shape)
+    decoding = np.broadcast_to(_decoding(state).any(axis=1)[:, None], shape)
+    return np.where(~_gpus_on(state), "off", np.where(debt, "prefill", np.where(decoding, "decode", "idle")))
+
+
+def _power_w(state, built):
+    """W drawn in :func:`_power_state` (``power_prefill``, ``power_decode``, ``power_idle``; 0 off)."""
+    p = built.params
+    watts = {"off": 0.0, "prefill": float(np.asarray(p.power_prefill)), "decode": float(np.asarray(p.power_decode)),
+             "idle": float(np.asarray(p.power_idle))}
+    return np.vectorize(watts.__getitem__, otypes=[float])(_power_state(state, built))
+
+
+def _instance_ledger(state, built):
+    """Per instance: its cumulative accounts (``sim.substrates.llm.state.Ledger``) as a dict."""
+    led = state.ledger
+    columns = {f.name: np.asarray(getattr(led, f.name), float) for f in dataclasses.fields(led)}
+    rows = np.empty(np.shape(state.cells.alive), object)
+    for i in range(rows.shape[0]):
+        rows[i] = {name: float(x[i]) for name, x in columns.items()}
+    return rows
+
+
 ENTITIES = (
     EntitySpec("model_instance", "cells", (("alive", "alive"), ("kv_capacity", "kv_capacity"),
-                                           ("kv_free", "kv_free"), ("debt_s", "debt_s"))),
-    EntitySpec("gpu", "gpus", (("alive", "alive"),), alive="alive"),
+                                           ("kv_free", "kv_free"), ("debt_s", "debt_s"),
+                                           ("step_time_s", "step_time_s")),
+               # tokens, requests and chains as recorded (batch: streams holding KV; decoding: not
+               # waiting for a tool)
+               records=(("kv_occupied", "kv_occupied"), ("queue_len", "queue_len"), ("batch", "batch"),
+                        ("decoding", "decoding"), ("in_system", "in_system"), ("tokens_out", "tokens_out"),
+                        ("completed", "completed")),
+               derived=(("n_gpus_alive", lambda state, built: _gpus_on(state).sum(axis=1)),
+                        ("ledger", _instance_ledger))),
+    EntitySpec("gpu", "gpus", (("alive", "alive"),), alive="alive",
+               derived=(("power_state", _power_state), ("power_w", _power_w))),
     EntitySpec("decode_stream", "chains", (("active", "active"), ("base", "base"), ("out", "out"),
-                                           ("target", "target"), ("tool_wait", "tool_wait")), alive="active"),
+                                           ("target", "target"), ("tool_wait", "tool_wait"), ("born", "born"),
+                                           ("turn", "turn"), ("hop", "hop")), alive="active",
+               # tokens of KV held (base + out; 0 when inactive)
+               derived=(("context", lambda state, built: np.where(state.chains.active,
+                                                                  state.chains.base + state.chains.out, 0.0)),
+                        ("waiting_for_tool", lambda state, built: state.chains.active & (state.chains.tool_wait > 0)))),
+    # an instance's tools and its memory module (one each): the ledger lines they book
+    EntitySpec("tool", "ledger", (("tool_calls", "tool_calls"), ("tool_tokens", "tool_tokens"),
+                                  ("tool_truncated", "tool_truncated")),
+               derived=(("waiting", lambda state, built: np.sum(state.chains.active & (state.chains.tool_wait > 0),
+                                                                axis=1)),)),
+    EntitySpec("memory", "ledger", (("compressions", "compressions"), ("tokens_removed", "tokens_removed"),
+                                    ("flops", "flops_memory"))),
 )
 
 SUBSTRATE = Substrate(
@@ -191,6 +251,7 @@ SUBSTRATE = Substrate(
     to_dataset=to_dataset,
     summarize=summarize,
     validate=validate,
+    config_rules=SUBSTRATE_NUMBERS,
     reference=reference,
     figures=figures,
     demand_knob="arrival_rate",

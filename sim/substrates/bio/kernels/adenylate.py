@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from sim.core import carriers
+from sim.substrates.bio.kernels.metabolism import set_columns
 from sim.substrates.bio.kernels.thermo import ak_ck_equilibrium
 from sim.pytree import replace
 from sim.substrates.bio.state import ADP, AMP, ATP
@@ -28,7 +29,7 @@ def adenylate_kinase(state, params, key=None):
     d = d * alive + pools[:, ADP] * ~alive
     m = m * alive + pools[:, AMP] * ~alive
     pcr = pcr * alive + cells.pcr * ~alive
-    new = pools.at[:, ATP].set(a).at[:, ADP].set(d).at[:, AMP].set(m)
+    new = set_columns(pools, {ATP: a, ADP: d, AMP: m})
     if carriers.active(state.carriers):  # static: with one carrier this is not traced
         cs = state.carriers
         held = jnp.where(alive[:, None], carriers.reconcile(cs.held, cs.make, a), cs.held)

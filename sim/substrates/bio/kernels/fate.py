@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from sim import rng
 from sim.core import carriers
+from sim.substrates.bio.kernels.metabolism import set_columns
 from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.pytree import replace
 from sim.substrates.bio.state import ADP, ATP, PI
@@ -70,7 +71,7 @@ def producer_biogenesis(state, params, key):
     # the consumers' and repair's (sim.substrates.bio.kernels.metabolism), so the energy ledger covers every ATP spent
     abs_dg = jnp.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], params.dg0_kj, params.temperature_k))
     energy = cost * abs_dg * params.volume_l
-    new_pools = pools.at[:, ATP].add(-cost).at[:, ADP].add(cost).at[:, PI].add(cost)
+    new_pools = set_columns(pools, {ATP: pools[:, ATP] - cost, ADP: pools[:, ADP] + cost, PI: pools[:, PI] + cost})
     state, new_pools = _pay_from_carriers(state, new_pools, cost)
     led = state.ledger
     led = replace(

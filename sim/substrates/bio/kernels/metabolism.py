@@ -34,7 +34,7 @@ from sim.core import carriers
 from sim.substrates.bio.kernels.capacity import consumer_vmax, producer_scale
 from sim.substrates.bio.kernels import translation
 from sim.core.chains import chain_demand, chain_step
-from sim.core.ops import rowsum
+from sim.core.ops import rowsum, rowsums
 from sim.substrates.bio.kernels.thermo import brake, dg_atp_kj
 from sim.pytree import replace
 from sim.substrates.bio.state import ADP, ATP, GLC, PI
@@ -99,13 +99,19 @@ def serve_tiers(demand, tier, available):
     """Serve ``demand`` (C, K) from ``available`` (C,) tier by tier; returns served (C, K) and rest."""
     served = jnp.zeros_like(demand)
     rest = available
+    wants = rowsums(*(jnp.where(tier == t, demand, 0.0) for t in range(N_TIERS)))  # one pass over the slots
     for t in range(N_TIERS):
-        in_t = tier == t
-        want = rowsum(jnp.where(in_t, demand, 0.0))
+        want = wants[t]
         frac = jnp.where(want > rest, _safe_div(rest, want), 1.0)
-        served = jnp.where(in_t, demand * frac[:, None], served)
+        served = jnp.where(tier == t, demand * frac[:, None], served)
         rest = jnp.maximum(rest - frac * want, 0.0)
     return served, rest
+
+
+def set_columns(pools, columns: dict):
+    """``pools`` (C, S) with the columns ``{index: (C,) values}`` replaced: one stacked array
+    (one kernel) instead of a chain of ``.at[:, k]`` updates that each rewrite the whole block."""
+    return jnp.stack([columns[k] if k in columns else pools[:, k] for k in range(pools.shape[1])], axis=1)
 
 
 def metabolism(state, params, key=None):
@@ -124,20 +130,25 @@ def metabolism(state, params, key=None):
     uptake = jnp.maximum(uptake, -s)  # a cell can at most empty itself into the surroundings
 
     # production, limited by ADP, Pi and glucose present at the start of the step
+    # One pass over the producer slots for every per-cell sum of this step (the limiter f_prod and
+    # the repair fraction f_rep are per cell, so they scale the sums, not the slots); a second pass
+    # updates their health.
     j = production_rates(state, params, dg)
     kind = prod.kind
     inv_yield = per_slot(1.0 / params.p_yield, kind)
-    want_atp = rowsum(j) * dt
-    want_glc = rowsum(j * inv_yield) * dt
+    j_glc = j * inv_yield
+    repair_want_h = jnp.where(prod.alive, params.repair_rate * (1.0 - prod.health) * dt, 0.0)
+    sum_j, sum_glc, sum_energy, sum_repair_h = rowsums(
+        j, j_glc, j_glc * per_slot(jnp.abs(params.p_substrate_dg_kj), kind), repair_want_h)
+    want_atp = sum_j * dt
+    want_glc = sum_glc * dt
     limit = jnp.minimum(
         jnp.minimum(_safe_div(d, want_atp), _safe_div(pi, want_atp)), _safe_div(s, want_glc)
     )
     f_prod = jnp.where(want_atp > 0, jnp.minimum(1.0, limit), 0.0)
-    made_p = j * dt * f_prod[:, None]  # (C, P) mM made by each producer this step
-    made = rowsum(made_p)
-    glc_p = made_p * inv_yield
-    glc_used = rowsum(glc_p)
-    substrate_energy = rowsum(glc_p * per_slot(jnp.abs(params.p_substrate_dg_kj), kind)) * params.volume_l
+    made = want_atp * f_prod  # = the sum of each producer's j dt f_prod
+    glc_used = want_glc * f_prod
+    substrate_energy = (sum_energy * dt * f_prod) * params.volume_l
 
     # consumption by priority tier, limited by ATP present at the start of the step; the chains
     # (ribosome cohorts) quote their demand in place of the consumer kind they realise, are
@@ -164,19 +175,21 @@ def metabolism(state, params, key=None):
         served = jnp.where(is_chain, chain_spent[:, None], served)
         work = jnp.where(is_chain, (info["units"] * cohort)[:, None], work)  # amino acids (mM)
         state = replace(state, chains=chains, chain_ledger=chain_led)
-    tier0 = rowsum(jnp.where(state.consumers.tier == 0, served, 0.0))
+    # every per-cell sum over the consumer slots after serving, in one pass
+    spent_consumers, tier0, output = rowsums(
+        served, jnp.where(state.consumers.tier == 0, served, 0.0),
+        jnp.where(params.c_specialised[state.consumers.kind] > 0, work, 0.0))
     maintenance = jnp.where(saturated0 > 0, _safe_div(tier0, saturated0 * dt), 1.0)
 
     # repair of damaged producers, served after all consumers
-    repair_want_h = jnp.where(prod.alive, params.repair_rate * (1.0 - prod.health) * dt, 0.0)
-    repair_cost = params.repair_cost * rowsum(repair_want_h)
+    repair_cost = params.repair_cost * sum_repair_h
     f_rep = jnp.where(repair_cost > rest, _safe_div(rest, repair_cost), 1.0)
     repair_spent = repair_cost * f_rep
     repair_h = repair_want_h * f_rep[:, None]
 
-    spent_total = rowsum(served) + repair_spent
-    new_pools = pools.at[:, GLC].add(uptake - glc_used)
+    spent_total = spent_consumers + repair_spent
     if several:
+        new_pools = pools.at[:, GLC].add(uptake - glc_used)
         # spent from the step-start holdings (at most what was spendable), then the recharge made
         cs, lost = carriers.debit(state.carriers, params.carriers, spent_total)
         cs, lost_made = carriers.credit(cs, params.carriers, made)
@@ -186,11 +199,9 @@ def metabolism(state, params, key=None):
         new_pools = jnp.maximum(new_pools, 0.0).at[:, ATP].set(jnp.sum(cs.held, axis=1))
         state = replace(state, carriers=cs)
         hydrolysis_energy = (spent_total + lost) * abs_dg * params.volume_l
-    else:
-        new_pools = new_pools.at[:, ATP].add(made - spent_total)
-        new_pools = new_pools.at[:, ADP].add(spent_total - made)
-        new_pools = new_pools.at[:, PI].add(spent_total - made)
-        new_pools = jnp.maximum(new_pools, 0.0)  # only round-off can reach below zero here
+    else:  # only round-off can reach below zero here
+        new_pools = jnp.maximum(set_columns(pools, {GLC: s + (uptake - glc_used), ATP: a + (made - spent_total),
+                                                    ADP: d + (spent_total - made), PI: pi + (spent_total - made)}), 0.0)
         hydrolysis_energy = spent_total * abs_dg * params.volume_l
     stored_energy = made * abs_dg * params.volume_l
     led = replace(
@@ -199,16 +210,17 @@ def metabolism(state, params, key=None):
         spent=led.spent + served,
         repair_spent=led.repair_spent + repair_spent,
         work=led.work + work,
-        output=led.output + rowsum(jnp.where(params.c_specialised[state.consumers.kind] > 0, work, 0.0)),
+        output=led.output + output,
         substrate_used=led.substrate_used + glc_used,
         substrate_uptake=led.substrate_uptake + uptake,
         substrate_energy_j=led.substrate_energy_j + substrate_energy,
         stored_energy_j=led.stored_energy_j + stored_energy - hydrolysis_energy,
         heat_j=led.heat_j + (substrate_energy - stored_energy) + hydrolysis_energy,
         hydrolysis_energy_j=led.hydrolysis_energy_j + hydrolysis_energy,
-        repair_health=led.repair_health + rowsum(repair_h),
+        repair_health=led.repair_health + sum_repair_h * f_rep,
     )
     # damage grows with relative load (ROS / wear); applied here since it needs this step's flux
+    made_p = j * dt * f_prod[:, None]  # (C, P) mM made by each producer this step
     load = _safe_div(made_p, prod.vmax * dt)
     health = jnp.clip(prod.health + repair_h - per_slot(params.p_damage, kind) * load * dt, 0.0, 1.0)
     return replace(

@@ -161,21 +161,6 @@ def inject(monkeypatch, faulty_substrate) -> None:
     monkeypatch.setitem(substrates._REGISTRY, faulty_substrate.name, faulty_substrate)
 
 
-FAULT_CHILD = """
-import sys
-sys.path.insert(0, {tests!r})
-from _support import with_fault
-from sim import substrates
-import jax.numpy as jnp
-from sim.pytree import replace
-{change}
-substrates.register(with_fault({name!r}, {process!r}, {at_step}, change), replace=True)
-from sim.app import entry
-sys.argv = ["sim"] + sys.argv[1:]
-entry()
-"""
-
-
 # Many faulty `python -m sim` argvs through sim.app.entry in ONE child process: reads {name: {substrate,
 # process, at_step, change (an expression of the state s), argv}} from the JSON file argv[1]; each
 # case's substrate is registered with its fault for that case only; prints {name: {code, stderr}}.
@@ -212,15 +197,6 @@ def run_faulty_entries(cases: dict, folder: Path, timeout=600) -> dict:
     res = run_child([str(folder / "faulty_entries.py"), str(folder / "faulty_cases.json")], timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def fault_child_script(path, name: str, process: str, at_step: int, change_source: str):
-    """Write a child script that runs ``python -m sim`` with a fault injected (``change_source``
-    defines ``change(s) -> state``); returns the script's path."""
-    path = Path(path)
-    path.write_text(FAULT_CHILD.format(tests=str(ROOT / "tests"), change=change_source, name=name,
-                                       process=process, at_step=at_step))
-    return path
 
 
 # ------------------------------------------------------------------------------ bad-input catalogue (issue 16)

@@ -403,6 +403,17 @@ def _catalogue_sources(conf_dir: Path, edge_list: str):
             yield f"{group}/{path.name}", prefix, context, data
 
 
+def _in_a_plain_run(argv) -> tuple:
+    """``argv`` as the catalogue runs it: an entry without an experiment (conf/config.yaml's keys, the
+    substrate / topology / differentiation groups) gets ``experiment=tissue`` first, so a generic-substrate
+    key is not refused as "substrate: bio for experiment=analogy" (the default experiment); a ``resume=``
+    entry stays alone (a resumed run takes no other override). Entry ids (source:override) do not change."""
+    argv = tuple(argv)
+    if any(a.startswith(("experiment=", "resume=")) for a in argv):
+        return argv
+    return (TISSUE, *argv)
+
+
 def bad_input_catalogue(edge_list, *, full: bool = False, conf_dir: Path | None = None) -> list:
     """Bad command lines generated from the shipped configs (``conf/config.yaml`` and every
     ``conf/<group>/*.yaml``), each a :class:`BadInput` that must be refused (exit 2, one line naming
@@ -446,10 +457,10 @@ def bad_input_catalogue(edge_list, *, full: bool = False, conf_dir: Path | None 
             if len(rules) > 1 and not full:
                 rules = [rules[_zlib.crc32(key.encode()) % len(rules)]]
             for rule, named, override in rules:
-                entry = BadInput(tuple(ctx + [override]), named, rule, source)
+                entry = BadInput(_in_a_plain_run(ctx + [override]), named, rule, source)
                 if entry.id not in CATALOGUE_VALID:
                     out.append(entry)
-    out.append(BadInput(("+zz_unknown=1",), "zz_unknown", "unknown key", "config.yaml"))  # beside the top-level keys
+    out.append(BadInput(_in_a_plain_run(["+zz_unknown=1"]), "zz_unknown", "unknown key", "config.yaml"))  # beside the top-level keys
     return out
 
 
@@ -500,22 +511,3 @@ def kill_at_checkpoint(script: Path, overrides, run_dir: Path, k: int, phase: st
 # test of a plain run of the configured substrate (a tissue) names it with this override; it also
 # keeps analogy.yaml's top-level values (topology.n_cells=16, ...) out of that test's config.
 TISSUE = "experiment=tissue"
-
-# The bad-input catalogue keeps testing its keys in a plain run: an entry without an experiment
-# (conf/config.yaml's keys, the substrate / topology / differentiation groups) gets TISSUE first, so
-# a generic-substrate key is not refused as "substrate: bio for experiment=analogy"; a resume= entry
-# stays alone (a resumed run takes no other override). Entry ids (source:override) are unchanged.
-# (Appended as a wrapper; it belongs in _catalogue_sources / bad_input_catalogue themselves.)
-_bad_input_catalogue_of_the_files = bad_input_catalogue
-
-
-def bad_input_catalogue(edge_list, *, full: bool = False, conf_dir: Path | None = None) -> list:  # noqa: F811
-    out = []
-    for entry in _bad_input_catalogue_of_the_files(edge_list, full=full, conf_dir=conf_dir):
-        if not any(a.startswith(("experiment=", "resume=")) for a in entry.argv):
-            entry = _dc.replace(entry, argv=(TISSUE, *entry.argv))
-        out.append(entry)
-    return out
-
-
-bad_input_catalogue.__doc__ = _bad_input_catalogue_of_the_files.__doc__

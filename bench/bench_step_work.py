@@ -229,21 +229,33 @@ def _import_tree(path: str):
 _TREES: set = set()
 
 
-STEP_FILES = ("sim/rng.py", "sim/core/ops.py", "sim/core/engine.py", "sim/substrates/bio/kernels/*.py")
+STEP_FILES = ("sim/rng.py", "sim/core/ops.py", "sim/core/engine.py", "sim/core/chains.py",
+              "sim/substrates/bio/kernels/*.py")
 
 
 def ab(old_rev: str, sizes, steps: int = 20, blocks: int = 7, dtype: str = "float64",
-       whole_tree: bool = False, options: dict | None = None) -> list[dict]:
+       whole_tree: bool = False, options: dict | None = None, old_files: str | None = None) -> list[dict]:
     """Interleaved A/B of the compiled step of ``old_rev`` (A) against the working tree (B). By default
     A is the working tree with only ``STEP_FILES`` taken from ``old_rev``; ``whole_tree``: all of
-    ``sim`` and ``bench`` as of ``old_rev``. ``options``: compile both with these XLA options (the
-    code's effect alone), instead of each with its own engine's."""
+    ``sim`` and ``bench`` as of ``old_rev``; ``old_files``: the working tree with every file under
+    that folder (a snapshot of some files, at their paths relative to the repository) laid over it,
+    e.g. a copy taken before an uncommitted change while others edit the same tree. ``options``:
+    compile both with these XLA options (the code's effect alone), instead of each with its own
+    engine's."""
     import jax
 
     tmp = tempfile.mkdtemp(prefix="ab_old_")
     if whole_tree:
         archive = subprocess.run(["git", "archive", old_rev, "sim", "bench"], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+    elif old_files:  # the working tree with the snapshot's files laid over it
+        ignore = shutil.ignore_patterns("__pycache__", "results")
+        shutil.copytree(ROOT / "sim", Path(tmp) / "sim", ignore=ignore)
+        shutil.copytree(ROOT / "bench", Path(tmp) / "bench", ignore=ignore)
+        for path in sorted(Path(old_files).rglob("*.py")):
+            target = Path(tmp) / path.relative_to(old_files)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
     else:  # the working tree with only the step's own files as of ``old_rev`` (others' edits alike in A and B)
         ignore = shutil.ignore_patterns("__pycache__", "results")
         shutil.copytree(ROOT / "sim", Path(tmp) / "sim", ignore=ignore)
@@ -374,6 +386,8 @@ def main(argv=None) -> None:
     b.add_argument("--blocks", type=int, default=7)
     b.add_argument("--dtype", default="float64")
     b.add_argument("--whole-tree", action="store_true", help="A: all of sim/ and bench/ as of --old")
+    b.add_argument("--old-files", default=None,
+                   help="A: the working tree with the files of this folder (paths relative to the repository) laid over it")
     b.add_argument("--same-options", action="store_true",
                    help="compile A and B with the working tree's sim.core.ops.COMPILE_OPTIONS (the code alone)")
     pr = sub.add_parser("precision", help="precision=float32 against float64: error and speed")
@@ -397,7 +411,7 @@ def main(argv=None) -> None:
             from sim.core import ops
 
             options = dict(ops.COMPILE_OPTIONS)
-        ab(args.old, args.sizes, args.steps, args.blocks, args.dtype, args.whole_tree, options)
+        ab(args.old, args.sizes, args.steps, args.blocks, args.dtype, args.whole_tree, options, args.old_files)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ a Latin hypercube, one replicate each, the outcome ``mean_last:energy_charge``):
                to ``P``.
 
 Start-up: the wall time of ``python -m sim`` for a 1-step run, with an empty compilation cache
-(cold) and again with the cache the first one filled (warm); the time from the process's start to
-its first step done (the run's ``first_chunk_s``: interpreter, imports, config, build, compile and
-the step, not the writing of results.nc and summary.json after it); and the compile part of it
+(cold) and again with the cache the first one filled (warm: JAX's persistent cache, and the engine's
+chunk program loaded whole from the executable store, :mod:`sim.core.executable_store`, untraced);
+the time from the process's start to its first step done (the run's ``first_chunk_s``: interpreter,
+imports, config, build, compile and the step, not the writing of results.nc and summary.json after
+it); and the compile part of it
 (``compile_s``). Each is the median of ``--repeats`` runs; the spread is the
 min-max. Writes ``bench/results/study.json``.
 """
@@ -118,13 +120,15 @@ def main() -> int:
         per_process = statistics.median(walls)
 
         # start-up: a 1-step run, cold (empty cache each time) and warm
-        cold, warm, cold_compile, warm_compile, cold_first, warm_first = [], [], [], [], [], []
+        cold, warm, cold_compile, warm_compile, cold_first, warm_first, stored = [], [], [], [], [], [], []
         for k in range(a.repeats):
             c = str(Path(tmp) / f"cold{k}")
             w, s = run_cli(OVERRIDES + ["steps=1", "record_every=1"], c, Path(tmp) / f"c{k}")
             cold.append(w)
             cold_compile.append(s["compile_s"])
             cold_first.append(s.get("first_chunk_s", float("nan")))
+            # the engine's chunk program, serialized whole for the warm run (sim.core.executable_store)
+            stored.append(len(list((Path(c) / "currency-sim" / "jax" / "executables").glob("*.exe"))))
             w, s = run_cli(OVERRIDES + ["steps=1", "record_every=1"], c, Path(tmp) / f"w{k}")
             warm.append(w)
             warm_compile.append(s["compile_s"])
@@ -140,6 +144,7 @@ def main() -> int:
         "startup_cold_s": spread(cold), "startup_warm_s": spread(warm),
         "compile_cold_s": spread(cold_compile), "compile_warm_s": spread(warm_compile),
         "first_step_cold_s": spread(cold_first), "first_step_warm_s": spread(warm_first),
+        "executables_stored_per_cold_run": stored,
         "loadavg": os.getloadavg(),
     }
     path = ROOT / "bench" / "results" / "study.json"
@@ -157,7 +162,8 @@ def main() -> int:
           f"{statistics.median(warm_compile):.2f} s); load average {out['loadavg'][0]:.1f}")
     print(f"start-up to the first step done (process start -> first chunk): cold "
           f"{out['first_step_cold_s']['median']:.1f} s ({min(cold_first):.1f}-{max(cold_first):.1f}), warm "
-          f"{out['first_step_warm_s']['median']:.1f} s ({min(warm_first):.1f}-{max(warm_first):.1f})")
+          f"{out['first_step_warm_s']['median']:.1f} s ({min(warm_first):.1f}-{max(warm_first):.1f}); "
+          f"executables stored by each cold run: {stored}")
     print(f"wrote {path}")
     return 0
 

@@ -73,14 +73,16 @@ def preflight(argv: list[str]) -> None:
 
 
 PRINTED_KEYS = (  # shown first in their group, where present
-    "stable", "tokens_per_s", "step_time_s", "joules_per_token", "kv_capacity_tokens", "littles_law_error",
-    "mean_in_system", "throughput_req_per_s", "currency_produced", "currency_spent", "energy_j",
-    "usd_billed", "usd_energy", "landauer_ratio", "conservation_error", "exponent_bio", "exponent_llm_long",
+    "stable", "output_tokens_per_s", "step_time_s", "energy_per_output_token_j", "kv_capacity_tokens",
+    "littles_law_error", "mean_in_system", "throughput_req_per_s", "currency_produced_molecules",
+    "currency_spent_molecules", "currency_produced_units", "currency_spent_units", "energy_j", "billed_usd",
+    "energy_cost_usd", "landauer_ratio", "conservation_error", "exponent_bio", "exponent_llm_long",
 )
 
 # Groups of the printed summary: (title, key prefixes or names); a key goes to the first group
-# with a match, anything else to "other". Names carry their unit (``_s``, ``_j``, ``_mm``), so
-# nothing here labels a unit: a dimensionless (generic) outcome is printed as its bare name.
+# with a match, anything else to "other". Names carry their unit (``_s``, ``_j``, ``_mm``,
+# ``_molecules``, ``_tokens``, ``_units``: sim.io's naming rule), so nothing here labels a unit; a
+# dimensionless outcome or a count is printed as its bare name.
 SUMMARY_GROUPS = (
     ("outcome", ("status", "reason", "stable", "stability_", "failure_", "conservation_error", "kv_conservation_error",
                  "littles_law", "engine_vs_analytic")),
@@ -88,8 +90,8 @@ SUMMARY_GROUPS = (
                "pcr_mm", "glucose_mm", "dg_atp", "theta", "specialization", "mean_in_system", "mean_queue",
                "mean_batch", "mean_time", "kv_", "gpu_busy", "utilization", "in_system", "max_batch")),
     ("currency", ("currency", "spent", "work", "output", "switching", "substrate_", "births", "failures",
-                  "tokens", "tool_", "routed", "dropped", "memory_", "proteins", "chain", "protein_", "atp_per",
-                  "arrival_", "throughput", "spending_")),
+                  "tokens", "input_tokens", "tool_", "routed", "dropped", "memory_", "proteins", "chain", "protein_",
+                  "atp_per", "arrival_", "throughput", "spending_")),
     ("energy and cost", ("energy", "heat", "joules", "landauer", "mean_power", "bits_per", "usd", "billed",
                          "step_time", "hbm_", "flops", "compute_", "bandwidth_", "arithmetic_", "ridge_",
                          "memory_bound", "analytic_", "allreduce", "perfect_scaling", "attention_", "weight_bytes",
@@ -165,15 +167,16 @@ def print_summary(summary: dict, out_dir: Path) -> None:
     print(f"run: {out_dir}")
     shown: tuple = ()
     if "energy_charge" in summary and "dg_atp_kj_per_mol" in summary:  # a biology tissue: the headline
+        unit = summary.get("currency_unit", "molecules")
         rows = [
             ("status", summary.get("status")),
             ("cells alive", f"{summary.get('cells_alive', float('nan')):.1f} / {summary.get('cells_total', '?')}"),
             ("energy charge", f"{summary.get('energy_charge', float('nan')):.4f}"),
             ("dG ATP (kJ/mol)", f"{summary.get('dg_atp_kj_per_mol', float('nan')):.2f}"),
             ("pool turnover (s)", f"{summary.get('currency_pool_turnover_s', float('nan')):.2f}"),
-            ("currency produced", f"{summary.get('currency_produced', float('nan')):.4g} {summary.get('currency_unit', '')}"),
-            ("currency spent", f"{summary.get('currency_spent', float('nan')):.4g}"),
-            ("currency transported", f"{summary.get('currency_transported', float('nan')):.4g}"),
+            ("currency produced", f"{summary.get('currency_produced_molecules', float('nan')):.4g} {unit}"),
+            ("currency spent", f"{summary.get('currency_spent_molecules', float('nan')):.4g} {unit}"),
+            ("currency transported", f"{summary.get('currency_transported_molecules', float('nan')):.4g} {unit}"),
             ("energy (J)", f"{summary.get('energy_j', float('nan')):.4g}"),
             ("heat (J)", f"{summary.get('heat_j', float('nan')):.4g}"),
             ("Landauer ratio", f"{summary.get('landauer_ratio', float('nan')):.3g}"),
@@ -184,7 +187,8 @@ def print_summary(summary: dict, out_dir: Path) -> None:
         for name, value in rows:
             print(f"  {name:<{width}}  {value}")
         shown = ("status", "cells_alive", "cells_total", "energy_charge", "dg_atp_kj_per_mol", "currency_pool_turnover_s",
-                 "currency_produced", "currency_spent", "currency_transported", "energy_j", "heat_j", "landauer_ratio",
+                 "currency_produced_molecules", "currency_spent_molecules", "currency_transported_molecules",
+                 "energy_j", "heat_j", "landauer_ratio",
                  "conservation_error", "wall_s", "compile_s")
         print("  all outcomes (summary.json):")
     width = _width()

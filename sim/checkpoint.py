@@ -77,10 +77,14 @@ def config_hash(cfg: dict) -> str:
 
 def code_version() -> str:
     """The version of the code a checkpoint belongs to: a resume continues the same compiled
-    computation, so it needs the same simulator and the same jax (whose kernels round)."""
+    computation, so it needs the same simulator and the same jax (whose kernels round). The
+    simulator is named by its version AND the hash of its source (every ``.py`` file of ``sim``):
+    a state layout can change without a version bump (the LLM queues became ring buffers), and a
+    checkpoint of the old layout would resume into wrong results without a word."""
     import sim
+    from sim.core.executable_store import source_hash
 
-    return f"sim {sim.__version__}; jax {jax.__version__}"
+    return f"sim {sim.__version__} (source {source_hash()[:16]}); jax {jax.__version__}"
 
 
 def _write_npz(path: Path, arrays: dict) -> None:

@@ -155,6 +155,10 @@ def write_text(path, text: str) -> None:
 OUTPUT_KEYS = ("compress", "variables", "cells", "float32")
 CELL_MODES = ("all", "summary")
 DEFAULT_COMPRESS = 4  # zlib level: 1-9 differ by <2% in size on our records; 4 takes ~0.5 s per 25 MB (idle core)
+# float64 records stored as float32 by default: the default tissue run (30 cells, 300 records x 4 replicates)
+# is 5.98 MB as uncompressed float64, 3.45 MB zlib'd float64 (1.7x), 1.23 MB zlib'd float32 (4.9x);
+# max relative error over its variables 5.9e-8 (round to nearest: at most 2**-24 = 6.0e-8)
+DEFAULT_FLOAT32 = True
 # a compressed variable is stored in chunks, whose index costs ~3 KB: below this size it would grow
 MIN_COMPRESS_BYTES = 16 * 1024
 
@@ -166,14 +170,19 @@ class OutputOptions:
     ``compress``: zlib level 0-9 with byte shuffle (lossless; 0 = none). ``variables``: the dataset
     variables to keep (None: all). ``cells``: ``all``, or ``summary`` (each per-cell variable
     becomes its mean over cells plus ``<name>_cell_std``; ``n_cells`` in the attributes turns a
-    mean back into a tissue total). ``float32``: store float64 arrays as float32 (lossy: ~7
-    significant digits, so off by default; a comparison with the reference backend to 1e-13 needs
-    float64)."""
+    mean back into a tissue total). ``float32``: store float64 data variables as float32 (the
+    default, :data:`DEFAULT_FLOAT32`): each value rounded to nearest, a relative error of at most
+    2**-24 = 6.0e-8 (measured on the default tissue run: 5.9e-8; zeros and non-finite values
+    kept; a variable with magnitudes outside float32's normal range stays float64,
+    :func:`fits_float32`), ~4.9x less than uncompressed float64 with the zlib on top; ``false``
+    keeps float64 (what a comparison with the reference backend to 1e-13 needs). Coordinates
+    (time stamps) and checkpoints stay float64 whatever this says: a resumed run continues from
+    exact state."""
 
     compress: int = DEFAULT_COMPRESS
     variables: tuple | None = None
     cells: str = "all"
-    float32: bool = False
+    float32: bool = True
 
     @property
     def selects(self) -> bool:
@@ -206,7 +215,7 @@ def output_problems(cfg) -> list:
     cells = node.get("cells", "all")
     if cells not in CELL_MODES:
         out.append(ConfigError("output.cells", cells, "all (every cell) or summary (mean and std over cells)"))
-    f = node.get("float32", False)
+    f = node.get("float32", DEFAULT_FLOAT32)
     if not isinstance(f, bool):
         out.append(ConfigError("output.float32", f, "true or false"))
     return out
@@ -222,7 +231,7 @@ def output_options(cfg) -> OutputOptions:
     v = node.get("variables", "all")
     return OutputOptions(compress=(DEFAULT_COMPRESS if c is True else int(c or 0)),
                          variables=None if v in (None, "all") else tuple(v),
-                         cells=node.get("cells", "all"), float32=bool(node.get("float32", False)))
+                         cells=node.get("cells", "all"), float32=bool(node.get("float32", DEFAULT_FLOAT32)))
 
 
 def check_variables(options: OutputOptions, available) -> None:
@@ -264,16 +273,28 @@ def select_output(ds, options: OutputOptions):
     return ds
 
 
+def fits_float32(values) -> bool:
+    """Whether float32 holds ``values`` to its 2**-24 relative rounding: every finite nonzero
+    magnitude in float32's normal range (above ~3.4e38 it would become inf, below ~1.2e-38 lose
+    digits or become 0). A variable that does not fit stays float64 under ``output.float32``."""
+    import numpy as np
+
+    x = np.abs(np.asarray(values, np.float64))
+    x = x[np.isfinite(x) & (x > 0)]
+    info = np.finfo(np.float32)
+    return x.size == 0 or (float(x.max()) <= float(info.max) and float(x.min()) >= float(info.tiny))
+
+
 def netcdf_encoding(ds, options: OutputOptions) -> dict:
     """Per-variable netCDF4 encoding: zlib + shuffle for numeric arrays of at least
-    :data:`MIN_COMPRESS_BYTES`, float64 stored as float32 with ``output.float32`` (coordinates keep
-    their dtype: time stamps stay exact)."""
+    :data:`MIN_COMPRESS_BYTES`, float64 stored as float32 with ``output.float32`` where it fits
+    (:func:`fits_float32`; coordinates keep their dtype: time stamps stay exact)."""
     enc = {}
     for name, var in ds.data_vars.items():
         e = {}
         if options.compress and var.dtype.kind in "biuf" and var.ndim > 0 and var.nbytes >= MIN_COMPRESS_BYTES:
             e.update(zlib=True, complevel=int(options.compress), shuffle=True)
-        if options.float32 and var.dtype == "float64":
+        if options.float32 and var.dtype == "float64" and fits_float32(var.values):
             e["dtype"] = "float32"
         if e:
             enc[name] = e
@@ -282,7 +303,7 @@ def netcdf_encoding(ds, options: OutputOptions) -> dict:
 
 def write_netcdf(path, ds, options: OutputOptions | None = None) -> None:
     """``ds`` as netCDF4, shaped and encoded by ``options`` (default: every variable, zlib level
-    :data:`DEFAULT_COMPRESS`, float64 kept)."""
+    :data:`DEFAULT_COMPRESS`, float64 data stored as float32)."""
     options = OutputOptions() if options is None else options
     ds = select_output(ds, options).copy(deep=False)
     for var in ds.variables.values():  # a dataset read from a file brings its encoding: options decide, not it
@@ -323,3 +344,125 @@ def write_dataset_npz(path, ds) -> None:
                                         "coord": name in ds.coords}
     arrays["__meta__"] = np.array(json.dumps(meta, default=str))
     write_npz(path, arrays)
+
+
+# ------------------------------------------------------------------------------ what summary.json's names say
+#
+# A summary key whose quantity has a unit ends with that unit: ``_s``, ``_j``, ``_w``, ``_mm``,
+# ``_molecules`` (biology's currency: ATP molecules), ``_tokens`` (the LLM's), ``_units`` (the
+# generic substrate's dimensionless currency units), ``_events`` (work events: each consumer kind
+# counts its own, ``work_units`` names them), ``_aa``, ``_usd``, ``_flop``, ``_bytes``. A unit
+# N/D is written ``_<n>_per_<d>`` for rates and concentrations-like units (``_req_per_s``,
+# ``_kj_per_mol``) or ``_per_<d>_<n>`` for an amount per item (``energy_per_output_token_j``).
+# A statistic follows the unit it is in (``relaxation_s_std``, ``_ci_low``, ``_ci_high``).
+# Names without a unit are DECLARED as such: dimensionless (``1``: fractions, ratios, indices,
+# relative errors, exponents, multipliers), counts (cells, producers, requests: the thing
+# counted is in the name), text, flags, mappings (a point's inputs) or the unit of the outcome or
+# parameter the key names (``mean_last:atp_mm min`` of a study, ``fit km_mm`` of a calibration). Every substrate and experiment declares each key
+# its summary can hold (``OUTCOME_UNITS`` next to its ``summarize``); ``tests/test_outcome_units.py``
+# checks real summaries against the declarations with :func:`unit_problems`.
+
+DIMENSIONLESS = "1"
+COUNT = "count"
+TEXT = "text"
+FLAG = "flag"
+MAPPING = "mapping"
+OF_NAMED = "the unit of the outcome or parameter named in the key"
+PLAIN_UNITS = (DIMENSIONLESS, COUNT, TEXT, FLAG, MAPPING, OF_NAMED)  # declared: the name carries no unit
+
+UNIT_ENDINGS = {  # a unit as the tables write it -> how a key spells it
+    "s": "s", "J": "j", "W": "w", "mM": "mm", "kJ": "kj", "mol": "mol", "molecules": "molecules",
+    "events": "events", "aa": "aa", "tokens": "tokens", "output token": "output_token",
+    "token processed": "token_processed", "token": "token", "requests": "req", "request": "request",
+    "USD": "usd", "bytes": "bytes", "byte": "byte", "FLOP": "flop", "bits": "bits", "cells": "cells",
+    "units": "units", "unit": "unit", "task": "task", "work event": "work_event", "1M tokens": "1m_tokens", "rounds": "rounds",
+}
+STATISTICS = ("_std", "_ci_low", "_ci_high")  # a statistic of an outcome, in the outcome's unit
+CORE_OUTCOMES = {  # what sim.api and sim.app add to every summary (and the failure entries)
+    "status": TEXT, "reason": TEXT, "experiment": TEXT, "substrate": TEXT, "backend": TEXT, "model": TEXT,
+    "gpu": TEXT, "currency_unit": TEXT, "deterministic_reductions": FLAG, "bitwise_batch_invariant": FLAG,
+    "first_replicate": COUNT, "replicates": COUNT, "first_chunk_s": "s", "wall_s": "s", "compile_s": "s",
+    "total_s": "s", "simulated_time_s": "s", "failure_step": COUNT, "failure_cell": TEXT,
+    "failure_quantity": TEXT, "failure_process": TEXT, "failure_replicate": COUNT,
+}
+
+
+def unit_endings(unit: str) -> tuple[str, ...]:
+    """The endings a key in ``unit`` may have (empty for the :data:`PLAIN_UNITS`): ``"J"`` ->
+    ``("_j",)``; ``"J/output token"`` -> ``("_j_per_output_token", "_per_output_token_j")``;
+    ``"1/s"`` -> ``("_per_s",)``."""
+    if unit in PLAIN_UNITS:
+        return ()
+    if unit.startswith("1/"):  # a rate constant
+        return (f"_per_{UNIT_ENDINGS[unit[2:].strip()]}",)
+    if "/" in unit:
+        num, den = (UNIT_ENDINGS[part.strip()] for part in unit.split("/", 1))
+        return (f"_{num}_per_{den}", f"_per_{den}_{num}")
+    return (f"_{UNIT_ENDINGS[unit]}",)
+
+
+def declared_unit(key: str, *tables: dict):
+    """The unit ``tables`` (key or ``fnmatch`` pattern -> unit; the first table with an exact
+    name wins, then the first pattern that matches) declare for ``key``; None if undeclared."""
+    from fnmatch import fnmatchcase
+
+    for table in tables:
+        if key in table:
+            return table[key]
+    for table in tables:
+        for pattern, unit in table.items():
+            if any(c in pattern for c in "*?[") and fnmatchcase(key, pattern):
+                return unit
+    return None
+
+
+def unit_problems(summary: dict, *tables: dict, forbidden: tuple = ()) -> list[str]:
+    """What is wrong with the names of ``summary`` against ``tables`` (see above): a key no table
+    declares, a key whose unit it does not end with, a unit of ``forbidden`` (what a substrate
+    must never say, e.g. the generic one: mM, kJ/mol, J, molecules), or a key ending like one."""
+    bad_endings = tuple(e for u in forbidden for e in unit_endings(u))
+    out = []
+    for key in summary:
+        unit = declared_unit(key, *tables)
+        if unit is None:
+            out.append(f"{key}: no declared unit")
+            continue
+        if unit in forbidden or any(part.strip() in forbidden for part in unit.split("/")):
+            out.append(f"{key}: declared in {unit!r}, which this summary must not use")
+        bare = key
+        for stat in STATISTICS:
+            if bare.endswith(stat) and unit not in PLAIN_UNITS:
+                bare = bare[: -len(stat)]
+                break
+        endings = unit_endings(unit)
+        if endings and not ("_" + bare).endswith(endings):  # (a key may be its unit: bits_per_token)
+            out.append(f"{key}: in {unit}, so it should end with {' or '.join(endings)}")
+        if bad_endings and key.endswith(bad_endings):
+            out.append(f"{key}: ends like a unit this summary must not use")
+    return out
+
+
+CARRIER_AMOUNTS = ("carrier_decayed", "carrier_conversion_lost", "carrier_converted", "carrier_production_lost")
+
+
+def carrier_outcomes(raw: dict, *, amount_scale: float, amount_ending: str, time_ending: str | None) -> dict:
+    """:func:`sim.core.carriers.summary`'s entries named with the substrate's units: the charge its
+    carriers lost or converted (``carrier_decayed`` ...) x ``amount_scale`` as ``<name><amount_ending>``
+    (``_molecules``, ``_units``), ``carrier_time_to_standard`` with ``time_ending`` (``_s``; None:
+    a dimensionless time, name kept)."""
+    out = {}
+    for key, value in raw.items():
+        if key in CARRIER_AMOUNTS:
+            out[key + amount_ending] = value * amount_scale
+        elif key == "carrier_time_to_standard" and time_ending:
+            out[key + time_ending] = value
+        else:
+            out[key] = value
+    return out
+
+
+CARRIER_OUTCOMES = {  # sim.core.carriers.summary through carrier_outcomes (the amounts and the time in the substrate's table)
+    "carriers": COUNT, "carrier_herfindahl": DIMENSIONLESS, "carrier_herfindahl_held": DIMENSIONLESS,
+    "carrier_dominant_share": DIMENSIONLESS, "carrier_standardised_fraction": DIMENSIONLESS, "carrier_winner": TEXT,
+    "carrier_switches": COUNT, "carrier_share_*": DIMENSIONLESS,
+}

@@ -5,7 +5,7 @@ One node per compartment (cell / model instance), one segment per junction, draw
 the run's graph. A node's colour is its state at the end of the run, mean over replicates: the
 energy charge (biology), the charged fraction A / (A + D) (generic), the KV cache occupied in % of
 capacity (LLM); its area is proportional to the work it did over the run, mean over replicates:
-biology's ``work`` in the molecules of ``summary.json``'s ``work_done`` (ions moved, amino acids
+biology's ``work`` in the events of ``summary.json``'s ``work_done_events`` (ions moved, amino acids
 made, ...), the tokens an LLM instance generated, the generic substrate's ``work``. Compartments
 dead at the end in most replicates are crossed out.
 

@@ -23,7 +23,7 @@ def cascade():
 def test_bio_chains_cost_linear(cascade):
     s = cascade.summary
     assert s["exponent_bio"] == pytest.approx(1.0, abs=0.05)
-    assert s["bio_atp_per_chain_at_400_aa"] == pytest.approx(1600.0)  # 4 ATP per amino acid
+    assert s["bio_chain_cost_at_400_aa_molecules"] == pytest.approx(1600.0)  # 4 ATP per amino acid
 
 
 def test_llm_exponent_approaches_two_for_long_contexts(cascade):
@@ -58,7 +58,7 @@ def test_agent_loop_input_tokens_exact_and_memory_linear(cascade):
     np.testing.assert_array_equal(s["loop_input_tokens"], T * b + k * T * (T - 1) / 2)
     assert s["exponent_loop"] > 1.5
     assert s["exponent_loop_memory"] == pytest.approx(1.0, abs=0.1)
-    mem = np.array(s["loop_input_tokens_memory"])
+    mem = np.array(s["loop_memory_input_tokens"])
     per_turn = np.diff(mem) / np.diff(T)
     assert per_turn.max() <= 3000 + k  # the history never exceeds the memory threshold + one turn
 

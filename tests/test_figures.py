@@ -129,7 +129,7 @@ def test_ledger_is_in_the_unit_of_summary_json_cumulative_and_shows_transport():
     assert bio.molecules_per_mm(ds) == pytest.approx(k)
     assert "ATP molecules" in made.get_ylabel() and "cumulative" in made.get_ylabel()
     produced_line = next(line for line in made.get_lines() if line.get_label() == "produced")
-    # the last point is summary.json's currency_produced: tissue total, mean over replicates, molecules
+    # the last point is summary.json's currency_produced_molecules: tissue total, mean over replicates, molecules
     expected = float(ds["produced"].isel(time=-1).sum("cell").mean("replicate")) * k
     assert produced_line.get_ydata()[-1] == pytest.approx(expected, rel=1e-12)
     # transport on its own axis: visibly not flat zero there

@@ -181,7 +181,8 @@ def test_command_line_writes_a_complete_run_folder(tmp_path):
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["substrate"] == "generic"
-    for key in ("currency_produced", "currency_spent", "currency_transported", "currency_lost", "work_done",
+    for key in ("currency_produced_units", "currency_spent_units", "currency_transported_units", "currency_lost_units",
+                "work_done_units",
                 "charged_fraction", "currency_pool_turnover", "conservation_error", "cells_total", "cells_alive",
                 "wall_s", "compile_s", "simulated_time"):
         assert key in summary, key

@@ -34,7 +34,7 @@ SEED = int(os.environ.get("KILL_RESUME_SEED", "16"))
 TRIALS = int(os.environ.get("KILL_RESUME_TRIALS", "2"))
 RECORD_EVERY, N_CHUNKS = 10, 6  # chunk_records=1: a chunk is one record of 10 steps
 COMMON = ["replicates=2", f"steps={RECORD_EVERY * N_CHUNKS}", f"record_every={RECORD_EVERY}", "chunk_records=1",
-          "checkpoint_every=1", "figures=false"]
+          "checkpoint_every=1", "figures=false", "output.float32=false"]  # float64 records: every bit compared
 SUBSTRATES = {  # stochastic on purpose: failures and births (bio), Poisson arrivals, drops, tools (llm), failures (generic)
     "bio": ["substrate=bio", "topology=ring", "topology.n_cells=3", "+params.hazard0=0.05", "+params.birth_rate=0.5"],
     "llm": ["experiment=serving", "topology=ring", "topology.n_cells=3", "substrate.chain_slots=8",

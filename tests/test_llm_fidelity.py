@@ -42,26 +42,26 @@ def test_batch_1_throughput_and_energy_in_measured_range(batch_1):
     s = batch_1
     # measured single-stream decode of 8B bf16 models runs at 60-80% of the HBM ceiling (Databricks
     # 2023 MBU; 77% for Llama-3.1-8B on A100, vLLM): 0.6-0.8 x 3.35 TB/s / 16.2 GB = 124-166 tok/s
-    assert 110.0 <= s["tokens_per_s"] <= 170.0
-    assert s["tokens_per_s"] < 3.35e12 / (16.06e9 + 1024 * 131072)  # below the peak-bandwidth roofline
+    assert 110.0 <= s["output_tokens_per_s"] <= 170.0
+    assert s["output_tokens_per_s"] < 3.35e12 / (16.06e9 + 1024 * 131072)  # below the peak-bandwidth roofline
     # idle-to-TDP power over that throughput bounds J/token at batch 1 to ~0.5-6 J; ~2.6 J/token
     # measured for a 7B model on H100 at batch 1 (docs/references.md)
-    assert 2.0 <= s["joules_per_token"] <= 5.0
-    assert s["tokens_per_s"] == pytest.approx(s["analytic_tokens_per_s"], rel=1e-9)
-    assert s["joules_per_token"] == pytest.approx(s["engine_joules_per_token_decode_state"], rel=1e-9)
+    assert 2.0 <= s["energy_per_output_token_j"] <= 5.0
+    assert s["output_tokens_per_s"] == pytest.approx(s["analytic_output_tokens_per_s"], rel=1e-9)
+    assert s["energy_per_output_token_j"] == pytest.approx(s["engine_decode_state_energy_per_output_token_j"], rel=1e-9)
     assert s["hbm_bandwidth_utilization"] == pytest.approx(0.65, rel=1e-6)  # memory-bound: the achieved fraction
 
 
 def test_batch_64_energy_in_ml_energy_range(batch_64):
     s = batch_64
     # ML.ENERGY leaderboard: Llama-3.1-8B on H100 at batch 64, 0.12 (vLLM 0.11) - 0.20 (vLLM 0.5.4) J/token
-    assert 0.10 <= s["joules_per_token"] <= 0.25
+    assert 0.10 <= s["energy_per_output_token_j"] <= 0.25
     # peak-rate roofline gave ~6,450 tok/s, 25-65% above measured; 0.12-0.20 J/token at 400-700 W
-    assert 3000.0 <= s["tokens_per_s"] <= 5500.0
-    assert s["joules_per_token"] == pytest.approx(s["engine_joules_per_token_decode_state"], rel=1e-9)
+    assert 3000.0 <= s["output_tokens_per_s"] <= 5500.0
+    assert s["energy_per_output_token_j"] == pytest.approx(s["engine_decode_state_energy_per_output_token_j"], rel=1e-9)
     assert s["power_w"] == pytest.approx(75.0 + (700.0 - 75.0) * 0.65)  # idle + (TDP - idle) x utilisation
-    at_tdp = calculator(64, 2048, "roofline.power_state=tdp")["joules_per_token"]
-    assert at_tdp == pytest.approx(s["joules_per_token"] * 700.0 / s["power_w"], rel=1e-9)
+    at_tdp = calculator(64, 2048, "roofline.power_state=tdp")["energy_per_output_token_j"]
+    assert at_tdp == pytest.approx(s["energy_per_output_token_j"] * 700.0 / s["power_w"], rel=1e-9)
 
 
 def test_power_depends_on_utilisation():
@@ -126,7 +126,7 @@ def test_70b_tensor_parallel_pays_allreduce(n_gpus):
 def test_70b_engine_reproduces_allreduce_on_4_gpus():
     s = calculator(8, 2048, "model=llama3_70b", "substrate.gpus_per_model=4")
     assert s["status"] == "ok"
-    assert s["tokens_per_s"] == pytest.approx(s["analytic_tokens_per_s"], rel=1e-9)
+    assert s["output_tokens_per_s"] == pytest.approx(s["analytic_output_tokens_per_s"], rel=1e-9)
     assert s["allreduce_time_s"] > 0
     assert s["step_time_s"] == pytest.approx(s["perfect_scaling_step_time_s"] + s["allreduce_time_s"], rel=1e-9)
-    assert np.isfinite(s["joules_per_token"])
+    assert np.isfinite(s["energy_per_output_token_j"])

@@ -101,3 +101,18 @@ def test_agentic_chain_appends_output_to_next_prompt():
     assert led.tokens_in.sum() == b + (b + o + h) + (b + 2 * o + 2 * h)
     # each hop goes to the neighbour with most free capacity (ties: lowest index): 0 -> 1 -> 0
     np.testing.assert_array_equal(led.tokens_in, [b + (b + 2 * o + 2 * h), b + o + h, 0])
+
+
+def test_queues_are_ring_buffers(runs):
+    """Each instance's queued requests hold consecutive tickets ending at ``next_seq - 1``, ticket t
+    in slot t mod Q: admission reads FIFO order off the ring without sorting (kernels.ring_slot),
+    and the reference fills the same slots, in a run whose queues fill up and drop requests."""
+    _, batched, refs = runs
+    assert np.sum(refs[0].ledger.dropped) > 0
+    for st in [jax.tree_util.tree_map(lambda x: np.asarray(x)[r], batched) for r in range(2)] + refs:
+        q, nq = st.queue, np.asarray(st.queue.active).shape[1]
+        for i in range(q.active.shape[0]):
+            n = int(q.active[i].sum())
+            tickets = np.arange(st.cells.next_seq[i] - n, st.cells.next_seq[i])
+            assert np.array_equal(np.flatnonzero(q.active[i]), np.sort(tickets % nq)), i
+            assert np.array_equal(q.seq[i][tickets % nq], tickets), i

@@ -50,19 +50,19 @@ def test_kv_capacity_llama3_8b_80gb():
 def test_roofline_throughput_engine_and_analytic(batch, context, tokens_per_s, step_s):
     s = calculator(batch, context)
     assert s["status"] == "ok"
-    assert s["tokens_per_s"] == pytest.approx(tokens_per_s, rel=0.15)
+    assert s["output_tokens_per_s"] == pytest.approx(tokens_per_s, rel=0.15)
     assert s["step_time_s"] == pytest.approx(step_s, rel=0.15)
     # the engine's measured throughput is the closed-form roofline
-    assert s["tokens_per_s"] == pytest.approx(s["analytic_tokens_per_s"], rel=1e-9)
+    assert s["output_tokens_per_s"] == pytest.approx(s["analytic_output_tokens_per_s"], rel=1e-9)
     assert s["memory_bound"] is True
 
 
 def test_joules_per_token_batch_64_decode_state():
     s = calculator(64, 2048)
-    assert 0.10 <= s["joules_per_token"] <= 0.25  # ML.ENERGY: 0.12-0.20 J/token measured
-    assert s["joules_per_token"] == pytest.approx(s["engine_joules_per_token_decode_state"], rel=1e-9)
-    at_tdp = calculator(64, 2048, "roofline.power_state=tdp")["joules_per_token"]
-    assert at_tdp == pytest.approx(s["joules_per_token"] * 700 / 481.25, rel=1e-9)
+    assert 0.10 <= s["energy_per_output_token_j"] <= 0.25  # ML.ENERGY: 0.12-0.20 J/token measured
+    assert s["energy_per_output_token_j"] == pytest.approx(s["engine_decode_state_energy_per_output_token_j"], rel=1e-9)
+    at_tdp = calculator(64, 2048, "roofline.power_state=tdp")["energy_per_output_token_j"]
+    assert at_tdp == pytest.approx(s["energy_per_output_token_j"] * 700 / 481.25, rel=1e-9)
 
 
 def test_seventy_b_fits_on_two_gpus():

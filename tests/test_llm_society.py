@@ -186,7 +186,7 @@ def test_experiment_runs_and_is_deterministic(tmp_path):
     np.testing.assert_allclose(chat.tokens_vs_chat, 1.0)
     jax_point = so.society_grid(so.read_hardware(compose(SMALL)), so.read_params(compose(SMALL)), [4000.0], [1000.0],
                                 [8], 0.0)
-    assert float(jax_point["joules"][0, 0, 0]) == pytest.approx(s["specialists_joules"], rel=1e-9)
+    assert float(jax_point["joules"][0, 0, 0]) == pytest.approx(s["specialists_energy_j"], rel=1e-9)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -200,8 +200,36 @@ def test_experiment_runs_and_is_deterministic(tmp_path):
     ("society.sweep.n_instances=[0,4]", "society.sweep.n_instances"),
     ("society.sweep.handoff_tokens=[-1]", "society.sweep.handoff_tokens"),
     ("society.kind_context_tokens=200000", "society.kind_context_tokens"),  # 4 kinds x 200k > the KV cache
+    ("society.engine.enabled=yes", "society.engine.enabled"),
+    ("society.engine.rates_per_s=[0]", "society.engine.rates_per_s"),
+    ("society.engine.steps=0", "society.engine.steps"),
+    # the engine's generalists cache 500 + 4 x 120k tokens: more than the KV cache less one context
+    ("society.engine.kind_context_tokens=[120000]", "society.engine.kind_context_tokens"),
 ])
 def test_bad_values_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError) as info:
-        run(compose(["experiment=society", override]))
+        run(compose(["experiment=society", "society.engine.enabled=true", override]))
     assert info.value.key == key, str(info.value)
+
+
+def test_engine_mode_runs_the_cluster_with_queues(tmp_path):
+    """``society.engine.enabled``: the same cluster on the serving engine (sim.substrates.llm.kinds;
+    the physics is tested in tests/test_llm_kinds.py): its table, summary keys and figure."""
+    out = run(compose(SMALL + [
+        "society.engine.enabled=true", "society.engine.kind_context_tokens=[300,30000]",
+        "society.engine.rates_per_s=[0.5]", "society.engine.steps=200", "substrate.chain_slots=32",
+        "substrate.max_batch=32", "substrate.queue_slots=64"]))
+    s = out.summary
+    assert s["engine_errors"] == 0 and s["engine_window_s"] == pytest.approx(10.0)
+    assert np.shape(s["engine_specialization_gain"]) == (2, 1)
+    assert s["engine_generalists_handoff_tokens_per_task"] == [[0.0], [0.0]]
+    assert all(x > 0 for row in s["engine_specialists_handoff_tokens_per_task"] for x in row)
+    assert s["engine_specialists_static_tokens_per_task"][0][0] == pytest.approx(1020 + 129 + 0.1 * (1020 + 1000))
+    assert "engine c = 30000" in out.report
+    out.files(tmp_path)
+    import pandas as pd
+
+    table = pd.read_parquet(tmp_path / "society_engine.parquet")
+    assert len(table) == 4 and set(table.arrangement) == {"specialists", "generalists"}
+    paths = out.figures(tmp_path)
+    assert (tmp_path / "figures" / "society_engine.png").exists() and len(paths) == 3

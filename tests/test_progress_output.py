@@ -165,10 +165,11 @@ def test_bad_output_options_name_the_key(section, key):
 
 
 def test_output_options_defaults_and_parsing():
-    assert output_options({}) == OutputOptions(compress=4, variables=None, cells="all", float32=False)
+    assert output_options({}) == OutputOptions(compress=4, variables=None, cells="all", float32=True)
     got = output_options({"output": {"compress": False, "variables": ["a"], "cells": "summary", "float32": True}})
     assert got == OutputOptions(compress=0, variables=("a",), cells="summary", float32=True) and got.selects
     assert output_options({"output": {"compress": True}}).compress == 4
+    assert output_options({"output": {"float32": False}}).float32 is False  # float64 kept, as a choice
     assert [p.key for p in output_problems({"output": 5})] == ["output"]
 
 
@@ -226,25 +227,40 @@ def test_progress_true_prints_folder_then_chunks_and_auto_stays_quiet(runs):
     assert small["code"] == 0 and small["stderr"] == "", small["stderr"]
 
 
-def test_results_nc_is_compressed_losslessly_by_default(runs, tmp_path):
-    # a tiny run stays contiguous (chunk indexes would make it larger); a larger array is compressed
+def test_results_nc_is_float32_and_compressed_by_default(runs, tmp_path):
+    # a tiny run stays contiguous (chunk indexes would make it larger); its records are float32
     small = runs["full"]["ds"]
-    assert small["a"].encoding.get("zlib") is not True and small["a"].dtype == np.float64
+    assert small["a"].encoding.get("zlib") is not True and small["a"].dtype == np.float32
+    assert small["time"].dtype == np.float64  # coordinates keep their dtype: time stamps stay exact
     rng = np.random.default_rng(0)
     walk = np.cumsum(rng.normal(size=(2, 200, 50)), axis=1)  # (replicate, time, cell): 160 kB, smooth
     ds = xr.Dataset({"x": (("replicate", "time", "cell"), walk, {"units": "1"}),
                      "alive": (("replicate", "time", "cell"), np.ones((2, 200, 50), np.int8))},
                     coords={"time": np.arange(200) * 0.5})
     write_netcdf(tmp_path / "default.nc", ds)
-    write_netcdf(tmp_path / "plain.nc", ds, OutputOptions(compress=0))
+    write_netcdf(tmp_path / "f64.nc", ds, OutputOptions(float32=False))
+    write_netcdf(tmp_path / "plain.nc", ds, OutputOptions(compress=0, float32=False))
     got = xr.load_dataset(tmp_path / "default.nc")
     assert got["x"].encoding["zlib"] is True and got["x"].encoding["shuffle"] is True
-    assert (tmp_path / "default.nc").stat().st_size < (tmp_path / "plain.nc").stat().st_size
-    xr.testing.assert_identical(got, ds)
-    assert np.array_equal(got["x"].values, walk)  # lossless: bit for bit
+    assert got["x"].dtype == np.float32 and got["alive"].dtype == np.int8
+    assert np.array_equal(got["x"].values, walk.astype(np.float32))  # float32 rounding, nothing else lost
+    assert np.max(np.abs(got["x"].values - walk) / np.abs(walk)) <= 2.0 ** -24  # round to nearest
+    np.testing.assert_array_equal(got["time"].values, ds["time"].values)
+    sizes = {n: (tmp_path / f"{n}.nc").stat().st_size for n in ("default", "f64", "plain")}
+    assert sizes["default"] < sizes["f64"] < sizes["plain"], sizes
+    # a variable float32 cannot hold (beyond its range, or below its normal numbers) stays float64
+    wide = ds.assign(big=ds["x"] * 1e300, tiny=ds["x"] * 1e-300)
+    write_netcdf(tmp_path / "wide.nc", wide)
+    back = xr.load_dataset(tmp_path / "wide.nc")
+    assert back["x"].dtype == np.float32 and back["big"].dtype == back["tiny"].dtype == np.float64
+    assert np.array_equal(back["big"].values, wide["big"].values)
+    # output.float32=false: float64 compressed losslessly, bit for bit
+    f64 = xr.load_dataset(tmp_path / "f64.nc")
+    xr.testing.assert_identical(f64, ds)
+    assert np.array_equal(f64["x"].values, walk)
     # read back and written with compress=0, the file's encoding does not carry over
-    write_netcdf(tmp_path / "again.nc", got, OutputOptions(compress=0))
-    assert (tmp_path / "again.nc").stat().st_size == (tmp_path / "plain.nc").stat().st_size
+    write_netcdf(tmp_path / "again.nc", f64, OutputOptions(compress=0, float32=False))
+    assert (tmp_path / "again.nc").stat().st_size == sizes["plain"]
 
 
 def test_selected_variables_cell_summary_and_float32(runs):
@@ -259,7 +275,7 @@ def test_selected_variables_cell_summary_and_float32(runs):
     # summary.json is computed from every cell, whatever results.nc keeps
     a = json.loads((runs["full"]["dir"] / "summary.json").read_text())
     b = json.loads((runs["small"]["dir"] / "summary.json").read_text())
-    assert a["currency_spent"] == b["currency_spent"]
+    assert a["currency_spent_units"] == b["currency_spent_units"]
 
 
 def test_printed_summary_shows_every_key_without_biology_units(runs):
@@ -277,8 +293,9 @@ def test_print_summary_groups_an_analogy_sized_summary():
 
     from sim.app import group_summary, print_summary
 
-    summary = {"status": "ok", **{f"bio_x{i}": float(i) for i in range(25)}, "tokens_per_s": 900.0,
-               "joules_per_token": 0.5, "usd_billed": 0.1, "stability_reason": "a long reason " * 3, "wall_s": 3.0}
+    summary = {"status": "ok", **{f"bio_x{i}": float(i) for i in range(25)}, "output_tokens_per_s": 900.0,
+               "energy_per_output_token_j": 0.5, "billed_usd": 0.1, "stability_reason": "a long reason " * 3,
+               "wall_s": 3.0}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         print_summary(summary, "runs/analogy/X")
@@ -286,7 +303,8 @@ def test_print_summary_groups_an_analogy_sized_summary():
     assert all(k in text for k in summary), text
     groups = dict(group_summary(summary))
     assert groups["outcome"][0] == ("status", "ok")
-    assert ("tokens_per_s", "900") in groups["currency"] and ("joules_per_token", "0.5") in groups["energy and cost"]
+    assert ("output_tokens_per_s", "900") in groups["currency"]
+    assert ("energy_per_output_token_j", "0.5") in groups["energy and cost"]
     assert ("wall_s", "3") in groups["run"] and len(groups["other"]) == 25
     assert max(len(line) for line in text.splitlines()) <= 160
 

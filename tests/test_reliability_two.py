@@ -38,7 +38,7 @@ from sim.io import read_json, write_json
 ROOT = Path(__file__).resolve().parent.parent
 # a tiny tissue: 4 chunks of 10 steps, a checkpoint after every chunk
 RUN = [TISSUE, "topology=ring", "topology.n_cells=4", "replicates=1", "steps=40", "record_every=10", "chunk_records=1",
-       "figures=false", "checkpoint_every=1"]
+       "figures=false", "checkpoint_every=1", "output.float32=false"]  # float64 records: resumed runs compared bit for bit
 
 
 def compose_cfg(*overrides):

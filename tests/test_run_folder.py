@@ -14,7 +14,8 @@ from _support import TISSUE
 
 SMALL = [TISSUE, "steps=200", "record_every=10", "replicates=2", "topology.n_cells=12"]
 SUMMARY_KEYS = {
-    "currency_produced", "currency_spent", "currency_transported", "currency_lost", "work_done", "energy_j",
+    "currency_produced_molecules", "currency_spent_molecules", "currency_transported_molecules",
+    "currency_lost_molecules", "work_done_events", "energy_j",
     "heat_j", "currency_pool_turnover_s", "landauer_ratio", "conservation_error", "energy_charge",
     "dg_atp_kj_per_mol", "status",
 }

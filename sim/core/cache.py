@@ -9,6 +9,12 @@ the XLA flags (so a run with ``deterministic_reductions`` and its no-FMA flag ge
 a cached executable is the same binary, so results are bit-identical with and without the cache.
 Every executable is cached whatever its compile time (``min_compile_time_secs=0``): the small ones
 (the guard's observation, the Mesa layer's step) add up at start-up too.
+
+JAX's cache answers only after a program is traced and lowered; the engine's chunk program, whose
+tracing is most of a warm start-up, is also kept whole (serialized executable) in the
+``executables`` subfolder of the same folder (:func:`executables_dir`, :mod:`sim.core.executable_store`),
+so a warm process does not trace it at all. Same switch: ``compile_cache=null`` turns both off;
+``CURRENCY_SIM_EXECUTABLE_STORE=off`` turns off the executable store alone.
 """
 
 from __future__ import annotations
@@ -35,6 +41,12 @@ def resolve(setting) -> Path | None:
     if isinstance(setting, str) and setting:
         return Path(setting).expanduser()
     raise ConfigError("compile_cache", setting, "auto, a folder path, or null (off)")
+
+
+def executables_dir() -> Path | None:
+    """The folder of the engine's serialized executables (``executables`` under the folder in use),
+    None while no cache is configured in this process."""
+    return None if _ACTIVE[0] is None else _ACTIVE[0] / "executables"
 
 
 def configure(setting) -> Path | None:

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import rng
-from sim.core.ops import rowsum
+from sim.core.ops import materialize, prefix_sum, rowsum
 from sim.pytree import pytree_dataclass, replace
 
 CHAIN_INIT = 41
@@ -188,7 +188,7 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     mem_spent = jnp.where(comp, pc(params.mem_cost) * length, 0.0)
     if budget is not None:
         budget = jnp.asarray(budget)
-        comp = comp & (jnp.cumsum(mem_spent, axis=1) <= budget[:, None])
+        comp = comp & (prefix_sum(mem_spent) <= budget[:, None])
         mem_spent = jnp.where(comp, mem_spent, 0.0)
         budget = budget - rowsum(mem_spent)
     new_len = jnp.where(comp, length / pc(params.mem_factor), length)
@@ -199,7 +199,7 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     u_init = rng.uniforms(key, step, CHAIN_INIT, ids).reshape(n, s)
     start = ~active & (u_init < -jnp.expm1(-pc(params.init_rate) * params.dt))
     if budget is not None:
-        start = start & (jnp.cumsum(jnp.where(start, pc(params.init_cost), 0.0), axis=1) <= budget[:, None])
+        start = start & (prefix_sum(jnp.where(start, pc(params.init_cost), 0.0)) <= budget[:, None])
         budget = budget - rowsum(jnp.where(start, pc(params.init_cost), 0.0))
     active = active | start
     length = jnp.where(start, pc(params.l0), length)
@@ -216,7 +216,8 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
         phi = jnp.ones(n, demand.dtype)
     else:
         avail = jnp.maximum(budget, 0.0)
-        phi = jnp.where(demand > avail, avail / jnp.where(demand > 0, demand, 1.0), 1.0)
+        # written once (C,): the slot updates below would otherwise recompute it per slot (issue 10)
+        phi = materialize(jnp.where(demand > avail, avail / jnp.where(demand > 0, demand, 1.0), 1.0))
     delta = delta * phi[:, None]
     el_cost = elongation_cost(c0, c1, length, delta)
     length = length + delta
@@ -226,7 +227,9 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     u_stop = rng.uniforms(key, step, CHAIN_STOP, ids).reshape(n, s)
     p_stop = pc(params.p_stop)
     stop = grow & (delta > 0) & (u_stop < -jnp.expm1(delta * jnp.log1p(-p_stop)))
-    done = active & ((made >= pc(params.n_max)) | stop)
+    # written once (C, S): every slot field and per-cell count below would otherwise recompute it
+    # from the draw, the termination probability and the grown lengths (issue 10)
+    done = materialize(active & ((made >= pc(params.n_max)) | stop))
     delivered_units = jnp.where(done, made, 0.0)
 
     # 6 tool calls

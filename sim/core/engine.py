@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import uuid
 from collections.abc import Callable
 
 import jax
@@ -29,15 +30,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.errors import NumericalError
-from sim.core import ops, sharding
+from sim.core import executable_store, ops, sharding
 from sim.rng import replicate_keys
 
 # ------------------------------------------------------------------------------ small helpers
 
 
 def broadcast_state(state, replicates: int):
-    """An unbatched state repeated along a new leading replicate axis."""
-    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(jnp.asarray(x), (replicates,) + np.shape(x)), state)
+    """An unbatched state repeated along a new leading replicate axis.
+
+    Broadcast in numpy and put on the device in one call: ``jnp.broadcast_to`` leaf by leaf compiled
+    and dispatched a small program per leaf (~0.3 s of a warm start-up for the biology state's 72
+    leaves); the arrays, dtypes and weak types are the same."""
+    return jax.device_put(jax.tree_util.tree_map(
+        lambda x: np.broadcast_to(np.asarray(x), (replicates,) + np.shape(x)), state))
 
 
 def cast(tree, dtype):
@@ -118,9 +124,17 @@ def _placement(x):
     return sharding
 
 
+def dtype_name(x) -> str:
+    """The dtype a leaf has inside a jitted program (``jnp.asarray(x).dtype``), without copying an
+    array to the device for it (that took 0.2 s of a warm start-up for the ~100 leaves of a tissue)."""
+    if hasattr(x, "dtype"):
+        return jax.dtypes.canonicalize_dtype(x.dtype).name
+    return jnp.asarray(x).dtype.name
+
+
 def _signature(tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((np.shape(x), jnp.asarray(x).dtype.name, _placement(x)) for x in leaves)
+    return treedef, tuple((np.shape(x), dtype_name(x), _placement(x)) for x in leaves)
 
 
 def signature_key(*trees) -> tuple:
@@ -134,12 +148,15 @@ class ExecutableCache:
 
     The key holds the substrate itself (identity: a changed substrate is another program), the
     chunk length and record interval, the parameter batching, the reduction order and the shapes
-    and dtypes of the arguments. ``compiles`` counts executables built (tests assert that a sweep
-    of same-shaped configs adds none)."""
+    and dtypes of the arguments. ``compiles`` counts executables this process added (tests assert
+    that a sweep of same-shaped configs adds none); of them, ``traced`` were traced, lowered and
+    compiled here and ``loaded`` came whole from the disk store (:mod:`sim.core.executable_store`)."""
 
     def __init__(self):
         self._table: dict = {}
         self.compiles = 0
+        self.traced = 0
+        self.loaded = 0
 
     def get(self, key, build: Callable):
         """``build()`` once per ``key``; returns (executable, seconds spent compiling now)."""
@@ -167,6 +184,15 @@ def _axes_key(axes):
     return treedef, tuple(leaves)
 
 
+def _renamed(fn, name: str):
+    """``fn`` under another name (JAX names the compiled module, and keys its cache, after it)."""
+    def chunk(state, params, key):
+        return fn(state, params, key)
+
+    chunk.__name__ = chunk.__qualname__ = name
+    return chunk
+
+
 def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixed_order: bool,
                      state, params, keys, layout=None):
     """The compiled ``jit(vmap(scan))`` of one chunk for these shapes; built once per process.
@@ -174,13 +200,46 @@ def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixe
     key = (substrate, chunk, record_every, _axes_key(params_axes), bool(fixed_order),
            signature_key(state, params, keys), None if layout is None else layout.key)
 
-    def build():
+    stored = []  # the store key, computed on an in-process miss only
+
+    def trace_and_compile(name=None):
+        """(executable, whether JAX's persistent cache served it: None when that cannot be told)."""
         fn = functools.partial(scan_records, substrate.step, substrate.observe,
                                n_records=chunk, record_every=record_every, check_fn=substrate.step_check)
+        if name is not None:
+            fn = _renamed(fn, name)
         shard = {} if layout is None else layout.jit_kwargs(state, params, keys, params_axes)
         jitted = jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)), **shard)
         with ops.reduction_order(fixed_order):  # read while tracing, and part of the key above
-            return ops.compile_lowered(jitted.lower(state, params, keys))  # XLA options: ops.COMPILE_OPTIONS
+            lowered = jitted.lower(state, params, keys)
+        hits = executable_store.jax_cache_hits()
+        compiled = ops.compile_lowered(lowered)  # XLA options: ops.COMPILE_OPTIONS
+        after = executable_store.jax_cache_hits()
+        CACHE.traced += 1
+        return compiled, (None if hits is None or after is None else after != hits)
+
+    def compile_and_store():
+        compiled, from_jax_cache = trace_and_compile()
+        if stored[0] is not None and from_jax_cache is not None:
+            if from_jax_cache:
+                # XLA:CPU cannot serialise an executable JAX's cache deserialised (the copy loads, then
+                # fails: "Function ... not found"): compile a fresh one to store, under a name no cache
+                # entry has (once per program and folder, when the store lost a file JAX still has)
+                compiled, _ = trace_and_compile(f"scan_records_{uuid.uuid4().hex[:12]}")
+            executable_store.save(stored[0], compiled)
+        return compiled
+
+    def build():
+        # a warm process loads the whole executable from disk and traces nothing (None: the store is
+        # off, or this program has no safe key, e.g. a substrate value without a stable token)
+        stored.append(executable_store.program_key(substrate, chunk=chunk, record_every=record_every,
+                                                   params_axes=params_axes, fixed_order=fixed_order,
+                                                   args=(state, params, keys), layout=layout))
+        loaded = executable_store.load(stored[0])
+        if loaded is not None:
+            CACHE.loaded += 1
+            return executable_store.FirstCallChecked(loaded, stored[0], compile_and_store)
+        return compile_and_store()
 
     return CACHE.get(key, build)
 

@@ -67,6 +67,36 @@ def rowsums(*xs):
     return tuple(total[:, i] for i in range(len(xs)))
 
 
+def materialize(x):
+    """``x`` unchanged (every bit), written once by its own kernel: later kernels read it instead
+    of each recomputing it from its operands. XLA's CPU pipeline drops optimization barriers
+    before fusing and duplicates any cheap elementwise producer into every consumer fusion, which
+    then all read that producer's operands (issue 10); it never duplicates a float divide, so
+    ``x / one`` with ``one`` = 1 at run time (built from ``x`` elementwise: a scalar divisor would
+    become a cheap multiply, a constant one would be folded; ``isnan`` keeps it finite) is
+    computed once. The trick of ``sim.rng.uniforms``. Booleans go through float32 (4 bytes)."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        return materialize(x.astype(jnp.float32)) > 0
+    one = jnp.isnan(x).astype(x.dtype) * jnp.asarray(0.0, x.dtype) + jnp.asarray(1.0, x.dtype)
+    return x / one
+
+
+def prefix_sum(x, axis: int = 1):
+    """Running sum along ``axis`` (``jnp.cumsum``) as a left-to-right chain of adds, out_k =
+    out_(k-1) + x_k: the order XLA's CPU ``reduce-window`` adds in (so the same numbers), written
+    as one elementwise kernel over the short per-cell slot axis instead of a reduce-window that
+    sums every prefix anew (issue 10: ``bench/bench_step_work.py``)."""
+    x = jnp.asarray(x)
+    axis = axis % x.ndim
+    if x.shape[axis] == 0:
+        return x
+    out = [jax.lax.index_in_dim(x, 0, axis, keepdims=False)]
+    for i in range(1, x.shape[axis]):
+        out.append(out[-1] + jax.lax.index_in_dim(x, i, axis, keepdims=False))
+    return jnp.stack(out, axis=axis)
+
+
 # XLA options the engine compiles a run's chunk with (issue 10). YNNPACK's CPU fusions take every
 # row sum out of the loop fusion that computes its operand, so each operand is written to memory and
 # read back: off, the biology step at 10,000 cells moves 642 instead of 782 bytes per agent over 153

@@ -58,6 +58,7 @@ from sim.core import engine
 from sim.core.config import num
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, COUNT, DIMENSIONLESS, FLAG, TEXT
 from sim.experiments import analogy_rows as rows
 from sim.experiments.analogy_output import analogy_figure, table_csv, table_markdown, write_tables
 from sim.experiments.analogy_sides import bio_view, llm_view
@@ -393,12 +394,46 @@ def llm_context(llm, phases, res, w) -> dict:
         "stability_limit_req_per_s": s_before["stability_limit_req_per_s"],
         "utilization_after": s_after["utilization_estimate"],
         "mean_power_before_w": s_before["mean_power_w"],
-        "joules_per_output_token_j": s_before["joules_per_token"],
+        "energy_per_output_token_j": s_before["energy_per_output_token_j"],
         "carrier_balance_error": float(s_after["kv_conservation_error"]),
     }
 
 
 # ---- the experiment ------------------------------------------------------------------------------
+
+ROW_UNITS = {"1": DIMENSIONLESS, "s": "s", "J per unit": "J/unit",
+             "units per unit of work": DIMENSIONLESS}  # (currency units per work unit: a ratio of counts)
+
+
+def _outcome_units() -> dict:
+    """The unit of every key the analogy's summary can hold (sim.io's naming rule): the table's
+    rows in their rows' units (a statistic in the unit of its row, ``_n`` a count), the context."""
+    out = {
+        **CORE_OUTCOMES, "failed_part": TEXT, "topology": TEXT, "bio_cells": COUNT, "llm_cells": COUNT, "edges": COUNT,
+        "step_factor": DIMENSIONLESS, "step_time_s": "s", "window_s": "s", "end_time_s": "s", "bio_replicates": COUNT,
+        "llm_replicates": COUNT, "confidence": DIMENSIONLESS, "alike_factor": DIMENSIONLESS, "bio_currency": TEXT,
+        "llm_currency": TEXT, "bio_carrier": TEXT, "llm_carrier": TEXT, "bio_new_steady_state": FLAG,
+        "llm_new_steady_state": FLAG, "bio_atp_*_mm": "mM", "bio_energy_charge_*": DIMENSIONLESS,
+        "bio_dg_atp_*_kj_per_mol": "kJ/mol", "bio_cells_alive_after": COUNT, "bio_carrier_balance_error": DIMENSIONLESS,
+        "llm_stable_*": FLAG, "llm_stability_reason_after": TEXT, "llm_kv_occupied_*_tokens": "tokens",
+        "llm_kv_capacity_tokens": "tokens", "llm_arrival_rate_*_req_per_s": "requests/s",
+        "llm_mean_time_in_system_*_s": "s", "llm_littles_law_rel_error_before": DIMENSIONLESS,
+        "llm_stability_limit_req_per_s": "requests/s", "llm_utilization_after": DIMENSIONLESS,
+        "llm_mean_power_before_w": "W", "llm_energy_per_output_token_j": "J/output token",
+        "llm_carrier_balance_error": DIMENSIONLESS, "llm_cascade_crossover_tokens": "tokens",
+        "llm_cascade_long_extrapolated": FLAG, "llm_max_context_tokens": "tokens", "bio_relaxation_reference_s": "s",
+    }
+    for r in rows.ROWS:
+        unit = ROW_UNITS[r.units]
+        for side in rows.SIDES:
+            out.update({f"{side}_{r.key}{stat}": unit for stat in ("", "_std", "_ci_low", "_ci_high")})
+            out[f"{side}_{r.key}_n"] = COUNT
+        out[f"{r.key}_verdict"] = TEXT
+        out.update({f"{r.key}_{k}": DIMENSIONLESS for k in ("factor", "factor_low", "factor_high")})
+    return out
+
+
+OUTCOME_UNITS = _outcome_units()
 
 
 def _failed(reason_part: str, model, result) -> RunOutput:

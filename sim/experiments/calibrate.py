@@ -49,6 +49,7 @@ import numpy as np
 from sim.api import RunOutput
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, COUNT, DIMENSIONLESS, FLAG, OF_NAMED, TEXT
 
 OPTIMIZERS = ("lbfgs", "adam")
 DEFAULTS = {  # substrate -> the demonstration run with no data configured
@@ -396,6 +397,18 @@ def figure(history, names, out_dir, series=None):
 
 
 # ------------------------------------------------------------------------------ the experiment
+
+
+# The unit of every key a calibration's summary can hold (sim.io's naming rule): "fit/se/truth
+# <param>" are in the unit of the parameter named; the loss is 1/2 sum of squared weighted residuals.
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES, "optimizer": TEXT, "params": TEXT, "outcomes": TEXT, "series": TEXT, "data_points": COUNT,
+    "iterations": COUNT, "converged": FLAG, "stop": TEXT, "evaluations": COUNT, "loss_start": DIMENSIONLESS,
+    "loss_final": DIMENSIONLESS, "condition_number": DIMENSIONLESS, "standard_errors": TEXT, "switched_off": TEXT,
+    "cells_died_at_fit": COUNT, "fit_wall_s": "s", "steps": COUNT, "record_every": COUNT, "fit *": OF_NAMED,
+    "se *": OF_NAMED, "se_hessian *": OF_NAMED, "truth *": OF_NAMED, "rel_error *": DIMENSIONLESS,
+    "correlation *": DIMENSIONLESS,
+}
 
 
 @register("calibrate")

@@ -45,6 +45,7 @@ from sim.rng import replicate_keys
 from sim.core.config import num
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, COUNT, DIMENSIONLESS, FLAG, TEXT
 from sim.core import chains as ck
 from sim.core import engine
 from sim.substrates.llm import SUBSTRATE as LLM
@@ -326,6 +327,23 @@ def agent_loops(cfg: dict) -> dict:
 # ---- the experiment ----------------------------------------------------------------------------
 
 
+# The unit of every key the cascade's summary can hold (sim.io's naming rule): exponents and
+# ratios dimensionless, lengths in tokens, chain costs in ATP molecules or FLOP, energies in J.
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES, "exponent_*": DIMENSIONLESS, "llm_context_window_tokens": "tokens",
+    "exponent_llm_window_range_tokens": "tokens", "long_context_min_tokens": "tokens",
+    "long_context_beyond_window": FLAG, "crossover_length_tokens": "tokens", "crossover_beyond_window": FLAG,
+    "llm_chain_cost_at_max_length_flop": "FLOP", "llm_chain_cost_at_window_flop": "FLOP",
+    "memory_cost_ratio_at_max_length": DIMENSIONLESS, "tools_cost_ratio_at_max_tool_length": DIMENSIONLESS,
+    "bio_chain_cost_at_400_aa_molecules": "molecules", "llm_decode_energy_at_max_length_j": "J",
+    "llm_decode_energy_at_window_j": "J", "extrapolated_keys": TEXT, "loop_b_tokens": "tokens",
+    "loop_k_tokens": "tokens", "loop_input_tokens": "tokens", "loop_formula_input_tokens": "tokens",
+    "loop_memory_input_tokens": "tokens", "loop_turns": COUNT, "loop_formula_max_abs_error_tokens": "tokens",
+    "loop_memory_saving_at_max_turns": DIMENSIONLESS, "loop_energy_at_max_turns_j": "J",
+    "loop_memory_energy_at_max_turns_j": "J",
+}
+
+
 @register("cascade")
 def run_cascade(cfg: dict) -> RunOutput:
     validate(cfg)
@@ -372,24 +390,24 @@ def run_cascade(cfg: dict) -> RunOutput:
     summary["exponent_llm_same_range_as_tools"] = fit_exponent(*sel("llm", lo=l_tool.min(), hi=l_tool.max()))
     summary["crossover_length_tokens"] = 2.0 * c0 / c1
     summary["crossover_beyond_window"] = bool(summary["crossover_length_tokens"] > window)
-    summary["llm_flops_per_chain_at_max_length"] = float(c_llm[-1])
-    summary["llm_flops_per_chain_at_window"] = float(np.interp(window, l_llm, c_llm))
+    summary["llm_chain_cost_at_max_length_flop"] = float(c_llm[-1])
+    summary["llm_chain_cost_at_window_flop"] = float(np.interp(window, l_llm, c_llm))
     mem_l, mem_c = sel("llm_memory")
     summary["memory_cost_ratio_at_max_length"] = float(mem_c[-1] / c_llm[-1])
     base_at_tool = np.interp(l_tool[-1], l_llm, c_llm)
     summary["tools_cost_ratio_at_max_tool_length"] = float(c_tool[-1] / base_at_tool)
-    summary["bio_atp_per_chain_at_400_aa"] = float(np.interp(400.0, *sel("bio")))
+    summary["bio_chain_cost_at_400_aa_molecules"] = float(np.interp(400.0, *sel("bio")))
     t_dec = roofline_time(model, gpu, l_llm)
     in_win = (l_llm >= win_min) & (l_llm <= window)
     summary["exponent_llm_decode_time_window"] = fit_exponent(l_llm[in_win], t_dec[in_win])
     summary["exponent_llm_decode_time_long"] = fit_exponent(l_llm[l_llm >= long_min], t_dec[l_llm >= long_min])
     summary["exponent_llm_decode_time_long_extrapolated"] = summary["exponent_llm_decode_time_long"]
-    summary["llm_decode_energy_j_at_max_length"] = float(t_dec[-1] * gpu.power_decode_w)
-    summary["llm_decode_energy_j_at_window"] = float(np.interp(window, l_llm, t_dec) * gpu.power_decode_w)
+    summary["llm_decode_energy_at_max_length_j"] = float(t_dec[-1] * gpu.power_decode_w)
+    summary["llm_decode_energy_at_window_j"] = float(np.interp(window, l_llm, t_dec) * gpu.power_decode_w)
     beyond = []
     if long_min > window:
         beyond += ["exponent_llm_long", "exponent_llm_memory_long", "exponent_llm_decode_time_long",
-                   "llm_decode_energy_j_at_max_length", "llm_flops_per_chain_at_max_length",
+                   "llm_decode_energy_at_max_length_j", "llm_chain_cost_at_max_length_flop",
                    "memory_cost_ratio_at_max_length"]
     if l_llm.max() > window:
         beyond.append("exponent_llm")
@@ -399,16 +417,16 @@ def run_cascade(cfg: dict) -> RunOutput:
     T = loops["turns"]
     summary["loop_b_tokens"], summary["loop_k_tokens"] = loops["b"], loops["k"]
     summary["loop_input_tokens"] = loops["tokens_in"].tolist()
-    summary["loop_input_tokens_formula"] = loops["formula"].tolist()
-    summary["loop_input_tokens_memory"] = loops["tokens_in_memory"].tolist()
+    summary["loop_formula_input_tokens"] = loops["formula"].tolist()
+    summary["loop_memory_input_tokens"] = loops["tokens_in_memory"].tolist()
     summary["loop_turns"] = T.astype(int).tolist()
-    summary["loop_formula_max_abs_error"] = float(np.max(np.abs(loops["tokens_in"] - loops["formula"])))
+    summary["loop_formula_max_abs_error_tokens"] = float(np.max(np.abs(loops["tokens_in"] - loops["formula"])))
     big = T >= max(2.0, T.max() / 4)
     summary["exponent_loop"] = fit_exponent(T[big], loops["tokens_in"][big])
     summary["exponent_loop_memory"] = fit_exponent(T[big], loops["tokens_in_memory"][big])
     summary["loop_memory_saving_at_max_turns"] = float(1.0 - loops["tokens_in_memory"][-1] / loops["tokens_in"][-1])
-    summary["loop_energy_j_at_max_turns"] = float(loops["energy_j"][-1])
-    summary["loop_energy_j_memory_at_max_turns"] = float(loops["energy_j_memory"][-1])
+    summary["loop_energy_at_max_turns_j"] = float(loops["energy_j"][-1])
+    summary["loop_memory_energy_at_max_turns_j"] = float(loops["energy_j_memory"][-1])
     summary["wall_s"] = float(loops["wall_s"])
     summary["compile_s"] = float(loops["compile_s"])
 

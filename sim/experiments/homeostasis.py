@@ -40,6 +40,7 @@ from sim.core import engine
 from sim.core.config import get, num
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, DIMENSIONLESS
 from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.substrates.bio.state import ADP, ATP, PI
 
@@ -124,6 +125,15 @@ def root_steady_states(model, works, activations) -> dict:
                          ("energy_charge", ss.energy_charge), ("flux", ss.flux)):
                 out[k][i, j] = v
     return out
+
+
+# The unit of every key the homeostasis summary can hold (sim.io's naming rule): work rates are
+# multiples of the resting demand (params.demand_scale), changes relative.
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES, "work_min": DIMENSIONLESS, "work_max": DIMENSIONLESS, "settle_s": "s",
+    "supply_scale": DIMENSIONLESS, "creatine_total_mm": "mM", "activation": DIMENSIONLESS,
+    "*_rel_change": DIMENSIONLESS, "*_atp_rest_mm": "mM", "max_rel_diff_engine_vs_root": DIMENSIONLESS,
+}
 
 
 @register("homeostasis")

@@ -71,6 +71,7 @@ from sim.core import differentiation as dif
 from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, COUNT, DIMENSIONLESS, MAPPING, TEXT
 from sim import substrates
 from sim.rng import replicate_keys
 
@@ -509,6 +510,17 @@ def _units(name: str) -> tuple[str, str]:
     return ("mM", "s") if name == "bio" else ("1", "1")
 
 
+# The unit of every key the multicellular summary can hold (sim.io's naming rule): gains are log2
+# ratios, lengths in cells, the turnover rate constant per s (biology) or per time unit (generic).
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES, "rule": TEXT, "payoff": TEXT, "conductance": TEXT, "topologies": TEXT, "engine_calls": COUNT,
+    "rows_per_call": COUNT, "*_best_gain": DIMENSIONLESS, "*_best_gain_at": MAPPING,
+    "*_max_specialization_index": DIMENSIONLESS, "*_best_pattern_gain": DIMENSIONLESS,
+    "*_transport_length_cells": "cells", "*_gaps_at_convex_cheap": MAPPING, "*currency_turnover_per_s": "1/s",
+    "*currency_turnover_per_time_unit": DIMENSIONLESS,
+}
+
+
 def run_substrate(cfg: dict, base, sub, opts: dict) -> tuple[dict, list, float, float, object, object, dict]:
     """Every topology of one substrate (one batched call each) plus its generalists (one call):
     (results by topology, failures, wall, compile, last built, last result, facts)."""
@@ -561,7 +573,7 @@ def run_multicellular(cfg: dict) -> RunOutput:
         r, f, w, cp, last, res, fa = run_substrate(c, b, s, opts)
         calls += 1 + len(r) + (1 if f and "generalists" not in f[0] else 0)
         wall, comp = wall + w, comp + cp
-        facts[label] = fa
+        facts[label] = dict(fa, time_unit=_units(b.name)[1])
         failures += [f"{label} {x}" if len(runs) > 1 else x for x in f]
         results.update({((label, k) if len(runs) > 1 else k): v for k, v in r.items()})
         if f:
@@ -602,8 +614,9 @@ def run_multicellular(cfg: dict) -> RunOutput:
                 "max": int(gaps.max()) if gaps.size else None, "n": int(gaps.size),
                 "anabaena": list(ANABAENA_GAP)}
     for label, fa in facts.items():
-        if "turnover" in fa:
-            summary[f"{label}_currency_turnover_per_time_unit" if len(runs) > 1 else "currency_turnover_per_time_unit"] = fa["turnover"]
+        if "turnover" in fa:  # a rate constant: per s (biology) or per unit of the dimensionless time
+            name = "currency_turnover_per_s" if fa["time_unit"] == "s" else "currency_turnover_per_time_unit"
+            summary[f"{label}_{name}" if len(runs) > 1 else name] = fa["turnover"]
 
     def files(out_dir):
         from sim.io import write_parquet

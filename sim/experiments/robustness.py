@@ -40,6 +40,7 @@ from sim.api import RunOutput
 from sim.core import engine
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, COUNT, DIMENSIONLESS, TEXT
 from sim.experiments.multicellular import batch_rows, differentiating, set_path
 from sim.rng import replicate_keys
 
@@ -166,6 +167,15 @@ def figures(ds, out_dir) -> list[Path]:
     return [_save(fig, Path(out_dir) / "figures" / "robustness.png")]
 
 
+# The unit of every key the robustness summary can hold (sim.io's naming rule): losses and
+# recoveries are ratios to the no-failure twin; the work rate before the failure is per s in mM of
+# a cell's volume (biology) or per unit of the dimensionless time (generic).
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES, "rule": TEXT, "engine_calls": COUNT, "rows_per_call": COUNT, "*_pre_rate_mm_per_s": "mM/s",
+    "*_pre_rate": DIMENSIONLESS, "*_loss": DIMENSIONLESS, "*_recovered": DIMENSIONLESS,
+}
+
+
 @register("robustness")
 def run_robustness(cfg: dict) -> RunOutput:
     import xarray as xr
@@ -198,8 +208,9 @@ def run_robustness(cfg: dict) -> RunOutput:
     summary = {"status": "ok", "substrate": base.name, "rule": dopts["rule"], "engine_calls": 2,
                "rows_per_call": len(rows), "wall_s": res.wall_s, "compile_s": res.compile_s,
                "total_s": time.perf_counter() - t0}
+    rate_key = "pre_rate_mm_per_s" if base.name == "bio" else "pre_rate"  # (tissue total: mM of a cell per s)
     for c in COLLECTIVES:
-        summary[f"{c}_pre_rate"] = float(ds["pre_rate"].sel(collective=c, failure="none").mean())
+        summary[f"{c}_{rate_key}"] = float(ds["pre_rate"].sel(collective=c, failure="none").mean())
         for f in FAILURES[1:]:
             summary[f"{c}_{f}_loss"] = float(ds["loss"].sel(collective=c, failure=f).mean())
             summary[f"{c}_{f}_recovered"] = float(ds["recovered"].sel(collective=c, failure=f).mean())
@@ -213,7 +224,7 @@ def run_robustness(cfg: dict) -> RunOutput:
     lines = [f"robustness ({base.name}, alpha {opts['alpha']}, {opts['kill_fraction']:.0%} of {built.n_cells} cells die "
              f"at t = {first_time:g}; {dopts['rule']} re-differentiation):"]
     for c in COLLECTIVES:
-        lines.append(f"  {c:12s} rate before {summary[f'{c}_pre_rate']:.4g}; " + "; ".join(
+        lines.append(f"  {c:12s} rate before {summary[f'{c}_{rate_key}']:.4g}; " + "; ".join(
             f"{f}: loss {summary[f'{c}_{f}_loss']:.2f}, recovered {summary[f'{c}_{f}_recovered']:.2f}"
             for f in FAILURES[1:]))
     return RunOutput(ds, summary, built, res, figures=lambda d: figures(ds, d), files=files, report="\n".join(lines))

@@ -2,8 +2,8 @@
 
 ``python -m sim experiment=roofline model=llama3_8b gpu=h100 batch=32 context=2048`` runs a fixed
 batch of ``batch`` decode streams, each holding ``context`` tokens, on the LLM engine with the
-context frozen (no arrivals, no growth), and writes ``tokens_per_s``, ``step_time_s`` and
-``joules_per_token`` (at ``roofline.power_state``, default ``decode``: idle + (TDP - idle) x the
+context frozen (no arrivals, no growth), and writes ``output_tokens_per_s``, ``step_time_s`` and
+``energy_per_output_token_j`` (at ``roofline.power_state``, default ``decode``: idle + (TDP - idle) x the
 achieved bandwidth fraction) to summary.json, at the achieved (not peak) FLOP/s and bandwidth of
 ``conf/gpu`` and with the tensor-parallel all-reduces on ``gpus_per_model > 1``, next to
 the closed-form roofline values (``analytic_*``) they must equal. Refused with a ConfigError: a
@@ -23,6 +23,7 @@ from sim.config.validate import validate
 from sim.constants import landauer_j
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, COUNT, DIMENSIONLESS, FLAG, TEXT
 from sim.core import engine
 from sim.substrates.llm import specs
 from sim.substrates.llm import SUBSTRATE as LLM
@@ -80,6 +81,23 @@ def calculator_config(cfg: dict) -> tuple[dict, int, int, str]:
     return out, batch, context, state
 
 
+# The unit of every key the roofline's summary can hold (sim.io's naming rule).
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES, "gpus_per_model": COUNT, "batch": COUNT, "context_tokens": "tokens", "power_state": TEXT,
+    "output_tokens_per_s": "tokens/s", "step_time_s": "s", "energy_per_output_token_j": "J/output token",
+    "power_w": "W", "engine_decode_state_energy_per_output_token_j": "J/output token",
+    "analytic_output_tokens_per_s": "tokens/s", "analytic_step_time_s": "s",
+    "analytic_energy_per_output_token_j": "J/output token", "allreduce_time_s": "s",
+    "perfect_scaling_step_time_s": "s", "hbm_bandwidth_utilization": DIMENSIONLESS,
+    "flops_utilization": DIMENSIONLESS, "compute_efficiency": DIMENSIONLESS, "bandwidth_efficiency": DIMENSIONLESS,
+    "engine_vs_analytic_rel_error": DIMENSIONLESS, "memory_bound": FLAG,
+    "arithmetic_intensity_flop_per_byte": "FLOP/byte", "ridge_flop_per_byte": "FLOP/byte",
+    "attention_flop_share": DIMENSIONLESS, "kv_capacity_tokens": "tokens", "max_batch_at_context": COUNT,
+    "kv_bytes_per_token": "bytes/token", "weight_bytes": "bytes", "bits_per_token": "bits/token",
+    "landauer_ratio": DIMENSIONLESS, "energy_cost_per_1m_tokens_usd": "USD/1M tokens",
+}
+
+
 @register("roofline")
 def run_roofline(cfg: dict) -> RunOutput:
     validate(cfg)
@@ -108,17 +126,17 @@ def run_roofline(cfg: dict) -> RunOutput:
         "gpu": llm.gpu.name,
         "gpus_per_model": n_gpus,
         "batch": batch,
-        "context": context,
+        "context_tokens": context,
         "power_state": power_state,
         "currency_unit": "tokens",
-        "tokens_per_s": tokens_per_s,
+        "output_tokens_per_s": tokens_per_s,
         "step_time_s": step_time,
-        "joules_per_token": joules,
+        "energy_per_output_token_j": joules,
         "power_w": power,
-        "engine_joules_per_token_decode_state": float(np.mean(energy / tok)),
-        "analytic_tokens_per_s": analytic["tokens_per_s"],
+        "engine_decode_state_energy_per_output_token_j": float(np.mean(energy / tok)),
+        "analytic_output_tokens_per_s": analytic["tokens_per_s"],
         "analytic_step_time_s": analytic["step_time_s"],
-        "analytic_joules_per_token": analytic["joules_per_token"],
+        "analytic_energy_per_output_token_j": analytic["joules_per_token"],
         "allreduce_time_s": analytic["allreduce_time_s"],
         "perfect_scaling_step_time_s": analytic["perfect_scaling_step_time_s"],
         "hbm_bandwidth_utilization": analytic["hbm_bandwidth_utilization"],
@@ -136,7 +154,7 @@ def run_roofline(cfg: dict) -> RunOutput:
         "weight_bytes": llm.model.weight_bytes,
         "bits_per_token": llm.bits_per_token,
         "landauer_ratio": joules / (landauer_j(llm.temperature_k) * llm.bits_per_token),
-        "usd_energy_per_1m_tokens": joules * 1e6 / 3.6e6 * llm.prices["usd_per_kwh"],
+        "energy_cost_per_1m_tokens_usd": joules * 1e6 / 3.6e6 * llm.prices["usd_per_kwh"],
         "simulated_time_s": span,
         "replicates": int(tok.shape[0]),
         "wall_s": float(result.wall_s),

@@ -28,6 +28,7 @@ from sim.api import RunOutput
 from sim.core import study as st
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, COUNT, DIMENSIONLESS, MAPPING, OF_NAMED, TEXT
 from sim.experiments.study import _int, cost_summary, failure, run_points, study_setup
 
 METHODS = ("sobol", "morris")
@@ -108,6 +109,16 @@ def figure(method: str, names, indices: dict, out_dir):
         ax.legend(fontsize=8)
     fig.tight_layout()
     return [_save(fig, Path(out_dir) / "figures" / "sensitivity.png")]
+
+
+# The unit of every key a sensitivity summary can hold (sim.io's naming rule): Sobol indices are
+# dimensionless; Morris' elementary effects (mu, mu_star, sigma) are in the unit of the outcome named.
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES, "method": TEXT, "samples": COUNT, "params": MAPPING, "outcomes": TEXT, "points": COUNT,
+    "replicates_per_point": COUNT, "engine_calls": COUNT, "failed_point": COUNT, "S1 *": DIMENSIONLESS,
+    "S1_conf *": DIMENSIONLESS, "ST *": DIMENSIONLESS, "ST_conf *": DIMENSIONLESS, "mu_star *": OF_NAMED,
+    "mu_star_conf *": OF_NAMED, "sigma *": OF_NAMED, "mu *": OF_NAMED,
+}
 
 
 @register("sensitivity")

@@ -52,6 +52,7 @@ from sim.core import carriers as car
 from sim.core import engine
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, COUNT, DIMENSIONLESS, TEXT
 from sim.experiments.multicellular import _floats, batch_rows, topology_cfg
 from sim.rng import replicate_keys
 from sim.substrates.llm import formats as llm_formats
@@ -283,6 +284,20 @@ def figures(ds, out_dir) -> list[Path]:
 
 KW_GRAPH = (90, 12, 0.2)  # Watts-Strogatz agents, neighbours, rewiring: 30 agents of each type
 KW_STORAGE, KW_UTILITY = (1.0, 4.0, 9.0), 20.0  # s3 - s2 > u / 6: good 1 the only equilibrium medium
+
+
+# The unit of every key the standardisation summary can hold (sim.io's naming rule): Herfindahl
+# indices, shares and fractions are dimensionless; the LLM formats' energies in J, times in rounds.
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES, "engine_calls": COUNT, "rows_per_call": COUNT, "*_herfindahl_at_*": DIMENSIONLESS,
+    "*_standardised_at_highest_cost": DIMENSIONLESS, "*_cheapest_wins_at_widest_spread": DIMENSIONLESS,
+    "kw_replicates": COUNT, "kw_storage": DIMENSIONLESS, "kw_utility": DIMENSIONLESS,  # (in units of utility)
+    "kw_cheapest_is_medium_fraction": DIMENSIONLESS, "kw_medium_share_good_*": DIMENSIONLESS,
+    "llm_model": TEXT, "llm_gpu": TEXT, "llm_formats": TEXT, "llm_cheapest_format": TEXT,
+    "llm_task_energy_matched_*_j": "J", "llm_*_time_to_standard_at_highest_cost_rounds": "rounds",
+    "llm_*_winner_at_highest_cost": TEXT, "llm_*_wins_*_at_highest_cost": DIMENSIONLESS,
+    "llm_*_energy_per_handoff_*_at_highest_cost_j": "J", "llm_wall_s": "s",
+}
 
 
 def _kiyotaki_wright(cfg: dict, replicates: int) -> dict:

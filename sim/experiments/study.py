@@ -19,6 +19,7 @@ from sim.api import RunOutput, prepare
 from sim.core import study as st
 from sim.errors import ConfigError
 from sim.experiments import register
+from sim.io import CORE_OUTCOMES, COUNT, MAPPING, OF_NAMED, TEXT
 
 DEFAULT_PARAMS = {  # substrate -> fields varied by default, each over [0.5, 2] x its configured value
     "bio": ("demand_scale", "supply_scale", "uptake_scale", "conductance_scale"),
@@ -84,6 +85,14 @@ def failure(res: st.StudyResult, names) -> dict:
     where = ", ".join(f"{n}={v:.6g}" for n, v in zip(names, x))
     return {"status": "failed", "reason": f"{res.error} (study point {res.failed_point}: {where})",
             "failed_point": int(res.failed_point)}
+
+
+# The unit of every key a study's summary can hold (sim.io's naming rule); "<outcome> min/max" is
+# in the unit of the outcome it names.
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES, "design": TEXT, "params": MAPPING, "outcomes": TEXT, "points": COUNT,
+    "replicates_per_point": COUNT, "engine_calls": COUNT, "failed_point": COUNT, "* min": OF_NAMED, "* max": OF_NAMED,
+}
 
 
 @register("study")

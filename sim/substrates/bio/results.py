@@ -1,11 +1,12 @@
 """Trajectory -> xarray Dataset (dims replicate, time, cell, ...) and the flat summary of ledgers.
 
 Amounts in the engine are mM of one cell's volume; the summary converts currency to molecules
-(x volume_l x 1e-3 x N_A) so biology and LLM ledgers count the same thing: currency units.
+(x volume_l x 1e-3 x N_A) so biology and LLM ledgers count the same thing: currency units (ATP
+molecules here, tokens there); every summary name carries its unit (:data:`OUTCOME_UNITS`).
 Pools: ``pools`` are the free, exchanging concentrations the physics uses (dG from them);
 ``pools_total`` and the energy charge add the bound ADP and AMP (``Params.adp_bound``,
 ``amp_bound``), as a tissue assay counts them. Chains (protein synthesis) book their ATP and amino acids on the ledger line of the consumer
-kind they realise, so ``currency_spent`` and ``work_done`` include them; ``chain_summary`` adds
+kind they realise, so ``currency_spent_molecules`` and ``work_done_events`` include them; ``chain_summary`` adds
 their own accounts (proteins completed, units, the ATP of elongation and initiation).
 """
 
@@ -14,8 +15,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from sim import topology
 from sim.constants import AVOGADRO_PER_MOL, landauer_j
 from sim.core import division
+from sim.io import CARRIER_OUTCOMES, CORE_OUTCOMES, COUNT, DIMENSIONLESS, TEXT
 from sim.network_figure import edge_attributes
 from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.substrates.bio.state import ADP, AMP, ATP, GLC, PI, SPECIES
@@ -93,14 +96,50 @@ def to_dataset(model, result, cfg: dict) -> xr.Dataset:
         backend=str(cfg.get("backend", "jax")),
         **edge_attributes(model.graph),  # the junctions, for figures/network.png (sim.network_figure)
     )
-    return ds
+    return topology.label_cells(ds, getattr(model, "graph", None))  # a graph file's node labels name the cells
+
+
+def work_units_text(model) -> str:
+    """What one work event of each consumer kind is (``na_k_pump: Na+ exported; ...``): the
+    ``work_<kind>_events`` of the summary count these."""
+    return "; ".join(f"{k}: {u}" for k, u in zip(model.consumer_kinds, model.work_units))
+
+
+# The unit of every key a biology summary can hold (sim.io's naming rule): ledgers in molecules
+# (x volume x N_A), work in events of each kind (work_units), pools in mM, energies in J.
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES,
+    "currency_produced_molecules": "molecules", "currency_spent_molecules": "molecules",
+    "currency_transported_molecules": "molecules", "currency_lost_molecules": "molecules",
+    "substrate_taken_up_molecules": "molecules", "output_molecules": "molecules", "switching_molecules": "molecules",
+    "work_done_events": "events", "work_*_events": "events", "work_units": TEXT, "work_chains_aa": "aa",
+    "energy_j": "J", "heat_j": "J", "substrate_energy_j": "J", "energy_per_work_event_j": "J/work event",
+    "currency_pool_turnover_s": "s", "landauer_ratio": DIMENSIONLESS, "conservation_error": DIMENSIONLESS,
+    "conservation_error_adenine": DIMENSIONLESS, "conservation_error_currency": DIMENSIONLESS,
+    "energy_charge": DIMENSIONLESS, "dg_atp_kj_per_mol": "kJ/mol", "*_mm": "mM",
+    "cells_alive": COUNT, "cells_total": COUNT, "producers_alive": COUNT, "producer_failures": COUNT,
+    "producer_births": COUNT, "specialization_index": DIMENSIONLESS, "producer_fraction": DIMENSIONLESS,
+    "theta_mean": DIMENSIONLESS, "output_per_glucose": DIMENSIONLESS,  # output events per glucose molecule
+    "spent_chains_molecules": "molecules", "spent_chains_elongation_molecules": "molecules",
+    "spent_chains_initiation_molecules": "molecules", "proteins_completed": COUNT, "chains_initiated": COUNT,
+    "chains_active": COUNT, "chain_units_aa": "aa", "protein_mean_length_aa": "aa",
+    "atp_per_aa": DIMENSIONLESS,  # ATP molecules per amino acid: a ratio of counts, named in the key
+    "spent_share_*": DIMENSIONLESS,
+    **CARRIER_OUTCOMES, "carrier_*_molecules": "molecules", "carrier_time_to_standard_s": "s",
+}
+
+
+def molecules_per_mm_of(params) -> float:
+    """Molecules in 1 mM of one cell's volume: what turns the engine's mM ledgers into summary.json's molecules."""
+    return float(params.volume_l) * 1e-3 * AVOGADRO_PER_MOL
 
 
 def summarize(model, result, initial_state) -> dict:
-    """Flat scalar outcomes (sums over cells, means over replicates) with unit-suffixed names."""
+    """Flat scalar outcomes (sums over cells, means over replicates) with unit-suffixed names
+    (:data:`OUTCOME_UNITS` declares each)."""
     st, p = result.state, model.params
     led = st.ledger
-    to_molecules = float(p.volume_l) * 1e-3 * AVOGADRO_PER_MOL
+    to_molecules = molecules_per_mm_of(p)
     pools = _np(st.cells.pools)  # (R, C, S)
     pools0 = _np(initial_state.cells.pools)[None]
     alive = _np(st.cells.alive)
@@ -147,16 +186,17 @@ def summarize(model, result, initial_state) -> dict:
     out = {
         "status": "ok",
         "currency_unit": f"{model.substrate.get('currency', 'ATP')} molecules",
-        "currency_produced": tissue(produced) * to_molecules,
-        "currency_spent": spent_molecules,
-        "currency_transported": tissue(_np(led.transported_out)) * to_molecules,
-        "currency_lost": tissue(lost[..., ATP]) * to_molecules,
-        "substrate_taken_up": tissue(_np(led.substrate_uptake)) * to_molecules,
-        "work_done": tissue(work_total) * to_molecules,
+        "currency_produced_molecules": tissue(produced) * to_molecules,
+        "currency_spent_molecules": spent_molecules,
+        "currency_transported_molecules": tissue(_np(led.transported_out)) * to_molecules,
+        "currency_lost_molecules": tissue(lost[..., ATP]) * to_molecules,
+        "substrate_taken_up_molecules": tissue(_np(led.substrate_uptake)) * to_molecules,
+        "work_done_events": tissue(work_total) * to_molecules,
+        "work_units": work_units_text(model),
         "energy_j": tissue(hydrolysis_j),
         "heat_j": tissue(_np(led.heat_j)),
         "substrate_energy_j": tissue(_np(led.substrate_energy_j)),
-        "energy_per_work_j": tissue(hydrolysis_j) / max(tissue(work_total) * to_molecules, 1e-300),
+        "energy_per_work_event_j": tissue(hydrolysis_j) / max(tissue(work_total) * to_molecules, 1e-300),
         "currency_pool_turnover_s": turnover,
         "landauer_ratio": energy_per_unit / (landauer_j(float(p.temperature_k)) * bits),
         "conservation_error": conservation_error,
@@ -187,14 +227,14 @@ def summarize(model, result, initial_state) -> dict:
     }
     out.update(chain_summary(model, st, tissue, to_molecules))
     for k, kind in enumerate(model.consumer_kinds):
-        out[f"work_{kind}"] = tissue(_np(led.work)[..., k]) * to_molecules
+        out[f"work_{kind}_events"] = tissue(_np(led.work)[..., k]) * to_molecules
         out[f"spent_share_{kind}"] = tissue(_np(led.spent)[..., k]) / max(tissue(spent_all), 1e-300)
     return out
 
 
 def chain_summary(model, st, tissue, to_molecules) -> dict:
-    """Outcomes of the chains (empty without chains): ``spent_chains`` (ATP molecules),
-    ``work_chains`` (amino acids incorporated), ``proteins_completed``, the mean protein length
+    """Outcomes of the chains (empty without chains): ``spent_chains_molecules`` (ATP),
+    ``work_chains_aa`` (amino acids incorporated), ``proteins_completed``, the mean protein length
     (units made / chains finished: the maximum-likelihood mean of geometric lengths, unbiased by
     the chains still running at the end), the ATP per amino acid of elongation and initiation."""
     cled = getattr(st, "chain_ledger", None)
@@ -206,14 +246,14 @@ def chain_summary(model, st, tissue, to_molecules) -> dict:
     units, delivered = tissue(_np(cled.units)), tissue(_np(cled.delivered))
     aa = tissue(work) * to_molecules
     return {
-        "spent_chains": tissue(spent) * to_molecules,
-        "spent_chains_elongation": tissue(_np(cled.elongation_spent)) * to_molecules,
-        "spent_chains_initiation": tissue(_np(cled.init_spent)) * to_molecules,
-        "work_chains": aa,
+        "spent_chains_molecules": tissue(spent) * to_molecules,
+        "spent_chains_elongation_molecules": tissue(_np(cled.elongation_spent)) * to_molecules,
+        "spent_chains_initiation_molecules": tissue(_np(cled.init_spent)) * to_molecules,
+        "work_chains_aa": aa,
         "proteins_completed": delivered,
         "chains_initiated": tissue(_np(cled.initiated)),
         "chains_active": float(np.mean(_np(st.chains.active).sum((-1, -2)))),
-        "chain_units": units,
+        "chain_units_aa": units,
         "protein_mean_length_aa": units / delivered if delivered > 0 else float("nan"),
         "atp_per_aa": tissue(_np(cled.elongation_spent)) * to_molecules / aa if aa > 0 else float("nan"),
     }
@@ -226,7 +266,7 @@ def chain_summary(model, st, tissue, to_molecules) -> dict:
 # limits); :func:`figures` saves them into ``<run>/figures/``. Conventions: a line is the mean over
 # replicates, its band the min-max over replicates (the spread a reader must see to trust a
 # difference); y-ranges are fitted to what is drawn, never a fixed 0-1; currency amounts are in
-# molecules, the unit of summary.json's ``currency_*`` entries.
+# molecules, the unit of summary.json's ``currency_*_molecules`` entries.
 
 MIN_EC_SPAN = 0.02  # the energy-charge panel never zooms into less than this (noise would look like a trend)
 PAD = 0.08  # fraction of the drawn range added above and below

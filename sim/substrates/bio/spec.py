@@ -169,8 +169,13 @@ def summarize(model, result, cfg: dict) -> dict:
     rec = result.records
     if "held" in rec:  # several carriers
         st = result.state
-        out.update(car.summary(st.carriers, rec, np.asarray(result.times), car.carrier_names(car.read_config(cfg)),
-                               np.asarray(st.cells.alive)))
+        from sim.io import carrier_outcomes  # the carriers' charge in molecules, their time in s
+        from sim.substrates.bio.results import molecules_per_mm_of
+
+        raw = car.summary(st.carriers, rec, np.asarray(result.times), car.carrier_names(car.read_config(cfg)),
+                          np.asarray(st.cells.alive))
+        out.update(carrier_outcomes(raw, amount_scale=molecules_per_mm_of(model.params), amount_ending="_molecules",
+                                    time_ending="_s"))
         err = _currency_balance(model, result)
         out.update(conservation_error_currency=err, conservation_error=max(err, out["conservation_error_adenine"]))
     return out

@@ -92,17 +92,38 @@ SUBSTRATE_NUMBERS = (
     ("initial.prompt_tokens", Rule(minimum=1, integer=True, what="a prompt length (tokens)")),
     ("initial.output_tokens", Rule(minimum=1, what="an output length (tokens)")),
 )
+# task kinds (``substrate.kinds``, issue 12's division of labour on the engine); a preset without the
+# section has them off (n = 1). ``theta``: one share for every instance or a list, one per instance.
+KIND_NUMBERS = (
+    ("kinds.n", Rule(minimum=1, integer=True, what="a number of task kinds (1 = off)")),
+    ("kinds.context_tokens", Rule(minimum=0, integer=True, what="tokens of context per kind")),
+    ("kinds.base_context_tokens", Rule(minimum=0, integer=True, what="tokens of shared context")),
+    ("kinds.handoff_tokens", Rule(minimum=0, integer=True, what="tokens handed over per hand-off")),
+    ("kinds.p_miss", Rule(minimum=0, maximum=1, what="a probability")),
+    ("kinds.theta", Rule(minimum=0, maximum=1, what="a share in [0, 1] (one, or a list of one per model instance)")),
+)
+KIND_DEFAULTS = {"kinds.n": 1, "kinds.context_tokens": 0, "kinds.base_context_tokens": 0, "kinds.handoff_tokens": 0,
+                 "kinds.p_miss": 0.0, "kinds.theta": 0.0}
+RULES = SUBSTRATE_NUMBERS + KIND_NUMBERS  # the substrate's config_rules
 SUBSTRATE_FLAGS = ("routing", "freeze_context")  # booleans (freeze_context: false when absent)
 
 
 def _number(sub: dict, key: str, rule: Rule):
     dotted = f"substrate.{key}"
-    if rule.optional:
-        node = sub
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            return None
+    node = sub
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is None and rule.optional:
+        return None
+    if key in KIND_DEFAULTS and not isinstance(sub.get("kinds"), dict):
+        if sub.get("kinds") is not None:
+            raise ConfigError("substrate.kinds", sub.get("kinds"), "a mapping of the task kinds' numbers (n: 1 = off)")
+        return KIND_DEFAULTS[key]  # no kinds section: kinds off
+    if isinstance(node, list) and key == "kinds.theta":  # a list is checked element by element
+        problem = rule.problem(dotted, node)
+        if problem is not None or not node:
+            raise problem or ConfigError(dotted, node, rule.what)
+        return [float(x) for x in node]
     return num({"substrate": sub}, dotted, **rule.num_kwargs())
 
 
@@ -115,7 +136,7 @@ def _flag(sub: dict, key: str) -> bool:
 
 def read_numbers(sub: dict) -> dict:
     """The preset's numbers and flags by key (raises a ConfigError at the first problem)."""
-    out = {key: _number(sub, key, rule) for key, rule in SUBSTRATE_NUMBERS}
+    out = {key: _number(sub, key, rule) for key, rule in RULES}
     out.update({key: _flag(sub, key) for key in SUBSTRATE_FLAGS})
     return out
 
@@ -127,7 +148,7 @@ def config_problems(cfg: dict) -> list[ConfigError]:
     problems = []
     sub = cfg.get("substrate") or {}
     checks = [lambda: model_spec(cfg), lambda: gpu_spec(cfg)]
-    checks += [lambda key=key, rule=rule: _number(sub, key, rule) for key, rule in SUBSTRATE_NUMBERS]
+    checks += [lambda key=key, rule=rule: _number(sub, key, rule) for key, rule in RULES]
     checks += [lambda key=key: _flag(sub, key) for key in SUBSTRATE_FLAGS]
     for check in checks:
         try:
@@ -210,13 +231,14 @@ def build_llm(cfg: dict) -> LLMModel:
             f"{cap:,.0f} tokens ({model.name} on {n_gpus} x {gpu.name})",
         )
 
+    kinds = kind_layout(v, n, cap, l_max)
     f64 = np.float64
     i32 = np.int32
     zc = np.zeros(n, f64)
     chains = Chains(
         active=np.zeros((n, slots), bool), base=np.zeros((n, slots), f64), out=np.zeros((n, slots), f64),
         target=np.zeros((n, slots), f64), tool_wait=np.zeros((n, slots), i32), born=np.zeros((n, slots), i32),
-        turn=np.zeros((n, slots), i32), hop=np.zeros((n, slots), i32),
+        turn=np.zeros((n, slots), i32), hop=np.zeros((n, slots), i32), kind=np.zeros((n, slots), i32),
     )
     chains.active[:, :n_act] = True
     chains.base[:, :n_act] = p0
@@ -224,15 +246,19 @@ def build_llm(cfg: dict) -> LLMModel:
     queue = Queue(
         active=np.zeros((n, q_slots), bool), prompt=np.zeros((n, q_slots), f64), target=np.zeros((n, q_slots), f64),
         born=np.zeros((n, q_slots), i32), turn=np.zeros((n, q_slots), i32), hop=np.zeros((n, q_slots), i32),
-        seq=np.zeros((n, q_slots), i32),
+        seq=np.zeros((n, q_slots), i32), kind=np.zeros((n, q_slots), i32),
     )
     queue.active[:, :n_q] = True
     queue.prompt[:, :n_q] = p0
     queue.target[:, :n_q] = o0
     queue.seq[:, :n_q] = np.arange(n_q, dtype=i32)
+    first_kind = np.argmax(kinds["owner"], axis=1).astype(i32)  # requests at t = 0: of the first kind owned
+    chains.kind[:, :n_act] = first_kind[:, None]
+    queue.kind[:, :n_q] = first_kind[:, None]
     # the initial batch is prefilled already (not billed, not costed): it is the calculator's set-up
     cells = Cells(
-        alive=np.ones(n, bool), kv_capacity=np.full(n, cap, f64), kv_free=np.full(n, cap - n_act * p0, f64),
+        # the cached context prefix is held once per instance: it is taken out of the KV capacity
+        alive=np.ones(n, bool), kv_capacity=cap - kinds["prefix"], kv_free=cap - kinds["prefix"] - n_act * p0,
         debt_s=zc.copy(), next_seq=np.full(n, n_q, i32), step_time_s=zc.copy(),
     )
     ledger = Ledger(**{f.name: zc.copy() for f in dataclasses.fields(Ledger)})
@@ -255,12 +281,42 @@ def build_llm(cfg: dict) -> LLMModel:
         followup_prob=p(f_prob), max_turns=np.asarray(turns, i32), followup_tokens=p(f_tok),
         hops=np.asarray(hops, i32), handoff_tokens=p(h_tok),
         routing=np.asarray(routing), freeze_context=p(1.0 if freeze else 0.0),
+        kind_owner=kinds["owner"], kind_prefix=kinds["prefix"], kind_theta=kinds["theta"],
+        kind_p_miss=p(kinds["p_miss"]), kind_handoff_tokens=p(kinds["handoff_tokens"]),
         edges=Edges(src=src, dst=dst),
     )
     return LLMModel(
         state=state, params=params, graph=graph, model=model, gpu=gpu, substrate=dict(sub), seed=seed,
         n_gpus=n_gpus, kv_capacity=cap, bits_per_token=float(bits), temperature_k=temp, prices=prices,
     )
+
+
+def kind_layout(v: dict, n: int, cap: float, l_max: float) -> dict:
+    """Task kinds on ``n`` instances (``substrate.kinds``): who owns which kind, each instance's cached
+    context prefix ``C(theta_i) = base + c (m_i + theta_i (K - m_i))`` (tokens; ``m_i`` kinds owned,
+    :mod:`sim.substrates.llm.society`'s accounting) and its share ``theta_i``. With ``n: 1`` (off):
+    one kind owned by everyone, no prefix, so the engine is exactly the one without kinds."""
+    from sim.substrates.llm.society import owns
+
+    k = v["kinds.n"]
+    th = v["kinds.theta"]
+    if isinstance(th, list) and len(th) != n:
+        raise ConfigError("substrate.kinds.theta", th,
+                          f"one share in [0, 1], or a list of {n} (one per model instance)")
+    theta = np.asarray(th if isinstance(th, list) else [th] * n, np.float64)
+    owner = np.array([[owns(i, j, n, k) for j in range(k)] for i in range(n)], bool)
+    if k == 1:
+        return {"owner": owner, "prefix": np.zeros(n), "theta": np.ones(n), "p_miss": 0.0, "handoff_tokens": 0.0}
+    m = owner.sum(axis=1)
+    prefix = v["kinds.base_context_tokens"] + v["kinds.context_tokens"] * (m + theta * (k - m))
+    worst = float(prefix.max())
+    if cap - worst < l_max:
+        raise ConfigError(
+            "substrate.kinds.context_tokens", v["kinds.context_tokens"],
+            f"a cached context prefix (largest {worst:,.0f} tokens) that leaves one full context "
+            f"(max_context {l_max:,.0f}) in the KV cache of {cap:,.0f} tokens")
+    return {"owner": owner, "prefix": prefix, "theta": theta, "p_miss": v["kinds.p_miss"],
+            "handoff_tokens": v["kinds.handoff_tokens"]}
 
 
 def stack_params(params_list):

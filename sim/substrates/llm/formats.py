@@ -641,25 +641,26 @@ def table(ds):
 
 
 def summary(ds) -> dict:
-    """``llm_``-prefixed entries of the experiment's summary.json."""
+    """``llm_``-prefixed entries of the experiment's summary.json (names end with their unit:
+    ``_j``, ``_rounds``; declared in ``sim.experiments.standardization.OUTCOME_UNITS``)."""
     names = list(ds["format"].values)
     lo, hi = ds["conversion_cost"].values[0], ds["conversion_cost"].values[-1]
     matched = np.diagonal(ds["llm_task_joules"].sel(conversion_cost=hi).values)  # the same at every cost
     out = {"llm_model": ds.attrs["model"], "llm_gpu": ds.attrs["gpu"], "llm_formats": names,
            "llm_cheapest_format": names[int(np.argmin(matched))],
-           **{f"llm_task_joules_matched_{f}": float(v) for f, v in zip(names, matched)}}
+           **{f"llm_task_energy_matched_{f}_j": float(v) for f, v in zip(names, matched)}}
     for top in ds["topology"].values:
         tag = f"llm_{top}"
         at = lambda name, c: ds[name].sel(topology=top, conversion_cost=c)  # noqa: E731
         out[f"{tag}_herfindahl_at_lowest_cost"] = float(at("llm_herfindahl", lo))
         out[f"{tag}_herfindahl_at_highest_cost"] = float(at("llm_herfindahl", hi))
         out[f"{tag}_standardised_at_highest_cost"] = float(at("llm_standardised_fraction", hi))
-        out[f"{tag}_time_to_standard_at_highest_cost"] = float(at("llm_time_to_standard", hi))
+        out[f"{tag}_time_to_standard_at_highest_cost_rounds"] = float(at("llm_time_to_standard", hi))
         wins = at("llm_winner_fraction", hi).values
         out[f"{tag}_winner_at_highest_cost"] = names[int(wins.argmax())]  # a tie: the lower index
         out.update({f"{tag}_wins_{f}_at_highest_cost": float(w) for f, w in zip(names, wins)})
         for m in MODES:
-            out[f"{tag}_joules_per_handoff_{m}_at_highest_cost"] = float(at("llm_joules_per_handoff", hi).sel(mode=m))
+            out[f"{tag}_energy_per_handoff_{m}_at_highest_cost_j"] = float(at("llm_joules_per_handoff", hi).sel(mode=m))
     return out
 
 

@@ -26,6 +26,26 @@ One step, in this order (shared with ``sim.substrates.llm.reference``):
    conversation (time in system booked).
 7. ``account``: occupancy integral for Little's law; step counter.
 
+**Task kinds** (``substrate.kinds.n = K > 1``; issue 12, the division of labour of
+:mod:`sim.substrates.llm.society` with queues). ``K`` is static (the last axis of
+``params.kind_owner``); at ``K = 1`` none of the following is traced and the step is exactly the one
+without kinds. Each arriving request draws a kind, uniformly; instance ``i`` owns kind ``i mod K``
+(``society.owns``). The router sends it, with probability ``1 - p_miss``, to an owner of its kind
+(uniformly among the live ones) and otherwise to one of the live non-owners (uniformly); this
+replaces the free-capacity routing of arrivals (``routing`` still routes agentic hops). At a
+non-owner the task is served in place with probability ``theta_i`` (``kind_foreign``); otherwise
+it is a *reader* (queued with ``target = 0``): admitted and prefilled like any task, it decodes
+nothing and, when it finishes, is handed to the owning neighbour with the most free capacity,
+which prefills it again with ``kinds.handoff_tokens`` of working context (``prompt + H``: the
+transport cost; ``kind_handoffs``, ``kind_handoff_tokens``), keeping its arrival time, so its time
+in system counts both queues. A non-owner with no owning neighbour serves the task itself (on a
+complete graph every non-owner has one). Each instance holds its cached context prefix
+``C(theta_i)`` (system prompt + the kinds' contexts it keeps) once, outside the chains (taken out of
+the KV capacity by the builder: shared prefix blocks, vLLM automatic prefix caching); every
+sequence still attends to it, so a decode iteration reads ``B C`` more KV tokens and spends
+``c1 B C`` more FLOPs, a prefill of ``P`` tokens attends to it (``prefill_flops(P, cached=C)``),
+and so does a tool result. The context limit ``L_max`` applies to a task's own tokens.
+
 Draws come from ``sim.rng.uniforms`` keyed by (seed, step, purpose, id), ids being cells,
 arrival slots ``c * A + j`` or chain slots ``c * S + s``.
 """
@@ -37,7 +57,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
 from sim import rng
-from sim.core.ops import rowsum
+from sim.core.ops import rowsum, rowsums
 from sim.pytree import replace
 
 # Draw purposes of the LLM engine (100-119 reserved for sim.substrates.llm; never renumber).
@@ -47,11 +67,20 @@ OUTPUT_LEN = 103
 TOOL_CALL = 104
 FOLLOWUP = 105
 FOLLOWUP_LEN = 106
+KIND = 107  # kind of an arriving task (task kinds)
+KIND_ROUTE = 108  # the router misses the task's kind (probability kinds.p_miss)
+KIND_PICK = 109  # which instance among the owners (or the non-owners)
+KIND_SERVE = 110  # a non-owner serves a foreign task in place (probability theta_i)
 
 _U_MIN = 1e-12  # keep ndtri finite
 
 
 # ---- shared helpers --------------------------------------------------------------------------
+
+
+def n_true(mask):
+    """True entries per row of a ``(C, K)`` mask, as ``int32`` (half the bytes of the default int64)."""
+    return rowsum(mask.astype(jnp.int32))
 
 
 def cell_compute(state, params):
@@ -110,6 +139,48 @@ def poisson_count(u, lam, kmax: int):
     return n
 
 
+def n_kinds(params) -> int:
+    """K, the number of task kinds: static (the last axis of ``kind_owner``); 1 = kinds off."""
+    return params.kind_owner.shape[-1]
+
+
+def kind_neighbours(score, params, alive):
+    """Per cell and kind (``(C, K)``): the live neighbour owning the kind with the highest score
+    (ties: lowest index; none: the cell itself) and whether there is one. Loops over kinds only."""
+    own = params.kind_owner & alive[:, None]
+    nbs, has = [], []
+    for k in range(n_kinds(params)):
+        _, nb, h = best_neighbour(jnp.where(own[:, k], score, -jnp.inf), params)
+        nbs.append(nb)
+        has.append(h)
+    return jnp.stack(nbs, axis=1), jnp.stack(has, axis=1)
+
+
+def kind_route(state, params, key, ids):
+    """Task kinds at arrival slots ``ids``: (kind, destination, reader, served foreign). See the
+    module docstring; the same draws and order as ``ReferenceLLM.kind_route``."""
+    n_k = n_kinds(params)
+    alive = state.cells.alive
+    own = params.kind_owner & alive[:, None]
+    other = alive[:, None] & ~params.kind_owner
+    f = params.kind_prefix.dtype
+    kind = jnp.minimum(jnp.floor(rng.uniforms(key, state.step, KIND, ids) * n_k), n_k - 1).astype(jnp.int32)
+    miss = rng.uniforms(key, state.step, KIND_ROUTE, ids) < params.kind_p_miss
+    pick = rng.uniforms(key, state.step, KIND_PICK, ids)
+    n_own = own.sum(axis=0).astype(f)[kind]
+    n_oth = other.sum(axis=0).astype(f)[kind]
+    to_owner = (~miss | (n_oth == 0)) & (n_own > 0)
+    cnt = jnp.where(to_owner, n_own, n_oth)
+    j = jnp.clip(jnp.floor(pick * cnt), 0.0, jnp.maximum(cnt - 1.0, 0.0)).astype(jnp.int32)
+    owners, others = kth_free(~own.T), kth_free(~other.T)  # (K, C): the j-th owner / non-owner of each kind
+    dest = jnp.where(to_owner, owners[kind, j], others[kind, j])
+    foreign = ~params.kind_owner[dest, kind]
+    _, has = kind_neighbours(jnp.zeros(alive.shape, f), params, alive)
+    serve = rng.uniforms(key, state.step, KIND_SERVE, ids) < params.kind_theta[dest]
+    reader = foreign & ~serve & has[dest, kind]
+    return kind, dest, reader, foreign & ~reader
+
+
 def free_capacity(state):
     """Tokens of KV a cell could still promise: capacity - reservations - queued demand."""
     ch, q = state.chains, state.queue
@@ -144,10 +215,35 @@ def kth_free(active):
     return jnp.zeros((n, w), jnp.int32).at[rows, pos].set(cols, mode="drop")
 
 
+def ring_slot(seq, nq: int):
+    """The queue slot of ticket ``seq``: ``seq mod Q``. A cell's queued requests hold the consecutive
+    tickets ``next_seq - count .. next_seq - 1`` (requests join at the tail with the next tickets and
+    admission takes a FIFO prefix), so they occupy distinct slots and FIFO order is slot order from
+    the head ``(next_seq - count) mod Q``, wrapping around: no sort."""
+    return jnp.remainder(seq, nq).astype(jnp.int32)
+
+
+def _paired_cumsums(masks):
+    """Cumulative sums along axis 1 of 0/1 ``int32`` arrays, two per ``cumsum``: the pair is packed
+    as ``a + b * 2^16`` (exact while a row has fewer than 2^15 entries), halving the scans, which
+    XLA's CPU backend runs as several reduce-window kernels each."""
+    k = masks[0].shape[1]
+    if k >= 1 << 15:
+        return [jnp.cumsum(m, axis=1, dtype=jnp.int32) for m in masks]
+    out = []
+    for i in range(0, len(masks), 2):
+        if i + 1 == len(masks):
+            out.append(jnp.cumsum(masks[i], axis=1, dtype=jnp.int32))
+            break
+        c = jnp.cumsum(masks[i] + (masks[i + 1] << 16), axis=1, dtype=jnp.int32)
+        out += [c & 0xFFFF, c >> 16]
+    return out
+
+
 def enqueue(state, entries: dict, tcell, valid, cands):
     """Append entries to the queues of cells ``tcell`` in flat (row-major) order: the r-th entry
-    for a cell takes its r-th free slot and ticket ``next_seq + r``; entries beyond the free slots
-    are dropped. Entries come as ``(R, K)`` arrays whose row ``i`` only targets cells among
+    for a cell takes ticket ``next_seq + r`` and its ring slot (:func:`ring_slot`); entries beyond
+    the free slots are dropped. Entries come as ``(R, K)`` arrays whose row ``i`` only targets cells among
     ``cands[i]`` (``(R, T)``, T small), so an entry's rank among those for its cell is a per-row
     count plus the counts of the rows before (no sort). Returns (state, accepted, dropped per
     target cell), flat."""
@@ -159,32 +255,35 @@ def enqueue(state, entries: dict, tcell, valid, cands):
     cd = jnp.clip(cands, 0, n - 1).astype(jnp.int32)
     # within-row rank: valid entries before this one in the row with the same target
     match = [valid & (tc == cd[:, j:j + 1]) for j in range(t_)]
-    within = jnp.zeros((r_, k_), jnp.int32)
     seen = jnp.zeros((r_, k_), bool)
     offs = jnp.zeros((r_, n), jnp.int32)
+    cums = _paired_cumsums([m.astype(jnp.int32) for m in match])
+    hits = []
     for j in range(t_):
-        mj = match[j].astype(jnp.int32)
-        cj = jnp.cumsum(mj, axis=1)
         hit = (tc == cd[:, j:j + 1]) & ~seen
-        within = jnp.where(hit, cj - mj, within)
+        hits.append(hit)
         seen = seen | hit
         uniq = jnp.ones(r_, bool)
         for i in range(j):
             uniq = uniq & (cd[:, i] != cd[:, j])
-        tot = jnp.where(uniq, cj[:, -1], 0)
+        tot = jnp.where(uniq, cums[j][:, -1], 0)
         offs = offs + tot[:, None] * (cd[:, j:j + 1] == jnp.arange(n)[None, :])
     csum = jnp.cumsum(offs, axis=0)
-    before = csum - offs  # entries of earlier rows per target cell
-    rank = (jnp.take_along_axis(before, tc, axis=1) + within).reshape(-1)
+    before = jnp.take_along_axis(csum - offs, cd, axis=1)  # (R, T): entries of earlier rows per candidate
+    # rank = entries of earlier rows for the target + valid entries before this one in its row with that
+    # target, picked per candidate (elementwise selects, no per-entry gather)
+    rank = jnp.zeros((r_, k_), jnp.int32)
+    for j in range(t_):
+        rank = jnp.where(hits[j], before[:, j:j + 1] + cums[j] - match[j].astype(jnp.int32), rank)
+    rank = rank.reshape(-1)
     tc = tc.reshape(-1)
     valid = valid.reshape(-1)
     m = tc.shape[0]
-    n_free = rowsum(~q.active)
-    slot_order = kth_free(q.active)
+    n_free = nq - n_true(q.active)
     ok = valid & (rank < n_free[tc])
-    slot = slot_order[tc, jnp.clip(rank, 0, nq - 1)]
-    row = jnp.where(ok, tc, n)
     seq = cells.next_seq[tc] + rank
+    slot = ring_slot(seq, nq)  # the queue is a ring: ticket t lives in slot t mod Q (free: see State)
+    row = jnp.where(ok, tc, n)
 
     def put(arr, val):
         return arr.at[row, slot].set(val.reshape(-1).astype(arr.dtype), mode="drop")
@@ -198,6 +297,7 @@ def enqueue(state, entries: dict, tcell, valid, cands):
         turn=put(q.turn, entries["turn"]),
         hop=put(q.hop, entries["hop"]),
         seq=put(q.seq, seq),
+        kind=put(q.kind, entries["kind"]),
     )
     f = state.ledger.arrived.dtype
     total = csum[-1]  # valid entries per target cell; the first n_free of them are accepted
@@ -220,15 +320,17 @@ def tools(state, params, key=None):
     want = jnp.where(ret, jnp.clip(params.l_max - (ch.base + ch.target), 0.0, params.r_tool), 0.0)
     before = jnp.cumsum(want, axis=1) - want
     got = jnp.clip(room[:, None] - before, 0.0, want)
-    flops = jnp.where(ret, prefill_flops(params, got, ch.base + ch.out), 0.0)
+    cached = ch.base + ch.out
+    if n_kinds(params) > 1:  # the result also attends to the instance's cached prefix
+        cached = cached + params.kind_prefix[:, None]
+    flops = jnp.where(ret, prefill_flops(params, got, cached), 0.0)
     _, f_cell, _ = cell_compute(state, params)
-    f_sum = rowsum(flops)
+    f_sum, got_sum, cut_sum = rowsums(flops, got, want - got)
     debt = cells.debt_s + jnp.where(f_cell > 0, f_sum / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
-    got_sum = rowsum(got)
     led = replace(
         led,
         tool_tokens=led.tool_tokens + got_sum,
-        tool_truncated=led.tool_truncated + rowsum(want - got),
+        tool_truncated=led.tool_truncated + cut_sum,
         flops_prefill=led.flops_prefill + f_sum,
     )
     ch = replace(ch, tool_wait=tw, base=ch.base + got)
@@ -273,6 +375,8 @@ def arrivals(state, params, key):
     prompt = lognormal_tokens(up, params.prompt_median, params.prompt_sigma)
     target = lognormal_tokens(uo, params.output_median, params.output_sigma)
     prompt, target, _ = clip_lengths(prompt, target, params.l_max)
+    if n_kinds(params) > 1:
+        return _arrivals_kinds(state, params, key, count, ids, home, valid, prompt, target)
     score = free_capacity(state)
     best, nb, has = best_neighbour(score, params)
     dest = jnp.where(params.routing & has & (best > score), nb, jnp.arange(n))
@@ -280,7 +384,7 @@ def arrivals(state, params, key):
     zeros_i = jnp.zeros((n, a), jnp.int32)
     rs = lambda x: x.reshape(n, a)  # noqa: E731
     entries = {"prompt": rs(prompt), "target": rs(target), "born": zeros_i + state.step,
-               "turn": zeros_i, "hop": zeros_i}
+               "turn": zeros_i, "hop": zeros_i, "kind": zeros_i}
     state, _, dropped = enqueue(state, entries, rs(tcell), rs(valid), dest[:, None])
     led = state.ledger
     moved = jnp.where(dest != jnp.arange(n), count, 0.0)
@@ -294,38 +398,52 @@ def arrivals(state, params, key):
     return replace(state, ledger=led)
 
 
-def _fifo_order(q):
-    """Per row, the queue slots by ticket (active first; inactive after, in slot order): one
-    single-operand sort of ``ticket * Q + slot`` (keys are unique, so this is exactly
-    ``argsort(where(active, seq, max), stable=True)``, several times faster on CPU)."""
-    n, nq = q.active.shape
-    big = jnp.iinfo(q.seq.dtype).max
-    wide = jnp.int64 if jax.config.jax_enable_x64 else None
-    slot = jnp.arange(nq, dtype=jnp.int32)
-    if wide is None:  # no 64-bit ints: fall back to the two-operand sort
-        return jnp.argsort(jnp.where(q.active, q.seq, big), axis=1, stable=True).astype(jnp.int32)
-    keys = jnp.where(q.active, q.seq, big).astype(wide) * nq + slot[None, :].astype(wide)
-    return (jnp.sort(keys, axis=1) % nq).astype(jnp.int32)
+def _arrivals_kinds(state, params, key, count, ids, home, valid, prompt, target):
+    """Arrivals with task kinds: each arrival slot is routed on its own (one enqueue row per slot)."""
+    n = state.cells.alive.shape[0]
+    kind, dest, reader, foreign = kind_route(state, params, key, ids)
+    col = lambda x: x[:, None]  # noqa: E731
+    zeros_i = jnp.zeros_like(col(kind))
+    entries = {"prompt": col(prompt), "target": col(jnp.where(reader, 0.0, target)), "born": zeros_i + state.step,
+               "turn": zeros_i, "hop": zeros_i, "kind": col(kind)}
+    state, ok, dropped = enqueue(state, entries, col(dest), col(valid), col(dest))
+    led = state.ledger
+    f = led.arrived.dtype
+    moved = (valid & (dest != home)).astype(f)
+    led = replace(
+        led,
+        arrived=led.arrived + count,
+        routed_out=led.routed_out + jax.ops.segment_sum(moved, home, num_segments=n),
+        routed_in=led.routed_in + jax.ops.segment_sum(moved, dest, num_segments=n),
+        dropped=led.dropped + dropped,
+        kind_foreign=led.kind_foreign + jax.ops.segment_sum((ok & foreign).astype(f), dest, num_segments=n),
+    )
+    return replace(state, ledger=led)
 
 
 def admission(state, params, key=None):
     ch, q, cells, led = state.chains, state.queue, state.cells, state.ledger
-    n, nq = q.active.shape
+    nq = q.active.shape[1]
     ns = ch.active.shape[1]
-    order = _fifo_order(q)
+    # FIFO order without a sort: position k of the queue is ring slot (head + k) mod Q (ring_slot).
+    # At most ns - active <= ns requests are admitted: only the first W = min(Q, S) positions are read.
+    w = min(nq, ns)
+    n_queued = n_true(q.active)
+    head = cells.next_seq - n_queued
+    k = jnp.arange(w)
+    order = ring_slot(head[:, None] + k[None, :], nq)
 
     def take(x):
         return jnp.take_along_axis(x, order, axis=1)
 
-    act_s = take(q.active)
+    act_s = k[None, :] < n_queued[:, None]
     prompt_s = take(q.prompt)
     need_s = jnp.where(act_s, prompt_s + take(q.target), 0.0)
     reserved = rowsum(jnp.where(ch.active, ch.base + ch.target, 0.0))
     room = cells.kv_capacity - reserved
     n_gpu, f_cell, _ = cell_compute(state, params)
-    n_active = rowsum(ch.active)
+    n_active = n_true(ch.active)
     limit = jnp.minimum(ns - n_active, jnp.maximum(params.max_batch - n_active, 0))
-    k = jnp.arange(nq)
     adm_s = (
         act_s
         & (jnp.cumsum(need_s, axis=1) <= room[:, None])
@@ -335,10 +453,10 @@ def admission(state, params, key=None):
     # the k-th admitted (in FIFO order) takes the k-th free chain slot: a free chain slot of free-rank
     # j takes the j-th request in FIFO order if that one is admitted (gathers, no scatter)
     free = ~ch.active
-    j = jnp.cumsum(free, axis=1) - 1
-    jc = jnp.clip(j, 0, nq - 1)
-    src = jnp.take_along_axis(order, jc, axis=1)  # queue slot feeding chain slot
-    new = free & (j < nq) & jnp.take_along_axis(adm_s, jc, axis=1)
+    j = jnp.cumsum(free, axis=1, dtype=jnp.int32) - 1
+    jc = jnp.clip(j, 0, w - 1)
+    src = ring_slot(head[:, None] + jc, nq)  # queue slot feeding chain slot
+    new = free & (j < w) & jnp.take_along_axis(adm_s, jc, axis=1)
 
     def fill(arr, val):
         return jnp.where(new, jnp.take_along_axis(val, src, axis=1).astype(arr.dtype), arr)
@@ -353,14 +471,19 @@ def admission(state, params, key=None):
         born=fill(ch.born, q.born),
         turn=fill(ch.turn, q.turn),
         hop=fill(ch.hop, q.hop),
+        kind=fill(ch.kind, q.kind),
     )
-    n_adm = rowsum(adm_s)
-    admitted_q = jnp.zeros_like(q.active).at[jnp.arange(n)[:, None], order].set(adm_s)
+    n_adm = n_true(adm_s)
+    # admission takes a FIFO prefix (need >= 0: the cumulative sum only grows): the first n_adm from the head
+    admitted_q = ring_slot(jnp.arange(nq)[None, :] - head[:, None], nq) < n_adm[:, None]
     clear = lambda x: jnp.where(admitted_q, jnp.zeros_like(x), x)  # noqa: E731
     q = replace(q, active=q.active & ~admitted_q, prompt=clear(q.prompt), target=clear(q.target),
-                born=clear(q.born), turn=clear(q.turn), hop=clear(q.hop), seq=clear(q.seq))
+                born=clear(q.born), turn=clear(q.turn), hop=clear(q.hop), seq=clear(q.seq), kind=clear(q.kind))
     p_adm = jnp.where(adm_s, prompt_s, 0.0)
-    flops = rowsum(jnp.where(adm_s, prefill_flops(params, prompt_s), 0.0))
+    if n_kinds(params) > 1:  # the prompt attends to the instance's cached prefix
+        flops = rowsum(jnp.where(adm_s, prefill_flops(params, prompt_s, params.kind_prefix[:, None]), 0.0))
+    else:
+        flops = rowsum(jnp.where(adm_s, prefill_flops(params, prompt_s), 0.0))
     tokens = rowsum(p_adm)
     debt = cells.debt_s + jnp.where(f_cell > 0, flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
     led = replace(
@@ -379,9 +502,16 @@ def decode(state, params, key):
     n_gpu, f_cell, bw_cell = cell_compute(state, params)
     on = n_gpu > 0
     dec = ch.active & (ch.tool_wait == 0)
+    kinds_on = n_kinds(params) > 1
+    if kinds_on:
+        dec = dec & (ch.target > 0)  # readers (target 0) decode nothing
+    # (b and s stay two reductions: fused, XLA sums s in another order, which moves its last bits with
+    # task kinds; the fused sums below gave bit for bit the separate ones on 9 configurations x 300 steps)
     b = rowsum(dec).astype(ch.base.dtype)
     ctx = ch.base + ch.out
     s = rowsum(jnp.where(dec, ctx, 0.0))
+    if kinds_on:  # every sequence attends to (reads) the instance's cached prefix
+        s = s + b * params.kind_prefix
     busy = on & (b > 0)
     f_safe = jnp.where(on, f_cell, 1.0)
     bw_safe = jnp.where(on, bw_cell, 1.0)
@@ -398,12 +528,15 @@ def decode(state, params, key):
     out = jnp.where(fin, ch.target, ch.out + gain)
     grow = gain * (1.0 - params.freeze_context)
     base = ch.base - gain * params.freeze_context  # frozen context: base + out stays put
-    ids = jnp.arange(n * ns, dtype=jnp.uint32)
-    u = rng.uniforms(key, state.step, TOOL_CALL, ids).reshape(n, ns)
+    # the TOOL_CALL draw of every slot, hashed only when tools are on (p_tool is a scalar parameter:
+    # a real branch unless parameters are batched, where both sides run and the draws are kept)
+    u = jax.lax.cond(params.p_tool > 0,
+                     lambda: rng.uniforms(key, state.step, TOOL_CALL, jnp.arange(n * ns, dtype=jnp.uint32)).reshape(n, ns),
+                     lambda: jnp.ones((n, ns), jnp.result_type(float)))
     p_call = -jnp.expm1(gain * jnp.log1p(-params.p_tool))
     call = dec & ~fin & (params.p_tool > 0) & (gain > 0) & (u < p_call)
     energy = n_gpu * (params.power_prefill * pre + params.power_decode * dec_time + params.power_idle * idle)
-    gain_sum = rowsum(gain)
+    gain_sum, n_call, grow_sum = rowsums(gain, call.astype(led.tool_calls.dtype), grow)
     led = replace(
         led,
         tokens_out=led.tokens_out + gain_sum,
@@ -413,16 +546,51 @@ def decode(state, params, key):
         decode_s=led.decode_s + n_gpu * dec_time,
         idle_s=led.idle_s + n_gpu * idle,
         energy_j=led.energy_j + energy,
-        tool_calls=led.tool_calls + rowsum(call).astype(led.tool_calls.dtype),
+        tool_calls=led.tool_calls + n_call,
     )
     ch = replace(ch, out=out, base=base, tool_wait=jnp.where(call, params.tool_steps, ch.tool_wait).astype(ch.tool_wait.dtype))
     cells = replace(
         cells,
-        kv_free=cells.kv_free - rowsum(grow),
+        kv_free=cells.kv_free - grow_sum,
         debt_s=cells.debt_s - pre,
         step_time_s=jnp.where(busy, t, 0.0),
     )
     return replace(state, chains=ch, cells=cells, ledger=led)
+
+
+def _finished_draws(key, step, done, params):
+    """The FOLLOWUP draw and the next turn's output length (lognormal, from the FOLLOWUP_LEN draw) of
+    the chain slots in ``done``, ``(C, S)``; other slots hold 0 (never read). Draws are keyed by the
+    slot's id ``c * S + s``, so these are the numbers a draw over every slot gives there, bit for bit;
+    but only the finished slots are hashed and sent through ``ndtri``, in chunks of ``m`` per row
+    (the j-th chunk takes each row's finished slots of finish-rank ``j m .. (j+1) m - 1``), as many
+    chunks as the busiest row needs (usually one): a few finish per step among S slots, and a hash
+    plus an ``ndtri`` on every slot was the largest kernel of the step."""
+    n, s = done.shape
+    m = min(s, max(16, s // 8))
+    rank = jnp.cumsum(done, axis=1, dtype=jnp.int32) - 1  # finish-rank of a done slot
+    n_done = rank[:, -1] + 1
+    rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, s))
+    cols = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (n, s))
+    f = params.output_median.dtype
+    row_id = jnp.arange(n, dtype=jnp.uint32)[:, None] * jnp.uint32(s)
+
+    def body(carry):
+        j, u_f, tgt = carry
+        r = jnp.where(done, rank - j * m, m)
+        r = jnp.where((r >= 0) & (r < m), r, m)  # position in this chunk; others dropped
+        idx = jnp.zeros((n, m), jnp.int32).at[rows, r].set(cols, mode="drop")
+        ok = (j * m + jnp.arange(m, dtype=jnp.int32))[None, :] < n_done[:, None]
+        ids = row_id + idx.astype(jnp.uint32)
+        uf = rng.uniforms(key, step, FOLLOWUP, ids)
+        t = lognormal_tokens(rng.uniforms(key, step, FOLLOWUP_LEN, ids), params.output_median, params.output_sigma)
+        wr = jnp.where(ok, jnp.arange(n)[:, None], n)
+        return (j + 1, u_f.at[wr, idx].set(uf.astype(f), mode="drop"),
+                tgt.at[wr, idx].set(t.astype(f), mode="drop"))
+
+    zero = jnp.zeros((n, s), f)
+    _, u_f, tgt = jax.lax.while_loop(lambda c: c[0] * m < jnp.max(n_done), body, (jnp.int32(0), zero, zero))
+    return u_f, tgt
 
 
 def finish(state, params, key):
@@ -430,18 +598,29 @@ def finish(state, params, key):
     n, ns = ch.active.shape
     done = ch.active & (ch.out >= ch.target)
     ctx = ch.base + ch.out
-    released = rowsum(jnp.where(done, ctx, 0.0))
-    ids = jnp.arange(n * ns, dtype=jnp.uint32)
-    u_f = rng.uniforms(key, state.step, FOLLOWUP, ids).reshape(n, ns)
-    u_l = rng.uniforms(key, state.step, FOLLOWUP_LEN, ids).reshape(n, ns)
-    more = done & (ch.turn + 1 < params.max_turns) & (u_f < params.followup_prob)
-    hop = done & ~more & (ch.hop + 1 < params.hops)
-    complete = done & ~more & ~hop
-    history = ch.base + ch.out + jnp.where(more, params.followup_tokens, params.handoff_tokens)
+    u_f, new_target = _finished_draws(key, state.step, done, params)
+    kinds_on = n_kinds(params) > 1
+    reader = done & (ch.target == 0) if kinds_on else jnp.zeros_like(done)  # hand the read task on
+    more = done & ~reader & (ch.turn + 1 < params.max_turns) & (u_f < params.followup_prob)
+    hop = done & ~reader & ~more & (ch.hop + 1 < params.hops)
+    complete = done & ~reader & ~more & ~hop
+    added = jnp.where(more, params.followup_tokens, params.handoff_tokens)
+    if kinds_on:
+        added = jnp.where(reader, params.kind_handoff_tokens, added)
+    history = ch.base + ch.out + added
     hist_c, comp_on, comp_cost = compress(history, params)
-    nxt = more | hop
+    nxt = more | hop | reader
     comp_on = comp_on & nxt
-    prompt, target, cut = clip_lengths(hist_c, lognormal_tokens(u_l, params.output_median, params.output_sigma), params.l_max)
+    prompt, target, cut = clip_lengths(hist_c, new_target, params.l_max)
+    # every per-cell sum of this process in one fused reduction (sim.core.ops.rowsums)
+    f = led.completed.dtype
+    sojourn = jnp.where(complete, (state.step - ch.born).astype(f) * params.dt, 0.0)
+    sums = [jnp.where(done, ctx, 0.0), jnp.where(comp_on, comp_cost, 0.0), done.astype(f), complete.astype(f),
+            sojourn, hop.astype(f), comp_on.astype(f), jnp.where(comp_on, history - hist_c, 0.0),
+            jnp.where(nxt, cut, 0.0)]
+    if kinds_on:
+        sums += [reader.astype(f), jnp.where(reader, prompt, 0.0)]
+    released, mem_flops, n_done, n_complete, soj_sum, n_hop, n_comp, removed, trunc, *kind_sums = rowsums(*sums)
     # release the finished chains before routing the next turns (scores see the freed KV)
     zero = jnp.zeros_like(ch.base)
     ch = replace(
@@ -451,7 +630,6 @@ def finish(state, params, key):
         out=jnp.where(done, zero, ch.out),
         target=jnp.where(done, zero, ch.target),
     )
-    mem_flops = rowsum(jnp.where(comp_on, comp_cost, 0.0))
     _, f_cell, _ = cell_compute(state, params)
     cells = replace(
         cells,
@@ -463,29 +641,35 @@ def finish(state, params, key):
     _, nb, _ = best_neighbour(score, params)
     home = jnp.broadcast_to(jnp.arange(n)[:, None], (n, ns))
     dest = jnp.where(more, home, nb[:, None])
+    cands = jnp.stack([jnp.arange(n), nb], axis=1)
+    if kinds_on:  # a reader goes to the owning neighbour of its kind with the most free capacity
+        nbk, _ = kind_neighbours(score, params, state.cells.alive)
+        dest = jnp.where(reader, jnp.take_along_axis(nbk, ch.kind, axis=1), dest)
+        cands = jnp.concatenate([cands, nbk], axis=1)
     entries = {
         "prompt": prompt,
         "target": target,
         "born": ch.born,
-        "turn": jnp.where(more, ch.turn + 1, 0),
-        "hop": jnp.where(more, ch.hop, ch.hop + 1),
+        "turn": jnp.where(more | reader, ch.turn + jnp.where(more, 1, 0), 0),
+        "hop": jnp.where(more | reader, ch.hop, ch.hop + 1),
+        "kind": ch.kind,
     }
-    cands = jnp.stack([jnp.arange(n), nb], axis=1)
     state, _, dropped = enqueue(state, entries, dest, nxt, cands)
-    f = led.completed.dtype
-    sojourn = jnp.where(complete, (state.step - ch.born).astype(f) * params.dt, 0.0)
     led = replace(
         led,
-        turns_done=led.turns_done + rowsum(done).astype(f),
-        completed=led.completed + rowsum(complete).astype(f),
-        sojourn_s=led.sojourn_s + rowsum(sojourn),
-        handoffs=led.handoffs + rowsum(hop).astype(f),
+        turns_done=led.turns_done + n_done,
+        completed=led.completed + n_complete,
+        sojourn_s=led.sojourn_s + soj_sum,
+        handoffs=led.handoffs + n_hop,
         dropped=led.dropped + dropped,
-        compressions=led.compressions + rowsum(comp_on).astype(f),
-        tokens_removed=led.tokens_removed + rowsum(jnp.where(comp_on, history - hist_c, 0.0)),
+        compressions=led.compressions + n_comp,
+        tokens_removed=led.tokens_removed + removed,
         flops_memory=led.flops_memory + mem_flops,
-        truncated=led.truncated + rowsum(jnp.where(nxt, cut, 0.0)),
+        truncated=led.truncated + trunc,
     )
+    if kinds_on:
+        led = replace(led, kind_handoffs=led.kind_handoffs + kind_sums[0],
+                      kind_handoff_tokens=led.kind_handoff_tokens + kind_sums[1])
     return replace(state, ledger=led)
 
 

@@ -63,6 +63,12 @@ class LLMParams:
     handoff_tokens: object  # tokens of instructions added when handing the transcript on
     routing: object  # bool: arrivals go to the neighbour with most free capacity if it has more
     freeze_context: object  # 0/1: decode without growing the context (serving calculator)
+    # task kinds (``substrate.kinds``; K = kind_owner.shape[-1] is static: K = 1 switches them off)
+    kind_owner: object  # (C, K) bool: instance i owns kind k (society.owns: i mod K == k when C >= K)
+    kind_prefix: object  # (C,) tokens of cached context prefix C(theta_i) = base + c (m + theta_i (K - m))
+    kind_theta: object  # (C,) probability a task of a foreign kind is served in place (else handed on)
+    kind_p_miss: object  # probability the router sends a task to an instance not owning its kind
+    kind_handoff_tokens: object  # H: tokens of working context handed over with a misrouted task
     edges: Edges
 
     def batch_axes(self):

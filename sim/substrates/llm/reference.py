@@ -34,6 +34,7 @@ class Request:
     turn: int
     hop: int
     seq: int
+    kind: int = 0
 
 
 @dataclasses.dataclass
@@ -46,6 +47,7 @@ class Chain:
     born: int = 0
     turn: int = 0
     hop: int = 0
+    kind: int = 0
 
     @property
     def ctx(self) -> float:
@@ -115,15 +117,20 @@ class ReferenceLLM:
         self.cells = []
         for i in range(n):
             chains = [Chain(bool(ch.active[i, k]), float(ch.base[i, k]), float(ch.out[i, k]), float(ch.target[i, k]),
-                            int(ch.tool_wait[i, k]), int(ch.born[i, k]), int(ch.turn[i, k]), int(ch.hop[i, k]))
+                            int(ch.tool_wait[i, k]), int(ch.born[i, k]), int(ch.turn[i, k]), int(ch.hop[i, k]),
+                            int(ch.kind[i, k]))
                       for k in range(ns)]
             queue = [Request(float(q.prompt[i, k]), float(q.target[i, k]), int(q.born[i, k]), int(q.turn[i, k]),
-                             int(q.hop[i, k]), int(q.seq[i, k])) if q.active[i, k] else None for k in range(self.nq)]
+                             int(q.hop[i, k]), int(q.seq[i, k]), int(q.kind[i, k])) if q.active[i, k] else None
+                     for k in range(self.nq)]
             self.cells.append(ModelCell(
                 i, bool(c.alive[i]), float(c.kv_capacity[i]), float(c.kv_free[i]), float(c.debt_s[i]),
                 int(c.next_seq[i]), float(c.step_time_s[i]), [bool(x) for x in np.asarray(s.gpus.alive)[i]],
                 chains, queue, {f.name: float(np.asarray(getattr(led, f.name))[i]) for f in dataclasses.fields(Ledger)},
             ))
+        # task kinds (kernels module docstring): K, who owns what, the cached prefixes
+        self.n_kinds = int(np.asarray(p.kind_owner).shape[-1])
+        self.owner = np.asarray(p.kind_owner).tolist()
         self.phases = self._make_phases()
 
     # ---- helpers mirroring sim.substrates.llm.kernels ----------------------------------------------------
@@ -168,17 +175,48 @@ class ReferenceLLM:
             return -math.inf, i, False
         return best, nb, True
 
+    def kind_neighbour(self, scores, i, k):
+        """The live neighbour of ``i`` owning kind ``k`` with the highest score (kernels.kind_neighbours)."""
+        masked = [scores[j] if (self.owner[j][k] and self.cells[j].alive) else -math.inf for j in range(self.n)]
+        return self.best_neighbour(masked, i)
+
+    def kind_route(self, draws, e):
+        """Task kinds at arrival slot ``e``: (kind, destination, reader, served foreign)
+        (``kernels.kind_route``)."""
+        p, nk = self.p, self.n_kinds
+        uk, um, up, us = draws
+        kind = min(math.floor(float(uk[e]) * nk), nk - 1)
+        alive = [c.alive for c in self.cells]
+        owners = [j for j in range(self.n) if alive[j] and self.owner[j][kind]]
+        others = [j for j in range(self.n) if alive[j] and not self.owner[j][kind]]
+        miss = float(um[e]) < p["kind_p_miss"]
+        to_owner = (not miss or not others) and bool(owners)
+        pool = owners if to_owner else others
+        cnt = float(len(pool))
+        j = int(min(max(math.floor(float(up[e]) * cnt), 0.0), max(cnt - 1.0, 0.0)))
+        dest = pool[j]
+        foreign = not self.owner[dest][kind]
+        has = any(alive[m] and self.owner[m][kind] for m in self.neighbours[dest])
+        serve = float(us[e]) < p["kind_theta"][dest]
+        reader = foreign and not serve and has
+        return kind, dest, reader, foreign and not reader
+
     def enqueue(self, entries):
-        """entries: list of (target cell, Request without seq) in flat order."""
+        """entries: list of (target cell, Request without seq) in flat order. A request takes the next
+        ticket and its ring slot ``ticket mod Q`` (``kernels.ring_slot``), which is free whenever the
+        queue is not full (the queued tickets are consecutive)."""
         for tcell, req in entries:
             cell = self.cells[tcell]
-            slot = next((k for k, r in enumerate(cell.queue) if r is None), None)
-            if slot is None:
+            if all(r is not None for r in cell.queue):
                 cell.ledger["dropped"] += 1.0
                 continue
+            slot = cell.next_seq % self.nq
+            assert cell.queue[slot] is None, f"ring slot {slot} of instance {tcell} is taken"
             req.seq = cell.next_seq
             cell.next_seq += 1
             cell.queue[slot] = req
+            if getattr(req, "foreign", False):
+                cell.ledger["kind_foreign"] += 1.0
 
     # ---- processes ------------------------------------------------------------------------------
 
@@ -204,7 +242,10 @@ class ReferenceLLM:
             want = min(max(p["l_max"] - (c.base + c.target), 0.0), p["r_tool"])
             got = min(max(room - before, 0.0), want)
             before += want
-            flops_sum += self.prefill_flops(got, c.base + c.out)
+            cached = c.base + c.out
+            if self.n_kinds > 1:
+                cached = cached + p["kind_prefix"][cell.index]
+            flops_sum += self.prefill_flops(got, cached)
             c.base += got
             got_sum += got
             trunc += want - got
@@ -249,12 +290,15 @@ class ReferenceLLM:
         up = self.u(K.PROMPT_LEN, self.n * a)
         uo = self.u(K.OUTPUT_LEN, self.n * a)
         scores = [cell.free_capacity() for cell in self.cells]
-        return u, up, uo, scores
+        kinds = None
+        if self.n_kinds > 1:
+            kinds = tuple(self.u(purpose, self.n * a) for purpose in (K.KIND, K.KIND_ROUTE, K.KIND_PICK, K.KIND_SERVE))
+        return u, up, uo, scores, kinds
 
     def arrivals_cell(self, cell, draws):
         """Arrivals at ``cell`` -> list of (destination cell, Request) to enqueue (flat order)."""
         p, a = self.p, self.a
-        u, up, uo, scores = draws
+        u, up, uo, scores, kinds = draws
         i = cell.index
         entries = []
         lam = p["arrival_rate"][i] * p["dt"]
@@ -267,6 +311,8 @@ class ReferenceLLM:
             cdf = cdf + pk
         if not cell.alive:
             count = 0.0
+        if kinds is not None:
+            return self.arrivals_cell_kinds(cell, count, up, uo, kinds)
         best, nb, has = self.best_neighbour(scores, i)
         dest = nb if (p["routing"] and has and best > scores[i]) else i
         cell.ledger["arrived"] += count
@@ -279,6 +325,25 @@ class ReferenceLLM:
             target = self.lognormal_tokens(float(uo[e]), p["output_median"], p["output_sigma"])
             prompt, target, _ = self.clip_lengths(prompt, target)
             entries.append((dest, Request(prompt, target, self.step_count, 0, 0, -1)))
+        return entries
+
+    def arrivals_cell_kinds(self, cell, count, up, uo, kinds):
+        """Arrivals with task kinds: each routed on its own (``kernels._arrivals_kinds``)."""
+        p, a, i = self.p, self.a, cell.index
+        cell.ledger["arrived"] += count
+        entries = []
+        for j in range(int(count)):
+            e = i * a + j
+            prompt = self.lognormal_tokens(float(up[e]), p["prompt_median"], p["prompt_sigma"])
+            target = self.lognormal_tokens(float(uo[e]), p["output_median"], p["output_sigma"])
+            prompt, target, _ = self.clip_lengths(prompt, target)
+            kind, dest, reader, foreign = self.kind_route(kinds, e)
+            if dest != i:
+                cell.ledger["routed_out"] += 1.0
+                self.cells[dest].ledger["routed_in"] += 1.0
+            req = Request(prompt, 0.0 if reader else target, self.step_count, 0, 0, -1, kind)
+            req.foreign = foreign  # booked as kind_foreign if the queue takes it
+            entries.append((dest, req))
         return entries
 
     def admission(self):
@@ -299,10 +364,10 @@ class ReferenceLLM:
             if cum > room or admitted >= limit or cell.n_gpu() <= 0:
                 break
             slot = free_slots[admitted]
-            cell.chains[slot] = Chain(True, req.prompt, 0.0, req.target, 0, req.born, req.turn, req.hop)
+            cell.chains[slot] = Chain(True, req.prompt, 0.0, req.target, 0, req.born, req.turn, req.hop, req.kind)
             cell.queue[k] = None
             admitted += 1
-            flops += self.prefill_flops(req.prompt)
+            flops += self.prefill_flops(req.prompt, p["kind_prefix"][cell.index] if self.n_kinds > 1 else 0.0)
             tokens += req.prompt
         cell.add_debt(flops, p["peak_flops"])
         cell.kv_free -= tokens
@@ -323,11 +388,18 @@ class ReferenceLLM:
         i = cell.index
         n_gpu = cell.n_gpu()
         on = n_gpu > 0
-        dec = [c for c in cell.chains if c.active and c.tool_wait == 0]
+        kinds_on = self.n_kinds > 1
+
+        def decoding(c):  # readers (target 0, task kinds) decode nothing
+            return c.active and c.tool_wait == 0 and (not kinds_on or c.target > 0)
+
+        dec = [c for c in cell.chains if decoding(c)]
         b = float(len(dec))
         s = 0.0
         for c in dec:
             s += c.ctx
+        if kinds_on:
+            s = s + b * p["kind_prefix"][i]
         busy = on and b > 0
         flops_it = p["c0"] * b + p["c1"] * s
         t = 0.0
@@ -340,7 +412,7 @@ class ReferenceLLM:
         g = dec_time / t if busy else 0.0
         gain_sum, calls, grow_sum = 0.0, 0, 0.0
         for k, c in enumerate(cell.chains):
-            if not (c.active and c.tool_wait == 0):
+            if not decoding(c):
                 continue
             remaining = c.target - c.out
             fin = g >= remaining
@@ -388,18 +460,20 @@ class ReferenceLLM:
             if not (c.active and c.out >= c.target):
                 continue
             e = i * self.ns + k
-            more = c.turn + 1 < p["max_turns"] and uf[e] < p["followup_prob"]
-            hop = (not more) and c.hop + 1 < p["hops"]
-            history = c.base + c.out + (p["followup_tokens"] if more else p["handoff_tokens"])
+            reader = self.n_kinds > 1 and c.target == 0
+            more = not reader and c.turn + 1 < p["max_turns"] and uf[e] < p["followup_prob"]
+            hop = not reader and (not more) and c.hop + 1 < p["hops"]
+            added = p["kind_handoff_tokens"] if reader else (p["followup_tokens"] if more else p["handoff_tokens"])
+            history = c.base + c.out + added
             hist_c, comp, cost = self.compress(history)
-            comp = comp and (more or hop)
+            comp = comp and (more or hop or reader)
             draw = self.lognormal_tokens(float(ul[e]), p["output_median"], p["output_sigma"])
             prompt, target, cut = self.clip_lengths(hist_c, draw)
             released += c.ctx
             if comp:
                 mem_flops += cost
             pending.append((i, k, more, hop, history, hist_c, comp, prompt, target, cut,
-                            Chain(**dataclasses.asdict(c))))
+                            Chain(**dataclasses.asdict(c)), reader))
             c.active, c.base, c.out, c.target = False, 0.0, 0.0, 0.0
         cell.kv_free += released
         cell.add_debt(mem_flops, p["peak_flops"])
@@ -411,19 +485,25 @@ class ReferenceLLM:
         p = self.p
         scores = [cell.free_capacity() for cell in self.cells]
         entries = []
-        for i, k, more, hop, history, hist_c, comp, prompt, target, cut, c in pending:
+        for i, k, more, hop, history, hist_c, comp, prompt, target, cut, c, reader in pending:
             led = self.cells[i].ledger
             led["turns_done"] += 1
             if comp:
                 led["compressions"] += 1
                 led["tokens_removed"] += history - hist_c
-            if more or hop:
+            if reader:  # a task of a foreign kind, read here: to the owning neighbour of its kind
+                led["truncated"] += cut
+                led["kind_handoffs"] += 1
+                led["kind_handoff_tokens"] += prompt
+                dest = self.kind_neighbour(scores, i, c.kind)[1]
+                entries.append((dest, Request(prompt, target, c.born, c.turn, c.hop, -1, c.kind)))
+            elif more or hop:
                 led["truncated"] += cut
                 dest = i if more else self.best_neighbour(scores, i)[1]
                 if hop:
                     led["handoffs"] += 1
                 entries.append((dest, Request(prompt, target, c.born, c.turn + 1 if more else 0,
-                                              c.hop if more else c.hop + 1, -1)))
+                                              c.hop if more else c.hop + 1, -1, c.kind)))
             else:
                 led["completed"] += 1
                 led["sojourn_s"] += (self.step_count - c.born) * p["dt"]
@@ -490,10 +570,11 @@ class ReferenceLLM:
         )
         chains = Chains(active=ch("active", bool), base=ch("base", np.float64), out=ch("out", np.float64),
                         target=ch("target", np.float64), tool_wait=ch("tool_wait", np.int32),
-                        born=ch("born", np.int32), turn=ch("turn", np.int32), hop=ch("hop", np.int32))
+                        born=ch("born", np.int32), turn=ch("turn", np.int32), hop=ch("hop", np.int32),
+                        kind=ch("kind", np.int32))
         queue = Queue(active=arr(lambda c, k: c.queue[k] is not None, nq, bool), prompt=qq("prompt", np.float64),
                       target=qq("target", np.float64), born=qq("born", np.int32), turn=qq("turn", np.int32),
-                      hop=qq("hop", np.int32), seq=qq("seq", np.int32))
+                      hop=qq("hop", np.int32), seq=qq("seq", np.int32), kind=qq("kind", np.int32))
         ledger = Ledger(**{f.name: np.array([c.ledger[f.name] for c in self.cells])
                            for f in dataclasses.fields(Ledger)})
         gpus = Gpus(alive=np.array([c.gpus_alive for c in self.cells], bool))

@@ -23,7 +23,9 @@ import math
 import numpy as np
 import xarray as xr
 
+from sim import topology
 from sim.constants import landauer_j
+from sim.io import CORE_OUTCOMES, COUNT, DIMENSIONLESS, FLAG, TEXT
 from sim.network_figure import edge_attributes
 from sim.substrates.llm import specs
 
@@ -49,7 +51,7 @@ def to_dataset(llm, result, cfg: dict) -> xr.Dataset:
         stability_limit_req_per_s=float(stability_limit(llm)["stability_limit_req_per_s"]),
         **edge_attributes(llm.graph),  # the junctions, for figures/network.png (sim.network_figure)
     )
-    return ds
+    return topology.label_cells(ds, getattr(llm, "graph", None))  # a graph file's node labels name the cells
 
 
 def _window(times, warmup_fraction: float) -> int:
@@ -83,6 +85,25 @@ def stability_limit(llm) -> dict:
         "prefill_s_per_request": prefill_s,
         "decode_s_per_request": decode_s,
     }
+
+
+# The unit of every key an LLM serving summary can hold (sim.io's naming rule): the currency in
+# tokens, requests counted, energy in J, money in USD.
+OUTCOME_UNITS = {
+    **CORE_OUTCOMES,
+    "gpus_per_model": COUNT, "cells_total": COUNT, "kv_capacity_tokens": "tokens", "window_s": "s",
+    "arrival_rate_req_per_s": "requests/s", "throughput_req_per_s": "requests/s", "mean_in_system": COUNT,
+    "mean_time_in_system_s": "s", "littles_law_lambda_w": COUNT, "littles_law_rel_error": DIMENSIONLESS,
+    "stable": FLAG, "stability_reason": TEXT, "dropped": COUNT, "in_system_growth": COUNT, "mean_queue_len": COUNT,
+    "mean_batch": COUNT, "input_tokens": "tokens", "output_tokens": "tokens", "output_tokens_per_s": "tokens/s",
+    "energy_per_output_token_j": "J/output token", "energy_per_token_processed_j": "J/token processed",
+    "energy_j": "J", "mean_power_w": "W", "gpu_busy_fraction": DIMENSIONLESS, "billed_usd": "USD",
+    "energy_cost_usd": "USD", "billed_over_energy_cost": DIMENSIONLESS, "bits_per_token": "bits/token",
+    "landauer_ratio": DIMENSIONLESS, "tool_calls": COUNT, "tool_tokens": "tokens", "memory_compressions": COUNT,
+    "memory_removed_tokens": "tokens", "routed": COUNT, "kv_conservation_error": DIMENSIONLESS,
+    "conservation_error": DIMENSIONLESS, "stability_limit_req_per_s": "requests/s", "kv_limited_batch": COUNT,
+    "prefill_s_per_request": "s/request", "decode_s_per_request": "s/request", "utilization_estimate": DIMENSIONLESS,
+}
 
 
 MIN_GROWTH = 5.0  # requests: a smaller growth over the window is noise, whatever the arrivals
@@ -158,23 +179,23 @@ def summarize(llm, result, warmup_fraction: float = 0.25) -> dict:
         "in_system_growth": mean(growth),
         "mean_queue_len": mean(rec["queue_len"][:, i0:].sum(-1)),
         "mean_batch": mean(rec["batch"][:, i0:].sum(-1)),
-        "tokens_in": mean(tok_in),
-        "tokens_out": mean(tok_out),
-        "tokens_per_s": mean(tok_out / span),
-        "joules_per_token": mean(j_per_tok),
-        "joules_per_token_processed": mean(energy / np.maximum(tok_in + tok_out, 1e-300)),
+        "input_tokens": mean(tok_in),
+        "output_tokens": mean(tok_out),
+        "output_tokens_per_s": mean(tok_out / span),
+        "energy_per_output_token_j": mean(j_per_tok),
+        "energy_per_token_processed_j": mean(energy / np.maximum(tok_in + tok_out, 1e-300)),
         "energy_j": mean(energy),
         "mean_power_w": mean(energy / span),
         "gpu_busy_fraction": mean((d("prefill_s") + d("decode_s")) / np.maximum(gpu_s, 1e-300)),
-        "usd_billed": mean(usd_billed),
-        "usd_energy": mean(usd_energy),
+        "billed_usd": mean(usd_billed),
+        "energy_cost_usd": mean(usd_energy),
         "billed_over_energy_cost": mean(usd_billed / np.maximum(usd_energy, 1e-300)),
         "bits_per_token": bits,
         "landauer_ratio": mean(landauer),
         "tool_calls": mean(d("tool_calls")),
         "tool_tokens": mean(d("tool_tokens")),
         "memory_compressions": mean(d("compressions")),
-        "tokens_removed_by_memory": mean(d("tokens_removed")),
+        "memory_removed_tokens": mean(d("tokens_removed")),
         "routed": mean(d("routed_out")),
         "kv_conservation_error": kv_err,
         "conservation_error": kv_err,

@@ -22,7 +22,7 @@ from sim.core.substrate import EntitySpec, Quantity, Substrate
 from sim.errors import ConfigError
 from sim.core.ops import rowsum
 from sim.substrates.llm.kernels import PROCESSES, in_system
-from sim.substrates.llm.build import SUBSTRATE_NUMBERS
+from sim.substrates.llm.build import RULES
 
 RECORDS = (
     Quantity("queue_len", "requests", "requests waiting in the queue"),
@@ -251,7 +251,7 @@ SUBSTRATE = Substrate(
     to_dataset=to_dataset,
     summarize=summarize,
     validate=validate,
-    config_rules=SUBSTRATE_NUMBERS,
+    config_rules=RULES,
     reference=reference,
     figures=figures,
     demand_knob="arrival_rate",

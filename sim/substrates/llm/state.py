@@ -6,6 +6,11 @@
   one chain slot at any time, which is what Little's law counts.
 - The KV cache is the conserved carrier: ``kv_free + sum(context of active chains) = kv_capacity``
   per cell, booked incrementally in ``Cells.kv_free`` and checked against the chains.
+- Task kinds (``substrate.kinds``, off at ``n: 1``): every request carries a kind (``kind``); an
+  instance's cached context prefix (system prompt + the kinds' contexts it keeps) is held once per
+  instance, outside the chains, by taking it out of ``kv_capacity``. A queued request or chain with
+  ``target == 0`` is a *reader*: a task of a foreign kind the instance will read (prefill) and hand
+  on to an owner of the kind, decoding nothing (``sim.substrates.llm.kernels`` module docstring).
 - A chain's context (KV tokens) is ``base + out``: ``base`` is the history it was admitted with
   (prompt) plus tokens appended by tools, less what a memory module removed; ``out`` is what it
   generated in this turn. The chain reserves ``base + target`` of KV on admission, so the cache
@@ -44,17 +49,24 @@ class Chains:
     born: object  # (C, S) int32 step the conversation arrived (its clock for time-in-system)
     turn: object  # (C, S) int32 agent-loop turn (0-based)
     hop: object  # (C, S) int32 position in an agentic chain of models (0-based)
+    kind: object  # (C, S) int32 task kind (0 when kinds are off)
 
 
 @pytree_dataclass
 class Queue:
+    """A ring buffer per cell: the queued requests hold the consecutive tickets ``next_seq - n ..
+    next_seq - 1`` (``n`` queued), ticket ``t`` in slot ``t mod Q`` (``kernels.ring_slot``), so FIFO
+    order is slot order from the head, wrapping around (no sort). States are built that way
+    (``build``: tickets 0..n-1 in slots 0..n-1) and every step keeps it."""
+
     active: object  # (C, Q) bool
     prompt: object  # (C, Q) tokens to prefill
     target: object  # (C, Q) tokens to generate
     born: object  # (C, Q) int32
     turn: object  # (C, Q) int32
     hop: object  # (C, Q) int32
-    seq: object  # (C, Q) int32 FIFO ticket (admission in ticket order)
+    seq: object  # (C, Q) int32 FIFO ticket (admission in ticket order; slot = seq mod Q)
+    kind: object  # (C, Q) int32 task kind (0 when kinds are off)
 
 
 @pytree_dataclass
@@ -87,6 +99,9 @@ class Ledger:
     decode_s: object  # GPU-s decoding
     idle_s: object  # GPU-s idle
     energy_j: object  # J: power(state) x time x live GPUs
+    kind_handoffs: object  # tasks of a foreign kind read here and handed on to an owner of the kind
+    kind_handoff_tokens: object  # tokens those hand-offs make the owner prefill (the read task P + handoff H)
+    kind_foreign: object  # tasks of a foreign kind served here (kept in context: probability theta)
 
 
 @pytree_dataclass

@@ -10,32 +10,53 @@ Lascu & Gonin 2000) and their change of it is spread over the carriers a cell ho
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from sim.core import carriers
 from sim.substrates.bio.kernels.metabolism import set_columns
-from sim.substrates.bio.kernels.thermo import ak_ck_equilibrium
+from sim.substrates.bio.kernels.thermo import adenylate_equilibrium, creatine_equilibrium
 from sim.pytree import replace
 from sim.substrates.bio.state import ADP, AMP, ATP
 
 
+def _settle(creatine: bool, k_ak, k_ck, creatine_total):
+    """The whole process on one cell block, (pools, pcr, alive, ak_atp, ck_atp) -> (new pools, pcr,
+    ak_atp, ck_atp, ATP): the branch of :func:`adenylate_kinase`'s ``cond`` with (True) or without
+    (False) the creatine kinase Newton solve (``thermo.ak_ck_equilibrium``, step for step)."""
+
+    def settle(pools, pcr0, alive, ak_atp, ck_atp):
+        atp, adp, amp = pools[:, ATP], pools[:, ADP], pools[:, AMP]
+        a, d, m = adenylate_equilibrium(atp, adp, amp, k_ak)
+        pcr = pcr0
+        if creatine:
+            a, d, m, pcr = creatine_equilibrium(atp, adp, amp, pcr0, creatine_total, k_ak, k_ck, a, d, m)
+        a = a * alive + atp * ~alive
+        d = d * alive + adp * ~alive
+        m = m * alive + amp * ~alive
+        pcr = pcr * alive + pcr0 * ~alive
+        ck = pcr0 - pcr  # each phosphocreatine used makes one ATP
+        return (set_columns(pools, {ATP: a, ADP: d, AMP: m}), pcr, ak_atp + ((a - atp) - ck), ck_atp + ck, a)
+
+    return settle
+
+
 def adenylate_kinase(state, params, key=None):
-    cells = state.cells
-    pools = cells.pools
-    a, d, m, pcr = ak_ck_equilibrium(pools[:, ATP], pools[:, ADP], pools[:, AMP], cells.pcr,
-                                     params.creatine_total, params.k_ak, params.k_ck)
-    alive = cells.alive
-    a = a * alive + pools[:, ATP] * ~alive
-    d = d * alive + pools[:, ADP] * ~alive
-    m = m * alive + pools[:, AMP] * ~alive
-    pcr = pcr * alive + cells.pcr * ~alive
-    new = set_columns(pools, {ATP: a, ADP: d, AMP: m})
+    cells, led = state.cells, state.ledger
+    # The creatine kinase Newton solve only where there is creatine: a real branch (35
+    # transcendentals per cell saved without the buffer; with batched parameters vmap evaluates
+    # both sides). The branches take the whole cell block and return the new one, so the pools
+    # after transport are written once as the branch operand and this process is one kernel per
+    # output (issue 10: each ATP/ADP/AMP column taken apart outside the branch was a kernel that
+    # read the transport's whole scatter result).
+    args = (cells.pools, cells.pcr, cells.alive, led.ak_atp, led.ck_atp)
+    consts = (params.k_ak, params.k_ck, params.creatine_total)
+    new, pcr, ak_atp, ck_atp, a = jax.lax.cond(jnp.any(params.creatine_total > 0), _settle(True, *consts),
+                                               _settle(False, *consts), *args)
     if carriers.active(state.carriers):  # static: with one carrier this is not traced
         cs = state.carriers
-        held = jnp.where(alive[:, None], carriers.reconcile(cs.held, cs.make, a), cs.held)
+        held = jnp.where(cells.alive[:, None], carriers.reconcile(cs.held, cs.make, a), cs.held)
         new = new.at[:, ATP].set(jnp.sum(held, axis=1))
         state = replace(state, carriers=replace(cs, held=held))
-    ck = cells.pcr - pcr  # each phosphocreatine used makes one ATP
-    led = replace(state.ledger, ak_atp=state.ledger.ak_atp + ((a - pools[:, ATP]) - ck),
-                  ck_atp=state.ledger.ck_atp + ck)
+    led = replace(led, ak_atp=ak_atp, ck_atp=ck_atp)
     return replace(state, cells=replace(cells, pools=new, pcr=pcr), ledger=led)

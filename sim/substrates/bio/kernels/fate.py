@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from sim import rng
 from sim.core import carriers
+from sim.core.ops import materialize
 from sim.substrates.bio.kernels.metabolism import set_columns
 from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.pytree import replace
@@ -41,7 +42,9 @@ def producer_failure(state, params, key):
     ids = jnp.arange(c * p, dtype=jnp.uint32)
     u = rng.uniforms(key, state.step, rng.PRODUCER_FAILURE, ids).reshape(c, p)
     hazard = params.hazard0 * jnp.exp(params.hazard_beta * (1.0 - prod.health))
-    fails = prod.alive & (u < -jnp.expm1(-hazard * params.dt))
+    # written once (C, P): the alive mask and the failure count read it instead of each
+    # recomputing it from the draw and the failure probability (issue 10)
+    fails = materialize(prod.alive & (u < -jnp.expm1(-hazard * params.dt)))
     led = replace(state.ledger, failures=state.ledger.failures + jnp.sum(fails, axis=1, dtype=state.ledger.failures.dtype))
     return replace(state, producers=replace(prod, alive=prod.alive & ~fails), ledger=led)
 

@@ -34,7 +34,7 @@ from sim.core import carriers
 from sim.substrates.bio.kernels.capacity import consumer_vmax, producer_scale
 from sim.substrates.bio.kernels import translation
 from sim.core.chains import chain_demand, chain_step
-from sim.core.ops import rowsum, rowsums
+from sim.core.ops import materialize, rowsum, rowsums
 from sim.substrates.bio.kernels.thermo import brake, dg_atp_kj
 from sim.pytree import replace
 from sim.substrates.bio.state import ADP, ATP, GLC, PI
@@ -145,7 +145,9 @@ def metabolism(state, params, key=None):
     limit = jnp.minimum(
         jnp.minimum(_safe_div(d, want_atp), _safe_div(pi, want_atp)), _safe_div(s, want_glc)
     )
-    f_prod = jnp.where(want_atp > 0, jnp.minimum(1.0, limit), 0.0)
+    # per-cell factors that scale per-slot arrays are written once (C,): the producer health update
+    # would otherwise recompute them, with everything they depend on, for every slot (issue 10)
+    f_prod = materialize(jnp.where(want_atp > 0, jnp.minimum(1.0, limit), 0.0))
     made = want_atp * f_prod  # = the sum of each producer's j dt f_prod
     glc_used = want_glc * f_prod
     substrate_energy = (sum_energy * dt * f_prod) * params.volume_l
@@ -183,7 +185,7 @@ def metabolism(state, params, key=None):
 
     # repair of damaged producers, served after all consumers
     repair_cost = params.repair_cost * sum_repair_h
-    f_rep = jnp.where(repair_cost > rest, _safe_div(rest, repair_cost), 1.0)
+    f_rep = materialize(jnp.where(repair_cost > rest, _safe_div(rest, repair_cost), 1.0))
     repair_spent = repair_cost * f_rep
     repair_h = repair_want_h * f_rep[:, None]
 

@@ -98,14 +98,15 @@ def ak_ck_equilibrium(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, xp=jnp):
         # the Newton solve only where there is creatine: a real branch (35 transcendentals per
         # cell saved without the buffer; with batched parameters vmap evaluates both sides)
         return jax.lax.cond(jnp.any(creatine_total > 0),
-                            lambda: _with_creatine(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0, m0, xp),
+                            lambda: creatine_equilibrium(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0, m0, xp),
                             lambda: (a0, d0, m0, pcr + jnp.zeros_like(a0)))
-    return _with_creatine(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0, m0, xp)
+    return creatine_equilibrium(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0, m0, xp)
 
 
-def _with_creatine(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0, m0, xp):
-    """Newton's method of :func:`ak_ck_equilibrium`; cells (or parameter rows) without creatine keep
-    the closed form (a0, d0, m0) and their PCr."""
+def creatine_equilibrium(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0, m0, xp=jnp):
+    """The joint equilibrium of :func:`ak_ck_equilibrium` by Newton's method in ln(ATP/ADP);
+    cells (or parameter rows) without creatine keep the closed form (a0, d0, m0) of
+    :func:`adenylate_equilibrium` and their PCr."""
     n = atp + adp + amp
     c = creatine_total
     e = xp.clip(2.0 * atp + adp + pcr, 0.0, 2.0 * n + c)

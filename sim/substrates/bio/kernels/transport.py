@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sim.core import carriers
+from sim.core.ops import materialize
 from sim.pytree import replace
 from sim.substrates.bio.state import ATP
 
@@ -27,7 +28,9 @@ def edge_fluxes(pools, alive, params):
     e = params.edges
     open_ = alive[e.src] & alive[e.dst]
     g = jnp.where(open_, e.conductance * params.conductance_scale * params.dt, 0.0)
-    return g[:, None] * params.permeability[None, :] * (pools[e.src] - pools[e.dst])
+    # written once (E, S): each of the (2E, 2S + 2) values booked below would otherwise gather
+    # both ends' pools again (issue 10)
+    return materialize(g[:, None] * params.permeability[None, :] * (pools[e.src] - pools[e.dst]))
 
 
 def transport(state, params, key=None):

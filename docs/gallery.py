@@ -88,9 +88,10 @@ GALLERY = (
           ("experiment=multicellular", "multicellular.topologies=[complete,ring]", "multicellular.n_cells=16",
            "multicellular.alphas=[0.5,2.0,3.0]", "multicellular.losses=[0.0,0.6]", "multicellular.replicates=1",
            "steps=5000"),
-          ("phase_diagram.png",),
+          ("phase_diagram.png", "spacing.png"),
           "Division of labour: specialisation index and gain over the best generalists against trade-off "
-          "curvature and transport cost, per topology."),
+          "curvature and transport cost, per topology; on the ring, the spacing of producer cells "
+          "next to Anabaena's heterocysts (every 10-20 cells)."),
     Entry("robustness",
           ("experiment=robustness", "topology.n_cells=12", "robustness.replicates=2", "steps=5000"),
           ("robustness.png",),

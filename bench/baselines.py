@@ -141,6 +141,24 @@ def section_baselines(sizes, repeats: int = 5) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- bytes from the HLO
+
+def overlaid_tree(old_files, prefix: str = "ab_old_") -> str:
+    """A temporary copy of the working tree's ``sim`` and ``bench`` with every ``.py`` file under
+    ``old_files`` (a snapshot of some files, at their paths relative to the repository) laid over
+    it: the "old" side of an interleaved A/B while others edit the same tree. Returns its path."""
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    ignore = shutil.ignore_patterns("__pycache__", "results")
+    shutil.copytree(ROOT / "sim", Path(tmp) / "sim", ignore=ignore)
+    shutil.copytree(ROOT / "bench", Path(tmp) / "bench", ignore=ignore)
+    for path in sorted(Path(old_files).rglob("*.py")):
+        target = Path(tmp) / path.relative_to(old_files)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    return tmp
+
 _SHAPE = re.compile(r"\b(pred|s8|s16|s32|s64|u8|u16|u32|u64|f16|bf16|f32|f64|c64|c128)\[([0-9,]*)\]")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
           "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -175,14 +174,9 @@ def ab(old_files: str, n_models: int = 64, steps: int = 50, blocks: int = 9) -> 
     """Interleaved A/B: A = working tree with ``old_files``' files laid over it, B = working tree."""
     import jax
 
-    tmp = tempfile.mkdtemp(prefix="ab_llm_old_")
-    ignore = shutil.ignore_patterns("__pycache__", "results")
-    shutil.copytree(ROOT / "sim", Path(tmp) / "sim", ignore=ignore)
-    shutil.copytree(ROOT / "bench", Path(tmp) / "bench", ignore=ignore)
-    for path in sorted(Path(old_files).rglob("*.py")):
-        target = Path(tmp) / path.relative_to(old_files)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(path.read_bytes())
+    from bench.baselines import overlaid_tree
+
+    tmp = overlaid_tree(old_files, prefix="ab_llm_old_")
     _TREES.update({tmp, str(ROOT)})
     chunks = {}
     for label, tree in (("old", tmp), ("new", str(ROOT))):

@@ -249,13 +249,10 @@ def ab(old_rev: str, sizes, steps: int = 20, blocks: int = 7, dtype: str = "floa
         archive = subprocess.run(["git", "archive", old_rev, "sim", "bench"], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
     elif old_files:  # the working tree with the snapshot's files laid over it
-        ignore = shutil.ignore_patterns("__pycache__", "results")
-        shutil.copytree(ROOT / "sim", Path(tmp) / "sim", ignore=ignore)
-        shutil.copytree(ROOT / "bench", Path(tmp) / "bench", ignore=ignore)
-        for path in sorted(Path(old_files).rglob("*.py")):
-            target = Path(tmp) / path.relative_to(old_files)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
+        from bench.baselines import overlaid_tree
+
+        os.rmdir(tmp)
+        tmp = overlaid_tree(old_files)
     else:  # the working tree with only the step's own files as of ``old_rev`` (others' edits alike in A and B)
         ignore = shutil.ignore_patterns("__pycache__", "results")
         shutil.copytree(ROOT / "sim", Path(tmp) / "sim", ignore=ignore)

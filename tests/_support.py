@@ -511,3 +511,18 @@ def kill_at_checkpoint(script: Path, overrides, run_dir: Path, k: int, phase: st
 # test of a plain run of the configured substrate (a tissue) names it with this override; it also
 # keeps analogy.yaml's top-level values (topology.n_cells=16, ...) out of that test's config.
 TISSUE = "experiment=tissue"
+
+# A small busy LLM cluster (tests/test_llm_reference.py, tests/test_llm_kinds.py): chains, tools,
+# memory, routing, agent loops and hops all happen within ~100 steps.
+LLM_BUSY = [
+    TISSUE, "substrate=llm", "topology=ring", "topology.n_cells=3", "dt=0.02", "seed=7",
+    "substrate.chain_slots=8", "substrate.queue_slots=8", "substrate.max_batch=6",
+    "substrate.kv_capacity_tokens=3000",  # small cache: requests wait, routing matters
+    "model.max_context=2048",  # (a cache must hold one full context)
+    "substrate.arrivals.rate_per_s=20", "substrate.arrivals.prompt_median_tokens=200",
+    "substrate.arrivals.prompt_sigma=0.5", "substrate.arrivals.output_median_tokens=40",
+    "substrate.arrivals.output_sigma=0.5",
+    "substrate.tools.p_per_token=0.02", "substrate.tools.latency_s=0.1", "substrate.tools.tokens=64",
+    "substrate.memory.threshold_tokens=600", "substrate.memory.factor=2",
+    "substrate.agent.followup_prob=0.5", "substrate.agent.max_turns=3", "substrate.agent.hops=2",
+]

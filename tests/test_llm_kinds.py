@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
-from _support import TISSUE
+from _support import LLM_BUSY, TISSUE
 from sim.core import engine
 from sim.errors import ConfigError
 from sim.substrates.llm import SUBSTRATE as LLM
@@ -22,17 +22,7 @@ from sim.substrates.llm.build import build_llm, compose
 from sim.substrates.llm.reference import ReferenceLLM
 
 # the configuration of tests/test_llm_reference.py: chains, tools, memory, routing, agent loops, hops
-BUSY = [
-    TISSUE, "substrate=llm", "topology=ring", "topology.n_cells=3", "dt=0.02", "seed=7",
-    "substrate.chain_slots=8", "substrate.queue_slots=8", "substrate.max_batch=6",
-    "substrate.kv_capacity_tokens=3000", "model.max_context=2048",
-    "substrate.arrivals.rate_per_s=20", "substrate.arrivals.prompt_median_tokens=200",
-    "substrate.arrivals.prompt_sigma=0.5", "substrate.arrivals.output_median_tokens=40",
-    "substrate.arrivals.output_sigma=0.5",
-    "substrate.tools.p_per_token=0.02", "substrate.tools.latency_s=0.1", "substrate.tools.tokens=64",
-    "substrate.memory.threshold_tokens=600", "substrate.memory.factor=2",
-    "substrate.agent.followup_prob=0.5", "substrate.agent.max_turns=3", "substrate.agent.hops=2",
-]
+BUSY = LLM_BUSY
 # sha256 of the fields below after 120 steps of BUSY, computed with the engine before task kinds
 # existed (commit ad7c113 + this session's tree; identical under jax 0.10 and 0.12 on CPU), each
 # instance's queue taken in ticket (FIFO) order without its free slots: the queues became ring

@@ -8,25 +8,14 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
-from _support import TISSUE
+from _support import LLM_BUSY, TISSUE
 from sim.core import engine
 from sim.substrates.llm import SUBSTRATE as LLM
 from sim.substrates.llm.build import build_llm, compose
 from sim.substrates.llm.reference import ReferenceLLM
 
 STEPS = 300
-OVERRIDES = [
-    TISSUE, "substrate=llm", "topology=ring", "topology.n_cells=3", "dt=0.02", "seed=7",
-    "substrate.chain_slots=8", "substrate.queue_slots=8", "substrate.max_batch=6",
-    "substrate.kv_capacity_tokens=3000",  # small cache: requests wait, routing matters
-    "model.max_context=2048",  # (a cache must hold one full context)
-    "substrate.arrivals.rate_per_s=20", "substrate.arrivals.prompt_median_tokens=200",
-    "substrate.arrivals.prompt_sigma=0.5", "substrate.arrivals.output_median_tokens=40",
-    "substrate.arrivals.output_sigma=0.5",
-    "substrate.tools.p_per_token=0.02", "substrate.tools.latency_s=0.1", "substrate.tools.tokens=64",
-    "substrate.memory.threshold_tokens=600", "substrate.memory.factor=2",
-    "substrate.agent.followup_prob=0.5", "substrate.agent.max_turns=3", "substrate.agent.hops=2",
-]
+OVERRIDES = LLM_BUSY
 
 
 @pytest.fixture(scope="module")

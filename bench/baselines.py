@@ -159,6 +159,29 @@ def overlaid_tree(old_files, prefix: str = "ab_old_") -> str:
         target.write_bytes(path.read_bytes())
     return tmp
 
+
+def interleaved_times(chunks: dict, blocks: int, steps: int):
+    """Time ``chunks`` (label -> (compiled, args, ...), each call running ``steps`` steps) in
+    ``blocks`` interleaved blocks, the order alternating per block so load drifts hit every label
+    alike. Returns (wall s/step per label, CPU s/step per label, (load average before, after)); CPU
+    time is the process's, all threads: less hit by load than wall time."""
+    import time
+
+    import jax
+
+    t = {label: [] for label in chunks}
+    cpu = {label: [] for label in chunks}
+    load0 = os.getloadavg()[0]
+    labels = list(chunks)
+    for i in range(blocks):
+        for label in (labels if i % 2 == 0 else labels[::-1]):
+            compiled, args = chunks[label][:2]
+            c0, t0 = time.process_time(), time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            t[label].append((time.perf_counter() - t0) / steps)
+            cpu[label].append((time.process_time() - c0) / steps)
+    return t, cpu, (load0, os.getloadavg()[0])
+
 _SHAPE = re.compile(r"\b(pred|s8|s16|s32|s64|u8|u16|u32|u64|f16|bf16|f32|f64|c64|c128)\[([0-9,]*)\]")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
           "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}

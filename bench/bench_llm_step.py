@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -186,18 +184,9 @@ def ab(old_files: str, n_models: int = 64, steps: int = 50, blocks: int = 9) -> 
     differs = [jax.tree_util.keystr(p) for (p, x), y in zip(jax.tree_util.tree_leaves_with_path(a),
                                                              jax.tree_util.tree_leaves(b))
                if not np.array_equal(np.asarray(x), np.asarray(y))]
-    t = {"old": [], "new": []}
-    cpu = {"old": [], "new": []}
-    load0 = os.getloadavg()[0]
-    for i in range(blocks):
-        for label in (("old", "new") if i % 2 == 0 else ("new", "old")):
-            compiled, args, _ = chunks[label]
-            c0, t0 = time.process_time(), time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            t[label].append((time.perf_counter() - t0) / steps)
-            cpu[label].append((time.process_time() - c0) / steps)
-    load1 = os.getloadavg()[0]
-    from bench.baselines import spread
+    from bench.baselines import interleaved_times, spread
+
+    t, cpu, (load0, load1) = interleaved_times(chunks, blocks, steps)
 
     row = {"models": n_models, "steps_per_block": steps, "blocks": blocks,
            "old_s_per_step": spread(t["old"]), "new_s_per_step": spread(t["new"]),

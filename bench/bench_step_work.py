@@ -33,7 +33,6 @@ import argparse
 import collections
 import functools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -244,25 +243,25 @@ def ab(old_rev: str, sizes, steps: int = 20, blocks: int = 7, dtype: str = "floa
     engine's."""
     import jax
 
-    tmp = tempfile.mkdtemp(prefix="ab_old_")
+    from bench.baselines import overlaid_tree
+
     if whole_tree:
+        tmp = tempfile.mkdtemp(prefix="ab_old_")
         archive = subprocess.run(["git", "archive", old_rev, "sim", "bench"], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
     elif old_files:  # the working tree with the snapshot's files laid over it
-        from bench.baselines import overlaid_tree
-
-        os.rmdir(tmp)
         tmp = overlaid_tree(old_files)
     else:  # the working tree with only the step's own files as of ``old_rev`` (others' edits alike in A and B)
-        ignore = shutil.ignore_patterns("__pycache__", "results")
-        shutil.copytree(ROOT / "sim", Path(tmp) / "sim", ignore=ignore)
-        shutil.copytree(ROOT / "bench", Path(tmp) / "bench", ignore=ignore)
+        snapshot = Path(tempfile.mkdtemp(prefix="ab_files_"))
         for rel in STEP_FILES:
             for path in sorted(ROOT.glob(rel)):
                 r = str(path.relative_to(ROOT))
                 old = subprocess.run(["git", "show", f"{old_rev}:{r}"], cwd=ROOT, capture_output=True)
                 if old.returncode == 0:
-                    (Path(tmp) / r).write_bytes(old.stdout)
+                    (snapshot / r).parent.mkdir(parents=True, exist_ok=True)
+                    (snapshot / r).write_bytes(old.stdout)
+        tmp = overlaid_tree(snapshot)
+        shutil.rmtree(snapshot, ignore_errors=True)
     _TREES.update({tmp, str(ROOT)})
     rows = []
     for n in sizes:
@@ -283,18 +282,9 @@ def ab(old_rev: str, sizes, steps: int = 20, blocks: int = 7, dtype: str = "floa
                 d = 0.0 if np.array_equal(x, y) else float("inf")
             if d > worst:
                 worst, worst_leaf = d, jax.tree_util.keystr(path)
-        t = {"old": [], "new": []}
-        cpu = {"old": [], "new": []}  # CPU seconds of this process (all threads): less hit by load than wall
-        load0 = os.getloadavg()[0]
-        for i in range(blocks):
-            order = ("old", "new") if i % 2 == 0 else ("new", "old")
-            for label in order:
-                compiled, args, _ = chunks[label]
-                c0, t0 = time.process_time(), time.perf_counter()
-                jax.block_until_ready(compiled(*args))
-                t[label].append((time.perf_counter() - t0) / steps)
-                cpu[label].append((time.process_time() - c0) / steps)
-        load1 = os.getloadavg()[0]
+        from bench.baselines import interleaved_times
+
+        t, cpu, (load0, load1) = interleaved_times(chunks, blocks, steps)
         ratio = np.asarray(t["old"]) / np.asarray(t["new"])
         cpu_ratio = np.asarray(cpu["old"]) / np.asarray(cpu["new"])
         from bench.baselines import _agents, spread  # noqa: F401  (the working tree's bench)

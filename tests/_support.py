@@ -526,3 +526,17 @@ LLM_BUSY = [
     "substrate.memory.threshold_tokens=600", "substrate.memory.factor=2",
     "substrate.agent.followup_prob=0.5", "substrate.agent.max_turns=3", "substrate.agent.hops=2",
 ]
+
+
+def llm_reference_states(model, steps: int, replicates: int) -> list:
+    """The plain-Python LLM reference's state after ``steps`` steps, per replicate (the engine's
+    replicate ``r`` has the reference's draws of replicate ``r``)."""
+    from sim.substrates.llm.reference import ReferenceLLM
+
+    out = []
+    for r in range(replicates):
+        ref = ReferenceLLM(model, replicate=r)
+        for _ in range(steps):
+            ref.step()
+        out.append(ref.state())
+    return out

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
-from _support import LLM_BUSY, TISSUE
+from _support import LLM_BUSY, TISSUE, llm_reference_states
 from sim.core import engine
 from sim.errors import ConfigError
 from sim.substrates.llm import SUBSTRATE as LLM
 from sim.substrates.llm import kinds as kd
 from sim.substrates.llm.build import build_llm, compose
-from sim.substrates.llm.reference import ReferenceLLM
 
 # the configuration of tests/test_llm_reference.py: chains, tools, memory, routing, agent loops, hops
 BUSY = LLM_BUSY
@@ -108,13 +107,7 @@ def kinds_runs():
     out = {}
     for seed in (5, 11):
         model, state = _run(KINDS + [f"seed={seed}"], STEPS, replicates=2)
-        refs = []
-        for r in range(2):
-            ref = ReferenceLLM(model, replicate=r)
-            for _ in range(STEPS):
-                ref.step()
-            refs.append(ref.state())
-        out[seed] = (model, state, refs)
+        out[seed] = (model, state, llm_reference_states(model, STEPS, replicates=2))
     return out
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
-from _support import LLM_BUSY, TISSUE
+from _support import LLM_BUSY, TISSUE, llm_reference_states
 from sim.core import engine
 from sim.substrates.llm import SUBSTRATE as LLM
 from sim.substrates.llm.build import build_llm, compose
@@ -22,13 +22,7 @@ OVERRIDES = LLM_BUSY
 def runs():
     model = build_llm(compose(OVERRIDES))
     res = engine.run(LLM, model.state, model.params, seed=model.seed, steps=STEPS, record_every=STEPS, replicates=2)
-    refs = []
-    for r in range(2):
-        ref = ReferenceLLM(model, replicate=r)
-        for _ in range(STEPS):
-            ref.step()
-        refs.append(ref.state())
-    return model, jax.device_get(res.state), refs
+    return model, jax.device_get(res.state), llm_reference_states(model, STEPS, replicates=2)
 
 
 def _compare(a, b):

@@ -250,29 +250,68 @@ def walk_hlo(text: str, record) -> dict:
 
 
 def parse_hlo(text: str) -> dict:
-    """Computations of an HLO module text: name -> list of (opcode, result bytes, operand bytes, attrs)."""
+    """Computations of an HLO module text: name -> list of (opcode, result bytes, operand bytes, attrs);
+    ``detail``: name -> list of (instruction name, opcode, result bytes, [(operand name, bytes)]),
+    what :func:`kernel_bytes` needs to see which parts of its operands a fusion really touches."""
     sizes_of: dict = {}
+    detail: dict = {}
 
     def record(m, cur):
         rtype, op, operands, attrs = _split_instr(m.group(2))
         rb = _shape_bytes(rtype)
         sizes = sizes_of.setdefault(id(cur), {})
         sizes[m.group(1)] = rb
+        refs = re.findall(r"%([\w.\-]+)", operands)
         # operands are printed as typed values (older XLA) or as bare %names (looked up here)
-        ob = _shape_bytes(operands) if _SHAPE.search(operands) else sum(
-            sizes.get(ref, 0) for ref in re.findall(r"%([\w.\-]+)", operands))
+        typed = bool(_SHAPE.search(operands))
+        ob = _shape_bytes(operands) if typed else sum(sizes.get(ref, 0) for ref in refs)
+        if not typed:
+            detail.setdefault(id(cur), []).append((m.group(1), op, rb, [(r, sizes.get(r, 0)) for r in refs], operands))
         return (op, rb, ob, attrs)
 
-    return walk_hlo(text, record)
+    mod = walk_hlo(text, record)
+    mod["detail"] = {name: detail.get(id(instrs), []) for name, instrs in mod["computations"].items()}
+    return mod
 
 
-def kernel_bytes(mod: dict, name: str | None = None, depth: int = 0) -> tuple[float, int]:
+def _touched_bytes(mod: dict, callee: str, operand_bytes: list, result_bytes: int) -> int:
+    """Bytes a fusion really moves: a parameter read only through ``dynamic-slice`` counts the
+    slices, and a root ``dynamic-update-slice`` into a parameter (XLA updates it in place) counts
+    the update, not the whole buffer, read and written."""
+    instrs = mod["detail"].get(callee) or []
+    params = {}
+    for name, op, rb, refs, operands in instrs:
+        if op == "parameter":
+            params[name] = int(operands.strip() or 0)
+    users: dict = {}
+    for name, op, rb, refs, operands in instrs:
+        for k, (ref, _) in enumerate(refs):
+            users.setdefault(ref, []).append((op, k, rb, refs))
+    total = sum(operand_bytes) + result_bytes
+    root = instrs[-1] if instrs else None
+    for pname, index in params.items():
+        if index >= len(operand_bytes):
+            continue
+        uses = users.get(pname, [])
+        if uses and all(op == "dynamic-slice" and k == 0 for op, k, rb, refs in uses):
+            total += sum(rb for op, k, rb, refs in uses) - operand_bytes[index]
+        elif (root is not None and root[1] == "dynamic-update-slice" and root[3] and root[3][0][0] == pname
+              and len(uses) == 1):
+            update = root[3][1][1]
+            total += 2 * update - operand_bytes[index] - result_bytes
+    return total
+
+
+def kernel_bytes(mod: dict, name: str | None = None, depth: int = 0, sliced: bool = False) -> tuple[float, int]:
     """(bytes, kernels launched) of one run of computation ``name`` (the entry by default): operand +
-    result bytes of every instruction that is a kernel; while bodies x their known trip count,
-    called computations recursed into; parameters, constants, tuples and bitcasts are free."""
+    result bytes of every instruction that is a kernel; while bodies x their known trip count (once
+    when it is not known), called computations recursed into; parameters, constants, tuples and
+    bitcasts are free. ``sliced``: a fusion counts only the slices of a buffer it reads through
+    ``dynamic-slice`` and the update it writes in place (:func:`_touched_bytes`)."""
     comps = mod["computations"]
+    details = mod.get("detail", {}).get(name or mod["entry"]) if sliced else None
     total, kernels = 0.0, 0
-    for op, rb, ob, attrs in comps[name or mod["entry"]]:
+    for i, (op, rb, ob, attrs) in enumerate(comps[name or mod["entry"]]):
         if op in _FREE or not op:
             continue
         if op == "while":
@@ -280,18 +319,22 @@ def kernel_bytes(mod: dict, name: str | None = None, depth: int = 0) -> tuple[fl
             n = int(trip.group(1)) if trip else 1
             body = re.search(r"body=%?([\w.\-]+)", attrs).group(1)
             cond = re.search(r"condition=%?([\w.\-]+)", attrs).group(1)
-            b, kb = kernel_bytes(mod, body, depth + 1)
-            c, kc = kernel_bytes(mod, cond, depth + 1)
+            b, kb = kernel_bytes(mod, body, depth + 1, sliced)
+            c, kc = kernel_bytes(mod, cond, depth + 1, sliced)
             total += n * b + (n + 1) * c
             kernels += n * kb + (n + 1) * kc
         elif op in ("call", "conditional", "async-start"):
             for callee in re.findall(r"(?:to_apply|calls|branch_computations=\{)[=]?%?([\w.\-]+)", attrs):
                 if callee in comps:
-                    b, k = kernel_bytes(mod, callee, depth + 1)
+                    b, k = kernel_bytes(mod, callee, depth + 1, sliced)
                     total += b
                     kernels += k
         else:
-            total += rb + ob
+            callee = re.search(r"calls=%?([\w.\-]+)", attrs) if op == "fusion" and details else None
+            if callee and len(details) == len(comps[name or mod["entry"]]):
+                total += _touched_bytes(mod, callee.group(1), [b for _, b in details[i][3]], rb)
+            else:
+                total += rb + ob
             kernels += 1
     return total, kernels
 

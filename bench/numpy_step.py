@@ -40,12 +40,13 @@ import math
 import numpy as np
 
 from sim.constants import R_J_PER_MOL_K
+from sim.core import rare_events  # the one-draw-per-cell failure sampler, called with numpy arrays
 from sim.substrates.bio.state import ADP, AMP, ATP, GLC, PI
 
 N_TIERS = 3  # sim.substrates.bio.kernels.metabolism.N_TIERS
 TINY_MM = 1e-12  # sim.substrates.bio.kernels.thermo.TINY_MM
 # sim.rng purposes and sim.core.chains purposes (never renumbered there)
-PRODUCER_FAILURE, PRODUCER_BIRTH, CHAIN_INIT, CHAIN_STOP = 1, 2, 41, 42
+PRODUCER_FAILURE_CELL, PRODUCER_BIRTH, CHAIN_INIT, CHAIN_STOP = 3, 2, 41, 42
 
 _U32 = np.uint32
 _ROT = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -472,11 +473,20 @@ class NumpyTissue:
 
     # ------------------------------------------------------------------ 4 producer failure
     def producer_failure(self):
-        u = self.draw(self.step_no, PRODUCER_FAILURE, self.p_alive.size).reshape(self.p_alive.shape)
-        hazard = self.hazard0 * np.exp(self.hazard_beta * (1.0 - self.health))
-        fails = self.p_alive & (u < -np.expm1(-hazard * self.dt))
-        self.led["failures"] += fails.sum(axis=1)
-        self.p_alive = self.p_alive & ~fails
+        # one draw per cell; the bound rules out almost every cell, the few candidates are resolved
+        # exactly by the same sampler as the engine's (sim.core.rare_events.pattern, numpy arithmetic)
+        c, p = self.p_alive.shape
+        u = self.draw(self.step_no, PRODUCER_FAILURE_CELL, c)
+        h_min = np.where(self.p_alive, self.health, 1.0).min(axis=1)
+        bound = rare_events.bound_probability(p * self.hazard0 * np.exp(self.hazard_beta * (1.0 - h_min)), self.dt, xp=np)
+        rows = np.nonzero(u < bound)[0]
+        if rows.size == 0:
+            return
+        alive = self.p_alive[rows]
+        rates = np.where(alive, self.hazard0 * np.exp(self.hazard_beta * (1.0 - self.health[rows])), 0.0)
+        fails = rare_events.pattern(u[rows], rates, self.dt, xp=np)
+        self.led["failures"][rows] += fails.sum(axis=1)
+        self.p_alive[rows] = alive & ~fails
 
     # ------------------------------------------------------------------ 5 biogenesis
     def producer_biogenesis(self):

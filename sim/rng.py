@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 # Purposes are small integers folded into the key; never renumber them (it changes results).
-PRODUCER_FAILURE = 1
+PRODUCER_FAILURE = 1  # one per producer slot (the generic substrate)
 PRODUCER_BIRTH = 2
+PRODUCER_FAILURE_CELL = 3  # one per cell, deciding all its producers (biology; sim.core.rare_events)
 
 
 def base_key(seed: int) -> jax.Array:

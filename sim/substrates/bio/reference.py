@@ -42,6 +42,7 @@ differentiation moves), and :meth:`ReferenceBio.step` ends with ``carrier_upkeep
 from __future__ import annotations
 
 import dataclasses
+import math
 from math import exp, expm1, inf, log, log1p, sqrt
 
 import jax
@@ -50,6 +51,7 @@ import numpy as np
 from sim import rng
 from sim.constants import R_J_PER_MOL_K
 from sim.core import chains as ck
+from sim.core import rare_events
 from sim.core.carriers import CarrierReference, reconcile_row
 from sim.core.differentiation import AdaptationReference
 from sim.core.phases import Phase, step_in_phases
@@ -710,19 +712,31 @@ class ReferenceBio:
             self.producer_failure_cell(cell, u)
 
     def producer_failure_draws(self) -> list[float]:
-        return self.draws(rng.PRODUCER_FAILURE, self.n * self.n_producer_slots)
+        return self.draws(rng.PRODUCER_FAILURE_CELL, self.n)
 
     def producer_failure_cell(self, cell: Cell, u) -> None:
-        """Each living producer fails with hazard ``hazard0 exp(beta (1 - h))`` (``u`` by producer id)."""
-        fails = 0
-        for p in cell.living:
-            hazard = self.hazard0 * exp(self.hazard_beta * (1.0 - p.health))
-            if u[p.pid] < -expm1(-hazard * self.dt):
+        """Each living producer fails with hazard ``hazard0 exp(beta (1 - h))`` (1/s), independently,
+        its pattern decided by the cell's one draw (``u`` by cell index; :mod:`sim.core.rare_events`).
+        The bound only skips work: a cell above it has no failure whatever its exact rates."""
+        living = cell.living
+        if not living:
+            return
+        uc = u[cell.index]
+        h_min = min(p.health for p in living)
+        slots = self.n_producer_slots
+        if not uc < rare_events.bound_probability(slots * self.hazard0 * exp(self.hazard_beta * (1.0 - h_min)), self.dt, xp=math):
+            return
+        first = cell.index * slots
+        rates = np.zeros((1, slots))
+        for p in living:
+            rates[0, p.pid - first] = self.hazard0 * exp(self.hazard_beta * (1.0 - p.health))
+        fails = rare_events.pattern(np.array([uc]), rates, self.dt, xp=np)[0]
+        failed = [p for p in living if fails[p.pid - first]]
+        if failed:
+            for p in failed:
                 p.alive = False
-                fails += 1
-        if fails:
-            cell.failures += fails
-            cell.living = [p for p in cell.living if p.alive]
+            cell.failures += len(failed)
+            cell.living = [p for p in living if p.alive]
 
     # 5 biogenesis
     def producer_biogenesis(self) -> None:

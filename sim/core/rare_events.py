@@ -1,0 +1,118 @@
+"""Independent rare events in the slots of a row, drawn from ONE uniform per row (issue 10).
+
+A row (a cell) has S slots (its producers); in one step slot s has the event (fails) with
+probability p_s = 1 - exp(-lambda_s dt), independently of the others. Drawing one uniform per slot
+costs S Threefry hashes and S expm1 per row and step although almost no row has an event. Here a
+row draws one uniform u and the pattern is taken from u alone, exactly (in distribution: every
+pattern has probability prod_{s in it} p_s prod_{s not in it} (1 - p_s)):
+
+1. Some slot of the row has the event iff u < q, q = 1 - prod (1 - p_s) = 1 - exp(-Lambda dt),
+   Lambda = sum lambda_s (the slots are independent).
+2. Given that, v = u / q is uniform on [0, 1) and independent of it. The slots are decided in slot
+   order, each from v, which is then rescaled to a fresh uniform (``v / c`` if the slot had the event,
+   ``(v - c) / (1 - c)`` if not; the standard reuse of a uniform's unused bits). Before the first
+   event the probability of slot s is conditional on at least one event among slots s..S-1:
+   c_s = p_s / r_s with r_s = 1 - exp(-R_s dt), R_s = sum_{t >= s} lambda_t (suffix sums); after
+   it, c_s = p_s. (P(s | some t >= s) = p_s / r_s because {s} implies {some t >= s}.)
+
+Step 1 needs Lambda. A cheaper upper bound Lambda <= Lambda_max (e.g. S times the largest hazard a
+slot of the row can have) decides most rows without it: u >= 1 - exp(-Lambda_max dt) means no
+event, and only the rare candidate rows below the bound are resolved exactly
+(:func:`resolve_candidates`: a while loop over windows of candidate rows, so the per-row work is
+one hash, one exp and one compare). Whether a row is a candidate never changes its outcome: the
+outcome is a function of u and the exact rates alone, so a reference that resolves every row
+gets the same pattern.
+
+Precision: a slot with the event divides v by c_s, spending -log2(c_s) of its 53 bits; before the
+first event c_s >= 1/S-ish, and a second event in one row and step is itself rare (p_s ~ 1e-7 in the
+biology preset), so the bits that remain are ample. Sums run in slot order from the last slot in
+every implementation (JAX, numpy, the plain-Python reference), so they round alike.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WINDOW = 32  # rows resolved per iteration of the candidate loop (one window per candidate found)
+BOUND_MARGIN = 1.0 + 1e-9  # the bound is inflated so rounding in exp or in the sum can never undercut it
+
+
+def bound_probability(rate_bound, dt, xp=jnp):
+    """Probability of at least one event in a row whose total rate is at most ``rate_bound`` (1/s),
+    slightly inflated: ``u >= bound_probability(...)`` proves the row has no event this step."""
+    return -xp.expm1(-(rate_bound * BOUND_MARGIN) * dt)
+
+
+def pattern(u, rates, dt, pending=None, xp=jnp):
+    """Which slots have the event, from one uniform per row (the module docstring's scheme).
+
+    ``u`` (N,) uniforms in [0, 1); ``rates`` (N, S) hazards >= 0 (1/s; 0 for an empty slot); ``dt``
+    (s); ``pending`` (N,) bool, rows to decide (others get no event); ``xp``: ``jax.numpy`` or
+    ``numpy`` (the reference and the numpy baseline call the same code). Returns (N, S) bool.
+    """
+    n_slots = rates.shape[1]
+    one = xp.ones_like(u)
+    # suffix sums R_s, summed from the last slot in every implementation so they round alike
+    suffix = [None] * n_slots
+    acc = rates[:, n_slots - 1]
+    suffix[n_slots - 1] = acc
+    for s in range(n_slots - 2, -1, -1):
+        acc = rates[:, s] + acc
+        suffix[s] = acc
+    q = -xp.expm1(-suffix[0] * dt)
+    hit = u < q
+    if pending is not None:
+        hit = hit & pending
+    v = u / xp.where(q > 0, q, one)
+    below_one = xp.nextafter(one, 0.0 * one)  # rounding must never push v to 1
+    found = xp.zeros_like(hit)
+    out = []
+    for s in range(n_slots):
+        p_s = -xp.expm1(-rates[:, s] * dt)
+        r_s = -xp.expm1(-suffix[s] * dt)
+        cond = xp.where(r_s > 0, p_s / xp.where(r_s > 0, r_s, one), 0.0 * one)
+        c = xp.where(found, p_s, xp.minimum(cond, one))
+        event = hit & (v < c)
+        v = xp.where(event, v / xp.where(c > 0, c, one), (v - c) / xp.where(c < 1, 1.0 - c, one))
+        v = xp.minimum(v, below_one)
+        found = found | event
+        out.append(event)
+    return xp.stack(out, axis=1)
+
+
+def resolve_candidates(candidates, carry, resolve_window, window: int = WINDOW):
+    """Run ``resolve_window(carry, start, pending) -> carry`` over windows of rows that hold every
+    candidate: while a candidate is left, the window starts at the first one (clamped so it fits),
+    ``pending`` (window,) marks its unresolved candidates, and they are then cleared. Each candidate
+    is resolved exactly once; a step without candidates costs one ``any``. Under ``vmap`` the loop
+    runs until every batch member is done (the others' windows have no pending rows)."""
+    n = candidates.shape[0]
+    w = min(int(window), n)
+
+    def cond(loop):
+        return jnp.any(loop[0])
+
+    def body(loop):
+        cand, c = loop
+        start = jnp.minimum(jnp.argmax(cand), n - w)
+        pending = jax.lax.dynamic_slice_in_dim(cand, start, w)
+        c = resolve_window(c, start, pending)
+        cand = jax.lax.dynamic_update_slice_in_dim(cand, jnp.zeros_like(pending), start, 0)
+        return cand, c
+
+    return jax.lax.while_loop(cond, body, (candidates, carry))[1]
+
+
+def rows(x, start, w: int):
+    """Rows ``start .. start + w - 1`` of ``x`` (a window of :func:`resolve_candidates`)."""
+    return jax.lax.dynamic_slice_in_dim(x, start, w)
+
+
+def set_rows(x, start, new):
+    """``x`` with rows ``start ..`` replaced by ``new`` (in place inside the loop)."""
+    return jax.lax.dynamic_update_slice_in_dim(x, new.astype(x.dtype), start, 0)
+
+
+__all__ = ["BOUND_MARGIN", "WINDOW", "bound_probability", "pattern", "resolve_candidates", "rows", "set_rows"]

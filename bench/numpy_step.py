@@ -28,8 +28,8 @@ cost per amino acid constant in the length, ``l0 = 0``; no chain may be waiting 
 activation (``Params.parallel_activation``) and bound ADP/AMP (``Params.adp_bound``/``amp_bound``, in
 the energy charge) are mirrored when the parameters exist, and so is differentiation with a fixed
 theta (``State.diff``: the capacity factors and the ``output`` ledger); the creatine kinase buffer
-(``creatine_total > 0``) and a moving theta are not, and are refused. The chain initiation draws are computed once per step (the engine's ``chain_demand``
-re-traces ``chain_step`` and so hashes them twice), and the tool-call draws not at all (no tools).
+(``creatine_total > 0``) and a moving theta are not, and are refused. The chains' one draw per slot is computed once per step and
+serves initiation and termination (``sim.core.chains``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from sim.substrates.bio.state import ADP, AMP, ATP, GLC, PI
 N_TIERS = 3  # sim.substrates.bio.kernels.metabolism.N_TIERS
 TINY_MM = 1e-12  # sim.substrates.bio.kernels.thermo.TINY_MM
 # sim.rng purposes and sim.core.chains purposes (never renumbered there)
-PRODUCER_FAILURE_CELL, PRODUCER_BIRTH, CHAIN_INIT, CHAIN_STOP = 3, 2, 41, 42
+PRODUCER_FAILURE_CELL, PRODUCER_BIRTH, CHAIN_DRAW = 3, 2, 44
 
 _U32 = np.uint32
 _ROT = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -280,24 +280,28 @@ class NumpyTissue:
         init_cost = self.chain_init_cost * cohort
         return rate, c0, init_rate, init_cost, cohort
 
-    def _chain_quote(self, rate, c0, init_rate, init_cost, u_init):
+    def _chain_quote(self, rate, c0, init_rate, init_cost, u):
         """``chains.chain_demand``: what the chains would spend this step without a budget."""
-        start = ~self.ch_active & (u_init < -np.expm1(-init_rate[:, None] * self.dt))
+        start = ~self.ch_active & (u < -np.expm1(-init_rate[:, None] * self.dt))
         active = self.ch_active | start
         made = np.where(start, 0.0, self.ch_made)
         delta = np.where(active, np.minimum((rate * self.dt)[:, None], self.chain_n_max - made), 0.0)
         delta = np.maximum(delta, 0.0)
         return rowsum(c0[:, None] * delta) + rowsum(np.where(start, init_cost[:, None], 0.0))
 
-    def _chain_step(self, rate, c0, init_rate, init_cost, u_init, budget):
-        """``chains.chain_step`` with a budget (c1 = 0: cost ``c0`` per unit); returns (spent, units)."""
+    def _chain_step(self, rate, c0, init_rate, init_cost, u, budget):
+        """``chains.chain_step`` with a budget (c1 = 0: cost ``c0`` per unit); returns (spent, units).
+        ``u``: the one draw per slot (initiation, then what is left of it for termination)."""
         dt = self.dt
-        start = ~self.ch_active & (u_init < -np.expm1(-init_rate[:, None] * dt))
+        p_init = -np.expm1(-init_rate[:, None] * dt)
+        start = ~self.ch_active & (u < p_init)
         init_c = np.where(start, init_cost[:, None], 0.0)
         start = start & (np.cumsum(init_c, axis=1) <= budget[:, None])
         init_c = np.where(start, init_cost[:, None], 0.0)
         budget = budget - rowsum(init_c)
         active = self.ch_active | start
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = np.where(start, u / np.where(p_init > 0, p_init, 1.0), u)
         length = np.where(start, 0.0, self.ch_length)
         made = np.where(start, 0.0, self.ch_made)
         grow = active  # no tool waits
@@ -311,8 +315,7 @@ class NumpyTissue:
         el_cost = c0[:, None] * delta
         length = length + delta
         made = made + delta
-        u_stop = self.draw(self.step_no, CHAIN_STOP, delta.size).reshape(delta.shape)
-        stop = grow & (delta > 0) & (u_stop < -np.expm1(delta * math.log1p(-self.chain_p_stop)))
+        stop = grow & (delta > 0) & (u < -np.expm1(delta * math.log1p(-self.chain_p_stop)))
         done = active & ((made >= self.chain_n_max) | stop)
         delivered_units = np.where(done, made, 0.0)
         self.ch_active = active & ~done
@@ -371,8 +374,8 @@ class NumpyTissue:
         if self.has_chains:
             is_chain = self.c_kind == self.chain_kind
             rate, c0, init_rate, init_cost, cohort = self._chain_params(a, is_chain, vmax_c)
-            u_init = self.draw(self.step_no, CHAIN_INIT, self.ch_active.size).reshape(self.ch_active.shape)
-            chain_want = self._chain_quote(rate, c0, init_rate, init_cost, u_init)
+            u_chain = self.draw(self.step_no, CHAIN_DRAW, self.ch_active.size).reshape(self.ch_active.shape)
+            chain_want = self._chain_quote(rate, c0, init_rate, init_cost, u_chain)
             want = np.where(is_chain, chain_want[:, None], want)
         served = np.zeros_like(want)
         rest = a
@@ -387,7 +390,7 @@ class NumpyTissue:
         if self.has_chains:
             share = rowsum(np.where(is_chain, served, 0.0))
             budget = np.where(share < chain_want, share, np.inf)
-            chain_spent, units = self._chain_step(rate, c0, init_rate, init_cost, u_init, budget)
+            chain_spent, units = self._chain_step(rate, c0, init_rate, init_cost, u_chain, budget)
             served = np.where(is_chain, chain_spent[:, None], served)
             work = np.where(is_chain, (units * cohort)[:, None], work)
         tier0 = rowsum(np.where(tier == 0, served, 0.0))

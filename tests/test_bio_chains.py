@@ -222,15 +222,14 @@ def test_chain_agents_equal_the_kernel_with_tools_memory_and_budgets():
     g = lambda name, c: float(np.broadcast_to(np.asarray(getattr(p, name)), (n,))[c])  # noqa: E731
     for t in range(steps):
         chains, ledger, spent = step(chains, ledger, t)
-        u = [np.asarray(rng.uniforms(key, t, purpose, jax.numpy.arange(n * slots, dtype=jax.numpy.uint32))).tolist()
-             for purpose in (ck.CHAIN_INIT, ck.CHAIN_STOP, ck.CHAIN_TOOL)]
+        u = np.asarray(rng.uniforms(key, t, ck.CHAIN_DRAW, jax.numpy.arange(n * slots, dtype=jax.numpy.uint32))).tolist()
         for c in range(n):
             P = ChainStep(rate_dt=g("rate", c) * dt, c0=g("c0", c), c1=g("c1", c), p_stop=g("p_stop", c),
                           n_max=g("n_max", c), l0=g("l0", c), p_init=-math.expm1(-g("init_rate", c) * dt),
                           init_cost=g("init_cost", c), p_tool=g("p_tool", c), tool_steps=int(p.tool_steps),
                           r_tool=g("r_tool", c), mem_threshold=g("mem_threshold", c), mem_factor=g("mem_factor", c),
                           mem_cost=g("mem_cost", c))
-            sp, _ = step_chains(agents[c], P, leds[c], u[0], u[1], u[2], float(budget[c]))
+            sp, _ = step_chains(agents[c], P, leds[c], u, float(budget[c]))
             assert sp == pytest.approx(float(spent[c]), rel=1e-9, abs=1e-9)
     flat = [a for row in agents for a in row]
     got = dict(active=[a.active for a in flat], length=[a.length for a in flat], made=[a.made for a in flat],

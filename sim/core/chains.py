@@ -32,9 +32,15 @@ constant cost per unit), elongation ~5 aa/s in mammals, mean length ~400 aa (p_s
 the currency is FLOPs: c0 = 2N, c1 = 2 n_layer d_model (Kaplan et al. 2020), so a chain of
 ``L`` units from ``l0 = 0`` costs ``2N L + n_layer d L^2`` = the prefill cost of ``L`` tokens.
 
-Draws: ``sim.rng.uniforms`` keyed by (seed, step, purpose, slot id); purposes 41-43 are reserved
-for this module. Every parameter may be a scalar or a per-cell ``(C,)`` array. Units of the
-currency are the caller's (ATP molecules, FLOPs, J); the kernel returns what each cell spent.
+Draws: ONE uniform per slot and step, ``sim.rng.uniforms`` keyed by (seed, step, CHAIN_DRAW, slot
+id), decides initiation, termination and a tool call in turn: each decision uses the number left by
+the one before, rescaled to a fresh uniform (given ``u < p`` the number ``u / p`` is uniform on
+[0, 1), given ``u >= p`` so is ``(u - p) / (1 - p)``: the reuse of a uniform's unused bits, exact in
+distribution; :mod:`sim.core.rare_events`). A slot that starts this step terminates by ``u / p_init``;
+a slot active before by ``u``; a chain that goes on calls a tool by ``(u' - p_stop') / (1 - p_stop')``.
+(Until issue 10 each decision had its own hash, purposes 41-43; retired, never reused.)
+Purposes 41-44 are reserved for this module. Every parameter may be a scalar or a per-cell ``(C,)``
+array. Units of the currency are the caller's (ATP molecules, FLOPs, J); the kernel returns what each cell spent.
 """
 
 from __future__ import annotations
@@ -50,9 +56,8 @@ from sim import rng
 from sim.core.ops import materialize, prefix_sum, rowsum
 from sim.pytree import pytree_dataclass, replace
 
-CHAIN_INIT = 41
-CHAIN_STOP = 42
-CHAIN_TOOL = 43
+CHAIN_INIT, CHAIN_STOP, CHAIN_TOOL = 41, 42, 43  # retired (one hash per decision); never reused
+CHAIN_DRAW = 44  # the one draw per slot and step
 
 
 @pytree_dataclass
@@ -196,8 +201,9 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     length = new_len
 
     # 3 initiation
-    u_init = rng.uniforms(key, step, CHAIN_INIT, ids).reshape(n, s)
-    start = ~active & (u_init < -jnp.expm1(-pc(params.init_rate) * params.dt))
+    u = rng.uniforms(key, step, CHAIN_DRAW, ids).reshape(n, s)
+    p_init = -jnp.expm1(-pc(params.init_rate) * params.dt)
+    start = ~active & (u < p_init)
     if budget is not None:
         start = start & (prefix_sum(jnp.where(start, pc(params.init_cost), 0.0)) <= budget[:, None])
         budget = budget - rowsum(jnp.where(start, pc(params.init_cost), 0.0))
@@ -205,6 +211,7 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     length = jnp.where(start, pc(params.l0), length)
     made = jnp.where(start, 0.0, made)
     init_spent = jnp.where(start, pc(params.init_cost), 0.0)
+    u = jnp.where(start, u / jnp.where(p_init > 0, p_init, 1.0), u)  # a chain started: the rest of its draw
 
     # 4 elongation (currency-limited per cell)
     grow = active & (wait == 0)
@@ -224,17 +231,16 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     made = made + delta
 
     # 5 termination
-    u_stop = rng.uniforms(key, step, CHAIN_STOP, ids).reshape(n, s)
-    p_stop = pc(params.p_stop)
-    stop = grow & (delta > 0) & (u_stop < -jnp.expm1(delta * jnp.log1p(-p_stop)))
+    p_end = -jnp.expm1(delta * jnp.log1p(-pc(params.p_stop)))
+    stop = grow & (delta > 0) & (u < p_end)
     # written once (C, S): every slot field and per-cell count below would otherwise recompute it
     # from the draw, the termination probability and the grown lengths (issue 10)
     done = materialize(active & ((made >= pc(params.n_max)) | stop))
     delivered_units = jnp.where(done, made, 0.0)
 
-    # 6 tool calls
-    u_tool = rng.uniforms(key, step, CHAIN_TOOL, ids).reshape(n, s)
-    call = grow & ~done & (delta > 0) & (pc(params.p_tool) > 0) & (u_tool < -jnp.expm1(delta * jnp.log1p(-pc(params.p_tool))))
+    # 6 tool calls (a chain that went on: the rest of its draw above p_end)
+    u = (u - p_end) / jnp.where(p_end < 1.0, 1.0 - p_end, 1.0)
+    call = grow & ~done & (delta > 0) & (pc(params.p_tool) > 0) & (u < -jnp.expm1(delta * jnp.log1p(-pc(params.p_tool))))
     wait = jnp.where(call, params.tool_steps, wait).astype(chains.tool_wait.dtype)
 
     active = active & ~done
@@ -295,12 +301,13 @@ class Chain:
     translating one protein per ribosome in lockstep, or a decode stream. The methods are the
     slot-wise operations of ``sim.core.chains.chain_step``, called by :func:`step_chains`."""
 
-    __slots__ = ("chain_id", "active", "length", "made", "tool_wait", "grow", "delta")
+    __slots__ = ("chain_id", "active", "length", "made", "tool_wait", "grow", "delta", "u")
 
     def __init__(self, chain_id: int, active=False, length=0.0, made=0.0, tool_wait=0):
         self.chain_id = int(chain_id)
         self.active, self.length, self.made, self.tool_wait = bool(active), float(length), float(made), int(tool_wait)
         self.grow, self.delta = False, 0.0  # this step's elongation quote
+        self.u = 0.0  # this step's draw (what is left of it after the decisions taken)
 
     @classmethod
     def from_state(cls, chains: ck.ChainSlots, i: int, s: int) -> Chain:
@@ -312,7 +319,7 @@ class Chain:
         return (f"Chain({self.chain_id}, active={self.active}, length={self.length}, made={self.made}, "
                 f"tool_wait={self.tool_wait})")
 
-    def quote(self, P: ChainStep, u_init: float):
+    def quote(self, P: ChainStep, u: float):
         """(memory, initiation, elongation) cost of this step with no budget; changes nothing."""
         active, length, made, wait = self.active, self.length, self.made, self.tool_wait
         if active and wait > 0:
@@ -324,7 +331,7 @@ class Chain:
             mem = P.mem_cost * length
             length = length / P.mem_factor
         init = 0.0
-        if not active and u_init < P.p_init:
+        if not active and u < P.p_init:
             active, length, made, init = True, P.l0, 0.0, P.init_cost
         el = 0.0
         if active and wait == 0:
@@ -352,11 +359,12 @@ class Chain:
         self.length = new
         return removed
 
-    def wants_start(self, P: ChainStep, u: float) -> bool:
-        return not self.active and u < P.p_init
+    def wants_start(self, P: ChainStep) -> bool:
+        return not self.active and self.u < P.p_init
 
     def start(self, P: ChainStep) -> None:
         self.active, self.length, self.made = True, P.l0, 0.0
+        self.u = self.u / P.p_init if P.p_init > 0 else self.u
 
     def elongation_quote(self, P: ChainStep) -> float:
         grow = self.active and self.tool_wait == 0
@@ -367,41 +375,46 @@ class Chain:
         self.grow, self.delta = grow, d
         return elongation_cost(P.c0, P.c1, self.length, d)
 
-    def elongate(self, P: ChainStep, phi: float, u_stop: float, u_tool):
-        """Grow by ``phi`` of the quoted units; terminate or call a tool. Returns (units, cost,
-        units delivered or None, tool calls)."""
+    def elongate(self, P: ChainStep, phi: float):
+        """Grow by ``phi`` of the quoted units; terminate or call a tool (decided by what is left of
+        this step's draw). Returns (units, cost, units delivered or None, tool calls)."""
         d = self.delta * phi
         cost = elongation_cost(P.c0, P.c1, self.length, d)
         self.length += d
         self.made += d
-        stop = self.grow and d > 0 and u_stop < -expm1(d * P.log_keep_stop)
+        p_end = -expm1(d * P.log_keep_stop)
+        stop = self.grow and d > 0 and self.u < p_end
         if self.active and (self.made >= P.n_max or stop):
             delivered = self.made
             self.active, self.length, self.made, self.tool_wait = False, 0.0, 0.0, 0
             return d, cost, delivered, 0
+        u_tool = (self.u - p_end) / (1.0 - p_end if p_end < 1.0 else 1.0)
         if self.grow and d > 0 and P.p_tool > 0 and u_tool < -expm1(d * P.log_keep_tool):
             self.tool_wait = P.tool_steps
             return d, cost, None, 1
         return d, cost, None, 0
 
 
-def chain_quote(chains, P: ChainStep, u_init) -> float:
-    """Currency the chains of one cell would spend this step with no budget (``chain_demand``)."""
+def chain_quote(chains, P: ChainStep, u) -> float:
+    """Currency the chains of one cell would spend this step with no budget (``chain_demand``);
+    ``u``: this step's draws by chain id."""
     el = init = mem = 0.0
     for ch in chains:
-        m, i, e = ch.quote(P, u_init[ch.chain_id])
+        m, i, e = ch.quote(P, u[ch.chain_id])
         el += e
         init += i
         mem += m
     return el + init + mem
 
 
-def step_chains(chains, P: ChainStep, led: dict, u_init, u_stop, u_tool=None, budget=inf):
+def step_chains(chains, P: ChainStep, led: dict, u, budget=inf):
     """One step of one cell's chains (``sim.core.chains.chain_step`` for a cell): tools return,
     memory compressions and initiations are paid in slot order while their cumulative cost fits
     the ``budget``; every elongating chain then slows by the same factor if the rest is short;
-    termination and tool calls. Draws are indexed by chain id. Updates ``led``
-    (``CHAIN_LEDGER_FIELDS``); returns ``(spent, units)`` of this step."""
+    termination and tool calls. ``u``: this step's draws (``CHAIN_DRAW``) by chain id. Updates
+    ``led`` (``CHAIN_LEDGER_FIELDS``); returns ``(spent, units)`` of this step."""
+    for ch in chains:
+        ch.u = u[ch.chain_id]
     left = budget
     run_mem = mem_sum = 0.0
     tool_units = removed = 0.0
@@ -419,7 +432,7 @@ def step_chains(chains, P: ChainStep, led: dict, u_init, u_stop, u_tool=None, bu
     run_init = init_sum = 0.0
     started = 0
     for ch in chains:  # 3 initiation
-        if ch.wants_start(P, u_init[ch.chain_id]):
+        if ch.wants_start(P):
             run_init += P.init_cost
             if run_init <= left:
                 ch.start(P)
@@ -436,8 +449,7 @@ def step_chains(chains, P: ChainStep, led: dict, u_init, u_stop, u_tool=None, bu
     units = el_sum = delivered_units = 0.0
     delivered = calls = 0
     for ch in chains:  # 4 elongate, 5 terminate, 6 tool calls
-        ut = None if u_tool is None else u_tool[ch.chain_id]
-        d, cost, done_units, called = ch.elongate(P, phi, u_stop[ch.chain_id], ut)
+        d, cost, done_units, called = ch.elongate(P, phi)
         units += d
         el_sum += cost
         if done_units is not None:
@@ -465,7 +477,7 @@ def chain_step_reference(chains: ChainSlots, ledger: ChainLedger, params: ChainP
     become :class:`Chain` objects stepped by :func:`step_chains` (the one chain reference, also
     what the biology reference and the Mesa chain agents run), with the same draws."""
     n, s = np.shape(chains.active)
-    draws = {p: rng.host_uniforms(key, step, p, n * s).tolist() for p in (CHAIN_INIT, CHAIN_STOP, CHAIN_TOOL)}
+    draws = rng.host_uniforms(key, step, CHAIN_DRAW, n * s).tolist()
     per_cell = {f.name: np.broadcast_to(np.asarray(getattr(params, f.name)), (n,)) for f in dataclasses.fields(params)}
     dt = float(np.asarray(params.dt).reshape(-1)[0])
     led = {f: np.array(getattr(ledger, f), np.float64, copy=True) for f in CHAIN_LEDGER_FIELDS}
@@ -479,8 +491,7 @@ def chain_step_reference(chains: ChainSlots, ledger: ChainLedger, params: ChainP
                       mem_threshold=g["mem_threshold"], mem_factor=g["mem_factor"], mem_cost=g["mem_cost"])
         cell = [Chain.from_state(chains, c, k) for k in range(s)]
         cell_led = {f: 0.0 for f in CHAIN_LEDGER_FIELDS}
-        spent[c], _ = step_chains(cell, P, cell_led, draws[CHAIN_INIT], draws[CHAIN_STOP], draws[CHAIN_TOOL],
-                                  math.inf if budget is None else float(budget[c]))
+        spent[c], _ = step_chains(cell, P, cell_led, draws, math.inf if budget is None else float(budget[c]))
         for k, ch in enumerate(cell):
             out["active"][c, k], out["length"][c, k] = ch.active, ch.length
             out["made"][c, k], out["tool_wait"][c, k] = ch.made, ch.tool_wait

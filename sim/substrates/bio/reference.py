@@ -304,11 +304,10 @@ class ReferenceBio:
             self.metabolism_cell(cell, draws)
 
     def metabolism_draws(self):
-        """(u_init, u_stop) of the chains, indexed by chain id (None without chains)."""
+        """The chains' draws (``CHAIN_DRAW``), indexed by chain id (None without chains)."""
         if not self.n_chain_slots:
             return None
-        n = self.n * self.n_chain_slots
-        return self.draws(ck.CHAIN_INIT, n), self.draws(ck.CHAIN_STOP, n)
+        return self.draws(ck.CHAIN_DRAW, self.n * self.n_chain_slots)
 
     def metabolism_cell(self, cell: Cell, chain_draws=None) -> None:
         """Uptake, production, tiered consumption (chains included), repair and damage on the
@@ -384,7 +383,7 @@ class ReferenceBio:
         cc = cell.chain_c
         if cc is not None:
             cp = self.chain_params_cell(cell, a)
-            chain_want = chain_quote(cell.chains, cp, chain_draws[0])
+            chain_want = chain_quote(cell.chains, cp, chain_draws)
             cc.want = chain_want
         rest = a
         output = 0.0
@@ -411,8 +410,7 @@ class ReferenceBio:
         if cc is not None:  # the chains elongate with the share granted
             share = cc.served
             budget = share if share < chain_want else inf
-            spent_ch, units = step_chains(cell.chains, cp, cell.chain_led, chain_draws[0], chain_draws[1], None,
-                                          budget)
+            spent_ch, units = step_chains(cell.chains, cp, cell.chain_led, chain_draws, budget)
             cc.served = spent_ch  # ATP spent (mM) and amino acids made (mM) on this ledger line
             cc.spent += spent_ch
             cc.work += units * cell.cohort

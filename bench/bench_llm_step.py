@@ -17,7 +17,16 @@ H100s x 256 chain slots, 512 queue slots, small-world routing; 16,960 agents):
 
     python bench/bench_llm_step.py work
     python bench/bench_llm_step.py ab --old-files /tmp/llm_before --blocks 9 --steps 50
+    python bench/bench_llm_step.py ab --old-tree /tmp/llm_old --blocks 15 --steps 100   # a whole older tree
     python bench/bench_llm_step.py --set substrate.arrivals.rate_per_s=2000 ab --old-files ...  # saturated
+
+``--old-tree`` takes a whole older checkout as it is (``git worktree add /tmp/llm_old bd81509``: the
+code when issue 10 was filed, compiled the way it compiled then) instead of files laid over the
+working tree. The two versions may hold different fields (task kinds, the queue layout): the fields
+both have are compared (the queues as their active entries in ticket order, since where a request
+sits in the ring is layout), the largest relative difference of each differing leaf is printed, and
+so are the ledger totals of both runs, which show whether they simulated the same cluster (the same
+requests, tokens and counts) where the bits are not identical.
 """
 
 from __future__ import annotations
@@ -162,28 +171,88 @@ def _chunk(n_models: int, steps: int):
     _, state, params = _build(n_models)
     state = engine.broadcast_state(state, 1)
     keys = replicate_keys(0, 1)
-    compiled, _ = engine.chunk_executable(LLM, 1, steps, None, False, state, params, keys)
+    compiled = engine.chunk_executable(LLM, 1, steps, None, False, state, params, keys)
+    if isinstance(compiled, tuple):  # (executable, info) since the executable store; the bare one before
+        compiled = compiled[0]
     out = compiled(state, params, keys)
     jax.block_until_ready(out)
     return compiled, (state, params, keys), jax.device_get(out)
 
 
-def ab(old_files: str, n_models: int = 64, steps: int = 50, blocks: int = 9) -> dict:
-    """Interleaved A/B: A = working tree with ``old_files``' files laid over it, B = working tree."""
+def _leaves(tree) -> dict:
     import jax
 
+    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _queue_in_ticket_order(leaves: dict) -> dict:
+    """The queue's fields (``[0].queue.*``) replaced by the active entries in ticket order per cell
+    (where a request sits in the queue is layout, not model: ring buffers since issue 10)."""
+    act, seq = leaves.get("[0].queue.active"), leaves.get("[0].queue.seq")
+    if act is None or seq is None:
+        return leaves
+    out = {k: v for k, v in leaves.items() if not k.startswith("[0].queue.")}
+    for k, v in leaves.items():
+        if k.startswith("[0].queue.") and k != "[0].queue.active":
+            out[k] = [v[r, c][np.argsort(np.where(act[r, c], seq[r, c], np.iinfo(np.int64).max), kind="stable")]
+                      [: int(act[r, c].sum())] for r in range(act.shape[0]) for c in range(act.shape[1])]
+    out["[0].queue.active"] = act.sum(axis=-1)
+    return out
+
+
+def compare_outputs(a, b) -> tuple[list, list, dict]:
+    """(paths that differ, paths only one side has, largest relative difference per differing path)
+    of two chunk outputs (final state, records); with trees of different versions only the fields
+    both have are compared, the queues in ticket order."""
+    la, lb = _leaves(a), _leaves(b)
+    if la.keys() != lb.keys():
+        la, lb = _queue_in_ticket_order(la), _queue_in_ticket_order(lb)
+
+    def same(x, y):
+        if isinstance(x, list):
+            return len(x) == len(y) and all(np.array_equal(u, v) for u, v in zip(x, y))
+        return np.shape(x) == np.shape(y) and np.array_equal(x, y)
+    differs = [k for k in la if k in lb and not same(la[k], lb[k])]
+    return differs, sorted(la.keys() ^ lb.keys()), {k: _rel_diff(la[k], lb[k]) for k in differs}
+
+
+def _rel_diff(x, y) -> float:
+    """Largest |x - y| over the largest |y| of a leaf (nan where the shapes differ)."""
+    if isinstance(x, list) or np.shape(x) != np.shape(y):
+        return float("nan")
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    scale = np.max(np.abs(y)) if y.size else 0.0
+    return float(np.max(np.abs(x - y)) / scale) if scale > 0 else float(np.max(np.abs(x - y), initial=0.0))
+
+
+def totals(out) -> dict:
+    """Ledger lines summed over cells and replicates, and requests in system at the end, of a chunk
+    output: what the run simulated, comparable across versions whose random streams differ."""
+    led = out[0].ledger
+    row = {name: float(np.sum(np.asarray(getattr(led, name), np.float64))) for name in led.__dataclass_fields__}
+    row["queued_at_end"] = int(np.sum(np.asarray(out[0].queue.active)))
+    row["active_chains_at_end"] = int(np.sum(np.asarray(out[0].chains.active)))
+    return row
+
+
+def ab(old_files: str | None, n_models: int = 64, steps: int = 50, blocks: int = 9,
+       old_tree: str | None = None) -> dict:
+    """Interleaved A/B: A = working tree with ``old_files``' files laid over it (or, with
+    ``old_tree``, that whole tree as it is, e.g. a ``git worktree`` of an older commit), B = working
+    tree."""
     from bench.baselines import overlaid_tree
 
-    tmp = overlaid_tree(old_files, prefix="ab_llm_old_")
-    _TREES.update({tmp, str(ROOT)})
+    tmp = None
+    if old_tree is not None:
+        old = str(Path(old_tree).resolve())
+    else:
+        old = tmp = overlaid_tree(old_files, prefix="ab_llm_old_")
+    _TREES.update({old, str(ROOT)})
     chunks = {}
-    for label, tree in (("old", tmp), ("new", str(ROOT))):
+    for label, tree in (("old", old), ("new", str(ROOT))):
         _import_tree(tree)
         chunks[label] = _chunk(n_models, steps)
-    a, b = chunks["old"][2], chunks["new"][2]
-    differs = [jax.tree_util.keystr(p) for (p, x), y in zip(jax.tree_util.tree_leaves_with_path(a),
-                                                             jax.tree_util.tree_leaves(b))
-               if not np.array_equal(np.asarray(x), np.asarray(y))]
+    differs, one_side, rel = compare_outputs(chunks["old"][2], chunks["new"][2])
     from bench.baselines import interleaved_times, spread
 
     t, cpu, (load0, load1) = interleaved_times(chunks, blocks, steps)
@@ -193,16 +262,28 @@ def ab(old_files: str, n_models: int = 64, steps: int = 50, blocks: int = 9) -> 
            "old_cpu_s_per_step": spread(cpu["old"]), "new_cpu_s_per_step": spread(cpu["new"]),
            "wall_old_over_new": spread(np.asarray(t["old"]) / np.asarray(t["new"])),
            "cpu_old_over_new": spread(np.asarray(cpu["old"]) / np.asarray(cpu["new"])),
-           "differing_leaves_of_final_state_and_records": differs, "load_average": [load0, load1]}
+           "differing_leaves_of_final_state_and_records": differs, "leaves_on_one_side_only": one_side,
+           "max_relative_difference": rel,
+           "load_average": [load0, load1]}
+    if old_tree is not None:
+        row["old_totals"], row["new_totals"] = totals(chunks["old"][2]), totals(chunks["new"][2])
     w, c = row["wall_old_over_new"], row["cpu_old_over_new"]
+    verdict = "bit-identical" if not differs else "differ in " + ", ".join(
+        f"{k} (max rel {v:.1e})" for k, v in rel.items())
     print(f"  {n_models} models: old {1e3 * row['old_s_per_step']['median']:.2f} ms/step (CPU "
           f"{1e3 * row['old_cpu_s_per_step']['median']:.2f}), new {1e3 * row['new_s_per_step']['median']:.2f} ms/step "
           f"(CPU {1e3 * row['new_cpu_s_per_step']['median']:.2f}); old/new wall {w['median']:.3f} "
           f"(min {w['min']:.3f}, max {w['max']:.3f}), CPU {c['median']:.3f} (min {c['min']:.3f}, max {c['max']:.3f}, "
-          f"IQR {c['q1']:.3f}-{c['q3']:.3f}) over {blocks} blocks; final states "
-          f"{'bit-identical' if not differs else 'differ in ' + ', '.join(differs)}; load average "
+          f"IQR {c['q1']:.3f}-{c['q3']:.3f}) over {blocks} blocks; final states {verdict}; load average "
           f"{load0:.1f} -> {load1:.1f}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if old_tree is not None:
+        ta, tb = row["old_totals"], row["new_totals"]
+        print("  totals old / new (over cells): " + ", ".join(
+            f"{k} {ta[k]:.6g}/{tb[k]:.6g}" for k in ta if k in tb))
+        if one_side:
+            print(f"  on one side only (not compared): {', '.join(one_side)}")
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
     return row
 
 
@@ -212,7 +293,9 @@ def main(argv=None) -> None:
     w = sub.add_parser("work")
     w.add_argument("--models", type=int, default=64)
     a = sub.add_parser("ab")
-    a.add_argument("--old-files", required=True, help="folder of old files at their paths relative to the repo")
+    old = a.add_mutually_exclusive_group(required=True)
+    old.add_argument("--old-files", help="folder of old files at their paths relative to the repo")
+    old.add_argument("--old-tree", help="a whole older tree as it is (e.g. git worktree add /tmp/llm_old COMMIT)")
     a.add_argument("--models", type=int, default=64)
     a.add_argument("--steps", type=int, default=50)
     a.add_argument("--blocks", type=int, default=9)
@@ -227,7 +310,7 @@ def main(argv=None) -> None:
         r = work(args.models)
         print_work(r)
     else:
-        r = ab(args.old_files, args.models, args.steps, args.blocks)
+        r = ab(args.old_files, args.models, args.steps, args.blocks, old_tree=args.old_tree)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
 

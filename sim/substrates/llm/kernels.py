@@ -307,6 +307,90 @@ def enqueue(state, entries: dict, tcell, valid, cands):
     return replace(state, queue=q, cells=cells), ok, dropped
 
 
+def enqueue_few(state, entries: dict, tcell, valid, cands, rank, m: int):
+    """:func:`enqueue` of ``(C, S)`` rows of which only a few entries are valid (the finished
+    chains' next turns), bit for bit, with its per-entry work on ``C m`` entries instead of ``C S``.
+
+    ``rank`` is each slot's 0-based rank among its row's slots of a mask that holds ``valid`` (e.g.
+    the finished chains: ``cumsum - 1``). Chunk ``c`` gathers, per row, the valid slots of rank
+    ``c m .. (c+1) m - 1`` into ``(C, m)`` (slot order kept). An entry's ticket offset is, as in
+    :func:`enqueue`, the valid entries of earlier rows for its cell (from per-row totals, a
+    reduction over the full width, no scan) plus the valid entries before it in its row for that
+    cell (those of earlier chunks, carried as counts, plus a scan over the chunk), so tickets,
+    slots and drops are the full-width enqueue's. Chunk 0 always runs; the rest in a loop that
+    usually runs no iteration (its carry is the queue only). Returns (state, dropped per cell)."""
+    q, cells = state.queue, state.cells
+    n, nq = q.active.shape
+    r_, k_ = valid.shape
+    t_ = cands.shape[1]
+    tc = jnp.clip(tcell, 0, n - 1).astype(jnp.int32)
+    cd = jnp.clip(cands, 0, n - 1).astype(jnp.int32)
+    # valid entries per row and candidate (the first candidate equal to the target; duplicates once)
+    hit_full, seen = [], jnp.zeros((r_, k_), bool)
+    for j in range(t_):
+        h = (tc == cd[:, j:j + 1]) & ~seen
+        hit_full.append(valid & h)
+        seen = seen | h
+    tot = rowsums(*[h.astype(jnp.int32) for h in hit_full]) if t_ > 1 else (n_true(hit_full[0]),)
+    offs = jnp.zeros((r_, n), jnp.int32)
+    for j in range(t_):
+        offs = offs + tot[j][:, None] * (cd[:, j:j + 1] == jnp.arange(n)[None, :])
+    csum = jnp.cumsum(offs, axis=0)
+    before = jnp.take_along_axis(csum - offs, cd, axis=1)  # (R, T): entries of earlier rows per candidate
+    n_free = nq - n_true(q.active)
+    rows = jnp.broadcast_to(jnp.arange(r_)[:, None], (r_, k_))
+    cols = jnp.broadcast_to(jnp.arange(k_, dtype=jnp.int32)[None, :], (r_, k_))
+    n_rank = jnp.where(valid, rank + 1, 0).max(axis=1)
+
+    def chunk(c, qf, counts):
+        """Enqueue chunk ``c`` into the queue fields ``qf``; ``counts`` (R, T): valid entries of the
+        earlier chunks per row and candidate."""
+        r = rank - c * m
+        at = jnp.where(valid & (r >= 0) & (r < m), r, m)
+        idx = jnp.zeros((r_, m), jnp.int32).at[rows, at].set(cols, mode="drop")
+        ok_c = jnp.zeros((r_, m), bool).at[rows, at].set(True, mode="drop")
+
+        def take(x):
+            return jnp.take_along_axis(x, idx, axis=1)
+
+        tcc = take(tc)
+        match = [ok_c & take(h) for h in hit_full]
+        cums = _paired_cumsums([x.astype(jnp.int32) for x in match])
+        rk = jnp.zeros((r_, m), jnp.int32)
+        for j in range(t_):
+            rk = jnp.where(match[j], before[:, j:j + 1] + counts[:, j:j + 1] + cums[j] - 1, rk)
+        rk, tcf, okf = rk.reshape(-1), tcc.reshape(-1), ok_c.reshape(-1)
+        ok = okf & (rk < n_free[tcf])
+        seq = cells.next_seq[tcf] + rk
+        slot = ring_slot(seq, nq)
+        row = jnp.where(ok, tcf, n)
+
+        def put(arr, val):
+            return arr.at[row, slot].set(val.reshape(-1).astype(arr.dtype), mode="drop")
+
+        vals = {k: take(v) for k, v in entries.items()}
+        qf = {"active": put(qf["active"], jnp.ones(okf.shape, bool)), "seq": put(qf["seq"], seq),
+              **{k: put(qf[k], vals[k]) for k in vals}}
+        counts = counts + jnp.stack([c_[:, -1] for c_ in cums], axis=1)
+        return qf, counts
+
+    fields = ("active", "prompt", "target", "born", "turn", "hop", "seq", "kind")
+    qf, counts = chunk(0, {k: getattr(q, k) for k in fields}, jnp.zeros((r_, t_), jnp.int32))
+
+    def more(carry):
+        c, qf, counts = carry
+        qf, counts = chunk(c, qf, counts)
+        return c + 1, qf, counts
+
+    _, qf, _ = jax.lax.while_loop(lambda c: c[0] * m < jnp.max(n_rank), more, (jnp.int32(1), qf, counts))
+    f = state.ledger.arrived.dtype
+    total = csum[-1]
+    n_ok = jnp.minimum(total, n_free.astype(total.dtype))
+    dropped = (total - n_ok).astype(f)
+    cells = replace(cells, next_seq=cells.next_seq + n_ok.astype(cells.next_seq.dtype))
+    return replace(state, queue=replace(q, **qf), cells=cells), dropped
+
+
 # ---- processes -------------------------------------------------------------------------------
 
 
@@ -339,6 +423,23 @@ def tools(state, params, key=None):
 
 
 def memory(state, params, key=None):
+    """The memory module (see :func:`compress`); skipped when it is off (``mem_threshold`` 0: no
+    history is compressed, so every sum is 0 and the step is the same). The threshold is a scalar
+    parameter: a real branch unless parameters are batched (then both sides run, as before)."""
+    ch, cells, led = state.chains, state.cells, state.ledger
+    parts = (ch.base, cells.kv_free, cells.debt_s, led.compressions, led.tokens_removed, led.flops_memory)
+
+    def run(parts):
+        s = _memory(state, params)
+        return (s.chains.base, s.cells.kv_free, s.cells.debt_s, s.ledger.compressions, s.ledger.tokens_removed,
+                s.ledger.flops_memory)
+
+    base, kv_free, debt, comp, removed, flops = jax.lax.cond(params.mem_threshold > 0, run, lambda p: p, parts)
+    return replace(state, chains=replace(ch, base=base), cells=replace(cells, kv_free=kv_free, debt_s=debt),
+                   ledger=replace(led, compressions=comp, tokens_removed=removed, flops_memory=flops))
+
+
+def _memory(state, params):
     ch, cells, led = state.chains, state.cells, state.ledger
     new_base, on, cost = compress(ch.base, params)
     on = on & ch.active
@@ -359,6 +460,31 @@ def memory(state, params, key=None):
     return replace(state, chains=ch, cells=cells, ledger=led)
 
 
+def _arrival_lengths(key, step, count, params):
+    """Prompt and output lengths (lognormal, from the PROMPT_LEN and OUTPUT_LEN draws of arrival
+    slot ``c * A + j``) of the arrival slots ``j < count[c]``, ``(C, A)``; other slots hold 0 (never
+    enqueued). The numbers a draw over every slot gives there, bit for bit, but only the columns some
+    cell uses are hashed and sent through ``ndtri``: a few at a time, as many as the busiest cell
+    needs (few arrive per step; often none)."""
+    n, a = count.shape[0], params.arrival_k.shape[0]
+    w = min(a, 4)
+    f = params.prompt_median.dtype
+    rows = jnp.arange(n, dtype=jnp.uint32)[:, None] * jnp.uint32(a)
+
+    def body(carry):
+        j, prompt, target = carry
+        cols = jnp.minimum(j * w + jnp.arange(w, dtype=jnp.int32), a - 1)  # the last chunk repeats column A-1
+        ids = rows + cols.astype(jnp.uint32)[None, :]
+        p = lognormal_tokens(rng.uniforms(key, step, PROMPT_LEN, ids), params.prompt_median, params.prompt_sigma)
+        t = lognormal_tokens(rng.uniforms(key, step, OUTPUT_LEN, ids), params.output_median, params.output_sigma)
+        return j + 1, prompt.at[:, cols].set(p.astype(f)), target.at[:, cols].set(t.astype(f))
+
+    zero = jnp.zeros((n, a), f)
+    _, prompt, target = jax.lax.while_loop(lambda c: (c[0] * w).astype(count.dtype) < jnp.max(count), body,
+                                           (jnp.int32(0), zero, zero))
+    return prompt.reshape(-1), target.reshape(-1)
+
+
 def arrivals(state, params, key):
     cells = state.cells
     n = cells.alive.shape[0]
@@ -370,10 +496,7 @@ def arrivals(state, params, key):
     ids = jnp.arange(n * a, dtype=jnp.uint32)
     home = (ids // a).astype(jnp.int32)
     valid = (ids % a).astype(count.dtype) < count[home]
-    up = rng.uniforms(key, state.step, PROMPT_LEN, ids)
-    uo = rng.uniforms(key, state.step, OUTPUT_LEN, ids)
-    prompt = lognormal_tokens(up, params.prompt_median, params.prompt_sigma)
-    target = lognormal_tokens(uo, params.output_median, params.output_sigma)
+    prompt, target = _arrival_lengths(key, state.step, count, params)
     prompt, target, _ = clip_lengths(prompt, target, params.l_max)
     if n_kinds(params) > 1:
         return _arrivals_kinds(state, params, key, count, ids, home, valid, prompt, target)
@@ -451,12 +574,14 @@ def admission(state, params, key=None):
         & (n_gpu > 0)[:, None]
     )
     # the k-th admitted (in FIFO order) takes the k-th free chain slot: a free chain slot of free-rank
-    # j takes the j-th request in FIFO order if that one is admitted (gathers, no scatter)
+    # j takes the j-th request in FIFO order if that one is admitted, i.e. j < n_adm (admission takes a
+    # FIFO prefix: need >= 0, so the cumulative sum only grows) (gathers, no scatter)
+    n_adm = n_true(adm_s)
     free = ~ch.active
     j = jnp.cumsum(free, axis=1, dtype=jnp.int32) - 1
     jc = jnp.clip(j, 0, w - 1)
     src = ring_slot(head[:, None] + jc, nq)  # queue slot feeding chain slot
-    new = free & (j < w) & jnp.take_along_axis(adm_s, jc, axis=1)
+    new = free & (j < n_adm[:, None])
 
     def fill(arr, val):
         return jnp.where(new, jnp.take_along_axis(val, src, axis=1).astype(arr.dtype), arr)
@@ -473,8 +598,7 @@ def admission(state, params, key=None):
         hop=fill(ch.hop, q.hop),
         kind=fill(ch.kind, q.kind),
     )
-    n_adm = n_true(adm_s)
-    # admission takes a FIFO prefix (need >= 0: the cumulative sum only grows): the first n_adm from the head
+    # the admitted are the first n_adm from the head
     admitted_q = ring_slot(jnp.arange(nq)[None, :] - head[:, None], nq) < n_adm[:, None]
     clear = lambda x: jnp.where(admitted_q, jnp.zeros_like(x), x)  # noqa: E731
     q = replace(q, active=q.active & ~admitted_q, prompt=clear(q.prompt), target=clear(q.target),
@@ -528,13 +652,15 @@ def decode(state, params, key):
     out = jnp.where(fin, ch.target, ch.out + gain)
     grow = gain * (1.0 - params.freeze_context)
     base = ch.base - gain * params.freeze_context  # frozen context: base + out stays put
-    # the TOOL_CALL draw of every slot, hashed only when tools are on (p_tool is a scalar parameter:
-    # a real branch unless parameters are batched, where both sides run and the draws are kept)
-    u = jax.lax.cond(params.p_tool > 0,
-                     lambda: rng.uniforms(key, state.step, TOOL_CALL, jnp.arange(n * ns, dtype=jnp.uint32)).reshape(n, ns),
-                     lambda: jnp.ones((n, ns), jnp.result_type(float)))
-    p_call = -jnp.expm1(gain * jnp.log1p(-params.p_tool))
-    call = dec & ~fin & (params.p_tool > 0) & (gain > 0) & (u < p_call)
+    # tool calls: the TOOL_CALL draw of every slot and its probability only when tools are on (p_tool
+    # is a scalar parameter: a real branch unless parameters are batched, where both sides run and
+    # the select keeps the calls where p_tool > 0); off, no chain calls
+    def draw_calls():
+        u = rng.uniforms(key, state.step, TOOL_CALL, jnp.arange(n * ns, dtype=jnp.uint32)).reshape(n, ns)
+        p_call = -jnp.expm1(gain * jnp.log1p(-params.p_tool))
+        return dec & ~fin & (gain > 0) & (u < p_call)
+
+    call = jax.lax.cond(params.p_tool > 0, draw_calls, lambda: jnp.zeros((n, ns), bool))
     energy = n_gpu * (params.power_prefill * pre + params.power_decode * dec_time + params.power_idle * idle)
     gain_sum, n_call, grow_sum = rowsums(gain, call.astype(led.tool_calls.dtype), grow)
     led = replace(
@@ -558,7 +684,13 @@ def decode(state, params, key):
     return replace(state, chains=ch, cells=cells, ledger=led)
 
 
-def _finished_draws(key, step, done, params):
+def _draw_chunk(s: int) -> int:
+    """Finished chains per instance handled by one pass of :func:`_finished_draws` and by the
+    compact enqueue of :func:`finish` (:func:`enqueue_few`): S/8, at least 16 (a few finish per step)."""
+    return min(s, max(16, s // 8))
+
+
+def _finished_draws(key, step, done, params, rank=None):
     """The FOLLOWUP draw and the next turn's output length (lognormal, from the FOLLOWUP_LEN draw) of
     the chain slots in ``done``, ``(C, S)``; other slots hold 0 (never read). Draws are keyed by the
     slot's id ``c * S + s``, so these are the numbers a draw over every slot gives there, bit for bit;
@@ -567,8 +699,9 @@ def _finished_draws(key, step, done, params):
     chunks as the busiest row needs (usually one): a few finish per step among S slots, and a hash
     plus an ``ndtri`` on every slot was the largest kernel of the step."""
     n, s = done.shape
-    m = min(s, max(16, s // 8))
-    rank = jnp.cumsum(done, axis=1, dtype=jnp.int32) - 1  # finish-rank of a done slot
+    m = _draw_chunk(s)
+    if rank is None:
+        rank = jnp.cumsum(done, axis=1, dtype=jnp.int32) - 1  # finish-rank of a done slot
     n_done = rank[:, -1] + 1
     rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, s))
     cols = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (n, s))
@@ -598,7 +731,8 @@ def finish(state, params, key):
     n, ns = ch.active.shape
     done = ch.active & (ch.out >= ch.target)
     ctx = ch.base + ch.out
-    u_f, new_target = _finished_draws(key, state.step, done, params)
+    rank = jnp.cumsum(done, axis=1, dtype=jnp.int32) - 1  # finish-rank of a done slot (nxt is a subset of done)
+    u_f, new_target = _finished_draws(key, state.step, done, params, rank)
     kinds_on = n_kinds(params) > 1
     reader = done & (ch.target == 0) if kinds_on else jnp.zeros_like(done)  # hand the read task on
     more = done & ~reader & (ch.turn + 1 < params.max_turns) & (u_f < params.followup_prob)
@@ -612,15 +746,19 @@ def finish(state, params, key):
     nxt = more | hop | reader
     comp_on = comp_on & nxt
     prompt, target, cut = clip_lengths(hist_c, new_target, params.l_max)
-    # every per-cell sum of this process in one fused reduction (sim.core.ops.rowsums)
+    # the per-cell float sums in one fused reduction (sim.core.ops.rowsums; each column is summed in
+    # the order it is alone, bit for bit); the counts in int32 (exact in any order), n_done from the ranks
     f = led.completed.dtype
     sojourn = jnp.where(complete, (state.step - ch.born).astype(f) * params.dt, 0.0)
-    sums = [jnp.where(done, ctx, 0.0), jnp.where(comp_on, comp_cost, 0.0), done.astype(f), complete.astype(f),
-            sojourn, hop.astype(f), comp_on.astype(f), jnp.where(comp_on, history - hist_c, 0.0),
-            jnp.where(nxt, cut, 0.0)]
+    sums = [jnp.where(done, ctx, 0.0), jnp.where(comp_on, comp_cost, 0.0), sojourn,
+            jnp.where(comp_on, history - hist_c, 0.0), jnp.where(nxt, cut, 0.0)]
+    counts = [complete, hop, comp_on]
     if kinds_on:
-        sums += [reader.astype(f), jnp.where(reader, prompt, 0.0)]
-    released, mem_flops, n_done, n_complete, soj_sum, n_hop, n_comp, removed, trunc, *kind_sums = rowsums(*sums)
+        sums.append(jnp.where(reader, prompt, 0.0))
+        counts.append(reader)
+    released, mem_flops, soj_sum, removed, trunc, *kind_sums = rowsums(*sums)
+    n_complete, n_hop, n_comp, *kind_counts = (x.astype(f) for x in rowsums(*[c.astype(jnp.int32) for c in counts]))
+    n_done = (rank[:, -1] + 1).astype(f)
     # release the finished chains before routing the next turns (scores see the freed KV)
     zero = jnp.zeros_like(ch.base)
     ch = replace(
@@ -654,7 +792,7 @@ def finish(state, params, key):
         "hop": jnp.where(more | reader, ch.hop, ch.hop + 1),
         "kind": ch.kind,
     }
-    state, _, dropped = enqueue(state, entries, dest, nxt, cands)
+    state, dropped = enqueue_few(state, entries, dest, nxt, cands, rank, _draw_chunk(ns))
     led = replace(
         led,
         turns_done=led.turns_done + n_done,
@@ -668,8 +806,8 @@ def finish(state, params, key):
         truncated=led.truncated + trunc,
     )
     if kinds_on:
-        led = replace(led, kind_handoffs=led.kind_handoffs + kind_sums[0],
-                      kind_handoff_tokens=led.kind_handoff_tokens + kind_sums[1])
+        led = replace(led, kind_handoffs=led.kind_handoffs + kind_counts[0],
+                      kind_handoff_tokens=led.kind_handoff_tokens + kind_sums[0])
     return replace(state, ledger=led)
 
 

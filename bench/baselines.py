@@ -302,12 +302,14 @@ def _touched_bytes(mod: dict, callee: str, operand_bytes: list, result_bytes: in
     return total
 
 
-def kernel_bytes(mod: dict, name: str | None = None, depth: int = 0, sliced: bool = False) -> tuple[float, int]:
+def kernel_bytes(mod: dict, name: str | None = None, depth: int = 0, sliced: bool = False,
+                 unknown_trips: float = 1) -> tuple[float, int]:
     """(bytes, kernels launched) of one run of computation ``name`` (the entry by default): operand +
-    result bytes of every instruction that is a kernel; while bodies x their known trip count (once
-    when it is not known), called computations recursed into; parameters, constants, tuples and
-    bitcasts are free. ``sliced``: a fusion counts only the slices of a buffer it reads through
-    ``dynamic-slice`` and the update it writes in place (:func:`_touched_bytes`)."""
+    result bytes of every instruction that is a kernel; while bodies x their known trip count
+    (``unknown_trips`` times when it is data-dependent), called computations recursed into;
+    parameters, constants, tuples and bitcasts are free. ``sliced``: a fusion counts only the slices
+    of a buffer it reads through ``dynamic-slice`` and the update it writes in place
+    (:func:`_touched_bytes`)."""
     comps = mod["computations"]
     details = mod.get("detail", {}).get(name or mod["entry"]) if sliced else None
     total, kernels = 0.0, 0
@@ -316,17 +318,17 @@ def kernel_bytes(mod: dict, name: str | None = None, depth: int = 0, sliced: boo
             continue
         if op == "while":
             trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', attrs)
-            n = int(trip.group(1)) if trip else 1
+            n = int(trip.group(1)) if trip else unknown_trips
             body = re.search(r"body=%?([\w.\-]+)", attrs).group(1)
             cond = re.search(r"condition=%?([\w.\-]+)", attrs).group(1)
-            b, kb = kernel_bytes(mod, body, depth + 1, sliced)
-            c, kc = kernel_bytes(mod, cond, depth + 1, sliced)
+            b, kb = kernel_bytes(mod, body, depth + 1, sliced, unknown_trips)
+            c, kc = kernel_bytes(mod, cond, depth + 1, sliced, unknown_trips)
             total += n * b + (n + 1) * c
             kernels += n * kb + (n + 1) * kc
         elif op in ("call", "conditional", "async-start"):
             for callee in re.findall(r"(?:to_apply|calls|branch_computations=\{)[=]?%?([\w.\-]+)", attrs):
                 if callee in comps:
-                    b, k = kernel_bytes(mod, callee, depth + 1, sliced)
+                    b, k = kernel_bytes(mod, callee, depth + 1, sliced, unknown_trips)
                     total += b
                     kernels += k
         else:

@@ -3,7 +3,10 @@
 Load-independent numbers, from ``jax.jit(BIO.step).lower(...).compile()`` at a given tissue size:
 
 * kernels per step and bytes per agent (operand + result bytes of every kernel, while bodies times
-  their trip counts: ``bench.baselines.kernel_bytes``) and XLA's own ``cost_analysis``;
+  their trip counts; the one data-dependent loop, the producer-failure candidates of
+  ``sim.core.rare_events``, counted at :data:`RARE_TRIPS` trips, what it runs at rest; a buffer a fusion reads through
+  ``dynamic-slice`` or updates in place counts the slice: ``bench.baselines.kernel_bytes(...,
+  sliced=True)``) and XLA's own ``cost_analysis``;
 * transcendentals per cell: every exp / log / expm1 / log1p / pow / sqrt / ... the optimised HLO
   evaluates, counted by element inside every fusion, while bodies times their trip counts; the
   branches of a ``conditional`` (the creatine-kinase Newton solve, skipped without creatine) are
@@ -49,6 +52,9 @@ ROOT = HERE.parent
 TRANSCENDENTAL = {"exponential", "exponential-minus-one", "log", "log-plus-one", "power", "sqrt", "rsqrt", "cbrt",
                   "tanh", "logistic", "sine", "cosine", "tan", "atan2", "erf"}
 CHUNK_STEPS = 20  # steps of the engine chunk counted by work()
+# trips per step of the failure-candidate loop (sim.core.rare_events) at rest in the bench tissue:
+# 0.032 expected candidates per step at 10,000 cells (health ~0.99997), so ~0.03 trips
+RARE_TRIPS = 0.03
 ROUNDS_PER_HASH = 20  # Threefry-2x32: 5 x 4 rounds, one rotate (one left shift) each
 _ELEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
@@ -93,7 +99,7 @@ def count_ops(mod: dict, name: str | None = None) -> dict:
             out["hash_width"] = max(out["hash_width"], n)
         elif op == "while":
             trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', attrs)
-            k = int(trip.group(1)) if trip else 1
+            k = int(trip.group(1)) if trip else RARE_TRIPS
             body = re.search(r"body=%?([\w.\-]+)", attrs).group(1)
             sub = count_ops(mod, body)
             for key, v in sub.items():
@@ -142,7 +148,7 @@ def work(n_cells: int, dtype: str = "float64", compiler_options: dict | None = N
     text = compiled.as_text()
     ca = compiled.cost_analysis()
     ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    moved, kernels = kernel_bytes(parse_hlo(text))
+    moved, kernels = kernel_bytes(parse_hlo(text), sliced=True, unknown_trips=RARE_TRIPS)
     ops = count_ops(hlo_ops(text))
     cheapest = ops["transcendental"]
     costliest = ops["transcendental"]
@@ -165,7 +171,7 @@ def work(n_cells: int, dtype: str = "float64", compiler_options: dict | None = N
         chunk = core_ops.compile_lowered(chunk_lowered)
     else:
         chunk = chunk_lowered.compile(compiler_options) if compiler_options else chunk_lowered.compile()
-    chunk_moved, chunk_kernels = kernel_bytes(parse_hlo(chunk.as_text()))
+    chunk_moved, chunk_kernels = kernel_bytes(parse_hlo(chunk.as_text()), sliced=True, unknown_trips=RARE_TRIPS)
     return {"cells": n_cells, "agents": agents, "dtype": dtype, "kernels_per_step": kernels,
             "engine_chunk_bytes_per_agent_step": chunk_moved / chunk_steps / agents,
             "engine_chunk_kernels_per_step": chunk_kernels / chunk_steps,

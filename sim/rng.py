@@ -106,8 +106,12 @@ def uniforms(key: jax.Array, step, purpose: int, ids: jax.Array, dtype=None) -> 
     # slower). XLA's CPU pipeline drops optimization barriers before fusing, but never duplicates an
     # "expensive" instruction (a float divide) into several consumers: u / one, with one = 1 exactly
     # at run time (x * 0 + 1 is not folded for floats), changes no bit and keeps the hash in one fusion.
-    one = ids.astype(u.dtype) * jnp.asarray(0.0, u.dtype) + jnp.asarray(1.0, u.dtype)  # elementwise: a scalar
-    # divisor would become a multiply by its reciprocal, which is cheap and duplicated again
+    # ``one`` is built elementwise from the draw's own words, not from ``ids``: a scalar divisor, or
+    # one broadcast along an axis ``u`` has and it lacks (the replicate axis under the engine's vmap:
+    # ``ids`` is the same for every replicate), becomes a multiply by its reciprocal, which is cheap
+    # and duplicated again (issue 10: 256 replicates of 100 cells ran at 0.67 of the per-agent rate of
+    # one 25,600-cell replicate, each draw hashed again in all ~8 of its consumer kernels)
+    one = w0.astype(u.dtype) * jnp.asarray(0.0, u.dtype) + jnp.asarray(1.0, u.dtype)
     return u / one
 
 

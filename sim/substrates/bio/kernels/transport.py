@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sim.core import carriers
-from sim.core.ops import materialize
+from sim.core.ops import materialize, segment_sum
 from sim.pytree import replace
 from sim.substrates.bio.state import ATP
 
@@ -63,9 +63,7 @@ def transport(state, params, key=None):
     at_dst = jnp.concatenate(
         [keep * fwd - back, back[:, ATP, None], keep[:, 0, None] * fwd[:, ATP, None], leak * back] + extra_dst, axis=1
     )
-    booked = jax.ops.segment_sum(
-        jnp.concatenate([at_src, at_dst]), jnp.concatenate([e.src, e.dst]), num_segments=n
-    )
+    booked = segment_sum(jnp.concatenate([at_src, at_dst]), jnp.concatenate([e.src, e.dst]), n)
     s = pools.shape[1]
     delta, out_atp, in_atp, lost = booked[:, :s], booked[:, s], booked[:, s + 1], booked[:, s + 2:2 * s + 2]
     led = state.ledger

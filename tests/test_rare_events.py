@@ -83,16 +83,13 @@ def test_candidate_loop_resolves_each_candidate_once(n_rows):
 
     @jax.jit
     def run(u, rates, cand):
-        w = min(rare_events.WINDOW, n_rows)
-
-        def resolve(carry, start, pending):
+        def resolve(rows, carry, pending):
+            u_w, rates_w = rows
             fails, seen = carry
-            got = rare_events.pattern(rare_events.rows(u, start, w), rare_events.rows(rates, start, w), 0.3, pending)
-            fails = rare_events.set_rows(fails, start, rare_events.rows(fails, start, w) | got)
-            seen = rare_events.set_rows(seen, start, rare_events.rows(seen, start, w) + pending)
-            return fails, seen
+            return fails | rare_events.pattern(u_w, rates_w, 0.3, pending), seen + pending
 
-        return rare_events.resolve_candidates(cand, (jnp.zeros(rates.shape, bool), jnp.asarray(counts)), resolve)
+        return rare_events.resolve_candidates(cand, (u, rates), (jnp.zeros(rates.shape, bool), jnp.asarray(counts)),
+                                              resolve, window=32)
 
     fails, seen = map(np.asarray, run(u, rates, cand))
     np.testing.assert_array_equal(seen, cand.astype(float))  # every candidate once, nothing else
@@ -154,3 +151,32 @@ def test_biology_failures_equal_the_dense_evaluation_and_their_rates(hazard, man
     prob = np.where(alive, -np.expm1(-slot_hazard * float(params.dt)), 0.0)
     mean, sd = prob.sum(), np.sqrt((prob * (1 - prob)).sum())
     assert abs(failed.sum() - mean) < 5 * sd + 3, (failed.sum(), mean, sd)
+
+
+def test_candidate_loop_under_vmap_equals_each_replicate_alone():
+    """The batching rule folds replicates into rows (one loop for the whole batch): every
+    replicate's result is what it gets alone, with batched and unbatched operands, nested vmap too."""
+    rng = np.random.default_rng(5)
+    r, n, s = 6, 50, 4
+    rates = rng.exponential(1.0, (r, n, s))
+    u = rng.random((r, n))
+    cand = rng.random((r, n)) < 0.2
+    cand[2] = False  # a replicate without candidates
+
+    def one(u, rates, cand, scale):
+        def resolve(rows, carry, pending):
+            u_w, rates_w, scale_w = rows
+            return carry | rare_events.pattern(u_w, rates_w * scale_w[:, None], 0.3, pending)
+
+        rows = (u, rates, jnp.broadcast_to(scale, u.shape))
+        return rare_events.resolve_candidates(cand, rows, jnp.zeros(rates.shape, bool), resolve, window=8)
+
+    alone = np.stack([np.asarray(jax.jit(one)(u[i], rates[i], cand[i], 1.0 + i)) for i in range(r)])
+    batched = np.asarray(jax.jit(jax.vmap(one))(u, rates, cand, 1.0 + np.arange(r)))
+    np.testing.assert_array_equal(batched, alone)
+    shared = np.asarray(jax.jit(jax.vmap(one, in_axes=(0, None, 0, None)))(u, rates[0], cand, 2.0))
+    np.testing.assert_array_equal(shared, np.stack([np.asarray(one(u[i], rates[0], cand[i], 2.0)) for i in range(r)]))
+    nested = np.asarray(jax.jit(jax.vmap(jax.vmap(one)))(u.reshape(2, 3, n), rates.reshape(2, 3, n, s),
+                                                         cand.reshape(2, 3, n), (1.0 + np.arange(r)).reshape(2, 3)))
+    np.testing.assert_array_equal(nested.reshape(alone.shape), alone)
+    assert alone.any() and not alone[2].any()

@@ -49,17 +49,18 @@ def producer_failure(state, params, key):
     h_min = jnp.min(jnp.where(prod.alive, prod.health, 1.0), axis=1)
     bound = rare_events.bound_probability(p * _hazard(h_min, params), params.dt)
     candidates = u < bound
-    w = min(rare_events.WINDOW, c)
 
-    def resolve(carry, start, pending):
-        alive, failures = carry
-        rows_alive = rare_events.rows(alive, start, w)
-        rates = jnp.where(rows_alive, _hazard(rare_events.rows(prod.health, start, w), params), 0.0)
-        fails = rare_events.pattern(rare_events.rows(u, start, w), rates, params.dt, pending)
-        n_failed = rare_events.rows(failures, start, w) + jnp.sum(fails, axis=1, dtype=failures.dtype)
-        return rare_events.set_rows(alive, start, rows_alive & ~fails), rare_events.set_rows(failures, start, n_failed)
+    def resolve(rows, carry, pending):
+        u_w, health_w, hazard0, beta, dt = rows
+        alive_w, failures_w = carry
+        rates = jnp.where(alive_w, hazard0[:, None] * jnp.exp(beta[:, None] * (1.0 - health_w)), 0.0)
+        fails = rare_events.pattern(u_w, rates, dt, pending)
+        return alive_w & ~fails, failures_w + jnp.sum(fails, axis=1, dtype=failures_w.dtype)
 
-    alive, failures = rare_events.resolve_candidates(candidates, (prod.alive, state.ledger.failures), resolve)
+    # per-row copies of the scalars: under vmap the rows of every replicate are resolved together
+    per_row = lambda x: jnp.broadcast_to(jnp.asarray(x, u.dtype), (c,))  # noqa: E731
+    rows = (u, prod.health, per_row(params.hazard0), per_row(params.hazard_beta), per_row(params.dt))
+    alive, failures = rare_events.resolve_candidates(candidates, rows, (prod.alive, state.ledger.failures), resolve)
     return replace(state, producers=replace(prod, alive=alive), ledger=replace(state.ledger, failures=failures))
 
 

@@ -215,6 +215,29 @@ def kth_free(active):
     return jnp.zeros((n, w), jnp.int32).at[rows, pos].set(cols, mode="drop")
 
 
+def same_either(pred, slow, fast, *operands):
+    """``lax.cond(pred, slow, fast, *operands)`` for two branches that give the same result (every
+    bit) wherever ``fast`` applies (``pred`` false); ``slow`` is exact everywhere. Under ``vmap``
+    the predicate is any over the batch, so one branch runs for the whole batch (a batched
+    ``lax.cond`` would run both and select): a replicate that could take ``fast`` takes ``slow``
+    with the same result. The branches take everything they read as ``operands`` (a value they
+    closed over would be a batched constant, which ``custom_vmap`` refuses)."""
+
+    @jax.custom_batching.custom_vmap
+    def either(pred, *ops):
+        return jax.lax.cond(pred, slow, fast, *ops)
+
+    @either.def_vmap
+    def batched(axis_size, in_batched, pred, *ops):
+        p = jnp.any(pred) if in_batched[0] else pred
+        axes = jax.tree_util.tree_map(lambda b: 0 if b else None, tuple(in_batched[1:]))
+        run = lambda f: lambda *o: jax.vmap(f, in_axes=axes, axis_size=axis_size)(*o)  # noqa: E731
+        out = jax.lax.cond(p, run(slow), run(fast), *ops)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return either(pred, *operands)
+
+
 def ring_slot(seq, nq: int):
     """The queue slot of ticket ``seq``: ``seq mod Q``. A cell's queued requests hold the consecutive
     tickets ``next_seq - count .. next_seq - 1`` (requests join at the tail with the next tickets and
@@ -240,6 +263,28 @@ def _paired_cumsums(masks):
     return out
 
 
+def _earlier_rows(tots, cands, n: int):
+    """From ``tots`` (R, T), the valid entries of row ``r`` for its candidate cell ``cands[r, j]``
+    (a repeated candidate counted once): (entries of the rows before ``r`` for ``cands[r, j]``, (R,
+    T); entries per cell, (n,)). Integer counts: exact in any order. Few rows and candidates (R T <=
+    256, e.g. one row per instance): masked reductions over (R, T, R, T) and (n, R, T), which XLA's
+    CPU backend runs far faster than the scan over rows it otherwise needs (a cumulative sum is
+    several reduce-window kernels); more: that scan."""
+    r_, t_ = tots.shape
+    if r_ * t_ <= 256:
+        same = cands[:, :, None, None] == cands[None, None, :, :]
+        earlier = jnp.arange(r_)[None, None, :, None] < jnp.arange(r_)[:, None, None, None]
+        before = jnp.sum(jnp.where(same & earlier, tots[None, None], 0), axis=(2, 3), dtype=jnp.int32)
+        total = jnp.sum(jnp.where(cands[None] == jnp.arange(n)[:, None, None], tots[None], 0), axis=(1, 2),
+                        dtype=jnp.int32)
+        return before, total
+    offs = jnp.zeros((r_, n), jnp.int32)
+    for j in range(t_):
+        offs = offs + tots[:, j:j + 1] * (cands[:, j:j + 1] == jnp.arange(n)[None, :])
+    csum = jnp.cumsum(offs, axis=0)
+    return jnp.take_along_axis(csum - offs, cands, axis=1), csum[-1]
+
+
 def enqueue(state, entries: dict, tcell, valid, cands):
     """Append entries to the queues of cells ``tcell`` in flat (row-major) order: the r-th entry
     for a cell takes ticket ``next_seq + r`` and its ring slot (:func:`ring_slot`); entries beyond
@@ -256,9 +301,8 @@ def enqueue(state, entries: dict, tcell, valid, cands):
     # within-row rank: valid entries before this one in the row with the same target
     match = [valid & (tc == cd[:, j:j + 1]) for j in range(t_)]
     seen = jnp.zeros((r_, k_), bool)
-    offs = jnp.zeros((r_, n), jnp.int32)
     cums = _paired_cumsums([m.astype(jnp.int32) for m in match])
-    hits = []
+    hits, tots = [], []
     for j in range(t_):
         hit = (tc == cd[:, j:j + 1]) & ~seen
         hits.append(hit)
@@ -266,10 +310,8 @@ def enqueue(state, entries: dict, tcell, valid, cands):
         uniq = jnp.ones(r_, bool)
         for i in range(j):
             uniq = uniq & (cd[:, i] != cd[:, j])
-        tot = jnp.where(uniq, cums[j][:, -1], 0)
-        offs = offs + tot[:, None] * (cd[:, j:j + 1] == jnp.arange(n)[None, :])
-    csum = jnp.cumsum(offs, axis=0)
-    before = jnp.take_along_axis(csum - offs, cd, axis=1)  # (R, T): entries of earlier rows per candidate
+        tots.append(jnp.where(uniq, cums[j][:, -1], 0))
+    before, total = _earlier_rows(jnp.stack(tots, axis=1), cd, n)  # (R, T), (n,)
     # rank = entries of earlier rows for the target + valid entries before this one in its row with that
     # target, picked per candidate (elementwise selects, no per-entry gather)
     rank = jnp.zeros((r_, k_), jnp.int32)
@@ -300,7 +342,7 @@ def enqueue(state, entries: dict, tcell, valid, cands):
         kind=put(q.kind, entries["kind"]),
     )
     f = state.ledger.arrived.dtype
-    total = csum[-1]  # valid entries per target cell; the first n_free of them are accepted
+    # total: valid entries per target cell; the first n_free of them are accepted
     n_ok = jnp.minimum(total, n_free.astype(total.dtype))
     dropped = (total - n_ok).astype(f)
     cells = replace(cells, next_seq=cells.next_seq + n_ok.astype(cells.next_seq.dtype))
@@ -395,6 +437,23 @@ def enqueue_few(state, entries: dict, tcell, valid, cands, rank, m: int):
 
 
 def tools(state, params, key=None):
+    """Tool calls returning (module docstring, 1); skipped when no chain waits on a tool (then it
+    changes nothing: no count-down, no return, every sum 0), which is every step without tools."""
+    ch, cells, led = state.chains, state.cells, state.ledger
+
+    def parts(s):
+        return (s.chains.tool_wait, s.chains.base, s.cells.kv_free, s.cells.debt_s, s.ledger.tool_tokens,
+                s.ledger.tool_truncated, s.ledger.flops_prefill)
+
+    waiting = jnp.any(ch.active & (ch.tool_wait > 0))
+    tw, base, kv_free, debt, tok, trunc, flops = same_either(waiting, lambda s, p: parts(_tools(s, p)),
+                                                             lambda s, p: parts(s), state, params)
+    return replace(state, chains=replace(ch, tool_wait=tw, base=base),
+                   cells=replace(cells, kv_free=kv_free, debt_s=debt),
+                   ledger=replace(led, tool_tokens=tok, tool_truncated=trunc, flops_prefill=flops))
+
+
+def _tools(state, params):
     ch, cells, led = state.chains, state.cells, state.ledger
     waiting = ch.active & (ch.tool_wait > 0)
     tw = jnp.where(waiting, ch.tool_wait - 1, ch.tool_wait)
@@ -545,6 +604,88 @@ def _arrivals_kinds(state, params, key, count, ids, home, valid, prompt, target)
 
 
 def admission(state, params, key=None):
+    """FIFO admission (module docstring, 4). Usually at most two requests wait per instance: then
+    only those are read and placed (:func:`_admission_few`); the running sum of their KV need and
+    the row sums have at most two non-zero terms, the same in any order, so it is the full-width
+    admission (:func:`_admission_all`) bit for bit; a step where some instance has more queued
+    takes that one."""
+    n_queued = n_true(state.queue.active)
+    return same_either(jnp.max(n_queued) > 2, _admission_all, _admission_few, state, params)
+
+
+def _admission_few(state, params):
+    """:func:`admission` when at most two requests wait per instance: queue positions 0 and 1 (from
+    the head) and the first two free chain slots, ``(C, 2)``."""
+    ch, q, cells, led = state.chains, state.queue, state.cells, state.ledger
+    n, nq = q.active.shape
+    ns = ch.active.shape[1]
+    n_queued = n_true(q.active)
+    head = cells.next_seq - n_queued
+    k = jnp.arange(2)
+    order = ring_slot(head[:, None] + k[None, :], nq)  # (C, 2) queue slots of FIFO positions 0, 1
+
+    def take(x):
+        return jnp.take_along_axis(x, order, axis=1)
+
+    act = k[None, :] < n_queued[:, None]
+    prompt = take(q.prompt)
+    need = jnp.where(act, prompt + take(q.target), 0.0)
+    run = jnp.stack([need[:, 0], need[:, 0] + need[:, 1]], axis=1)  # two terms: any order
+    reserved = rowsum(jnp.where(ch.active, ch.base + ch.target, 0.0))
+    room = cells.kv_capacity - reserved
+    n_gpu, f_cell, _ = cell_compute(state, params)
+    n_active = n_true(ch.active)
+    limit = jnp.minimum(ns - n_active, jnp.maximum(params.max_batch - n_active, 0))
+    adm = act & (run <= room[:, None]) & (k[None, :] < limit[:, None]) & (n_gpu > 0)[:, None]
+    n_adm = n_true(adm)
+    # the j-th admitted takes the j-th free chain slot (slot order)
+    slots = jnp.arange(ns, dtype=jnp.int32)[None, :]
+    free = ~ch.active
+    f0 = jnp.min(jnp.where(free, slots, ns), axis=1)
+    f1 = jnp.min(jnp.where(free & (slots > f0[:, None]), slots, ns), axis=1)
+    at0 = (slots == f0[:, None]) & (n_adm > 0)[:, None]
+    at1 = (slots == f1[:, None]) & (n_adm > 1)[:, None]
+    new = at0 | at1
+
+    def fill(arr, val):
+        v = take(val).astype(arr.dtype)
+        return jnp.where(at0, v[:, :1], jnp.where(at1, v[:, 1:], arr))
+
+    ch = replace(
+        ch,
+        active=ch.active | new,
+        base=fill(ch.base, q.prompt),
+        out=jnp.where(new, jnp.zeros_like(ch.out), ch.out),
+        target=fill(ch.target, q.target),
+        tool_wait=jnp.where(new, jnp.zeros_like(ch.tool_wait), ch.tool_wait),
+        born=fill(ch.born, q.born),
+        turn=fill(ch.turn, q.turn),
+        hop=fill(ch.hop, q.hop),
+        kind=fill(ch.kind, q.kind),
+    )
+    admitted_q = ring_slot(jnp.arange(nq)[None, :] - head[:, None], nq) < n_adm[:, None]
+    clear = lambda x: jnp.where(admitted_q, jnp.zeros_like(x), x)  # noqa: E731
+    q = replace(q, active=q.active & ~admitted_q, prompt=clear(q.prompt), target=clear(q.target),
+                born=clear(q.born), turn=clear(q.turn), hop=clear(q.hop), seq=clear(q.seq), kind=clear(q.kind))
+    if n_kinds(params) > 1:
+        fl = jnp.where(adm, prefill_flops(params, prompt, params.kind_prefix[:, None]), 0.0)
+    else:
+        fl = jnp.where(adm, prefill_flops(params, prompt), 0.0)
+    p_adm = jnp.where(adm, prompt, 0.0)
+    flops = fl[:, 0] + fl[:, 1]
+    tokens = p_adm[:, 0] + p_adm[:, 1]
+    debt = cells.debt_s + jnp.where(f_cell > 0, flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
+    led = replace(
+        led,
+        admitted=led.admitted + n_adm.astype(led.admitted.dtype),
+        tokens_in=led.tokens_in + tokens,
+        flops_prefill=led.flops_prefill + flops,
+    )
+    cells = replace(cells, kv_free=cells.kv_free - tokens, debt_s=debt)
+    return replace(state, chains=ch, queue=q, cells=cells, ledger=led)
+
+
+def _admission_all(state, params):
     ch, q, cells, led = state.chains, state.queue, state.cells, state.ledger
     nq = q.active.shape[1]
     ns = ch.active.shape[1]
@@ -726,7 +867,121 @@ def _finished_draws(key, step, done, params, rank=None):
     return u_f, tgt
 
 
+_FEW_DONE = 2  # finish's compact path: at most this many chains finish per instance (float sums exact)
+
+
 def finish(state, params, key):
+    """A chain at its target finishes (module docstring, 6). Usually at most two chains finish per
+    instance and step: then only those are read, drawn for and enqueued (:func:`_finish_few`: the
+    first and last finished slot of each row and the count, one reduction); a row's float sums
+    over at most two non-zero terms are the same in any order, so this is the full-width step
+    (:func:`_finish_all`) bit for bit; a step where some instance finishes more takes that one."""
+    ch = state.chains
+    done = ch.active & (ch.out >= ch.target)
+    n_done = n_true(done)
+    return same_either(jnp.max(n_done) > _FEW_DONE, _finish_all, _finish_few, state, params, key)
+
+
+def _finish_few(state, params, key):
+    """:func:`finish` when no instance finishes more than two chains: the per-chain work on ``(C, 2)``
+    (the first and last finished slot of each row), the enqueue on those entries in slot order."""
+    ch, cells, led = state.chains, state.cells, state.ledger
+    n, ns = ch.active.shape
+    done = ch.active & (ch.out >= ch.target)
+    slots = jnp.arange(ns, dtype=jnp.int32)[None, :]
+    n_done = n_true(done).astype(jnp.int32)
+    first = jnp.min(jnp.where(done, slots, ns - 1), axis=1)
+    last = jnp.max(jnp.where(done, slots, 0), axis=1)
+    idx = jnp.stack([first, last], axis=1)  # (C, 2) slot order
+    valid = jnp.arange(2, dtype=jnp.int32)[None, :] < n_done[:, None]
+
+    def take(x):
+        return jnp.take_along_axis(x, idx, axis=1)
+
+    base, out, tgt_now, turn, hop_i, born, kind = (take(x) for x in (ch.base, ch.out, ch.target, ch.turn, ch.hop,
+                                                                      ch.born, ch.kind))
+    f = led.completed.dtype
+    ids = jnp.arange(n, dtype=jnp.uint32)[:, None] * jnp.uint32(ns) + idx.astype(jnp.uint32)
+    u_f = rng.uniforms(key, state.step, FOLLOWUP, ids).astype(params.output_median.dtype)
+    new_target = lognormal_tokens(rng.uniforms(key, state.step, FOLLOWUP_LEN, ids), params.output_median,
+                                  params.output_sigma).astype(params.output_median.dtype)
+    kinds_on = n_kinds(params) > 1
+    reader = valid & (tgt_now == 0) if kinds_on else jnp.zeros_like(valid)
+    more = valid & ~reader & (turn + 1 < params.max_turns) & (u_f < params.followup_prob)
+    hop = valid & ~reader & ~more & (hop_i + 1 < params.hops)
+    complete = valid & ~reader & ~more & ~hop
+    added = jnp.where(more, params.followup_tokens, params.handoff_tokens)
+    if kinds_on:
+        added = jnp.where(reader, params.kind_handoff_tokens, added)
+    ctx = base + out
+    history = base + out + added
+    hist_c, comp_on, comp_cost = compress(history, params)
+    nxt = more | hop | reader
+    comp_on = comp_on & nxt
+    prompt, target, cut = clip_lengths(hist_c, new_target, params.l_max)
+    sojourn = jnp.where(complete, (state.step - born).astype(f) * params.dt, 0.0)
+    # at most two non-zero terms per row: their sum is the full-width one in any order
+    sums = [jnp.where(valid, ctx, 0.0), jnp.where(comp_on, comp_cost, 0.0), sojourn,
+            jnp.where(comp_on, history - hist_c, 0.0), jnp.where(nxt, cut, 0.0)]
+    counts = [complete, hop, comp_on]
+    if kinds_on:
+        sums.append(jnp.where(reader, prompt, 0.0))
+        counts.append(reader)
+    released, mem_flops, soj_sum, removed, trunc, *kind_sums = (x[:, 0] + x[:, 1] for x in sums)
+    n_complete, n_hop, n_comp, *kind_counts = ((x[:, 0].astype(jnp.int32) + x[:, 1]).astype(f) for x in counts)
+    zero = jnp.zeros_like(ch.base)
+    ch = replace(
+        ch,
+        active=ch.active & ~done,
+        base=jnp.where(done, zero, ch.base),
+        out=jnp.where(done, zero, ch.out),
+        target=jnp.where(done, zero, ch.target),
+    )
+    _, f_cell, _ = cell_compute(state, params)
+    cells = replace(
+        cells,
+        kv_free=cells.kv_free + released,
+        debt_s=cells.debt_s + jnp.where(f_cell > 0, mem_flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0),
+    )
+    state = replace(state, chains=ch, cells=cells)
+    score = free_capacity(state)
+    _, nb, _ = best_neighbour(score, params)
+    home = jnp.broadcast_to(jnp.arange(n)[:, None], idx.shape)
+    dest = jnp.where(more, home, nb[:, None])
+    cands = jnp.stack([jnp.arange(n), nb], axis=1)
+    if kinds_on:
+        nbk, _ = kind_neighbours(score, params, state.cells.alive)
+        dest = jnp.where(reader, jnp.take_along_axis(nbk, kind, axis=1), dest)
+        cands = jnp.concatenate([cands, nbk], axis=1)
+    entries = {
+        "prompt": prompt,
+        "target": target,
+        "born": born,
+        "turn": jnp.where(more | reader, turn + jnp.where(more, 1, 0), 0),
+        "hop": jnp.where(more | reader, hop_i, hop_i + 1),
+        "kind": kind,
+    }
+    state, _, dropped = enqueue(state, entries, dest, nxt, cands)
+    led = replace(
+        led,
+        turns_done=led.turns_done + n_done.astype(f),
+        completed=led.completed + n_complete,
+        sojourn_s=led.sojourn_s + soj_sum,
+        handoffs=led.handoffs + n_hop,
+        dropped=led.dropped + dropped,
+        compressions=led.compressions + n_comp,
+        tokens_removed=led.tokens_removed + removed,
+        flops_memory=led.flops_memory + mem_flops,
+        truncated=led.truncated + trunc,
+    )
+    if kinds_on:
+        led = replace(led, kind_handoffs=led.kind_handoffs + kind_counts[0],
+                      kind_handoff_tokens=led.kind_handoff_tokens + kind_sums[0])
+    return replace(state, ledger=led)
+
+
+def _finish_all(state, params, key):
+    """:func:`finish` for any number of finished chains per instance (full-width sums)."""
     ch, cells, led = state.chains, state.cells, state.ledger
     n, ns = ch.active.shape
     done = ch.active & (ch.out >= ch.target)

@@ -400,7 +400,7 @@ def section_hlo_bytes(sizes, dtypes=("float64", "float32")) -> list[dict]:
             r = hlo_bytes(n, dtype)
             rows.append(r)
             print(f"  HLO bytes {n:>6} cells {dtype}: {r['xla_bytes_accessed_per_agent']:.0f} B/agent (XLA cost analysis), "
-                  f"{r['hlo_kernel_bytes_per_agent']:.0f} B/agent over {r['kernels_per_step']} kernels (HLO text), "
+                  f"{r['hlo_kernel_bytes_per_agent']:.0f} B/agent over {r['kernels_per_step']:.0f} kernels (HLO text), "
                   f"state read+written once {r['state_read_write_once_per_agent']:.0f} B/agent; "
                   f"{r['transcendentals_per_cell']:.0f} transcendentals and {r['threefry_hashes_per_cell']:.0f} Threefry hashes per cell")
     return rows
@@ -554,7 +554,7 @@ def hlo_table(rows) -> list[str]:
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['cells']:,} | {r['dtype']} | {r['xla_bytes_accessed_per_agent']:.0f} | "
-                     f"{r['hlo_kernel_bytes_per_agent']:.0f} | {r['kernels_per_step']} | "
+                     f"{r['hlo_kernel_bytes_per_agent']:.0f} | {r['kernels_per_step']:.0f} | "
                      f"{r['state_read_write_once_per_agent']:.0f} | {r['transcendentals_per_cell']:.0f} | "
                      f"{r['threefry_hashes_per_cell']:.0f} |")
     return lines

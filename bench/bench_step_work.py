@@ -185,7 +185,7 @@ def work(n_cells: int, dtype: str = "float64", compiler_options: dict | None = N
 
 
 def print_work(r: dict) -> None:
-    print(f"  {r['cells']:>7,} cells {r['dtype']}: {r['kernels_per_step']} kernels, "
+    print(f"  {r['cells']:>7,} cells {r['dtype']}: {r['kernels_per_step']:.0f} kernels, "
           f"{r['hlo_kernel_bytes_per_agent']:.0f} B/agent (HLO kernels), {r['xla_bytes_accessed_per_agent']:.0f} B/agent "
           f"(XLA cost analysis), {r['transcendentals_per_cell']:.1f} transcendentals/cell "
           f"({r['transcendentals_per_cell_all_branches']:.1f} with every branch; XLA {r['xla_transcendentals_per_cell']:.0f}), "

@@ -885,7 +885,7 @@ def finish(state, params, key):
 def _finish_few(state, params, key):
     """:func:`finish` when no instance finishes more than two chains: the per-chain work on ``(C, 2)``
     (the first and last finished slot of each row), the enqueue on those entries in slot order."""
-    ch, cells, led = state.chains, state.cells, state.ledger
+    ch, led = state.chains, state.ledger
     n, ns = ch.active.shape
     done = ch.active & (ch.out >= ch.target)
     slots = jnp.arange(ns, dtype=jnp.int32)[None, :]
@@ -894,126 +894,86 @@ def _finish_few(state, params, key):
     last = jnp.max(jnp.where(done, slots, 0), axis=1)
     idx = jnp.stack([first, last], axis=1)  # (C, 2) slot order
     valid = jnp.arange(2, dtype=jnp.int32)[None, :] < n_done[:, None]
-
-    def take(x):
-        return jnp.take_along_axis(x, idx, axis=1)
-
-    base, out, tgt_now, turn, hop_i, born, kind = (take(x) for x in (ch.base, ch.out, ch.target, ch.turn, ch.hop,
-                                                                      ch.born, ch.kind))
-    f = led.completed.dtype
+    view = {k: jnp.take_along_axis(getattr(ch, k), idx, axis=1)
+            for k in ("base", "out", "target", "turn", "hop", "born", "kind")}
     ids = jnp.arange(n, dtype=jnp.uint32)[:, None] * jnp.uint32(ns) + idx.astype(jnp.uint32)
     u_f = rng.uniforms(key, state.step, FOLLOWUP, ids).astype(params.output_median.dtype)
     new_target = lognormal_tokens(rng.uniforms(key, state.step, FOLLOWUP_LEN, ids), params.output_median,
                                   params.output_sigma).astype(params.output_median.dtype)
+    nx = _next_turns(state, params, valid, view, u_f, new_target)
+    f = led.completed.dtype
+    # at most two non-zero terms per row: their sum is the full-width one in any order
+    sums = [x[:, 0] + x[:, 1] for x in nx["sums"]]
+    counts = [(x[:, 0].astype(jnp.int32) + x[:, 1]).astype(f) for x in nx["counts"]]
+
+    def enqueue_next(state, entries, dest, cands):
+        state, _, dropped = enqueue(state, entries, dest, nx["nxt"], cands)
+        return state, dropped
+
+    return _hand_on(state, params, done, view, nx, sums, counts, n_done.astype(f), enqueue_next)
+
+
+def _finish_all(state, params, key):
+    """:func:`finish` for any number of finished chains per instance (full-width sums)."""
+    ch, led = state.chains, state.ledger
+    n, ns = ch.active.shape
+    done = ch.active & (ch.out >= ch.target)
+    rank = jnp.cumsum(done, axis=1, dtype=jnp.int32) - 1  # finish-rank of a done slot (nxt is a subset of done)
+    u_f, new_target = _finished_draws(key, state.step, done, params, rank)
+    view = {k: getattr(ch, k) for k in ("base", "out", "target", "turn", "hop", "born", "kind")}
+    nx = _next_turns(state, params, done, view, u_f, new_target)
+    # the per-cell float sums in one fused reduction (sim.core.ops.rowsums; each column is summed in
+    # the order it is alone, bit for bit); the counts in int32 (exact in any order), n_done from the ranks
+    f = led.completed.dtype
+    sums = rowsums(*nx["sums"])
+    counts = [x.astype(f) for x in rowsums(*[c.astype(jnp.int32) for c in nx["counts"]])]
+
+    def enqueue_next(state, entries, dest, cands):
+        return enqueue_few(state, entries, dest, nx["nxt"], cands, rank, _draw_chunk(ns))
+
+    return _hand_on(state, params, done, view, nx, sums, counts, (rank[:, -1] + 1).astype(f), enqueue_next)
+
+
+def _next_turns(state, params, valid, view, u_f, new_target):
+    """What each finished chain does next (module docstring, 6), elementwise on a view of the
+    finished slots (``(C, S)`` whole or ``(C, 2)`` gathered; ``valid`` marks finished ones): read and
+    hand on a foreign task, a follow-up turn, a hop, or completion; the next prompt (compressed,
+    clipped) and target; the per-slot terms of the per-cell sums and counts."""
+    f = state.ledger.completed.dtype
     kinds_on = n_kinds(params) > 1
-    reader = valid & (tgt_now == 0) if kinds_on else jnp.zeros_like(valid)
-    more = valid & ~reader & (turn + 1 < params.max_turns) & (u_f < params.followup_prob)
-    hop = valid & ~reader & ~more & (hop_i + 1 < params.hops)
+    reader = valid & (view["target"] == 0) if kinds_on else jnp.zeros_like(valid)  # hand the read task on
+    more = valid & ~reader & (view["turn"] + 1 < params.max_turns) & (u_f < params.followup_prob)
+    hop = valid & ~reader & ~more & (view["hop"] + 1 < params.hops)
     complete = valid & ~reader & ~more & ~hop
     added = jnp.where(more, params.followup_tokens, params.handoff_tokens)
     if kinds_on:
         added = jnp.where(reader, params.kind_handoff_tokens, added)
-    ctx = base + out
-    history = base + out + added
+    ctx = view["base"] + view["out"]
+    history = view["base"] + view["out"] + added
     hist_c, comp_on, comp_cost = compress(history, params)
     nxt = more | hop | reader
     comp_on = comp_on & nxt
     prompt, target, cut = clip_lengths(hist_c, new_target, params.l_max)
-    sojourn = jnp.where(complete, (state.step - born).astype(f) * params.dt, 0.0)
-    # at most two non-zero terms per row: their sum is the full-width one in any order
+    sojourn = jnp.where(complete, (state.step - view["born"]).astype(f) * params.dt, 0.0)
     sums = [jnp.where(valid, ctx, 0.0), jnp.where(comp_on, comp_cost, 0.0), sojourn,
             jnp.where(comp_on, history - hist_c, 0.0), jnp.where(nxt, cut, 0.0)]
     counts = [complete, hop, comp_on]
     if kinds_on:
         sums.append(jnp.where(reader, prompt, 0.0))
         counts.append(reader)
-    released, mem_flops, soj_sum, removed, trunc, *kind_sums = (x[:, 0] + x[:, 1] for x in sums)
-    n_complete, n_hop, n_comp, *kind_counts = ((x[:, 0].astype(jnp.int32) + x[:, 1]).astype(f) for x in counts)
-    zero = jnp.zeros_like(ch.base)
-    ch = replace(
-        ch,
-        active=ch.active & ~done,
-        base=jnp.where(done, zero, ch.base),
-        out=jnp.where(done, zero, ch.out),
-        target=jnp.where(done, zero, ch.target),
-    )
-    _, f_cell, _ = cell_compute(state, params)
-    cells = replace(
-        cells,
-        kv_free=cells.kv_free + released,
-        debt_s=cells.debt_s + jnp.where(f_cell > 0, mem_flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0),
-    )
-    state = replace(state, chains=ch, cells=cells)
-    score = free_capacity(state)
-    _, nb, _ = best_neighbour(score, params)
-    home = jnp.broadcast_to(jnp.arange(n)[:, None], idx.shape)
-    dest = jnp.where(more, home, nb[:, None])
-    cands = jnp.stack([jnp.arange(n), nb], axis=1)
-    if kinds_on:
-        nbk, _ = kind_neighbours(score, params, state.cells.alive)
-        dest = jnp.where(reader, jnp.take_along_axis(nbk, kind, axis=1), dest)
-        cands = jnp.concatenate([cands, nbk], axis=1)
-    entries = {
-        "prompt": prompt,
-        "target": target,
-        "born": born,
-        "turn": jnp.where(more | reader, turn + jnp.where(more, 1, 0), 0),
-        "hop": jnp.where(more | reader, hop_i, hop_i + 1),
-        "kind": kind,
-    }
-    state, _, dropped = enqueue(state, entries, dest, nxt, cands)
-    led = replace(
-        led,
-        turns_done=led.turns_done + n_done.astype(f),
-        completed=led.completed + n_complete,
-        sojourn_s=led.sojourn_s + soj_sum,
-        handoffs=led.handoffs + n_hop,
-        dropped=led.dropped + dropped,
-        compressions=led.compressions + n_comp,
-        tokens_removed=led.tokens_removed + removed,
-        flops_memory=led.flops_memory + mem_flops,
-        truncated=led.truncated + trunc,
-    )
-    if kinds_on:
-        led = replace(led, kind_handoffs=led.kind_handoffs + kind_counts[0],
-                      kind_handoff_tokens=led.kind_handoff_tokens + kind_sums[0])
-    return replace(state, ledger=led)
+    return {"reader": reader, "more": more, "nxt": nxt, "prompt": prompt, "target": target, "sums": sums,
+            "counts": counts, "kinds_on": kinds_on}
 
 
-def _finish_all(state, params, key):
-    """:func:`finish` for any number of finished chains per instance (full-width sums)."""
+def _hand_on(state, params, done, view, nx, sums, counts, n_done, enqueue_next):
+    """Release the finished chains, route their next turns (home for a follow-up, the neighbour with
+    most free capacity for a hop, the owning neighbour of its kind for a read task) and enqueue them
+    with ``enqueue_next(state, entries, dest, cands) -> (state, dropped)``; book the ledger."""
     ch, cells, led = state.chains, state.cells, state.ledger
-    n, ns = ch.active.shape
-    done = ch.active & (ch.out >= ch.target)
-    ctx = ch.base + ch.out
-    rank = jnp.cumsum(done, axis=1, dtype=jnp.int32) - 1  # finish-rank of a done slot (nxt is a subset of done)
-    u_f, new_target = _finished_draws(key, state.step, done, params, rank)
-    kinds_on = n_kinds(params) > 1
-    reader = done & (ch.target == 0) if kinds_on else jnp.zeros_like(done)  # hand the read task on
-    more = done & ~reader & (ch.turn + 1 < params.max_turns) & (u_f < params.followup_prob)
-    hop = done & ~reader & ~more & (ch.hop + 1 < params.hops)
-    complete = done & ~reader & ~more & ~hop
-    added = jnp.where(more, params.followup_tokens, params.handoff_tokens)
-    if kinds_on:
-        added = jnp.where(reader, params.kind_handoff_tokens, added)
-    history = ch.base + ch.out + added
-    hist_c, comp_on, comp_cost = compress(history, params)
-    nxt = more | hop | reader
-    comp_on = comp_on & nxt
-    prompt, target, cut = clip_lengths(hist_c, new_target, params.l_max)
-    # the per-cell float sums in one fused reduction (sim.core.ops.rowsums; each column is summed in
-    # the order it is alone, bit for bit); the counts in int32 (exact in any order), n_done from the ranks
-    f = led.completed.dtype
-    sojourn = jnp.where(complete, (state.step - ch.born).astype(f) * params.dt, 0.0)
-    sums = [jnp.where(done, ctx, 0.0), jnp.where(comp_on, comp_cost, 0.0), sojourn,
-            jnp.where(comp_on, history - hist_c, 0.0), jnp.where(nxt, cut, 0.0)]
-    counts = [complete, hop, comp_on]
-    if kinds_on:
-        sums.append(jnp.where(reader, prompt, 0.0))
-        counts.append(reader)
-    released, mem_flops, soj_sum, removed, trunc, *kind_sums = rowsums(*sums)
-    n_complete, n_hop, n_comp, *kind_counts = (x.astype(f) for x in rowsums(*[c.astype(jnp.int32) for c in counts]))
-    n_done = (rank[:, -1] + 1).astype(f)
+    n = ch.active.shape[0]
+    released, mem_flops, soj_sum, removed, trunc, *kind_sums = sums
+    n_complete, n_hop, n_comp, *kind_counts = counts
+    more, reader = nx["more"], nx["reader"]
     # release the finished chains before routing the next turns (scores see the freed KV)
     zero = jnp.zeros_like(ch.base)
     ch = replace(
@@ -1032,22 +992,22 @@ def _finish_all(state, params, key):
     state = replace(state, chains=ch, cells=cells)
     score = free_capacity(state)
     _, nb, _ = best_neighbour(score, params)
-    home = jnp.broadcast_to(jnp.arange(n)[:, None], (n, ns))
+    home = jnp.broadcast_to(jnp.arange(n)[:, None], more.shape)
     dest = jnp.where(more, home, nb[:, None])
     cands = jnp.stack([jnp.arange(n), nb], axis=1)
-    if kinds_on:  # a reader goes to the owning neighbour of its kind with the most free capacity
+    if nx["kinds_on"]:  # a reader goes to the owning neighbour of its kind with the most free capacity
         nbk, _ = kind_neighbours(score, params, state.cells.alive)
-        dest = jnp.where(reader, jnp.take_along_axis(nbk, ch.kind, axis=1), dest)
+        dest = jnp.where(reader, jnp.take_along_axis(nbk, view["kind"], axis=1), dest)
         cands = jnp.concatenate([cands, nbk], axis=1)
     entries = {
-        "prompt": prompt,
-        "target": target,
-        "born": ch.born,
-        "turn": jnp.where(more | reader, ch.turn + jnp.where(more, 1, 0), 0),
-        "hop": jnp.where(more | reader, ch.hop, ch.hop + 1),
-        "kind": ch.kind,
+        "prompt": nx["prompt"],
+        "target": nx["target"],
+        "born": view["born"],
+        "turn": jnp.where(more | reader, view["turn"] + jnp.where(more, 1, 0), 0),
+        "hop": jnp.where(more | reader, view["hop"], view["hop"] + 1),
+        "kind": view["kind"],
     }
-    state, dropped = enqueue_few(state, entries, dest, nxt, cands, rank, _draw_chunk(ns))
+    state, dropped = enqueue_next(state, entries, dest, cands)
     led = replace(
         led,
         turns_done=led.turns_done + n_done,
@@ -1060,7 +1020,7 @@ def _finish_all(state, params, key):
         flops_memory=led.flops_memory + mem_flops,
         truncated=led.truncated + trunc,
     )
-    if kinds_on:
+    if nx["kinds_on"]:
         led = replace(led, kind_handoffs=led.kind_handoffs + kind_counts[0],
                       kind_handoff_tokens=led.kind_handoff_tokens + kind_sums[0])
     return replace(state, ledger=led)

@@ -613,6 +613,53 @@ def admission(state, params, key=None):
     return same_either(jnp.max(n_queued) > 2, _admission_all, _admission_few, state, params)
 
 
+def _admitted_prefill(params, adm, prompt):
+    """Prefill FLOPs of each admitted prompt (0 elsewhere); with task kinds the prompt attends to
+    the instance's cached context prefix."""
+    if n_kinds(params) > 1:
+        return jnp.where(adm, prefill_flops(params, prompt, params.kind_prefix[:, None]), 0.0)
+    return jnp.where(adm, prefill_flops(params, prompt), 0.0)
+
+
+def _book_admission(state, ch, q, f_cell, flops, tokens, n_adm):
+    """The state after admission: chains and queue as given, the prompts' KV taken and their
+    prefill owed as compute debt (s), the ledger booked."""
+    cells, led = state.cells, state.ledger
+    debt = cells.debt_s + jnp.where(f_cell > 0, flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
+    led = replace(
+        led,
+        admitted=led.admitted + n_adm.astype(led.admitted.dtype),
+        tokens_in=led.tokens_in + tokens,
+        flops_prefill=led.flops_prefill + flops,
+    )
+    cells = replace(cells, kv_free=cells.kv_free - tokens, debt_s=debt)
+    return replace(state, chains=ch, queue=q, cells=cells, ledger=led)
+
+
+def _seat_admitted(ch, q, new, fill, head, n_adm):
+    """Seat the admitted requests in the chain slots marked ``new`` (``fill(chain field, queue
+    field)`` puts each one's value in its slot) and clear them from the queue: they are the first
+    ``n_adm`` of each instance's queue from its ``head`` (admission takes a FIFO prefix)."""
+    nq = q.active.shape[1]
+    ch = replace(
+        ch,
+        active=ch.active | new,
+        base=fill(ch.base, q.prompt),
+        out=jnp.where(new, jnp.zeros_like(ch.out), ch.out),
+        target=fill(ch.target, q.target),
+        tool_wait=jnp.where(new, jnp.zeros_like(ch.tool_wait), ch.tool_wait),
+        born=fill(ch.born, q.born),
+        turn=fill(ch.turn, q.turn),
+        hop=fill(ch.hop, q.hop),
+        kind=fill(ch.kind, q.kind),
+    )
+    admitted_q = ring_slot(jnp.arange(nq)[None, :] - head[:, None], nq) < n_adm[:, None]
+    clear = lambda x: jnp.where(admitted_q, jnp.zeros_like(x), x)  # noqa: E731
+    q = replace(q, active=q.active & ~admitted_q, prompt=clear(q.prompt), target=clear(q.target),
+                born=clear(q.born), turn=clear(q.turn), hop=clear(q.hop), seq=clear(q.seq), kind=clear(q.kind))
+    return ch, q
+
+
 def _admission_few(state, params):
     """:func:`admission` when at most two requests wait per instance: queue positions 0 and 1 (from
     the head) and the first two free chain slots, ``(C, 2)``."""
@@ -651,38 +698,12 @@ def _admission_few(state, params):
         v = take(val).astype(arr.dtype)
         return jnp.where(at0, v[:, :1], jnp.where(at1, v[:, 1:], arr))
 
-    ch = replace(
-        ch,
-        active=ch.active | new,
-        base=fill(ch.base, q.prompt),
-        out=jnp.where(new, jnp.zeros_like(ch.out), ch.out),
-        target=fill(ch.target, q.target),
-        tool_wait=jnp.where(new, jnp.zeros_like(ch.tool_wait), ch.tool_wait),
-        born=fill(ch.born, q.born),
-        turn=fill(ch.turn, q.turn),
-        hop=fill(ch.hop, q.hop),
-        kind=fill(ch.kind, q.kind),
-    )
-    admitted_q = ring_slot(jnp.arange(nq)[None, :] - head[:, None], nq) < n_adm[:, None]
-    clear = lambda x: jnp.where(admitted_q, jnp.zeros_like(x), x)  # noqa: E731
-    q = replace(q, active=q.active & ~admitted_q, prompt=clear(q.prompt), target=clear(q.target),
-                born=clear(q.born), turn=clear(q.turn), hop=clear(q.hop), seq=clear(q.seq), kind=clear(q.kind))
-    if n_kinds(params) > 1:
-        fl = jnp.where(adm, prefill_flops(params, prompt, params.kind_prefix[:, None]), 0.0)
-    else:
-        fl = jnp.where(adm, prefill_flops(params, prompt), 0.0)
+    ch, q = _seat_admitted(ch, q, new, fill, head, n_adm)
+    fl = _admitted_prefill(params, adm, prompt)
     p_adm = jnp.where(adm, prompt, 0.0)
     flops = fl[:, 0] + fl[:, 1]
     tokens = p_adm[:, 0] + p_adm[:, 1]
-    debt = cells.debt_s + jnp.where(f_cell > 0, flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
-    led = replace(
-        led,
-        admitted=led.admitted + n_adm.astype(led.admitted.dtype),
-        tokens_in=led.tokens_in + tokens,
-        flops_prefill=led.flops_prefill + flops,
-    )
-    cells = replace(cells, kv_free=cells.kv_free - tokens, debt_s=debt)
-    return replace(state, chains=ch, queue=q, cells=cells, ledger=led)
+    return _book_admission(state, ch, q, f_cell, flops, tokens, n_adm)
 
 
 def _admission_all(state, params):
@@ -727,38 +748,11 @@ def _admission_all(state, params):
     def fill(arr, val):
         return jnp.where(new, jnp.take_along_axis(val, src, axis=1).astype(arr.dtype), arr)
 
-    ch = replace(
-        ch,
-        active=ch.active | new,
-        base=fill(ch.base, q.prompt),
-        out=jnp.where(new, jnp.zeros_like(ch.out), ch.out),
-        target=fill(ch.target, q.target),
-        tool_wait=jnp.where(new, jnp.zeros_like(ch.tool_wait), ch.tool_wait),
-        born=fill(ch.born, q.born),
-        turn=fill(ch.turn, q.turn),
-        hop=fill(ch.hop, q.hop),
-        kind=fill(ch.kind, q.kind),
-    )
-    # the admitted are the first n_adm from the head
-    admitted_q = ring_slot(jnp.arange(nq)[None, :] - head[:, None], nq) < n_adm[:, None]
-    clear = lambda x: jnp.where(admitted_q, jnp.zeros_like(x), x)  # noqa: E731
-    q = replace(q, active=q.active & ~admitted_q, prompt=clear(q.prompt), target=clear(q.target),
-                born=clear(q.born), turn=clear(q.turn), hop=clear(q.hop), seq=clear(q.seq), kind=clear(q.kind))
+    ch, q = _seat_admitted(ch, q, new, fill, head, n_adm)  # the admitted: the first n_adm from the head
     p_adm = jnp.where(adm_s, prompt_s, 0.0)
-    if n_kinds(params) > 1:  # the prompt attends to the instance's cached prefix
-        flops = rowsum(jnp.where(adm_s, prefill_flops(params, prompt_s, params.kind_prefix[:, None]), 0.0))
-    else:
-        flops = rowsum(jnp.where(adm_s, prefill_flops(params, prompt_s), 0.0))
+    flops = rowsum(_admitted_prefill(params, adm_s, prompt_s))
     tokens = rowsum(p_adm)
-    debt = cells.debt_s + jnp.where(f_cell > 0, flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
-    led = replace(
-        led,
-        admitted=led.admitted + n_adm.astype(led.admitted.dtype),
-        tokens_in=led.tokens_in + tokens,
-        flops_prefill=led.flops_prefill + flops,
-    )
-    cells = replace(cells, kv_free=cells.kv_free - tokens, debt_s=debt)
-    return replace(state, chains=ch, queue=q, cells=cells, ledger=led)
+    return _book_admission(state, ch, q, f_cell, flops, tokens, n_adm)
 
 
 def decode(state, params, key):

@@ -18,11 +18,18 @@ RUN = ["-m", "sim", TISSUE, "substrate=generic", "topology=ring", "topology.n_ce
        "record_every=100", "chunk_records=10", "checkpoint_every=1", "replicates=1", "figures=false"]
 
 
+# a process started in the background by a non-interactive shell (`make test &`, some CI runners)
+# inherits SIGINT ignored, and Python then leaves it ignored: the run is started with SIGINT back at
+# its default (an exec keeps a default disposition), as a terminal's Ctrl-C would find it
+DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_says_so_and_can_be_resumed(tmp_path, sig, code):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, *RUN, f"hydra.run.dir={out}"], cwd=ROOT, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", DEFAULT_SIGINT, *RUN, f"hydra.run.dir={out}"], cwd=ROOT,
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = out / "checkpoint" / "state.npz"
     deadline = time.time() + 120
     while not state.exists() and proc.poll() is None and time.time() < deadline:

@@ -54,19 +54,11 @@ def pattern(u, rates, dt, pending=None, xp=jnp):
     ``numpy`` (the reference and the numpy baseline call the same code). Returns (N, S) bool.
     The slots are visited in order by a loop (``lax.scan`` over slot-major columns in JAX: unrolled,
     XLA would recompute every earlier slot's decision inside each later one's kernel)."""
-    n_slots = rates.shape[1]
     one = xp.ones_like(u)
     below_one = xp.nextafter(one, 0.0 * one)  # rounding must never push v to 1
     cols = rates.T  # slot-major: each slot's rates contiguous
     # suffix sums R_s, summed from the last slot in every implementation so they round alike
-    if xp is jnp:
-        _, suffix = jax.lax.scan(lambda acc, r: (r + acc, r + acc), jnp.zeros_like(u), cols, reverse=True)
-    else:
-        suffix = np.empty_like(cols)
-        acc = xp.zeros_like(u)
-        for s in range(n_slots - 1, -1, -1):
-            acc = cols[s] + acc
-            suffix[s] = acc
+    _, suffix = _scan(lambda acc, r: (r + acc, r + acc), xp.zeros_like(u), cols, xp, reverse=True)
     q = -xp.expm1(-suffix[0] * dt)
     hit = u < q
     if pending is not None:
@@ -84,15 +76,20 @@ def pattern(u, rates, dt, pending=None, xp=jnp):
         v = xp.where(event, v / xp.where(c > 0, c, one), (v - c) / xp.where(c < 1, 1.0 - c, one))
         return (xp.minimum(v, below_one), found | event), event
 
-    if xp is jnp:
-        _, events = jax.lax.scan(slot, (v, jnp.zeros_like(hit)), (cols, suffix))
-    else:
-        carry, out = (v, np.zeros_like(hit)), []
-        for s in range(n_slots):
-            carry, event = slot(carry, (cols[s], suffix[s]))
-            out.append(event)
-        events = np.stack(out)
+    _, events = _scan(slot, (v, xp.zeros_like(hit)), (cols, suffix), xp)
     return events.T
+
+
+def _scan(fn, init, xs, xp, reverse: bool = False):
+    """``jax.lax.scan`` over the leading axis of ``xs`` (a tuple or an array), or the same loop in
+    Python for numpy: ``(final carry, stacked outputs)``."""
+    if xp is jnp:
+        return jax.lax.scan(fn, init, xs, reverse=reverse)
+    n = (xs[0] if isinstance(xs, tuple) else xs).shape[0]
+    carry, out = init, [None] * n
+    for i in (range(n - 1, -1, -1) if reverse else range(n)):
+        carry, out[i] = fn(carry, tuple(x[i] for x in xs) if isinstance(xs, tuple) else xs[i])
+    return carry, np.stack(out)
 
 
 def resolve_candidates(candidates, rows, carry, resolve_window, window: int = WINDOW):

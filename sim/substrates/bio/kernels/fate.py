@@ -47,13 +47,13 @@ def producer_failure(state, params, key):
     c, p = prod.alive.shape
     u = rng.uniforms(key, state.step, rng.PRODUCER_FAILURE_CELL, jnp.arange(c, dtype=jnp.uint32))
     h_min = jnp.min(jnp.where(prod.alive, prod.health, 1.0), axis=1)
-    bound = rare_events.bound_probability(p * _hazard(h_min, params), params.dt)
+    bound = rare_events.bound_probability(p * _hazard(h_min, params.hazard0, params.hazard_beta), params.dt)
     candidates = u < bound
 
     def resolve(rows, carry, pending):
         u_w, health_w, hazard0, beta, dt = rows
         alive_w, failures_w = carry
-        rates = jnp.where(alive_w, hazard0[:, None] * jnp.exp(beta[:, None] * (1.0 - health_w)), 0.0)
+        rates = jnp.where(alive_w, _hazard(health_w, hazard0[:, None], beta[:, None]), 0.0)
         fails = rare_events.pattern(u_w, rates, dt, pending)
         return alive_w & ~fails, failures_w + jnp.sum(fails, axis=1, dtype=failures_w.dtype)
 
@@ -64,9 +64,9 @@ def producer_failure(state, params, key):
     return replace(state, producers=replace(prod, alive=alive), ledger=replace(state.ledger, failures=failures))
 
 
-def _hazard(health, params):
-    """Failure hazard (1/s) of a producer of this health."""
-    return params.hazard0 * jnp.exp(params.hazard_beta * (1.0 - health))
+def _hazard(health, hazard0, beta):
+    """Failure hazard (1/s) of a producer of this health: hazard0 exp(beta (1 - health))."""
+    return hazard0 * jnp.exp(beta * (1.0 - health))
 
 
 def producer_biogenesis(state, params, key):

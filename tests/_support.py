@@ -512,20 +512,27 @@ def kill_at_checkpoint(script: Path, overrides, run_dir: Path, k: int, phase: st
 # keeps analogy.yaml's top-level values (topology.n_cells=16, ...) out of that test's config.
 TISSUE = "experiment=tissue"
 
-# A small busy LLM cluster (tests/test_llm_reference.py, tests/test_llm_kinds.py): chains, tools,
-# memory, routing, agent loops and hops all happen within ~100 steps.
-LLM_BUSY = [
-    TISSUE, "substrate=llm", "topology=ring", "topology.n_cells=3", "dt=0.02", "seed=7",
-    "substrate.chain_slots=8", "substrate.queue_slots=8", "substrate.max_batch=6",
-    "substrate.kv_capacity_tokens=3000",  # small cache: requests wait, routing matters
-    "model.max_context=2048",  # (a cache must hold one full context)
-    "substrate.arrivals.rate_per_s=20", "substrate.arrivals.prompt_median_tokens=200",
-    "substrate.arrivals.prompt_sigma=0.5", "substrate.arrivals.output_median_tokens=40",
-    "substrate.arrivals.output_sigma=0.5",
-    "substrate.tools.p_per_token=0.02", "substrate.tools.latency_s=0.1", "substrate.tools.tokens=64",
-    "substrate.memory.threshold_tokens=600", "substrate.memory.factor=2",
-    "substrate.agent.followup_prob=0.5", "substrate.agent.max_turns=3", "substrate.agent.hops=2",
-]
+def llm_busy(n_cells: int = 3, slots: int = 8, batch: int = 6, kv_tokens: int = 3000, memory_tokens: int = 600,
+             seed: int = 7) -> list:
+    """Overrides of a small busy LLM cluster: chains, tools, memory, routing, agent loops and hops
+    all happen within ~100 steps (``slots`` chain and queue slots per instance; a small KV cache, so
+    requests wait and routing matters)."""
+    return [
+        TISSUE, "substrate=llm", "topology=ring", f"topology.n_cells={n_cells}", "dt=0.02", f"seed={seed}",
+        f"substrate.chain_slots={slots}", f"substrate.queue_slots={slots}", f"substrate.max_batch={batch}",
+        f"substrate.kv_capacity_tokens={kv_tokens}",
+        "model.max_context=2048",  # (a cache must hold one full context)
+        "substrate.arrivals.rate_per_s=20", "substrate.arrivals.prompt_median_tokens=200",
+        "substrate.arrivals.prompt_sigma=0.5", "substrate.arrivals.output_median_tokens=40",
+        "substrate.arrivals.output_sigma=0.5",
+        "substrate.tools.p_per_token=0.02", "substrate.tools.latency_s=0.1", "substrate.tools.tokens=64",
+        f"substrate.memory.threshold_tokens={memory_tokens}", "substrate.memory.factor=2",
+        "substrate.agent.followup_prob=0.5", "substrate.agent.max_turns=3", "substrate.agent.hops=2",
+    ]
+
+
+# the one of tests/test_llm_reference.py and tests/test_llm_kinds.py
+LLM_BUSY = llm_busy()
 
 
 def llm_reference_states(model, steps: int, replicates: int) -> list:

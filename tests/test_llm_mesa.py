@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sim  # noqa: F401  (float64)
-from _support import TISSUE
+from _support import llm_busy
 from sim.substrates.llm.build import build_llm, compose
 from sim.substrates.llm.reference import ReferenceLLM
 from sim.mesa_model import (
@@ -22,18 +22,7 @@ from sim.mesa_model import (
 )
 
 RUN, STEPS = 120, 30  # one run(RUN) (a lax.scan on JAX), then STEPS single step() calls
-OVERRIDES = [
-    TISSUE, "substrate=llm", "topology=ring", "topology.n_cells=4", "dt=0.02", "seed=11",
-    "substrate.chain_slots=6", "substrate.queue_slots=6", "substrate.max_batch=5",
-    "substrate.kv_capacity_tokens=2500",  # small cache: requests wait, routing matters
-    "model.max_context=2048",  # (a cache must hold one full context)
-    "substrate.arrivals.rate_per_s=20", "substrate.arrivals.prompt_median_tokens=200",
-    "substrate.arrivals.prompt_sigma=0.5", "substrate.arrivals.output_median_tokens=40",
-    "substrate.arrivals.output_sigma=0.5",
-    "substrate.tools.p_per_token=0.02", "substrate.tools.latency_s=0.1", "substrate.tools.tokens=64",
-    "substrate.memory.threshold_tokens=500", "substrate.memory.factor=2",
-    "substrate.agent.followup_prob=0.5", "substrate.agent.max_turns=3", "substrate.agent.hops=2",
-]
+OVERRIDES = llm_busy(n_cells=4, slots=6, batch=5, kv_tokens=2500, memory_tokens=500, seed=11)
 
 
 def _advance(m):

@@ -25,6 +25,7 @@ median and spread of the per-block ratios, and how far the two final states are 
 ``precision`` measures ``precision=float32`` against float64 (error of the tissue means, speed).
 
     python bench/bench_step_work.py work 1000 10000            # counts (float64; --dtype float32)
+    python bench/bench_step_work.py where 10000 --top 25          # bytes by process, largest kernels
     python bench/bench_step_work.py precision 1000               # float32 against float64: error, speed
     python bench/bench_step_work.py ab --old HEAD 10000 100000  # A/B ratio, median of 7 blocks
                                           # (A: the step's own files as of --old, the rest as now)
@@ -192,6 +193,87 @@ def print_work(r: dict) -> None:
           f"{r['threefry_hashes_per_cell']:.2f} Threefry hashes/cell; the engine's chunk: "
           f"{r['engine_chunk_bytes_per_agent_step']:.0f} B/agent/step over {r['engine_chunk_kernels_per_step']:.0f} "
           f"kernels/step")
+
+
+def _scope(op_name: str, scopes: tuple) -> str:
+    """The innermost of ``scopes`` in a kernel's ``op_name`` path (``jax.named_scope`` segments), or 'engine'."""
+    parts = op_name.split("/")
+    for part in reversed(parts):
+        if part in scopes:
+            return part
+    return "engine"
+
+
+def where(n_cells: int, top: int = 25, dtype: str = "float64") -> dict:
+    """Bytes per agent and step of the engine's chunk at ``n_cells`` by process and by kernel, from
+    each kernel's ``op_name``: ``Substrate.step`` names every process with ``jax.named_scope``
+    (metabolism names its chains' part ``chains``), so every fusion carries the process it came from
+    (a fusion of two processes' ops goes to the one XLA named it after). Counted as
+    :func:`bench.baselines.kernel_bytes` counts them (sliced, the rare-event loop at
+    :data:`RARE_TRIPS` trips)."""
+    import jax
+
+    from bench.baselines import _agents, _touched_bytes, parse_hlo
+    from bench.run_bench import bio_cfg
+    from sim.core import engine
+    from sim.core import ops as core_ops
+    from sim.rng import replicate_keys
+    from sim.substrates.bio import SUBSTRATE as BIO
+    from sim.substrates.bio.build import build
+
+    model = build(bio_cfg(n_cells))
+    dt = np.float64 if dtype == "float64" else np.float32
+    state, params = engine.cast(model.state, dt), engine.cast(model.params, dt)
+    fn = functools.partial(engine.scan_records, BIO.step, BIO.observe, n_records=1, record_every=CHUNK_STEPS,
+                           check_fn=BIO.step_check)
+    lowered = jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(engine.broadcast_state(state, 1), params,
+                                                               replicate_keys(0, 1))
+    mod = parse_hlo(core_ops.compile_lowered(lowered).as_text())
+    scopes = tuple(BIO.process_names) + ("chains",)
+    comps = mod["computations"]
+    rows = []
+
+    def walk(name, mult):
+        details = mod.get("detail", {}).get(name)
+        for i, (op, rb, ob, attrs) in enumerate(comps[name]):
+            if op in ("parameter", "constant", "tuple", "get-tuple-element", "bitcast") or not op:
+                continue
+            if op == "while":
+                trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', attrs)
+                t = int(trip.group(1)) if trip else RARE_TRIPS
+                walk(re.search(r"body=%?([\w.\-]+)", attrs).group(1), mult * t)
+                walk(re.search(r"condition=%?([\w.\-]+)", attrs).group(1), mult * (t + 1))
+            elif op in ("call", "conditional", "async-start"):
+                for callee in re.findall(r"(?:to_apply|calls|branch_computations=\{)[=]?%?([\w.\-]+)", attrs):
+                    if callee in comps:
+                        walk(callee, mult)
+            else:
+                b = rb + ob
+                callee = re.search(r"calls=%?([\w.\-]+)", attrs) if op == "fusion" and details else None
+                if callee and len(details) == len(comps[name]):
+                    b = _touched_bytes(mod, callee.group(1), [x for _, x in details[i][3]], rb)
+                m = re.search(r'op_name="([^"]*)"', attrs)
+                label = details[i][0] if details else op
+                rows.append((b * mult, label, _scope(m.group(1) if m else "", scopes)))
+
+    walk(mod["entry"], 1)
+    per = CHUNK_STEPS * _agents(model)
+    by = collections.Counter()
+    for b, _, scope in rows:
+        by[scope] += b / per
+    rows.sort(key=lambda r: -r[0])
+    return {"cells": n_cells, "dtype": dtype, "bytes_per_agent_step": sum(by.values()),
+            "by_process": dict(by.most_common()),
+            "top_kernels": [(label, scope, b / per) for b, label, scope in rows[:top]]}
+
+
+def print_where(r: dict) -> None:
+    print(f"  {r['cells']:,} cells {r['dtype']}: {r['bytes_per_agent_step']:.0f} B/agent/step in the engine's chunk")
+    for scope, b in r["by_process"].items():
+        print(f"    {scope:<22} {b:6.1f}")
+    print("  largest kernels (B/agent/step):")
+    for label, scope, b in r["top_kernels"]:
+        print(f"    {b:6.1f}  {scope:<20} {label}")
 
 
 # ----------------------------------------------------------------------------- A/B in one process
@@ -372,6 +454,10 @@ def main(argv=None) -> None:
     w.add_argument("--dtype", default="float64")
     w.add_argument("--json", action="store_true")
     w.add_argument("--plain", action="store_true", help="compile without the engine's XLA options")
+    wh = sub.add_parser("where", help="the engine chunk's bytes per agent by process and largest kernels")
+    wh.add_argument("sizes", nargs="*", type=int, default=[10000])
+    wh.add_argument("--top", type=int, default=25)
+    wh.add_argument("--dtype", default="float64")
     b = sub.add_parser("ab", help="interleaved A/B wall-clock ratio against another commit")
     b.add_argument("sizes", nargs="*", type=int, default=[10000, 100000])
     b.add_argument("--old", default="HEAD")
@@ -395,6 +481,9 @@ def main(argv=None) -> None:
             r = work(n, args.dtype, compiler_options={} if args.plain else None)
             print(json.dumps(r) if args.json else "", end="\n" if args.json else "")
             print_work(r)
+    elif args.cmd == "where":
+        for n in args.sizes:
+            print_where(where(n, args.top, args.dtype))
     elif args.cmd == "precision":
         for n in args.sizes:
             precision_error(n, args.steps, args.record_every, blocks=args.blocks)

@@ -189,8 +189,13 @@ class Substrate:
 
     def step(self, state, params, key):
         """One time step: every process in order, then the step counter."""
-        for _, process in self.processes:
-            state = process(state, params, key)
+        import jax  # a substrate value is importable without JAX; its step is traced with it
+
+        for name, process in self.processes:
+            # the process's name in every kernel's metadata (op_name): profiles and
+            # bench/bench_step_work.py's `where` attribute work to processes by it; no effect on values
+            with jax.named_scope(name):
+                state = process(state, params, key)
         return dataclasses.replace(state, step=state.step + 1)
 
     def __repr__(self) -> str:

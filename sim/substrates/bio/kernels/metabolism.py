@@ -28,6 +28,7 @@ pool is shared): it goes to ADP and Pi and its |dG| to heat, booked with the hyd
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from sim.core import carriers
@@ -162,20 +163,22 @@ def metabolism(state, params, key=None):
     want = u * dt
     chains_on = translation.has_chains(state)
     if chains_on:
-        is_chain = state.consumers.kind == params.chain_kind
-        cp, cohort = translation.chain_params(state, params, is_chain, per_slot, a if several else None)
-        chain_want = chain_demand(state.chains, state.chain_ledger, cp, key, state.step)
-        want = jnp.where(is_chain, chain_want[:, None], want)
+        with jax.named_scope("chains"):  # kernel metadata only (bench_step_work.py where)
+            is_chain = state.consumers.kind == params.chain_kind
+            cp, cohort = translation.chain_params(state, params, is_chain, per_slot, a if several else None)
+            chain_want = chain_demand(state.chains, state.chain_ledger, cp, key, state.step)
+            want = jnp.where(is_chain, chain_want[:, None], want)
     served, rest = serve_tiers(want, state.consumers.tier, a)
     work = served * state.consumers.value
     if chains_on:
-        share = rowsum(jnp.where(is_chain, served, 0.0))
-        budget = jnp.where(share < chain_want, share, jnp.inf)  # inf: served in full
-        chains, chain_led, chain_spent, info = chain_step(
-            state.chains, state.chain_ledger, cp, key, state.step, budget, details=True
-        )
-        served = jnp.where(is_chain, chain_spent[:, None], served)
-        work = jnp.where(is_chain, (info["units"] * cohort)[:, None], work)  # amino acids (mM)
+        with jax.named_scope("chains"):
+            share = rowsum(jnp.where(is_chain, served, 0.0))
+            budget = jnp.where(share < chain_want, share, jnp.inf)  # inf: served in full
+            chains, chain_led, chain_spent, info = chain_step(
+                state.chains, state.chain_ledger, cp, key, state.step, budget, details=True
+            )
+            served = jnp.where(is_chain, chain_spent[:, None], served)
+            work = jnp.where(is_chain, (info["units"] * cohort)[:, None], work)  # amino acids (mM)
         state = replace(state, chains=chains, chain_ledger=chain_led)
     # every per-cell sum over the consumer slots after serving, in one pass
     spent_consumers, tier0, output = rowsums(

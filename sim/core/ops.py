@@ -85,6 +85,19 @@ def materialize(x):
     return x / one
 
 
+def per_step(xs, token):
+    """``xs`` (a tuple of arrays) unchanged, as values of this step: what is computed from them stays
+    in the step. State the step never changes (a producer's kind and capacity) is loop-invariant in
+    the engine's scan, and XLA's while-loop-invariant code motion hoists everything computed from it
+    alone out of the loop: each per-slot spread of a per-kind parameter (``kind`` int32 -> f64) and
+    each mask becomes a wide array of the carry that every step then reads, several times the
+    bytes of reading ``kind`` and ``vmax`` and spreading in the fusion (issue 10: 20 B per agent and
+    step in the biology producers). An optimization barrier over ``xs`` and ``token`` (any array the
+    step computes) ties them to the step; XLA's CPU pipeline drops the barrier after that pass, so
+    fusion is unaffected and every bit is the same."""
+    return jax.lax.optimization_barrier((tuple(xs), token))[0]
+
+
 def prefix_sum(x, axis: int = 1):
     """Running sum along ``axis`` (``jnp.cumsum``) as a left-to-right chain of adds, out_k =
     out_(k-1) + x_k: the order XLA's CPU ``reduce-window`` adds in (so the same numbers), written

@@ -35,7 +35,7 @@ from sim.core import carriers
 from sim.substrates.bio.kernels.capacity import consumer_vmax, producer_scale
 from sim.substrates.bio.kernels import translation
 from sim.core.chains import chain_demand, chain_step
-from sim.core.ops import materialize, rowsum, rowsums
+from sim.core.ops import materialize, per_step, rowsum, rowsums
 from sim.substrates.bio.kernels.thermo import brake, dg_atp_kj
 from sim.pytree import replace
 from sim.substrates.bio.state import ADP, ATP, GLC, PI
@@ -77,7 +77,9 @@ def kind_factors(pools, params, dg):
 def production_rates(state, params, dg):
     """Desired ATP synthesis per producer (C, P) in mM/s."""
     prod = state.producers
-    factor = per_slot(kind_factors(state.cells.pools, params, dg), prod.kind)
+    # (C, nk) written once: both passes over the producer slots read one small array instead of
+    # each saturation term and the brake (issue 10)
+    factor = per_slot(materialize(kind_factors(state.cells.pools, params, dg)), prod.kind)
     on = prod.alive & state.cells.alive[:, None]
     return jnp.where(on, producer_scale(state, params) * prod.vmax * prod.health * factor, 0.0)
 
@@ -118,7 +120,11 @@ def set_columns(pools, columns: dict):
 def metabolism(state, params, key=None):
     """One Euler step of uptake, production, consumption, repair; updates pools and ledgers."""
     dt = params.dt
-    cells, prod, led = state.cells, state.producers, state.ledger
+    cells, led = state.cells, state.ledger
+    # kinds and capacities computed on in this step, not hoisted out of the scan (ops.per_step)
+    kind, vmax = per_step((state.producers.kind, state.producers.vmax), cells.pools)
+    prod = replace(state.producers, kind=kind, vmax=vmax)
+    state = replace(state, producers=prod)
     pools = cells.pools
     s, a, d, pi = pools[:, GLC], pools[:, ATP], pools[:, ADP], pools[:, PI]
     dg = dg_atp_kj(a, d, pi, params.dg0_kj, params.temperature_k)
@@ -190,7 +196,9 @@ def metabolism(state, params, key=None):
     repair_cost = params.repair_cost * sum_repair_h
     f_rep = materialize(jnp.where(repair_cost > rest, _safe_div(rest, repair_cost), 1.0))
     repair_spent = repair_cost * f_rep
-    repair_h = repair_want_h * f_rep[:, None]
+    # the same expression as repair_want_h, scaled in place: a (C, P) array shared by both passes
+    # would be written once and read twice (issue 10); where(alive, x, 0) f = where(alive, x f, 0)
+    repair_h = jnp.where(prod.alive, params.repair_rate * (1.0 - prod.health) * dt * f_rep[:, None], 0.0)
 
     spent_total = spent_consumers + repair_spent
     if several:

@@ -49,6 +49,7 @@ import dataclasses
 import math
 from math import expm1, inf, log1p
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -122,9 +123,10 @@ NO_MODULES = dict(p_tool=0.0, tool_steps=1, r_tool=0.0, mem_threshold=0.0, mem_f
 
 def without_modules(**fields) -> ChainParams:
     """Chains without tool calls or a memory module (traceable): the given fields, the module
-    fields switched off in the dtype of ``c0``."""
+    fields switched off in the dtype of ``c0``, as numpy numbers: known while tracing, so
+    :func:`chain_step` leaves out the module arithmetic (and the reads it needs) altogether."""
     dtype = jnp.asarray(fields["c0"]).dtype
-    off = {k: jnp.asarray(v, jnp.int32 if k == "tool_steps" else dtype) for k, v in NO_MODULES.items()}
+    off = {k: np.asarray(v, np.int32 if k == "tool_steps" else dtype) for k, v in NO_MODULES.items()}
     return ChainParams(**fields, **off)
 
 
@@ -162,11 +164,210 @@ def elongation_cost(c0, c1, length, delta):
     return c0 * delta + c1 * (length * delta + 0.5 * delta * delta)
 
 
+def _static_zero(x) -> bool:
+    """Is ``x`` known while tracing (not a tracer: a Python or numpy number, a concrete array) and 0?"""
+    if isinstance(x, jax.core.Tracer):
+        return False
+    return bool(np.all(np.asarray(x) == 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Off:
+    """What the parameters switch off for good, known while tracing (numpy numbers, as
+    :func:`without_modules` and biology's ``translation.chain_params`` pass them): the kernel then
+    leaves out the per-slot arithmetic that could only add zeros, and the slot arrays it would read
+    for it (issue 10: with ``c1 = 0``, no tools and no memory module a chain's length is read by
+    one kernel, its own update, not by every kernel of the step). A traced parameter takes the
+    general path. The same numbers either way, up to the sign of a zero (``x + 0.0`` and
+    ``c0 d + 0 (...)`` are not computed; lengths are finite and never -0)."""
+
+    c1: bool  # c1 == 0: the cost does not depend on the length
+    r_tool: bool  # r_tool == 0: a returning tool appends nothing
+    tools: bool  # p_tool == 0: no chain calls a tool
+    memory: bool  # mem_threshold == 0: no memory module
+
+    @classmethod
+    def of(cls, params: ChainParams) -> _Off:
+        return cls(c1=_static_zero(params.c1), r_tool=_static_zero(params.r_tool), tools=_static_zero(params.p_tool),
+                   memory=_static_zero(params.mem_threshold))
+
+
+# bits of the decision byte chain_step writes per slot and step
+_START, _DONE, _CALL, _COMP, _GROW = 1, 2, 4, 8, 16
+# the stages of chain_step (:func:`_slots`): chain_demand's quote, then with a budget what it pays and
+# the quote, the decisions, the new slots
+_STAGES = ("demand", "paid", "quote", "decide", "apply")
+
+
+def _slots(chains: ChainSlots, params: ChainParams, off: _Off, stage: str, *, u=None, p_init=None, budget=None,
+           mem_left=None, phi=None, paid=None, decided=None) -> dict:
+    """The per-slot arithmetic of one chain step (steps 1-6 above) as expressions of the step-start
+    slot arrays, the draws and per-cell (C,) values, traced anew for each ``stage``:
+
+    * ``paid``: with a ``budget``, the compressions and initiations it pays (in slot order while
+      their cumulative cost fits) and the chains that grow, as a byte (uint8 (C, S), bits
+      ``_COMP``, ``_START``, ``_GROW``);
+    * ``quote``: up to the elongation quote (``el``, ``init``, ``mem`` (C, S) and, with a
+      ``budget``, the per-cell ``mem_sum``, ``init_sum`` and ``left`` after the initiations paid);
+    * ``decide``: the decision byte (uint8 (C, S), bits ``_START`` ...), given ``phi``;
+    * ``apply``: the new slot arrays and the per-slot amounts of the ledger, the decisions taken
+      from ``decided`` (the byte) instead of the draws.
+
+    With a budget the later stages take what it pays from ``paid`` (or ``decided``) instead of the
+    running sums (a running sum read by several kernels is written as a (C, S) float array).
+
+    Each kernel of the step so computes what it needs from the narrow inputs (the slot arrays, one
+    draw and one byte per slot) instead of reading (C, S) float intermediates another kernel wrote
+    (issue 10: XLA's CPU fusions write a value that several kernels read, and each of them reads
+    every operand; without multi-output fusions a value used by 5 kernels is read 5 times). The
+    arithmetic is that of the original single pass, operation for operation: the same bits."""
+    n = chains.active.shape[0]
+    pc = lambda x: _pc(x, n)  # noqa: E731
+    # Each stage writes its masks in its own (equivalent) form: XLA merges equal expressions of
+    # two stages into one, and does not copy a value into kernels that one of them feeds through a
+    # per-cell sum (the quote -> phi -> the decisions), so it would write every such mask and
+    # intermediate (C, S) to memory for the others to read (issue 10). ``salt`` differs per stage.
+    salt = _STAGES.index(stage)
+    byte_bit = lambda x, b: ((x + jnp.uint8(32 * salt)) & jnp.uint8(b)) > 0  # noqa: E731 (x < 32: same bit)
+    bit = (lambda b: byte_bit(decided, b)) if decided is not None else None
+    paid_bit = (lambda b: byte_bit(paid, b)) if paid is not None else bit
+    active, length, made, wait = chains.active, chains.length, chains.made, chains.tool_wait
+    out = {}
+
+    # 1 tools return
+    waiting = active & ((wait + jnp.asarray(salt, wait.dtype)) > salt)
+    wait = wait - waiting.astype(wait.dtype)  # wait - 1 while waiting
+    if not off.r_tool:
+        ret = waiting & (wait == 0)
+        out["tool_units"] = jnp.where(ret, pc(params.r_tool), 0.0)
+        length = length + out["tool_units"]
+
+    # 2 memory module (with a budget: in slot order while the cumulative cost fits)
+    comp = None
+    if not off.memory:
+        thr = pc(params.mem_threshold)
+        comp = active & (thr > 0) & (length > thr)
+        mem = jnp.where(comp, pc(params.mem_cost) * length, 0.0)
+        if budget is not None:
+            comp = comp & (paid_bit(_COMP) if paid_bit else prefix_sum(mem) <= budget[:, None])
+            mem = jnp.where(comp, mem, 0.0)
+            if stage == "paid":
+                out["mem_sum"] = rowsum(mem)
+                mem_left = budget - out["mem_sum"]
+        out["mem"] = mem
+        new_len = jnp.where(comp, length / pc(params.mem_factor), length)
+        out["removed"] = length - new_len
+        length = new_len
+    elif budget is not None and mem_left is None:
+        mem_left = budget
+
+    # 3 initiation
+    ic = pc(params.init_cost)
+    if paid_bit:
+        start = paid_bit(_START)
+    else:
+        start = ~active & (u < p_init)
+        if budget is not None:
+            start = start & (prefix_sum(jnp.where(start, ic, 0.0)) <= mem_left[:, None])
+    if stage == "paid":  # what the budget pays, and which chains grow (the later stages need not read the waits)
+        byte = start.astype(jnp.uint8) * jnp.uint8(_START)
+        byte = byte | ((active | start) & (wait == 0)).astype(jnp.uint8) * jnp.uint8(_GROW)
+        if comp is None:
+            return byte, None
+        return byte | comp.astype(jnp.uint8) * jnp.uint8(_COMP), out["mem_sum"]
+    out["init"] = jnp.where(start, ic, 0.0)
+    active = active | start
+    length = jnp.where(start, pc(params.l0), length)
+    made = jnp.where(start, 0.0, made)
+
+    # 4 elongation: the quote, then (with phi) what the budget allows
+    grow = paid_bit(_GROW) if paid_bit else active & (wait == 0)
+    delta = jnp.where(grow, jnp.minimum(pc(params.rate) * params.dt, pc(params.n_max) - made), 0.0)
+    delta = jnp.maximum(delta, 0.0)
+    c0, c1 = pc(params.c0), pc(params.c1)
+    cost = (lambda d: c0 * d) if off.c1 else (lambda d: elongation_cost(c0, c1, length, d))
+    if stage in ("demand", "quote"):
+        out["el"] = cost(delta)
+        if budget is not None:  # the per-cell sums of what the budget pays and the quote, in one pass
+            out["init_sum"], out["demand"] = _rowsums(out["init"], out["el"])
+            out["left"] = mem_left - out["init_sum"]
+        return out
+    if phi is not None:
+        delta = delta * phi[:, None]
+    out["el"] = cost(delta)
+    out["delta"] = delta
+    length = length + delta
+    made = made + delta
+
+    if stage == "decide":
+        # 5 termination, 6 tool calls: the draw's rest after initiation, then after termination
+        u = jnp.where(start, u / jnp.where(p_init > 0, p_init, 1.0), u)
+        p_end = -jnp.expm1(delta * jnp.log1p(-pc(params.p_stop)))
+        stop = grow & (delta > 0) & (u < p_end)
+        done = active & ((made >= pc(params.n_max)) | stop)
+        byte = start.astype(jnp.uint8) * jnp.uint8(_START) | done.astype(jnp.uint8) * jnp.uint8(_DONE)
+        byte = byte | grow.astype(jnp.uint8) * jnp.uint8(_GROW)
+        if comp is not None:
+            byte = byte | comp.astype(jnp.uint8) * jnp.uint8(_COMP)
+        if not off.tools:
+            u = (u - p_end) / jnp.where(p_end < 1.0, 1.0 - p_end, 1.0)
+            call = (grow & ~done & (delta > 0) & (pc(params.p_tool) > 0)
+                    & (u < -jnp.expm1(delta * jnp.log1p(-pc(params.p_tool)))))
+            byte = byte | call.astype(jnp.uint8) * jnp.uint8(_CALL)
+        return byte
+
+    done = bit(_DONE)
+    out["start"], out["done"] = start, done
+    out["delivered_units"] = jnp.where(done, made, 0.0)
+    if not off.tools:
+        out["call"] = bit(_CALL)
+        wait = jnp.where(out["call"], params.tool_steps, wait).astype(chains.tool_wait.dtype)
+    if comp is not None:
+        out["comp"] = comp
+    out["active"] = active & ~done
+    out["length"] = jnp.where(done, 0.0, length)
+    out["made"] = jnp.where(done, 0.0, made)
+    out["wait"] = jnp.where(done, 0, wait)
+    return out
+
+
+def _rowsums(*xs):
+    """:func:`sim.core.ops.rowsum` of each array, each its own reduction: XLA's row sum of one
+    (C, S) array adds the slots in its own (vectorised) order, the order the chains' numbers have
+    always had; ``ops.rowsums`` (one stacked reduction) and a variadic reduce add in other orders
+    (other last bits), and both run slower here (measured at 10,000 cells, issue 10)."""
+    return tuple(rowsum(x) for x in xs)
+
+
+def _materialize_byte(b):
+    """A uint8 (C, S) below 128, unchanged, written once by its own kernel (as :func:`sim.core.ops.materialize`:
+    XLA does not copy an integer divide into the kernels that read it; ``b >> 7`` is 0, so the divisor is 1)."""
+    return b // ((b >> jnp.uint8(7)) | jnp.uint8(1))
+
+
+def _draws(key, step, n: int, s: int):
+    """This step's one uniform per slot (``CHAIN_DRAW``), (C, S)."""
+    return rng.uniforms(key, step, CHAIN_DRAW, jnp.arange(n * s, dtype=jnp.uint32)).reshape(n, s)
+
+
+def _p_init(params: ChainParams, n: int):
+    """Initiation probability of a free slot this step, (C, 1), written once (C,): every slot
+    kernel reads it (an expm1 per cell, not per slot)."""
+    return materialize(-jnp.expm1(-jnp.broadcast_to(jnp.asarray(params.init_rate), (n,)) * params.dt))[:, None]
+
+
 def chain_demand(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step):
     """Currency (C,) the chains of each cell would spend this step without a budget: the quote a
     caller serves from its currency (e.g. in a priority tier) before calling :func:`chain_step`
     with the budget it grants. Same arithmetic as ``chain_step(..., budget=None)``'s ``spent``."""
-    return chain_step(chains, ledger, params, key, step)[2]
+    n, s = chains.active.shape
+    off = _Off.of(params)
+    q = _slots(chains, params, off, "demand", u=_draws(key, step, n, s), p_init=_p_init(params, n))
+    if off.memory:
+        spent_el, spent_init = _rowsums(q["el"], q["init"])
+        return spent_el + spent_init
+    spent_el, spent_init, spent_mem = _rowsums(q["el"], q["init"], q["mem"])
+    return spent_el + spent_init + spent_mem
 
 
 def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step, budget=None,
@@ -174,104 +375,67 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     """One step of every chain slot; ``budget`` (C,) caps each cell's elongation spend (None: no
     cap). Returns ``(chains, ledger, spent)`` with ``spent`` (C,) the currency used this step;
     with ``details=True`` also a dict of this step's per-cell amounts (``units``, ``elongation``,
-    ``init``, ``memory``, ``delivered``, ``delivered_units``)."""
+    ``init``, ``memory``, ``delivered``, ``delivered_units``).
+
+    Kernels per step (issue 10; :func:`_slots`): with a budget one pass over the slots writes
+    what it pays (compressions, initiations) and which chains grow as one byte per slot, one
+    pass sums the initiations paid and the elongation quote, giving the factor ``phi`` (C,); then
+    one pass writes each slot's decisions (initiate, terminate, call a tool, compress, grow) as
+    one byte; the new slot arrays and the ledger's per-cell sums read that byte instead of the
+    draw. The same numbers as one pass over the slots (bit for bit: ``bench_step_work.py ab``)."""
     n, s = chains.active.shape
-    pc = lambda x: _pc(x, n)  # noqa: E731
-    ids = jnp.arange(n * s, dtype=jnp.uint32)
-    active, length, made, wait = chains.active, chains.length, chains.made, chains.tool_wait
-
-    # 1 tools return
-    waiting = active & (wait > 0)
-    wait = jnp.where(waiting, wait - 1, wait)
-    ret = waiting & (wait == 0)
-    tool_units = jnp.where(ret, pc(params.r_tool), 0.0)
-    length = length + tool_units
-
-    # 2 memory module (with a budget: in slot order while the cumulative cost fits)
-    thr = pc(params.mem_threshold)
-    comp = active & (thr > 0) & (length > thr)
-    mem_spent = jnp.where(comp, pc(params.mem_cost) * length, 0.0)
+    off = _Off.of(params)
+    u, p_init = _draws(key, step, n, s), _p_init(params, n)
+    kw = dict(u=u, p_init=p_init)
+    sums = {}
+    phi = None
     if budget is not None:
         budget = jnp.asarray(budget)
-        comp = comp & (prefix_sum(mem_spent) <= budget[:, None])
-        mem_spent = jnp.where(comp, mem_spent, 0.0)
-        budget = budget - rowsum(mem_spent)
-    new_len = jnp.where(comp, length / pc(params.mem_factor), length)
-    removed = length - new_len
-    length = new_len
-
-    # 3 initiation
-    u = rng.uniforms(key, step, CHAIN_DRAW, ids).reshape(n, s)
-    p_init = -jnp.expm1(-pc(params.init_rate) * params.dt)
-    start = ~active & (u < p_init)
-    if budget is not None:
-        start = start & (prefix_sum(jnp.where(start, pc(params.init_cost), 0.0)) <= budget[:, None])
-        budget = budget - rowsum(jnp.where(start, pc(params.init_cost), 0.0))
-    active = active | start
-    length = jnp.where(start, pc(params.l0), length)
-    made = jnp.where(start, 0.0, made)
-    init_spent = jnp.where(start, pc(params.init_cost), 0.0)
-    u = jnp.where(start, u / jnp.where(p_init > 0, p_init, 1.0), u)  # a chain started: the rest of its draw
-
-    # 4 elongation (currency-limited per cell)
-    grow = active & (wait == 0)
-    delta = jnp.where(grow, jnp.minimum(pc(params.rate) * params.dt, pc(params.n_max) - made), 0.0)
-    delta = jnp.maximum(delta, 0.0)
-    c0, c1 = pc(params.c0), pc(params.c1)
-    demand = rowsum(elongation_cost(c0, c1, length, delta))
-    if budget is None:
-        phi = jnp.ones(n, demand.dtype)
-    else:
-        avail = jnp.maximum(budget, 0.0)
-        # written once (C,): the slot updates below would otherwise recompute it per slot (issue 10)
+        paid, mem_sum = _slots(chains, params, off, "paid", budget=budget, **kw)
+        if mem_sum is not None:
+            sums["mem"] = mem_sum
+            kw["mem_left"] = budget - mem_sum
+        kw.update(budget=budget, paid=_materialize_byte(paid))
+        q = _slots(chains, params, off, "quote", **kw)
+        avail = jnp.maximum(q["left"], 0.0)
+        demand = q["demand"]
+        # written once (C,): the slot kernels below would otherwise recompute it per slot (issue 10)
         phi = materialize(jnp.where(demand > avail, avail / jnp.where(demand > 0, demand, 1.0), 1.0))
-    delta = delta * phi[:, None]
-    el_cost = elongation_cost(c0, c1, length, delta)
-    length = length + delta
-    made = made + delta
+        sums["init"] = q["init_sum"]
+    decided = _materialize_byte(_slots(chains, params, off, "decide", phi=phi, **kw))
+    a = _slots(chains, params, off, "apply", phi=phi, decided=decided, budget=budget)
 
-    # 5 termination
-    p_end = -jnp.expm1(delta * jnp.log1p(-pc(params.p_stop)))
-    stop = grow & (delta > 0) & (u < p_end)
-    # written once (C, S): every slot field and per-cell count below would otherwise recompute it
-    # from the draw, the termination probability and the grown lengths (issue 10)
-    done = materialize(active & ((made >= pc(params.n_max)) | stop))
-    delivered_units = jnp.where(done, made, 0.0)
-
-    # 6 tool calls (a chain that went on: the rest of its draw above p_end)
-    u = (u - p_end) / jnp.where(p_end < 1.0, 1.0 - p_end, 1.0)
-    call = grow & ~done & (delta > 0) & (pc(params.p_tool) > 0) & (u < -jnp.expm1(delta * jnp.log1p(-pc(params.p_tool))))
-    wait = jnp.where(call, params.tool_steps, wait).astype(chains.tool_wait.dtype)
-
-    active = active & ~done
-    length = jnp.where(done, 0.0, length)
-    made = jnp.where(done, 0.0, made)
-    wait = jnp.where(done, 0, wait)
-
-    spent_el = rowsum(el_cost)
-    spent_init = rowsum(init_spent)
-    spent_mem = rowsum(mem_spent)
-    spent = spent_el + spent_init + spent_mem
     f = ledger.spent.dtype
-    ledger = replace(
-        ledger,
-        spent=ledger.spent + spent,
-        elongation_spent=ledger.elongation_spent + spent_el,
-        init_spent=ledger.init_spent + spent_init,
-        memory_spent=ledger.memory_spent + spent_mem,
-        units=ledger.units + rowsum(delta),
-        initiated=ledger.initiated + rowsum(start).astype(f),
-        delivered=ledger.delivered + rowsum(done).astype(f),
-        delivered_units=ledger.delivered_units + rowsum(delivered_units),
-        tool_calls=ledger.tool_calls + rowsum(call).astype(f),
-        tool_units=ledger.tool_units + rowsum(tool_units),
-        compressions=ledger.compressions + rowsum(comp).astype(f),
-        units_removed=ledger.units_removed + rowsum(removed),
+    names = ["el", "delta", "start", "done", "delivered_units"]
+    names += [k for k in ("call", "tool_units", "comp", "removed") if k in a]
+    names += [k for k in ("init", "mem") if k in a and k not in sums]
+    vals = [a[k].astype(f) if a[k].dtype == jnp.bool_ else a[k] for k in names]
+    sums.update(zip(names, _rowsums(*vals)))
+    spent_el = sums["el"]
+    spent_init = sums["init"]
+    spent_mem = sums.get("mem")
+    spent = spent_el + spent_init if spent_mem is None else spent_el + spent_init + spent_mem
+    new = dict(
+        spent=spent,
+        elongation_spent=spent_el,
+        init_spent=spent_init,
+        memory_spent=spent_mem,
+        units=sums["delta"],
+        initiated=sums["start"],
+        delivered=sums["done"],
+        delivered_units=sums["delivered_units"],
+        tool_calls=sums.get("call"),
+        tool_units=sums.get("tool_units"),
+        compressions=sums.get("comp"),
+        units_removed=sums.get("removed"),
     )
-    out = ChainSlots(active=active, length=length, made=made, tool_wait=wait)
+    # a field that can only gain zeros for good is left as it is (not read, not written)
+    ledger = replace(ledger, **{k: getattr(ledger, k) + v for k, v in new.items() if v is not None})
+    out = ChainSlots(active=a["active"], length=a["length"], made=a["made"], tool_wait=a["wait"])
     if details:
-        info = dict(units=rowsum(delta), elongation=spent_el, init=spent_init, memory=spent_mem,
-                    delivered=rowsum(done).astype(f), delivered_units=rowsum(delivered_units))
+        info = dict(units=sums["delta"], elongation=spent_el, init=spent_init,
+                    memory=jnp.zeros_like(spent) if spent_mem is None else spent_mem, delivered=sums["done"],
+                    delivered_units=sums["delivered_units"])
         return out, ledger, spent, info
     return out, ledger, spent
 

@@ -25,12 +25,14 @@ The work of the chains is amino acids incorporated: units made x cohort size (mM
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 
 from sim.substrates.bio.kernels.capacity import consumer_vmax
 from sim.core.chains import without_modules
-from sim.core.ops import rowsum
+from sim.pytree import replace
 from sim.substrates.bio.state import ATP
 
 
@@ -47,19 +49,30 @@ def chain_params(state, params, is_chain, per_slot, atp=None):
     ``metabolism.per_slot`` (passed in to keep this module free of a circular import); ``atp``
     (C,) mM the ATP the chains see (default the pool; with several carriers what the cell's
     consumers can spend, ``sim.core.carriers.spendable``).
+
+    The chains' consumer is the cell's slot of that kind (one per kind, as ``build`` makes them;
+    the reference takes the first): its fields are picked out as (C, 1) columns, which XLA
+    computes once before the step loop (the consumers do not change in it), so each step reads
+    one number per cell for its K_ATP, reserve and capacity instead of every consumer slot's
+    (issue 10). The same numbers as the sums over ``is_chain`` of the single slot; 0 in a cell
+    without one.
     """
-    cells, cons = state.cells, state.consumers
+    cells = state.cells
     n_slots = state.chains.active.shape[-1]
     atp = cells.pools[:, ATP] if atp is None else atp
+    has = jnp.any(is_chain, axis=1)
+    first = jnp.argmax(is_chain, axis=1)[:, None]
+    cons = replace(state.consumers, **{f.name: jnp.take_along_axis(jnp.asarray(getattr(state.consumers, f.name)),
+                                                                   first, axis=1)
+                                       for f in dataclasses.fields(state.consumers)})
     ap = jnp.maximum(atp[:, None] - per_slot(params.tier_reserve, cons.tier), 0.0)
-    sat = rowsum(jnp.where(is_chain, ap / (cons.km + ap), 0.0))
-    vmax = consumer_vmax(state, params)
-    v = rowsum(jnp.where(is_chain, vmax, 0.0))
+    sat = jnp.where(has, (ap / (cons.km + ap))[:, 0], 0.0)
+    v = jnp.where(has, consumer_vmax(replace(state, consumers=cons), params)[:, 0], 0.0)
     r_max = params.chain_rate
     c0 = jnp.where(r_max > 0, v / jnp.where(r_max > 0, n_slots * r_max, 1.0), 0.0)
     cohort = c0 / params.chain_cost_per_unit
     alive = cells.alive
-    zero = jnp.zeros((), c0.dtype)
+    zero = np.zeros((), c0.dtype)  # known while tracing: chain_step leaves out the length term of the cost (c1 = 0)
     cp = without_modules(
         dt=params.dt,
         rate=jnp.where(alive, r_max * sat, 0.0),

@@ -14,8 +14,16 @@ H100s x 256 chain slots, 512 queue slots, small-world routing; 16,960 agents):
   laid over it (e.g. a copy of ``sim/substrates/llm`` taken before a change), B the working tree;
   CPU time (all threads of this process) and wall time per step, median and spread of the per-block
   ratios, the load average, and whether the two final states are bit-identical.
+* ``compile``: the compile time of the LLM experiments (``serving`` with 1,000 steps, ``roofline``;
+  the engine's chunk as ``sim.api.run`` builds it, compile cache off): trace + lowering and XLA
+  compile timed apart (wall and the process's CPU time) from fresh functions, ``--repeats`` times,
+  with the optimised module's HLO instructions, fusions, while loops and conditionals and the
+  StableHLO's lines; with ``--old-files`` / ``--old-tree`` both sides alternate in one process and
+  the paired new/old ratios are printed (compile time shared with other jobs is noisy: the CPU
+  ratio is the steadier one).
 
     python bench/bench_llm_step.py work
+    python bench/bench_llm_step.py compile --old-files /tmp/llm_before --repeats 3
     python bench/bench_llm_step.py ab --old-files /tmp/llm_before --blocks 9 --steps 50
     python bench/bench_llm_step.py ab --old-tree /tmp/llm_old --blocks 15 --steps 100   # a whole older tree
     python bench/bench_llm_step.py --set substrate.arrivals.rate_per_s=2000 ab --old-files ...  # saturated
@@ -287,6 +295,127 @@ def ab(old_files: str | None, n_models: int = 64, steps: int = 50, blocks: int =
     return row
 
 
+# ----------------------------------------------------------------------------- compile time A/B
+EXPERIMENTS = {"serving": ["experiment=serving", "steps=1000"], "roofline": ["experiment=roofline"]}
+
+
+def _captured_chunk(overrides):
+    """The arguments of the engine's chunk compile in ``sim.api.run`` of an experiment (compile cache
+    off), captured by wrapping ``engine.chunk_executable`` during one run."""
+    import sim.api
+    from sim.core import engine
+    from sim.substrates.llm.build import compose
+
+    seen = []
+    orig = engine.chunk_executable
+
+    def spy(*args, **kw):
+        seen.append((args, kw))
+        return orig(*args, **kw)
+
+    engine.chunk_executable = spy
+    try:
+        engine.clear_caches()
+        sim.api.run(compose(list(overrides) + ["figures=false", "compile_cache=null"]))
+    finally:
+        engine.chunk_executable = orig
+    return seen[0]
+
+
+_HLO_TOOLS: list = []
+
+
+def _time_compile(captured) -> dict:
+    """Trace + lower, then XLA compile, of the engine's chunk (as ``engine.chunk_executable`` does,
+    from a fresh function: nothing reused); HLO counts of the optimised module."""
+    import functools
+    import time
+
+    import jax
+
+    from sim.core import engine, ops
+
+    (substrate, chunk, record_every, axes, fixed_order, state, params, keys, *_), _ = captured
+    fn = functools.partial(engine.scan_records, substrate.step, substrate.observe, n_records=chunk,
+                           record_every=record_every, check_fn=substrate.step_check)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with ops.reduction_order(fixed_order):
+        lowered = jax.jit(jax.vmap(fn, in_axes=(0, axes, 0))).lower(state, params, keys)
+    t1, c1 = time.perf_counter(), time.process_time()
+    compile_lowered = getattr(ops, "compile_lowered", lambda lo: lo.compile())  # older trees: plain compile
+    compiled = compile_lowered(lowered)
+    t2, c2 = time.perf_counter(), time.process_time()
+    text = compiled.as_text()
+    _split_instr, walk_hlo = _HLO_TOOLS  # this tree's (an older tree may lack bench.baselines)
+    comps = walk_hlo(text, lambda m, cur: _split_instr(m.group(2))[1])["computations"]
+    ops_ = [op for body in comps.values() for op in body]
+    c = collections.Counter(ops_)
+    mlir = lowered.as_text()
+    return {"lower_s": t1 - t0, "compile_s": t2 - t1, "cpu_s": c2 - c0, "hlo_instructions": len(ops_),
+            "fusions": c["fusion"],
+            "whiles": c["while"], "conditionals": c["conditional"], "stablehlo_lines": mlir.count("\n")}
+
+
+def compile_ab(old_files: str | None, names, repeats: int = 3, old_tree: str | None = None) -> dict:
+    """Interleaved compile-time A/B of the LLM experiments: A = the working tree with ``old_files``
+    laid over it, B = the working tree; per experiment and side, ``repeats`` fresh traces and XLA
+    compiles in alternating order (the same load for both), medians and spreads."""
+    import os
+
+    from bench.baselines import _split_instr, overlaid_tree, spread, walk_hlo
+
+    _HLO_TOOLS[:] = [_split_instr, walk_hlo]
+    trees = {"new": str(ROOT)}
+    tmp = None
+    if old_files is not None:
+        tmp = overlaid_tree(old_files, prefix="ab_llm_compile_")
+        trees = {"old": tmp, "new": str(ROOT)}
+    elif old_tree is not None:
+        trees = {"old": str(Path(old_tree).resolve()), "new": str(ROOT)}
+    _TREES.update(trees.values())
+    out = {}
+    load0 = os.getloadavg()[0]
+    for name in names:
+        caps = {}
+        for label, tree in trees.items():
+            _import_tree(tree)
+            caps[label] = _captured_chunk(EXPERIMENTS[name])
+        rows = {label: [] for label in trees}
+        for i in range(repeats):
+            for label in (list(trees) if i % 2 == 0 else list(trees)[::-1]):
+                _import_tree(trees[label])
+                rows[label].append(_time_compile(caps[label]))
+        res = {}
+        for label, rs in rows.items():
+            res[label] = {"lower_s": spread([r["lower_s"] for r in rs]),
+                          "compile_s": spread([r["compile_s"] for r in rs]),
+                          "cpu_s": spread([r["cpu_s"] for r in rs]),
+                          **{k: rs[0][k] for k in ("hlo_instructions", "fusions", "whiles", "conditionals",
+                                                   "stablehlo_lines")}}
+            r = res[label]
+            print(f"  {name:<9} {label}: lower {r['lower_s']['median']:.2f} s ({r['lower_s']['min']:.2f}-"
+                  f"{r['lower_s']['max']:.2f}), XLA compile {r['compile_s']['median']:.2f} s "
+                  f"({r['compile_s']['min']:.2f}-{r['compile_s']['max']:.2f}); CPU (both) {r['cpu_s']['median']:.2f} s "
+                  f"({r['cpu_s']['min']:.2f}-{r['cpu_s']['max']:.2f}); HLO {r['hlo_instructions']} "
+                  f"instructions, {r['fusions']} fusions, {r['whiles']} whiles, {r['conditionals']} conditionals; "
+                  f"StableHLO {r['stablehlo_lines']} lines", flush=True)
+        if "old" in rows:
+            tot = {lb: np.asarray([r["lower_s"] + r["compile_s"] for r in rows[lb]]) for lb in rows}
+            ratio = spread(tot["new"] / tot["old"])
+            cpu = spread(np.asarray([r["cpu_s"] for r in rows["new"]]) / np.asarray([r["cpu_s"] for r in rows["old"]]))
+            res["new_over_old_total"], res["new_over_old_cpu"] = ratio, cpu
+            print(f"  {name:<9} new/old (lower + compile, paired): wall {ratio['median']:.3f} "
+                  f"({ratio['min']:.3f}-{ratio['max']:.3f}), CPU {cpu['median']:.3f} "
+                  f"({cpu['min']:.3f}-{cpu['max']:.3f})",
+                  flush=True)
+        out[name] = res
+    out["load_average"] = [load0, os.getloadavg()[0]]
+    print(f"  load average {load0:.1f} -> {out['load_average'][1]:.1f}")
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -299,6 +428,12 @@ def main(argv=None) -> None:
     a.add_argument("--models", type=int, default=64)
     a.add_argument("--steps", type=int, default=50)
     a.add_argument("--blocks", type=int, default=9)
+    c = sub.add_parser("compile")
+    cold = c.add_mutually_exclusive_group()
+    cold.add_argument("--old-files", help="folder of old files at their paths relative to the repo (A side)")
+    cold.add_argument("--old-tree", help="a whole older tree as it is (A side)")
+    c.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    c.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--set", action="append", default=[], help="a config override on top of the bench's (repeatable)")
     args = ap.parse_args(argv)
@@ -309,6 +444,8 @@ def main(argv=None) -> None:
     if args.cmd == "work":
         r = work(args.models)
         print_work(r)
+    elif args.cmd == "compile":
+        r = compile_ab(args.old_files, args.experiments, args.repeats, old_tree=args.old_tree)
     else:
         r = ab(args.old_files, args.models, args.steps, args.blocks, old_tree=args.old_tree)
     if args.json:

@@ -115,6 +115,29 @@ def uniforms(key: jax.Array, step, purpose: int, ids: jax.Array, dtype=None) -> 
     return u / one
 
 
+def uniforms_many(key: jax.Array, step, purposes, ids: jax.Array, dtype=None) -> list:
+    """``[uniforms(key, step, p, ids) for p in purposes]``, every bit, from one traced hash: the
+    step's key derived once, the purposes' keys by one Threefry over the purposes, the ids hashed
+    under all of them in one ``(P, *ids.shape)`` Threefry. Each :func:`uniforms` call traces three
+    unrolled Threefry hashes (~700 lines of StableHLO): the LLM step draws for up to four purposes on
+    the same ids, and tracing them one by one was most of its program and of the LLM experiments'
+    compile time (issue 10). A key that is not a raw Threefry key takes :func:`uniforms` per purpose."""
+    dtype = dtype or jnp.result_type(float)
+    raw = _raw_threefry(key)
+    if raw is None:
+        return [uniforms(key, step, p, ids, dtype) for p in purposes]
+    k0, k1 = fold_in(raw, step)
+    pur = jnp.asarray(purposes, jnp.uint32)
+    p0, p1 = threefry2x32(k0, k1, jnp.zeros_like(pur), pur)  # fold_in of each purpose
+    ids = jnp.asarray(ids).astype(jnp.uint32)
+    shape = (len(purposes),) + (1,) * ids.ndim
+    w0, w1 = threefry2x32(p0.reshape(shape), p1.reshape(shape), jnp.zeros_like(ids)[None], ids[None])
+    u = _words_to_uniform(w0, w1, dtype)
+    one = w0.astype(u.dtype) * jnp.asarray(0.0, u.dtype) + jnp.asarray(1.0, u.dtype)  # as in uniforms
+    u = u / one
+    return [u[i] for i in range(len(purposes))]
+
+
 def uniforms_reference(key: jax.Array, step, purpose: int, ids: jax.Array, dtype=None) -> jax.Array:
     """:func:`uniforms` through ``jax.random.fold_in`` itself (the definition of the stream; JAX's
     rolled Threefry on CPU): the same numbers, bit for bit."""

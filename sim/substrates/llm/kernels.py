@@ -164,9 +164,9 @@ def kind_route(state, params, key, ids):
     own = params.kind_owner & alive[:, None]
     other = alive[:, None] & ~params.kind_owner
     f = params.kind_prefix.dtype
-    kind = jnp.minimum(jnp.floor(rng.uniforms(key, state.step, KIND, ids) * n_k), n_k - 1).astype(jnp.int32)
-    miss = rng.uniforms(key, state.step, KIND_ROUTE, ids) < params.kind_p_miss
-    pick = rng.uniforms(key, state.step, KIND_PICK, ids)
+    u_kind, u_miss, pick, u_serve = rng.uniforms_many(key, state.step, (KIND, KIND_ROUTE, KIND_PICK, KIND_SERVE), ids)
+    kind = jnp.minimum(jnp.floor(u_kind * n_k), n_k - 1).astype(jnp.int32)
+    miss = u_miss < params.kind_p_miss
     n_own = own.sum(axis=0).astype(f)[kind]
     n_oth = other.sum(axis=0).astype(f)[kind]
     to_owner = (~miss | (n_oth == 0)) & (n_own > 0)
@@ -176,7 +176,7 @@ def kind_route(state, params, key, ids):
     dest = jnp.where(to_owner, owners[kind, j], others[kind, j])
     foreign = ~params.kind_owner[dest, kind]
     _, has = kind_neighbours(jnp.zeros(alive.shape, f), params, alive)
-    serve = rng.uniforms(key, state.step, KIND_SERVE, ids) < params.kind_theta[dest]
+    serve = u_serve < params.kind_theta[dest]
     reader = foreign & ~serve & has[dest, kind]
     return kind, dest, reader, foreign & ~reader
 
@@ -349,90 +349,6 @@ def enqueue(state, entries: dict, tcell, valid, cands):
     return replace(state, queue=q, cells=cells), ok, dropped
 
 
-def enqueue_few(state, entries: dict, tcell, valid, cands, rank, m: int):
-    """:func:`enqueue` of ``(C, S)`` rows of which only a few entries are valid (the finished
-    chains' next turns), bit for bit, with its per-entry work on ``C m`` entries instead of ``C S``.
-
-    ``rank`` is each slot's 0-based rank among its row's slots of a mask that holds ``valid`` (e.g.
-    the finished chains: ``cumsum - 1``). Chunk ``c`` gathers, per row, the valid slots of rank
-    ``c m .. (c+1) m - 1`` into ``(C, m)`` (slot order kept). An entry's ticket offset is, as in
-    :func:`enqueue`, the valid entries of earlier rows for its cell (from per-row totals, a
-    reduction over the full width, no scan) plus the valid entries before it in its row for that
-    cell (those of earlier chunks, carried as counts, plus a scan over the chunk), so tickets,
-    slots and drops are the full-width enqueue's. Chunk 0 always runs; the rest in a loop that
-    usually runs no iteration (its carry is the queue only). Returns (state, dropped per cell)."""
-    q, cells = state.queue, state.cells
-    n, nq = q.active.shape
-    r_, k_ = valid.shape
-    t_ = cands.shape[1]
-    tc = jnp.clip(tcell, 0, n - 1).astype(jnp.int32)
-    cd = jnp.clip(cands, 0, n - 1).astype(jnp.int32)
-    # valid entries per row and candidate (the first candidate equal to the target; duplicates once)
-    hit_full, seen = [], jnp.zeros((r_, k_), bool)
-    for j in range(t_):
-        h = (tc == cd[:, j:j + 1]) & ~seen
-        hit_full.append(valid & h)
-        seen = seen | h
-    tot = rowsums(*[h.astype(jnp.int32) for h in hit_full]) if t_ > 1 else (n_true(hit_full[0]),)
-    offs = jnp.zeros((r_, n), jnp.int32)
-    for j in range(t_):
-        offs = offs + tot[j][:, None] * (cd[:, j:j + 1] == jnp.arange(n)[None, :])
-    csum = jnp.cumsum(offs, axis=0)
-    before = jnp.take_along_axis(csum - offs, cd, axis=1)  # (R, T): entries of earlier rows per candidate
-    n_free = nq - n_true(q.active)
-    rows = jnp.broadcast_to(jnp.arange(r_)[:, None], (r_, k_))
-    cols = jnp.broadcast_to(jnp.arange(k_, dtype=jnp.int32)[None, :], (r_, k_))
-    n_rank = jnp.where(valid, rank + 1, 0).max(axis=1)
-
-    def chunk(c, qf, counts):
-        """Enqueue chunk ``c`` into the queue fields ``qf``; ``counts`` (R, T): valid entries of the
-        earlier chunks per row and candidate."""
-        r = rank - c * m
-        at = jnp.where(valid & (r >= 0) & (r < m), r, m)
-        idx = jnp.zeros((r_, m), jnp.int32).at[rows, at].set(cols, mode="drop")
-        ok_c = jnp.zeros((r_, m), bool).at[rows, at].set(True, mode="drop")
-
-        def take(x):
-            return jnp.take_along_axis(x, idx, axis=1)
-
-        tcc = take(tc)
-        match = [ok_c & take(h) for h in hit_full]
-        cums = _paired_cumsums([x.astype(jnp.int32) for x in match])
-        rk = jnp.zeros((r_, m), jnp.int32)
-        for j in range(t_):
-            rk = jnp.where(match[j], before[:, j:j + 1] + counts[:, j:j + 1] + cums[j] - 1, rk)
-        rk, tcf, okf = rk.reshape(-1), tcc.reshape(-1), ok_c.reshape(-1)
-        ok = okf & (rk < n_free[tcf])
-        seq = cells.next_seq[tcf] + rk
-        slot = ring_slot(seq, nq)
-        row = jnp.where(ok, tcf, n)
-
-        def put(arr, val):
-            return arr.at[row, slot].set(val.reshape(-1).astype(arr.dtype), mode="drop")
-
-        vals = {k: take(v) for k, v in entries.items()}
-        qf = {"active": put(qf["active"], jnp.ones(okf.shape, bool)), "seq": put(qf["seq"], seq),
-              **{k: put(qf[k], vals[k]) for k in vals}}
-        counts = counts + jnp.stack([c_[:, -1] for c_ in cums], axis=1)
-        return qf, counts
-
-    fields = ("active", "prompt", "target", "born", "turn", "hop", "seq", "kind")
-    qf, counts = chunk(0, {k: getattr(q, k) for k in fields}, jnp.zeros((r_, t_), jnp.int32))
-
-    def more(carry):
-        c, qf, counts = carry
-        qf, counts = chunk(c, qf, counts)
-        return c + 1, qf, counts
-
-    _, qf, _ = jax.lax.while_loop(lambda c: c[0] * m < jnp.max(n_rank), more, (jnp.int32(1), qf, counts))
-    f = state.ledger.arrived.dtype
-    total = csum[-1]
-    n_ok = jnp.minimum(total, n_free.astype(total.dtype))
-    dropped = (total - n_ok).astype(f)
-    cells = replace(cells, next_seq=cells.next_seq + n_ok.astype(cells.next_seq.dtype))
-    return replace(state, queue=replace(q, **qf), cells=cells), dropped
-
-
 # ---- processes -------------------------------------------------------------------------------
 
 
@@ -534,8 +450,9 @@ def _arrival_lengths(key, step, count, params):
         j, prompt, target = carry
         cols = jnp.minimum(j * w + jnp.arange(w, dtype=jnp.int32), a - 1)  # the last chunk repeats column A-1
         ids = rows + cols.astype(jnp.uint32)[None, :]
-        p = lognormal_tokens(rng.uniforms(key, step, PROMPT_LEN, ids), params.prompt_median, params.prompt_sigma)
-        t = lognormal_tokens(rng.uniforms(key, step, OUTPUT_LEN, ids), params.output_median, params.output_sigma)
+        u_p, u_t = rng.uniforms_many(key, step, (PROMPT_LEN, OUTPUT_LEN), ids)
+        p = lognormal_tokens(u_p, params.prompt_median, params.prompt_sigma)
+        t = lognormal_tokens(u_t, params.output_median, params.output_sigma)
         return j + 1, prompt.at[:, cols].set(p.astype(f)), target.at[:, cols].set(t.astype(f))
 
     zero = jnp.zeros((n, a), f)
@@ -608,9 +525,41 @@ def admission(state, params, key=None):
     only those are read and placed (:func:`_admission_few`); the running sum of their KV need and
     the row sums have at most two non-zero terms, the same in any order, so it is the full-width
     admission (:func:`_admission_all`) bit for bit; a step where some instance has more queued
-    takes that one."""
+    takes that one. Only the choice of requests and slots is branched (:func:`_pick_few`,
+    :func:`_pick_all`); the limits before it and the seating and booking after it are traced once."""
     n_queued = n_true(state.queue.active)
-    return same_either(jnp.max(n_queued) > 2, _admission_all, _admission_few, state, params)
+    limits = _admission_limits(state, params)
+    picked = same_either(jnp.max(n_queued) > 2, _pick_all, _pick_few, state, params, *limits)
+    return _seat_and_book(state, params, picked)
+
+
+def _admission_few(state, params):
+    """:func:`admission` when at most two requests wait per instance (:func:`_pick_few`)."""
+    return _seat_and_book(state, params, _pick_few(state, params, *_admission_limits(state, params)))
+
+
+def _admission_all(state, params):
+    """:func:`admission` for any number of waiting requests (:func:`_pick_all`)."""
+    return _seat_and_book(state, params, _pick_all(state, params, *_admission_limits(state, params)))
+
+
+def _admission_limits(state, params):
+    """Per instance: the KV room after all reservations, the live GPUs and how many requests may
+    still be admitted (free chain slots, and the batch below ``max_batch``)."""
+    ch = state.chains
+    ns = ch.active.shape[1]
+    reserved = rowsum(jnp.where(ch.active, ch.base + ch.target, 0.0))
+    room = state.cells.kv_capacity - reserved
+    n_gpu, _, _ = cell_compute(state, params)
+    n_active = n_true(ch.active)
+    limit = jnp.minimum(ns - n_active, jnp.maximum(params.max_batch - n_active, 0))
+    return room, n_gpu, limit
+
+
+def _queue_head(state):
+    """Per instance: the ticket of the first queued request and the number queued."""
+    n_queued = n_true(state.queue.active)
+    return state.cells.next_seq - n_queued, n_queued
 
 
 def _admitted_prefill(params, adm, prompt):
@@ -621,10 +570,32 @@ def _admitted_prefill(params, adm, prompt):
     return jnp.where(adm, prefill_flops(params, prompt), 0.0)
 
 
-def _book_admission(state, ch, q, f_cell, flops, tokens, n_adm):
-    """The state after admission: chains and queue as given, the prompts' KV taken and their
-    prefill owed as compute debt (s), the ledger booked."""
-    cells, led = state.cells, state.ledger
+_SEATED = ("base", "target", "born", "turn", "hop", "kind")  # chain fields a seated request brings
+_FROM_QUEUE = {"base": "prompt"}  # the queue field of each (the same name otherwise)
+
+
+def _seat_and_book(state, params, picked):
+    """The state after admission, from what :func:`_pick_few` / :func:`_pick_all` chose: the
+    admitted requests seated in the chain slots ``new`` (their fields as ``filled``) and cleared
+    from the queue (the first ``n_adm`` of each instance's queue from its head: admission takes a
+    FIFO prefix), the prompts' KV taken and their prefill owed as compute debt (s), the ledger
+    booked."""
+    new, filled, n_adm, flops, tokens = picked
+    ch, q, cells, led = state.chains, state.queue, state.cells, state.ledger
+    nq = q.active.shape[1]
+    head, _ = _queue_head(state)
+    ch = replace(
+        ch,
+        active=ch.active | new,
+        out=jnp.where(new, jnp.zeros_like(ch.out), ch.out),
+        tool_wait=jnp.where(new, jnp.zeros_like(ch.tool_wait), ch.tool_wait),
+        **filled,
+    )
+    admitted_q = ring_slot(jnp.arange(nq)[None, :] - head[:, None], nq) < n_adm[:, None]
+    clear = lambda x: jnp.where(admitted_q, jnp.zeros_like(x), x)  # noqa: E731
+    q = replace(q, active=q.active & ~admitted_q, prompt=clear(q.prompt), target=clear(q.target),
+                born=clear(q.born), turn=clear(q.turn), hop=clear(q.hop), seq=clear(q.seq), kind=clear(q.kind))
+    _, f_cell, _ = cell_compute(state, params)
     debt = cells.debt_s + jnp.where(f_cell > 0, flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0)
     led = replace(
         led,
@@ -636,38 +607,14 @@ def _book_admission(state, ch, q, f_cell, flops, tokens, n_adm):
     return replace(state, chains=ch, queue=q, cells=cells, ledger=led)
 
 
-def _seat_admitted(ch, q, new, fill, head, n_adm):
-    """Seat the admitted requests in the chain slots marked ``new`` (``fill(chain field, queue
-    field)`` puts each one's value in its slot) and clear them from the queue: they are the first
-    ``n_adm`` of each instance's queue from its ``head`` (admission takes a FIFO prefix)."""
+def _pick_few(state, params, room, n_gpu, limit):
+    """Admission's choice when at most two requests wait per instance: queue positions 0 and 1
+    (from the head) and the first two free chain slots, ``(C, 2)``. Returns (new chain slots,
+    their seated fields, admitted per instance, prefill FLOPs, prompt tokens)."""
+    ch, q = state.chains, state.queue
     nq = q.active.shape[1]
-    ch = replace(
-        ch,
-        active=ch.active | new,
-        base=fill(ch.base, q.prompt),
-        out=jnp.where(new, jnp.zeros_like(ch.out), ch.out),
-        target=fill(ch.target, q.target),
-        tool_wait=jnp.where(new, jnp.zeros_like(ch.tool_wait), ch.tool_wait),
-        born=fill(ch.born, q.born),
-        turn=fill(ch.turn, q.turn),
-        hop=fill(ch.hop, q.hop),
-        kind=fill(ch.kind, q.kind),
-    )
-    admitted_q = ring_slot(jnp.arange(nq)[None, :] - head[:, None], nq) < n_adm[:, None]
-    clear = lambda x: jnp.where(admitted_q, jnp.zeros_like(x), x)  # noqa: E731
-    q = replace(q, active=q.active & ~admitted_q, prompt=clear(q.prompt), target=clear(q.target),
-                born=clear(q.born), turn=clear(q.turn), hop=clear(q.hop), seq=clear(q.seq), kind=clear(q.kind))
-    return ch, q
-
-
-def _admission_few(state, params):
-    """:func:`admission` when at most two requests wait per instance: queue positions 0 and 1 (from
-    the head) and the first two free chain slots, ``(C, 2)``."""
-    ch, q, cells, led = state.chains, state.queue, state.cells, state.ledger
-    n, nq = q.active.shape
     ns = ch.active.shape[1]
-    n_queued = n_true(q.active)
-    head = cells.next_seq - n_queued
+    head, n_queued = _queue_head(state)
     k = jnp.arange(2)
     order = ring_slot(head[:, None] + k[None, :], nq)  # (C, 2) queue slots of FIFO positions 0, 1
 
@@ -678,11 +625,6 @@ def _admission_few(state, params):
     prompt = take(q.prompt)
     need = jnp.where(act, prompt + take(q.target), 0.0)
     run = jnp.stack([need[:, 0], need[:, 0] + need[:, 1]], axis=1)  # two terms: any order
-    reserved = rowsum(jnp.where(ch.active, ch.base + ch.target, 0.0))
-    room = cells.kv_capacity - reserved
-    n_gpu, f_cell, _ = cell_compute(state, params)
-    n_active = n_true(ch.active)
-    limit = jnp.minimum(ns - n_active, jnp.maximum(params.max_batch - n_active, 0))
     adm = act & (run <= room[:, None]) & (k[None, :] < limit[:, None]) & (n_gpu > 0)[:, None]
     n_adm = n_true(adm)
     # the j-th admitted takes the j-th free chain slot (slot order)
@@ -692,29 +634,26 @@ def _admission_few(state, params):
     f1 = jnp.min(jnp.where(free & (slots > f0[:, None]), slots, ns), axis=1)
     at0 = (slots == f0[:, None]) & (n_adm > 0)[:, None]
     at1 = (slots == f1[:, None]) & (n_adm > 1)[:, None]
-    new = at0 | at1
 
     def fill(arr, val):
         v = take(val).astype(arr.dtype)
         return jnp.where(at0, v[:, :1], jnp.where(at1, v[:, 1:], arr))
 
-    ch, q = _seat_admitted(ch, q, new, fill, head, n_adm)
+    filled = {f: fill(getattr(ch, f), getattr(q, _FROM_QUEUE.get(f, f))) for f in _SEATED}
     fl = _admitted_prefill(params, adm, prompt)
     p_adm = jnp.where(adm, prompt, 0.0)
-    flops = fl[:, 0] + fl[:, 1]
-    tokens = p_adm[:, 0] + p_adm[:, 1]
-    return _book_admission(state, ch, q, f_cell, flops, tokens, n_adm)
+    return at0 | at1, filled, n_adm, fl[:, 0] + fl[:, 1], p_adm[:, 0] + p_adm[:, 1]
 
 
-def _admission_all(state, params):
-    ch, q, cells, led = state.chains, state.queue, state.cells, state.ledger
+def _pick_all(state, params, room, n_gpu, limit):
+    """Admission's choice for any number of waiting requests (same returns as :func:`_pick_few`)."""
+    ch, q = state.chains, state.queue
     nq = q.active.shape[1]
     ns = ch.active.shape[1]
     # FIFO order without a sort: position k of the queue is ring slot (head + k) mod Q (ring_slot).
     # At most ns - active <= ns requests are admitted: only the first W = min(Q, S) positions are read.
     w = min(nq, ns)
-    n_queued = n_true(q.active)
-    head = cells.next_seq - n_queued
+    head, n_queued = _queue_head(state)
     k = jnp.arange(w)
     order = ring_slot(head[:, None] + k[None, :], nq)
 
@@ -724,11 +663,6 @@ def _admission_all(state, params):
     act_s = k[None, :] < n_queued[:, None]
     prompt_s = take(q.prompt)
     need_s = jnp.where(act_s, prompt_s + take(q.target), 0.0)
-    reserved = rowsum(jnp.where(ch.active, ch.base + ch.target, 0.0))
-    room = cells.kv_capacity - reserved
-    n_gpu, f_cell, _ = cell_compute(state, params)
-    n_active = n_true(ch.active)
-    limit = jnp.minimum(ns - n_active, jnp.maximum(params.max_batch - n_active, 0))
     adm_s = (
         act_s
         & (jnp.cumsum(need_s, axis=1) <= room[:, None])
@@ -748,11 +682,10 @@ def _admission_all(state, params):
     def fill(arr, val):
         return jnp.where(new, jnp.take_along_axis(val, src, axis=1).astype(arr.dtype), arr)
 
-    ch, q = _seat_admitted(ch, q, new, fill, head, n_adm)  # the admitted: the first n_adm from the head
-    p_adm = jnp.where(adm_s, prompt_s, 0.0)
+    filled = {f: fill(getattr(ch, f), getattr(q, _FROM_QUEUE.get(f, f))) for f in _SEATED}
     flops = rowsum(_admitted_prefill(params, adm_s, prompt_s))
-    tokens = rowsum(p_adm)
-    return _book_admission(state, ch, q, f_cell, flops, tokens, n_adm)
+    tokens = rowsum(jnp.where(adm_s, prompt_s, 0.0))
+    return new, filled, n_adm, flops, tokens
 
 
 def decode(state, params, key):
@@ -819,69 +752,85 @@ def decode(state, params, key):
     return replace(state, chains=ch, cells=cells, ledger=led)
 
 
-def _draw_chunk(s: int) -> int:
-    """Finished chains per instance handled by one pass of :func:`_finished_draws` and by the
-    compact enqueue of :func:`finish` (:func:`enqueue_few`): S/8, at least 16 (a few finish per step)."""
-    return min(s, max(16, s // 8))
-
-
-def _finished_draws(key, step, done, params, rank=None):
-    """The FOLLOWUP draw and the next turn's output length (lognormal, from the FOLLOWUP_LEN draw) of
-    the chain slots in ``done``, ``(C, S)``; other slots hold 0 (never read). Draws are keyed by the
-    slot's id ``c * S + s``, so these are the numbers a draw over every slot gives there, bit for bit;
-    but only the finished slots are hashed and sent through ``ndtri``, in chunks of ``m`` per row
-    (the j-th chunk takes each row's finished slots of finish-rank ``j m .. (j+1) m - 1``), as many
-    chunks as the busiest row needs (usually one): a few finish per step among S slots, and a hash
-    plus an ``ndtri`` on every slot was the largest kernel of the step."""
-    n, s = done.shape
-    m = _draw_chunk(s)
-    if rank is None:
-        rank = jnp.cumsum(done, axis=1, dtype=jnp.int32) - 1  # finish-rank of a done slot
-    n_done = rank[:, -1] + 1
-    rows = jnp.broadcast_to(jnp.arange(n)[:, None], (n, s))
-    cols = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32)[None, :], (n, s))
-    f = params.output_median.dtype
-    row_id = jnp.arange(n, dtype=jnp.uint32)[:, None] * jnp.uint32(s)
-
-    def body(carry):
-        j, u_f, tgt = carry
-        r = jnp.where(done, rank - j * m, m)
-        r = jnp.where((r >= 0) & (r < m), r, m)  # position in this chunk; others dropped
-        idx = jnp.zeros((n, m), jnp.int32).at[rows, r].set(cols, mode="drop")
-        ok = (j * m + jnp.arange(m, dtype=jnp.int32))[None, :] < n_done[:, None]
-        ids = row_id + idx.astype(jnp.uint32)
-        uf = rng.uniforms(key, step, FOLLOWUP, ids)
-        t = lognormal_tokens(rng.uniforms(key, step, FOLLOWUP_LEN, ids), params.output_median, params.output_sigma)
-        wr = jnp.where(ok, jnp.arange(n)[:, None], n)
-        return (j + 1, u_f.at[wr, idx].set(uf.astype(f), mode="drop"),
-                tgt.at[wr, idx].set(t.astype(f), mode="drop"))
-
-    zero = jnp.zeros((n, s), f)
-    _, u_f, tgt = jax.lax.while_loop(lambda c: c[0] * m < jnp.max(n_done), body, (jnp.int32(0), zero, zero))
-    return u_f, tgt
-
-
 _FEW_DONE = 2  # finish's compact path: at most this many chains finish per instance (float sums exact)
 
 
 def finish(state, params, key):
     """A chain at its target finishes (module docstring, 6). Usually at most two chains finish per
-    instance and step: then only those are read, drawn for and enqueued (:func:`_finish_few`: the
+    instance and step: then only those are read, drawn for and enqueued (:func:`_turns_few`: the
     first and last finished slot of each row and the count, one reduction); a row's float sums
     over at most two non-zero terms are the same in any order, so this is the full-width step
-    (:func:`_finish_all`) bit for bit; a step where some instance finishes more takes that one."""
-    ch = state.chains
-    done = ch.active & (ch.out >= ch.target)
-    n_done = n_true(done)
-    return same_either(jnp.max(n_done) > _FEW_DONE, _finish_all, _finish_few, state, params, key)
+    (:func:`_turns_all`) bit for bit; a step where some instance finishes more takes that one.
+    Only the next turns are branched; releasing the finished chains, routing and booking are
+    traced once (:func:`_finish_with`)."""
+    return _finish_with(state, params, key, lambda pred, *ops: same_either(pred, _turns_all, _turns_few, *ops))
 
 
 def _finish_few(state, params, key):
-    """:func:`finish` when no instance finishes more than two chains: the per-chain work on ``(C, 2)``
-    (the first and last finished slot of each row), the enqueue on those entries in slot order."""
-    ch, led = state.chains, state.ledger
-    n, ns = ch.active.shape
+    """:func:`finish` when no instance finishes more than two chains (:func:`_turns_few`)."""
+    return _finish_with(state, params, key, lambda pred, *ops: _turns_few(*ops))
+
+
+def _finish_all(state, params, key):
+    """:func:`finish` for any number of finished chains per instance (:func:`_turns_all`)."""
+    return _finish_with(state, params, key, lambda pred, *ops: _turns_all(*ops))
+
+
+def _finish_with(state, params, key, turns):
+    """Release the finished chains, route (the neighbour with most free capacity for a hop, the
+    owning neighbour of its kind for a read task: scores see the freed KV), enqueue the next turns
+    with ``turns(pred, state, params, key, done, routes)`` (pred: some instance finishes more than
+    two) and book the ledger."""
+    ch, cells, led = state.chains, state.cells, state.ledger
     done = ch.active & (ch.out >= ch.target)
+    n_done = n_true(done)
+    zero = jnp.zeros_like(ch.base)
+    released = replace(
+        ch,
+        active=ch.active & ~done,
+        base=jnp.where(done, zero, ch.base),
+        out=jnp.where(done, zero, ch.out),
+        target=jnp.where(done, zero, ch.target),
+    )
+    score = free_capacity(replace(state, chains=released))
+    _, nb, _ = best_neighbour(score, params)
+    routes = (nb, kind_neighbours(score, params, cells.alive)[0]) if n_kinds(params) > 1 else (nb,)
+    # the branch reads the finished chains as they were (state), returns the queue after the enqueue
+    q, next_seq, dropped, sums, counts = turns(jnp.max(n_done) > _FEW_DONE, state, params, key, done, routes)
+    f = led.completed.dtype
+    released_kv, mem_flops, soj_sum, removed, trunc, *kind_sums = sums
+    n_complete, n_hop, n_comp, *kind_counts = counts
+    _, f_cell, _ = cell_compute(state, params)
+    cells = replace(
+        cells,
+        kv_free=cells.kv_free + released_kv,
+        debt_s=cells.debt_s + jnp.where(f_cell > 0, mem_flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0),
+        next_seq=next_seq,
+    )
+    led = replace(
+        led,
+        turns_done=led.turns_done + n_done.astype(f),
+        completed=led.completed + n_complete,
+        sojourn_s=led.sojourn_s + soj_sum,
+        handoffs=led.handoffs + n_hop,
+        dropped=led.dropped + dropped,
+        compressions=led.compressions + n_comp,
+        tokens_removed=led.tokens_removed + removed,
+        flops_memory=led.flops_memory + mem_flops,
+        truncated=led.truncated + trunc,
+    )
+    if n_kinds(params) > 1:
+        led = replace(led, kind_handoffs=led.kind_handoffs + kind_counts[0],
+                      kind_handoff_tokens=led.kind_handoff_tokens + kind_sums[0])
+    return replace(state, chains=released, queue=q, cells=cells, ledger=led)
+
+
+def _turns_few(state, params, key, done, routes):
+    """The next turns when no instance finishes more than two chains: the per-chain work on ``(C, 2)``
+    (the first and last finished slot of each row), the enqueue on those entries in slot order.
+    Returns (queue, next tickets, dropped per cell, per-cell sums, per-cell counts)."""
+    ch = state.chains
+    n, ns = ch.active.shape
     slots = jnp.arange(ns, dtype=jnp.int32)[None, :]
     n_done = n_true(done).astype(jnp.int32)
     first = jnp.min(jnp.where(done, slots, ns - 1), axis=1)
@@ -891,41 +840,65 @@ def _finish_few(state, params, key):
     view = {k: jnp.take_along_axis(getattr(ch, k), idx, axis=1)
             for k in ("base", "out", "target", "turn", "hop", "born", "kind")}
     ids = jnp.arange(n, dtype=jnp.uint32)[:, None] * jnp.uint32(ns) + idx.astype(jnp.uint32)
-    u_f = rng.uniforms(key, state.step, FOLLOWUP, ids).astype(params.output_median.dtype)
-    new_target = lognormal_tokens(rng.uniforms(key, state.step, FOLLOWUP_LEN, ids), params.output_median,
+    u_f, u_t = rng.uniforms_many(key, state.step, (FOLLOWUP, FOLLOWUP_LEN), ids)
+    u_f = u_f.astype(params.output_median.dtype)
+    new_target = lognormal_tokens(u_t, params.output_median,
                                   params.output_sigma).astype(params.output_median.dtype)
     nx = _next_turns(state, params, valid, view, u_f, new_target)
-    f = led.completed.dtype
+    f = state.ledger.completed.dtype
     # at most two non-zero terms per row: their sum is the full-width one in any order
     sums = [x[:, 0] + x[:, 1] for x in nx["sums"]]
     counts = [(x[:, 0].astype(jnp.int32) + x[:, 1]).astype(f) for x in nx["counts"]]
-
-    def enqueue_next(state, entries, dest, cands):
-        state, _, dropped = enqueue(state, entries, dest, nx["nxt"], cands)
-        return state, dropped
-
-    return _hand_on(state, params, done, view, nx, sums, counts, n_done.astype(f), enqueue_next)
+    return (*_enqueue_turns(state, view, nx, routes), sums, counts)
 
 
-def _finish_all(state, params, key):
-    """:func:`finish` for any number of finished chains per instance (full-width sums)."""
-    ch, led = state.chains, state.ledger
+def _turns_all(state, params, key, done, routes):
+    """The next turns for any number of finished chains per instance: every slot drawn for, the
+    per-cell sums full width, the enqueue over every slot (:func:`enqueue`). Kept plain (it runs in
+    the few steps where some instance finishes more than two chains): a compact version of its own
+    (draws and enqueue in chunks of the finished slots) made the LLM experiments compile 1.4x
+    slower. Returns as :func:`_turns_few`."""
+    ch = state.chains
     n, ns = ch.active.shape
-    done = ch.active & (ch.out >= ch.target)
-    rank = jnp.cumsum(done, axis=1, dtype=jnp.int32) - 1  # finish-rank of a done slot (nxt is a subset of done)
-    u_f, new_target = _finished_draws(key, state.step, done, params, rank)
+    ids = jnp.arange(n * ns, dtype=jnp.uint32).reshape(n, ns)
+    f = params.output_median.dtype
+    u_f, u_t = rng.uniforms_many(key, state.step, (FOLLOWUP, FOLLOWUP_LEN), ids)
+    u_f = u_f.astype(f)
+    new_target = lognormal_tokens(u_t, params.output_median, params.output_sigma).astype(f)
     view = {k: getattr(ch, k) for k in ("base", "out", "target", "turn", "hop", "born", "kind")}
     nx = _next_turns(state, params, done, view, u_f, new_target)
     # the per-cell float sums in one fused reduction (sim.core.ops.rowsums; each column is summed in
-    # the order it is alone, bit for bit); the counts in int32 (exact in any order), n_done from the ranks
-    f = led.completed.dtype
-    sums = rowsums(*nx["sums"])
+    # the order it is alone, bit for bit); the counts in int32 (exact in any order)
+    f = state.ledger.completed.dtype
+    sums = list(rowsums(*nx["sums"]))
     counts = [x.astype(f) for x in rowsums(*[c.astype(jnp.int32) for c in nx["counts"]])]
+    return (*_enqueue_turns(state, view, nx, routes), sums, counts)
 
-    def enqueue_next(state, entries, dest, cands):
-        return enqueue_few(state, entries, dest, nx["nxt"], cands, rank, _draw_chunk(ns))
 
-    return _hand_on(state, params, done, view, nx, sums, counts, (rank[:, -1] + 1).astype(f), enqueue_next)
+def _enqueue_turns(state, view, nx, routes):
+    """Enqueue the next turns of a view of the finished slots (home for a follow-up, ``routes[0]``
+    for a hop, ``routes[1]``'s neighbour of its kind for a read task). Returns (queue, next tickets,
+    dropped per cell)."""
+    n = state.chains.active.shape[0]
+    nb = routes[0]
+    more, reader = nx["more"], nx["reader"]
+    home = jnp.broadcast_to(jnp.arange(n)[:, None], more.shape)
+    dest = jnp.where(more, home, nb[:, None])
+    cands = jnp.stack([jnp.arange(n), nb], axis=1)
+    if nx["kinds_on"]:  # a reader goes to the owning neighbour of its kind with the most free capacity
+        nbk = routes[1]
+        dest = jnp.where(reader, jnp.take_along_axis(nbk, view["kind"], axis=1), dest)
+        cands = jnp.concatenate([cands, nbk], axis=1)
+    entries = {
+        "prompt": nx["prompt"],
+        "target": nx["target"],
+        "born": view["born"],
+        "turn": jnp.where(more | reader, view["turn"] + jnp.where(more, 1, 0), 0),
+        "hop": jnp.where(more | reader, view["hop"], view["hop"] + 1),
+        "kind": view["kind"],
+    }
+    state, _, dropped = enqueue(state, entries, dest, nx["nxt"], cands)
+    return state.queue, state.cells.next_seq, dropped
 
 
 def _next_turns(state, params, valid, view, u_f, new_target):
@@ -957,67 +930,6 @@ def _next_turns(state, params, valid, view, u_f, new_target):
         counts.append(reader)
     return {"reader": reader, "more": more, "nxt": nxt, "prompt": prompt, "target": target, "sums": sums,
             "counts": counts, "kinds_on": kinds_on}
-
-
-def _hand_on(state, params, done, view, nx, sums, counts, n_done, enqueue_next):
-    """Release the finished chains, route their next turns (home for a follow-up, the neighbour with
-    most free capacity for a hop, the owning neighbour of its kind for a read task) and enqueue them
-    with ``enqueue_next(state, entries, dest, cands) -> (state, dropped)``; book the ledger."""
-    ch, cells, led = state.chains, state.cells, state.ledger
-    n = ch.active.shape[0]
-    released, mem_flops, soj_sum, removed, trunc, *kind_sums = sums
-    n_complete, n_hop, n_comp, *kind_counts = counts
-    more, reader = nx["more"], nx["reader"]
-    # release the finished chains before routing the next turns (scores see the freed KV)
-    zero = jnp.zeros_like(ch.base)
-    ch = replace(
-        ch,
-        active=ch.active & ~done,
-        base=jnp.where(done, zero, ch.base),
-        out=jnp.where(done, zero, ch.out),
-        target=jnp.where(done, zero, ch.target),
-    )
-    _, f_cell, _ = cell_compute(state, params)
-    cells = replace(
-        cells,
-        kv_free=cells.kv_free + released,
-        debt_s=cells.debt_s + jnp.where(f_cell > 0, mem_flops / jnp.where(f_cell > 0, f_cell, 1.0), 0.0),
-    )
-    state = replace(state, chains=ch, cells=cells)
-    score = free_capacity(state)
-    _, nb, _ = best_neighbour(score, params)
-    home = jnp.broadcast_to(jnp.arange(n)[:, None], more.shape)
-    dest = jnp.where(more, home, nb[:, None])
-    cands = jnp.stack([jnp.arange(n), nb], axis=1)
-    if nx["kinds_on"]:  # a reader goes to the owning neighbour of its kind with the most free capacity
-        nbk, _ = kind_neighbours(score, params, state.cells.alive)
-        dest = jnp.where(reader, jnp.take_along_axis(nbk, view["kind"], axis=1), dest)
-        cands = jnp.concatenate([cands, nbk], axis=1)
-    entries = {
-        "prompt": nx["prompt"],
-        "target": nx["target"],
-        "born": view["born"],
-        "turn": jnp.where(more | reader, view["turn"] + jnp.where(more, 1, 0), 0),
-        "hop": jnp.where(more | reader, view["hop"], view["hop"] + 1),
-        "kind": view["kind"],
-    }
-    state, dropped = enqueue_next(state, entries, dest, cands)
-    led = replace(
-        led,
-        turns_done=led.turns_done + n_done,
-        completed=led.completed + n_complete,
-        sojourn_s=led.sojourn_s + soj_sum,
-        handoffs=led.handoffs + n_hop,
-        dropped=led.dropped + dropped,
-        compressions=led.compressions + n_comp,
-        tokens_removed=led.tokens_removed + removed,
-        flops_memory=led.flops_memory + mem_flops,
-        truncated=led.truncated + trunc,
-    )
-    if nx["kinds_on"]:
-        led = replace(led, kind_handoffs=led.kind_handoffs + kind_counts[0],
-                      kind_handoff_tokens=led.kind_handoff_tokens + kind_sums[0])
-    return replace(state, ledger=led)
 
 
 def in_system(state):

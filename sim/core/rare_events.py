@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sim.core.ops import materialize
+
 WINDOW = 256  # rows resolved per trip of the candidate loop (32 and 256 cost the same at rest; 256 is
 # 2-3x cheaper than 32 when hazards are extreme and most cells are candidates)
 BOUND_MARGIN = 1.0 + 1e-9  # the bound is inflated so rounding in exp or in the sum can never undercut it
@@ -99,8 +101,9 @@ def resolve_candidates(candidates, rows, carry, resolve_window, window: int = WI
     per-replicate scalar must be broadcast to (N,) by the caller); ``carry``: a pytree of per-row
     arrays updated in place; ``resolve_window(rows_w, carry_w, pending) -> carry_w`` works on a
     window of rows (leading axis ``w``) and must treat rows independently: ``pending`` (w,) marks
-    the unresolved candidates in it. While a candidate is left, the window starts at the first one
-    (clamped so it fits) and its candidates are cleared. A step without candidates costs one ``any``.
+    the unresolved candidates in it. While a block of ``window`` rows holds a candidate, the first
+    such block is resolved (the last window clamped so it fits) and its flag cleared. A
+    step without candidates costs one pass over the mask.
     Derivatives: a float carry leaf passes its tangent through, so what a window adds to it must be
     piecewise constant in the inputs (a count of events); events carry no derivative.
 
@@ -110,7 +113,8 @@ def resolve_candidates(candidates, rows, carry, resolve_window, window: int = WI
     batched loop it made the failure process of 256 replicates of 100 cells 3.2x slower per agent
     than one 25,600-cell replicate (``bench/bench_ensemble.py --by-process``).
 
-    Cost: a trip reads the candidate mask once (``argmax``) and resolves ``window`` rows. At the
+    Cost: one pass over the mask per call (a flag per block of ``window`` rows); a trip finds the
+    next flagged block (``argmax`` over N / window flags) and resolves its ``window`` rows. At the
     biology preset's rates a step has ~3e-6 candidates per cell, so the loop almost never runs; with
     extreme hazards (every cell a candidate) it takes N / window trips. A second, dense pass for
     that case (a loop run once or not at all) cost 7% of the step at rest and was dropped."""
@@ -121,20 +125,32 @@ def _resolver(resolve_window, window: int):
     def loop(candidates, rows, carry):
         n = candidates.shape[0]
         w = min(window, n)
+        nb = -(-n // w)
+        # one flag per block of w rows, from one pass over the mask: a trip then looks for the next
+        # block in nb flags instead of the next candidate in n rows (with births at ~1e-4 per cell and
+        # step a 100,000-cell tissue takes ~16 trips a step, each reading the whole mask twice)
+        padded = jnp.pad(candidates, (0, nb * w - n)) if nb * w != n else candidates
+        flags = jnp.any(padded.reshape(nb, w), axis=1)
 
         def body(state):
-            cand, c = state
-            start = jnp.minimum(jnp.argmax(cand), n - w)
-            pending = jax.lax.dynamic_slice_in_dim(cand, start, w)
+            flags, c = state
+            b = jnp.argmax(flags)
+            # the first block with a candidate; the last window is clamped to fit, and its rows of the
+            # block before (resolved already: blocks go in order) are not pending again. Rows are
+            # independent, so how they are grouped into windows changes no bit. The mask is only read
+            # (a mask updated in the loop was copied whole on every trip)
+            start = jnp.minimum(b * w, n - w)
+            pending = jax.lax.dynamic_slice_in_dim(candidates, start, w) & (start + jnp.arange(w) >= b * w)
             rows_w = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, w), rows)
-            carry_w = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, w), c)
+            # each carry window read by one kernel: when several kernels read a window of a carry leaf
+            # and not all of them feed its update, XLA copies the whole leaf (twice) on every trip
+            carry_w = jax.tree_util.tree_map(lambda x: _window(x, start, w), c)
             new_w = resolve_window(rows_w, carry_w, pending)
             c = jax.tree_util.tree_map(lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), start, 0),
                                        c, new_w)
-            cand = jax.lax.dynamic_update_slice_in_dim(cand, jnp.zeros_like(pending), start, 0)
-            return cand, c
+            return flags.at[b].set(False), c
 
-        return jax.lax.while_loop(lambda state: jnp.any(state[0]), body, (candidates, carry))[1]
+        return jax.lax.while_loop(lambda state: jnp.any(state[0]), body, (flags, carry))[1]
 
     @jax.custom_batching.custom_vmap
     def resolve(candidates, rows, carry):
@@ -167,6 +183,15 @@ def _resolver(resolve_window, window: int):
         return out, jax.tree_util.tree_map(_pass_tangent, out, carry_dot)
 
     return resolve_diff
+
+
+def _window(x, start, w: int):
+    """Rows ``start .. start + w - 1`` of ``x``, written once by their own kernel (``ops.materialize``
+    for floats and booleans; an integer through a divide by one that XLA cannot fold)."""
+    x_w = jax.lax.dynamic_slice_in_dim(x, start, w)
+    if jnp.issubdtype(x_w.dtype, jnp.integer):
+        return x_w // (jnp.abs(jnp.sign(x_w)) | jnp.ones((), x_w.dtype))
+    return materialize(x_w)
 
 
 def _pass_tangent(out, tangent):

@@ -34,9 +34,12 @@ def _settle(creatine: bool, k_ak, k_ck, creatine_total):
         a = a * alive + atp * ~alive
         d = d * alive + adp * ~alive
         m = m * alive + amp * ~alive
+        new = set_columns(pools, {ATP: a, ADP: d, AMP: m})
+        if not creatine:  # pcr and ck_atp as they are: pcr0 alive + pcr0 ~alive is pcr0 and ck = +0
+            return new, pcr0, ak_atp + (a - atp), ck_atp, a
         pcr = pcr * alive + pcr0 * ~alive
         ck = pcr0 - pcr  # each phosphocreatine used makes one ATP
-        return (set_columns(pools, {ATP: a, ADP: d, AMP: m}), pcr, ak_atp + ((a - atp) - ck), ck_atp + ck, a)
+        return new, pcr, ak_atp + ((a - atp) - ck), ck_atp + ck, a
 
     return settle
 

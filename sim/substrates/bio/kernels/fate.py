@@ -15,10 +15,14 @@ reference sees the same numbers agent by agent.
   ATP >= birth_cost and a free slot makes one producer (health 1) in its first free slot if
   u < 1 - exp(-rate dt); the cost is paid in ATP (-> ADP + Pi). Damage and failure (mitophagy)
   remove producers, so at rest births replace failures and under sustained demand the cell adds
-  producers (conf/substrate/bio.yaml explains the calibration).
+  producers (conf/substrate/bio.yaml explains the calibration). Every condition but the free slot
+  is decided for all cells; the rare candidates are resolved a window of cells at a time
+  (:func:`sim.core.rare_events.resolve_candidates`), so a step without a birth touches no producer
+  array and no ledger (with several carriers every cell is resolved at once, as before).
 - stress: while maintenance (tier 0 served / saturated tier-0 demand) < stress_threshold a cell
   accumulates stress (s); otherwise it recovers at stress_recovery s/s. At stress_death_s the
-  cell dies: its producers stop and its junctions close; its pools stay (they are not lost).
+  cell dies: its producers stop (only dead cells that still have a living producer are touched, a
+  window at a time) and its junctions close; its pools stay (they are not lost).
 
 With several carriers (:mod:`sim.core.carriers`) what biogenesis and a differentiation move cost is
 paid from every nucleoside triphosphate the cell holds, pro rata (``carriers.discharge``: building
@@ -27,10 +31,12 @@ a mitochondrion takes ATP and GTP alike), and the ATP column is the carriers' su
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from sim import rng
 from sim.core import carriers, rare_events
+from sim.core.ops import materialize
 from sim.substrates.bio.kernels.metabolism import set_columns
 from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge_of
 from sim.pytree import replace
@@ -44,6 +50,11 @@ def producer_failure(state, params, key):
     (S slots, h_min the least healthy living producer) rules out almost every cell with one exp; the
     rest (~4e-6 of the cells per step at rest in the biology preset) are resolved exactly."""
     prod = state.producers
+    # the health metabolism just computed, written once by its own kernel (the divide of
+    # ``materialize``): without it XLA recomputed the damage update inside this process's h_min
+    # kernel and copied the health array at the end of the step (birth windows carry it in place),
+    # 28 B/agent/step more (issue 10). ``bench_step_work.py where`` books that kernel here.
+    prod = replace(prod, health=materialize(prod.health))
     c, p = prod.alive.shape
     u = rng.uniforms(key, state.step, rng.PRODUCER_FAILURE_CELL, jnp.arange(c, dtype=jnp.uint32))
     h_min = jnp.min(jnp.where(prod.alive, prod.health, 1.0), axis=1)
@@ -79,34 +90,76 @@ def producer_biogenesis(state, params, key):
     ec_slow = jnp.where(cells.alive, cells.ec_slow + alpha * (ec - cells.ec_slow), cells.ec_slow)
     stress = jnp.clip((params.birth_ec_set - ec_slow) / params.birth_ec_span, 0.0, 1.0)
     p_birth = -jnp.expm1(-(params.birth_rate * stress) * params.dt)
-    free = ~prod.alive
-    has_free = jnp.any(free, axis=1)
-    born = (
-        cells.alive
-        & has_free
-        & (pools[:, ATP] >= params.birth_cost)
-        & (u < p_birth)
-    )
+    # the cells that make a producer this step (the slot is found in their window); the free-slot
+    # test (one read of the (C, slots) mask) keeps full cells under stress from being resolved
+    # again every step for nothing
+    has_free = jnp.any(~prod.alive, axis=1)
+    candidates = cells.alive & has_free & (pools[:, ATP] >= params.birth_cost) & (u < p_birth)
+    cells = replace(cells, ec_slow=ec_slow)
+    led = state.ledger
+    carry = (prod.alive, prod.health, pools, led.births, led.birth_spent, led.heat_j, led.hydrolysis_energy_j,
+             led.stored_energy_j)
+    if carriers.active(state.carriers):  # static: the carriers' pro-rata payment, every cell at once
+        out = _births(candidates, _birth_rows(params, c, pools.dtype), carry, state.carriers.held)
+        alive, health, new_pools, births, spent, heat, hyd, stored, held = out
+        state = replace(state, carriers=replace(state.carriers, held=held))
+    else:
+        # a birth is rare (~1e-6 of the cells per step at rest): only windows of candidate cells are
+        # touched (sim.core.rare_events), so a step without one writes no (C, slots) producer array
+        # and no ledger (issue 10: this process moved 48 B/agent/step densely)
+        alive, health, new_pools, births, spent, heat, hyd, stored = _births_rare(
+            candidates, _birth_rows(params, c, pools.dtype), carry)
+    led = replace(led, births=births, birth_spent=spent, heat_j=heat, hydrolysis_energy_j=hyd,
+                  stored_energy_j=stored)
+    prod = replace(prod, alive=alive, health=health)
+    return replace(state, producers=prod, cells=replace(cells, pools=new_pools), ledger=led)
+
+
+def _birth_rows(params, c, dtype):
+    """The scalars a birth needs, one copy per cell (under vmap the rows of every replicate are
+    resolved together, :func:`sim.core.rare_events.resolve_candidates`)."""
+    per_row = lambda x: jnp.broadcast_to(jnp.asarray(x, dtype), (c,))  # noqa: E731
+    return tuple(per_row(x) for x in (params.birth_cost, params.dg0_kj, params.temperature_k, params.volume_l))
+
+
+def _births(candidates, rows, carry, held=None):
+    """Births in the rows ``candidates`` marks (each row independent, so a window of rows or all of
+    them): a candidate with a free slot makes one producer (health 1) in its first free slot and pays
+    ``birth_cost`` of ATP (-> ADP + Pi), whose released energy |dG| ends as heat, booked like the
+    consumers' and repair's (sim.substrates.bio.kernels.metabolism), so the energy ledger covers every
+    ATP spent. Rows without a birth come back unchanged bit for bit (x + 0, x - 0)."""
+    cost_per, dg0, temperature, volume = rows
+    alive, health, pools, births, spent, heat, hyd, stored = carry
+    p = alive.shape[1]
+    free = ~alive
+    born = candidates & jnp.any(free, axis=1)
     slot = jnp.argmax(free, axis=1)
     new_mask = born[:, None] & (jnp.arange(p)[None, :] == slot[:, None])
-    cost = jnp.where(born, params.birth_cost, 0.0)
-    # the ATP hydrolysed for the new producer releases |dG| per mol and ends as heat, booked like
-    # the consumers' and repair's (sim.substrates.bio.kernels.metabolism), so the energy ledger covers every ATP spent
-    abs_dg = jnp.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], params.dg0_kj, params.temperature_k))
-    energy = cost * abs_dg * params.volume_l
+    cost = jnp.where(born, cost_per, 0.0)
+    abs_dg = jnp.abs(dg_atp_kj(pools[:, ATP], pools[:, ADP], pools[:, PI], dg0, temperature))
+    energy = cost * abs_dg * volume
     new_pools = set_columns(pools, {ATP: pools[:, ATP] - cost, ADP: pools[:, ADP] + cost, PI: pools[:, PI] + cost})
-    state, new_pools = _pay_from_carriers(state, new_pools, cost)
-    led = state.ledger
-    led = replace(
-        led,
-        births=led.births + born.astype(led.births.dtype),
-        birth_spent=led.birth_spent + cost,
-        heat_j=led.heat_j + energy,
-        hydrolysis_energy_j=led.hydrolysis_energy_j + energy,
-        stored_energy_j=led.stored_energy_j - energy,
-    )
-    prod = replace(prod, alive=prod.alive | new_mask, health=jnp.where(new_mask, 1.0, prod.health))
-    return replace(state, producers=prod, cells=replace(cells, pools=new_pools, ec_slow=ec_slow), ledger=led)
+    out = (alive | new_mask, jnp.where(new_mask, 1.0, health), new_pools, births + born.astype(births.dtype),
+           spent + cost, heat + energy, hyd + energy, stored - energy)
+    if held is None:
+        return out
+    held = carriers.discharge(held, pools[:, ATP], cost)
+    return out[:2] + (new_pools.at[:, ATP].set(jnp.sum(held, axis=1)),) + out[3:] + (held,)
+
+
+@jax.custom_jvp
+def _births_rare(candidates, rows, carry):
+    """:func:`_births` of the candidate rows only, a window at a time (``rare_events``); the same
+    numbers bit for bit as :func:`_births` of every row."""
+    return rare_events.resolve_candidates(candidates, rows, carry,
+                                          lambda rows_w, carry_w, pending: _births(pending, rows_w, carry_w))
+
+
+@_births_rare.defjvp
+def _births_rare_jvp(primals, tangents):
+    # derivatives of the dense form (the cost and its heat depend smoothly on the pools and
+    # parameters): the candidate loop's own rule would pass every tangent through unchanged
+    return jax.jvp(_births, primals, tangents)
 
 
 def cell_stress(state, params, key=None):
@@ -120,7 +173,12 @@ def cell_stress(state, params, key=None):
     stress = jnp.where(cells.alive, stress, cells.stress)
     dies = cells.alive & (stress >= params.stress_death_s)
     alive = cells.alive & ~dies
-    prod = replace(state.producers, alive=state.producers.alive & alive[:, None])
+    # a dead cell's producers stop; cells die rarely, so only windows of dead cells that still have a
+    # living producer are touched (sim.core.rare_events): a step without one writes no producer mask
+    pa = state.producers.alive
+    stop = ~alive & jnp.any(pa, axis=1)
+    pa = rare_events.resolve_candidates(stop, (), pa, lambda rows_w, alive_w, pending: alive_w & ~pending[:, None])
+    prod = replace(state.producers, alive=pa)
     return replace(state, cells=replace(cells, stress=stress, alive=alive), producers=prod)
 
 

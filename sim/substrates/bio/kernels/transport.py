@@ -2,8 +2,10 @@
 
 Per step and edge e = (i, j): J = dt g_e p_s (X_i - X_j), zero if either cell is dead (closed
 gap junctions). The sender loses |J|, the receiver gains (1 - loss_e) |J|, the rest is lost.
-Fluxes are summed onto cells with segment sums (no loops over agents). Non-negativity holds
-when dt * g * max_degree < 1, which the config validation enforces.
+Fluxes are summed onto cells with segment sums (no loops over agents): one scatter-add over the
+2E edge ends of each cell's pool change, ATP sent and ATP received (7 columns, padded to 8), and a
+second one of what leaked (booked to the sender) that runs only when some junction leaks.
+Non-negativity holds when dt * g * max_degree < 1, which the config validation enforces.
 
 With several carriers (``carriers.n > 1``, :mod:`sim.core.carriers`) every nucleoside
 triphosphate moves down its own gradient with the same law and ATP's permeability (they are
@@ -41,7 +43,6 @@ def transport(state, params, key=None):
     fwd = jnp.maximum(j, 0.0)  # src -> dst
     back = jnp.maximum(-j, 0.0)  # dst -> src
     keep = (1.0 - e.loss)[:, None]
-    leak = 1.0 - keep
     several = carriers.active(state.carriers)  # static: no carrier code is traced with one carrier
     extra_src = extra_dst = []
     if several:
@@ -54,31 +55,70 @@ def transport(state, params, key=None):
         fwd = fwd.at[:, ATP].set(jnp.sum(fk, axis=1))
         back = back.at[:, ATP].set(jnp.sum(bk, axis=1))
         extra_src, extra_dst = [keep * bk - fk], [keep * fk - bk]
-    # One scatter-add for everything each end of an edge books: pool change (S), ATP sent (1),
-    # ATP received (1) and what leaked from it as sender (S) (and with carriers each carrier's
-    # change (K)). What leaks is booked to the sender.
-    at_src = jnp.concatenate(
-        [keep * back - fwd, fwd[:, ATP, None], keep[:, 0, None] * back[:, ATP, None], leak * fwd] + extra_src, axis=1
-    )
-    at_dst = jnp.concatenate(
-        [keep * fwd - back, back[:, ATP, None], keep[:, 0, None] * fwd[:, ATP, None], leak * back] + extra_dst, axis=1
-    )
-    booked = segment_sum(jnp.concatenate([at_src, at_dst]), jnp.concatenate([e.src, e.dst]), n)
+    # One scatter-add for what each end of an edge books: pool change (S), ATP sent (1), ATP
+    # received (1) (and with carriers each carrier's change (K)); src rows first, then dst rows.
+    at_src = [keep * back - fwd, fwd[:, ATP, None], keep[:, 0, None] * back[:, ATP, None]] + extra_src
+    at_dst = [keep * fwd - back, back[:, ATP, None], keep[:, 0, None] * fwd[:, ATP, None]] + extra_dst
+    ends = jnp.concatenate([e.src, e.dst])
+    booked = _scattered(at_src, at_dst, ends, n)
     s = pools.shape[1]
-    delta, out_atp, in_atp, lost = booked[:, :s], booked[:, s], booked[:, s + 1], booked[:, s + 2:2 * s + 2]
+    delta, out_atp, in_atp = booked[:, :s], booked[:, s], booked[:, s + 1]
     led = state.ledger
-    led = replace(
-        led,
-        transported_in=led.transported_in + in_atp,
-        transported_out=led.transported_out + out_atp,
-        lost=led.lost + lost,
-    )
+    # What leaks is booked to the sender, by a scatter of its own that runs only when some junction
+    # leaks: without loss (the preset) nothing is lost and the step scatters 7 columns (8 with the
+    # pad) instead of 12 (issue 10). Splitting the columns changes no sum (each column is summed
+    # alone, its rows in the same order). With batched parameters it runs for the whole batch when
+    # any member leaks (``_anywhere``), adding exact zeros for the others. With loss this process
+    # is ~1.25x slower than one 12-column scatter (two passes over the 2E rows; the whole step is
+    # still faster than before issue 10's round two), and ~1.2x faster without.
+    # The branch takes the fluxes ``j``, written once anyway, not fwd and back: a branch operand is
+    # a buffer, and two more (E, S) arrays would be written every step for it.
+    def leaked(lost, j):
+        leak = 1.0 - keep
+        sent = [jnp.maximum(j, 0.0), jnp.maximum(-j, 0.0)]  # fwd, back (without the carriers' ATP)
+        if several:
+            sent = [fwd, back]
+        # materialize: XLA would fold ``lost + scatter-add into zeros`` into a scatter-add into
+        # ``lost``, which adds every row to the running ledger (other round-off than the sum's)
+        return lost + materialize(_scattered([leak * sent[0]], [leak * sent[1]], ends, n)[:, :s])
+
+    lost = jax.lax.cond(_anywhere(jnp.any(e.loss != 0)), leaked, lambda lost, j: lost, led.lost, j)
+    led = replace(led, transported_in=led.transported_in + in_atp, transported_out=led.transported_out + out_atp,
+                  lost=lost)
     # No clamp: with dt g max_degree p < 1 (validated) a cell sends at most a fraction < 1 of what
     # it holds, so pools stay >= 0 exactly; an unstable configuration shows up as a negative pool
     # that the engine's guard names, instead of mass silently created by clamping.
     new_pools = pools + delta
     if several:
-        held = state.carriers.held + booked[:, 2 * s + 2:]
+        held = state.carriers.held + booked[:, s + 2:s + 2 + held.shape[1]]
         new_pools = new_pools.at[:, ATP].set(jnp.sum(held, axis=1))
         state = replace(state, carriers=replace(state.carriers, held=held))
     return replace(state, cells=replace(state.cells, pools=new_pools), ledger=led)
+
+
+def _scattered(at_src, at_dst, ends, n):
+    """Segment sums onto the ``n`` cells of the columns ``at_src`` (each (E, k)) booked at the edges'
+    src and of ``at_dst`` at their dst, src rows first, as ONE scatter-add over 2E rows: (n, width)
+    with the columns in order, padded with zero columns to a multiple of 4. XLA's CPU scatter adds
+    a row of 8 doubles (one cache line) much faster than one of 7: the preset's 7 columns padded to
+    8 made this process 1.2-1.3x faster than unpadded, at 1/7 more bytes (issue 10). A zero column
+    changes no other column's sums."""
+    width = sum(x.shape[1] for x in at_src)
+    pad = -width % 4
+    if pad:
+        zeros = jnp.zeros((at_src[0].shape[0], pad), at_src[0].dtype)
+        at_src, at_dst = at_src + [zeros], at_dst + [zeros]
+    rows = jnp.concatenate([jnp.concatenate(at_src, axis=1), jnp.concatenate(at_dst, axis=1)])
+    return segment_sum(rows, ends, n)
+
+
+@jax.custom_batching.custom_vmap
+def _anywhere(flag):
+    """``flag`` (a bool scalar); under ``vmap`` whether it holds for any member of the batch,
+    unbatched, so a ``lax.cond`` on it stays a branch instead of both sides and a select."""
+    return flag
+
+
+@_anywhere.def_vmap
+def _anywhere_vmap(axis_size, in_batched, flag):
+    return (jnp.any(flag) if in_batched[0] else flag), False

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.errors import NumericalError
-from sim.core import executable_store, ops, sharding
+from sim.core import executable_store, ops, rare_events, sharding
 from sim.rng import replicate_keys
 
 # ------------------------------------------------------------------------------ small helpers
@@ -210,7 +210,10 @@ def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixe
             fn = _renamed(fn, name)
         shard = {} if layout is None else layout.jit_kwargs(state, params, keys, params_axes)
         jitted = jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)), **shard)
-        with ops.reduction_order(fixed_order):  # read while tracing, and part of the key above
+        # rows on several devices: the rare events as dense passes (rare_events.dense); the key
+        # above holds the placement, so one program per choice
+        spread = layout is not None or any(_placement(x) is not None for x in jax.tree_util.tree_leaves((state, keys)))
+        with ops.reduction_order(fixed_order), rare_events.dense(spread):  # read while tracing
             lowered = jitted.lower(state, params, keys)
         hits = executable_store.jax_cache_hits()
         compiled = ops.compile_lowered(lowered)  # XLA options: ops.COMPILE_OPTIONS

@@ -38,14 +38,33 @@ _FIXED_ORDER = [False]
 
 
 @contextlib.contextmanager
-def reduction_order(fixed: bool):
-    """Trace the enclosed code with fixed-order (True) or XLA's fast (False) agent-axis sums."""
-    saved = _FIXED_ORDER[0]
-    _FIXED_ORDER[0] = bool(fixed)
+def trace_setting(cell: list, value):
+    """Set the one-element list ``cell`` (a module's setting read while tracing) to ``value`` for the
+    enclosed code, then back."""
+    saved = cell[0]
+    cell[0] = value
     try:
         yield
     finally:
-        _FIXED_ORDER[0] = saved
+        cell[0] = saved
+
+
+def reduction_order(fixed: bool):
+    """Trace the enclosed code with fixed-order (True) or XLA's fast (False) agent-axis sums."""
+    return trace_setting(_FIXED_ORDER, bool(fixed))
+
+
+@jax.custom_batching.custom_vmap
+def any_in_batch(flag):
+    """``flag`` (a bool scalar); under ``vmap``, whether it holds for any member of the batch,
+    unbatched: a ``lax.cond`` on it stays one branch for the whole batch (a batched predicate would run
+    both branches and select). For branches that agree wherever the cheaper one applies."""
+    return flag
+
+
+@any_in_batch.def_vmap
+def _any_in_batch_vmap(axis_size, in_batched, flag):
+    return (jnp.any(flag) if in_batched[0] else flag), False
 
 
 def rowsum(x):

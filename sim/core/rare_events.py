@@ -31,13 +31,11 @@ every implementation (JAX, numpy, the plain-Python reference), so they round ali
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim.core.ops import materialize
+from sim.core.ops import materialize, trace_setting
 
 WINDOW = 256  # rows resolved per trip of the candidate loop (32 and 256 cost the same at rest; 256 is
 # 2-3x cheaper than 32 when hazards are extreme and most cells are candidates)
@@ -99,19 +97,13 @@ def _scan(fn, init, xs, xp, reverse: bool = False):
 _DENSE = [False]  # read while tracing: see dense()
 
 
-@contextlib.contextmanager
 def dense(on: bool = True):
     """Trace :func:`resolve_candidates` inside as ONE pass of ``resolve_window`` over every row (no
     loop): the engine does so for rows spread over several devices (``sim.core.engine``), where a
     candidate loop over the rows of every replicate gathers them across devices on each trip (two
-    forced host devices ran at 0.76x of one with the loops, 1.09x with dense passes, 100 cells x 64
+    forced host devices ran at 0.76x of one with the loops, 0.95x with dense passes, 100 cells x 64
     replicates). The same bits: rows are independent, so a window of all of them is a window."""
-    saved = _DENSE[0]
-    _DENSE[0] = bool(on)
-    try:
-        yield
-    finally:
-        _DENSE[0] = saved
+    return trace_setting(_DENSE, bool(on))
 
 
 def resolve_candidates(candidates, rows, carry, resolve_window, window: int = WINDOW):

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
 from sim import rng
-from sim.core.ops import rowsum, rowsums
+from sim.core.ops import any_in_batch, rowsum, rowsums
 from sim.pytree import replace
 
 # Draw purposes of the LLM engine (100-119 reserved for sim.substrates.llm; never renumber).
@@ -218,24 +218,10 @@ def kth_free(active):
 def same_either(pred, slow, fast, *operands):
     """``lax.cond(pred, slow, fast, *operands)`` for two branches that give the same result (every
     bit) wherever ``fast`` applies (``pred`` false); ``slow`` is exact everywhere. Under ``vmap``
-    the predicate is any over the batch, so one branch runs for the whole batch (a batched
-    ``lax.cond`` would run both and select): a replicate that could take ``fast`` takes ``slow``
-    with the same result. The branches take everything they read as ``operands`` (a value they
-    closed over would be a batched constant, which ``custom_vmap`` refuses)."""
-
-    @jax.custom_batching.custom_vmap
-    def either(pred, *ops):
-        return jax.lax.cond(pred, slow, fast, *ops)
-
-    @either.def_vmap
-    def batched(axis_size, in_batched, pred, *ops):
-        p = jnp.any(pred) if in_batched[0] else pred
-        axes = jax.tree_util.tree_map(lambda b: 0 if b else None, tuple(in_batched[1:]))
-        run = lambda f: lambda *o: jax.vmap(f, in_axes=axes, axis_size=axis_size)(*o)  # noqa: E731
-        out = jax.lax.cond(p, run(slow), run(fast), *ops)
-        return out, jax.tree_util.tree_map(lambda _: True, out)
-
-    return either(pred, *operands)
+    the predicate is any over the batch (``sim.core.ops.any_in_batch``), so one branch runs for the
+    whole batch (a batched ``lax.cond`` would run both and select): a replicate that could take
+    ``fast`` takes ``slow`` with the same result."""
+    return jax.lax.cond(any_in_batch(pred), slow, fast, *operands)
 
 
 def ring_slot(seq, nq: int):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from sim.core import carriers
-from sim.core.ops import materialize, segment_sum
+from sim.core.ops import any_in_batch, materialize, segment_sum
 from sim.pytree import replace
 from sim.substrates.bio.state import ATP
 
@@ -68,7 +68,7 @@ def transport(state, params, key=None):
     # leaks: without loss (the preset) nothing is lost and the step scatters 7 columns (8 with the
     # pad) instead of 12 (issue 10). Splitting the columns changes no sum (each column is summed
     # alone, its rows in the same order). With batched parameters it runs for the whole batch when
-    # any member leaks (``_anywhere``), adding exact zeros for the others. With loss this process
+    # any member leaks (``ops.any_in_batch``), adding exact zeros for the others. With loss this process
     # is ~1.25x slower than one 12-column scatter (two passes over the 2E rows; the whole step is
     # still faster than before issue 10's round two), and ~1.2x faster without.
     # The branch takes the fluxes ``j``, written once anyway, not fwd and back: a branch operand is
@@ -82,7 +82,7 @@ def transport(state, params, key=None):
         # ``lost``, which adds every row to the running ledger (other round-off than the sum's)
         return lost + materialize(_scattered([leak * sent[0]], [leak * sent[1]], ends, n)[:, :s])
 
-    lost = jax.lax.cond(_anywhere(jnp.any(e.loss != 0)), leaked, lambda lost, j: lost, led.lost, j)
+    lost = jax.lax.cond(any_in_batch(jnp.any(e.loss != 0)), leaked, lambda lost, j: lost, led.lost, j)
     led = replace(led, transported_in=led.transported_in + in_atp, transported_out=led.transported_out + out_atp,
                   lost=lost)
     # No clamp: with dt g max_degree p < 1 (validated) a cell sends at most a fraction < 1 of what
@@ -110,15 +110,3 @@ def _scattered(at_src, at_dst, ends, n):
         at_src, at_dst = at_src + [zeros], at_dst + [zeros]
     rows = jnp.concatenate([jnp.concatenate(at_src, axis=1), jnp.concatenate(at_dst, axis=1)])
     return segment_sum(rows, ends, n)
-
-
-@jax.custom_batching.custom_vmap
-def _anywhere(flag):
-    """``flag`` (a bool scalar); under ``vmap`` whether it holds for any member of the batch,
-    unbatched, so a ``lax.cond`` on it stays a branch instead of both sides and a select."""
-    return flag
-
-
-@_anywhere.def_vmap
-def _anywhere_vmap(axis_size, in_batched, flag):
-    return (jnp.any(flag) if in_batched[0] else flag), False

@@ -252,13 +252,10 @@ class NumpyTissue:
         # per-slot lookups of per-kind vectors (``metabolism.per_slot``); kinds never change in a run
         self.inv_yield_slot = (1.0 / self.p_yield)[self.p_kind]
         self.abs_sub_dg_slot = np.abs(self.p_substrate_dg_kj)[self.p_kind]
-        self.damage_slot = self.p_damage[self.p_kind]
         self.reserve_slot = self.tier_reserve[self.c_tier]
         # supply_scale x parallel activation demand_scale ** a (capacity.supply_activation; 1 when a = 0)
-        self.ss_vmax = ((self.supply_scale * self.demand_scale ** self.parallel_activation) * self.prod_factor) * self.p_vmax
-        vmax_dt = self.p_vmax * self.dt
-        self.vmax_dt_zero = ~(vmax_dt > 0)
-        self.vmax_dt_safe = np.where(self.vmax_dt_zero, 1.0, vmax_dt)
+        # (C, 1): supply_scale x parallel activation x the differentiation factor (capacity.producer_scale)
+        self.p_scale = (self.supply_scale * self.demand_scale ** self.parallel_activation) * self.prod_factor
         n_kinds = self.p_yield.shape[0]
         self._kind_flat = np.arange(self.p_kind.shape[0])[:, None] * n_kinds + self.p_kind
         if draws not in ("threefry", "pcg64"):
@@ -348,9 +345,10 @@ class NumpyTissue:
         br = np.maximum(0.0, 1.0 - np.exp((abs_dg[:, None] - self.p_ceiling_kj[None, :]) / rt_kj(self.temperature_k)))
         kf = ((s[:, None] / (self.p_k_s + s[:, None])) * (d[:, None] / (self.p_k_adp + d[:, None]))
               * (pi[:, None] / (self.p_k_pi + pi[:, None])) * br)
-        factor = kf.ravel().take(self._kind_flat)  # per_slot: kf[c, kind[c, p]]
+        rf = self.p_scale * kf  # rate per unit capacity and health of each kind (metabolism.rate_factors)
+        factor = rf.ravel().take(self._kind_flat)  # per_slot: rf[c, kind[c, p]]
         on = self.p_alive & alive[:, None]
-        j = self.ss_vmax * self.health  # (supply_scale V) h factor, zero where off
+        j = self.p_vmax * self.health  # V h factor, zero where off
         j *= factor
         np.copyto(j, 0.0, where=~on)
         want_atp = rowsum(j) * dt
@@ -404,7 +402,7 @@ class NumpyTissue:
         repair_cost = self.repair_cost * rowsum(repair_want_h)
         f_rep = np.where(repair_cost > rest, safe_div(rest, repair_cost), 1.0)
         repair_spent = repair_cost * f_rep
-        repair_h = repair_want_h * f_rep[:, None]
+        repair_health = rowsum(repair_want_h) * f_rep
 
         spent_total = rowsum(served) + repair_spent
         new = pools.copy()
@@ -427,16 +425,15 @@ class NumpyTissue:
         L["stored_energy_j"] += stored_energy - hydrolysis_energy
         L["heat_j"] += (substrate_energy - stored_energy) + hydrolysis_energy
         L["hydrolysis_energy_j"] += hydrolysis_energy
-        L["repair_health"] += rowsum(repair_h)
+        L["repair_health"] += repair_health
         if "output" in L:
             L["output"] += rowsum(np.where(self.specialised, work, 0.0))
-        # damage grows with relative load
-        load = np.divide(made_p, self.vmax_dt_safe, out=made_p)  # made_p / (V dt), 0 where V dt = 0
-        np.copyto(load, 0.0, where=self.vmax_dt_zero)
-        wear = np.multiply(self.damage_slot, load, out=load)
-        wear *= dt
-        health = np.add(self.health, repair_h, out=repair_h)
-        health -= wear
+        # repair and wear: h + r dt f_rep (1 - h) - damage load dt with the load j f_prod / V =
+        # rf h f_prod, as h (1 - wear) + mend (1 - h) (metabolism.health_update)
+        wear = (self.p_damage * rf) * (f_prod * dt)[:, None]
+        mend = (self.repair_rate * dt) * f_rep
+        health = self.health * (1.0 - wear.ravel().take(self._kind_flat))
+        health += mend[:, None] * (1.0 - self.health)
         np.clip(health, 0.0, 1.0, out=health)
         np.copyto(self.health, health, where=self.p_alive)
 

@@ -74,7 +74,7 @@ def host_draws(key, step: int, purpose: int, n: int) -> list[float]:
 class Producer:
     """A producer slot (``pid = cell * slots + slot`` keys its draws)."""
 
-    __slots__ = ("pid", "kind", "ss_vmax", "vmax_dt", "health", "alive", "j", "made", "want_h")
+    __slots__ = ("pid", "kind", "vmax", "health", "alive", "j", "made", "want_h")
 
     def __repr__(self) -> str:
         return f"Producer({self.pid}, kind={self.kind}, health={self.health}, alive={self.alive})"
@@ -230,8 +230,7 @@ class ReferenceBio:
         for k in range(n_p):
             p = Producer()
             p.pid, p.kind = i * n_p + k, int(prod.kind[i, k])
-            vmax = float(prod.vmax[i, k])
-            p.ss_vmax, p.vmax_dt = (self.supply_scale * self.supply_activation) * vmax, vmax * self.dt
+            p.vmax = float(prod.vmax[i, k])
             p.health, p.alive = float(prod.health[i, k]), bool(prod.alive[i, k])
             p.j = p.made = p.want_h = 0.0
             cell.producers.append(p)
@@ -327,23 +326,25 @@ class ReferenceBio:
 
         # saturation and thermodynamic-brake factors per producer kind (shared by the cell's
         # organelles of that kind)
+        # times the capacity scale of the cell's producers (supply scale, parallel activation,
+        # differentiation): the rate per unit capacity and health of each kind
+        f_p, f_w = self.diff.factors(cell.index)
+        scale = (self.supply_scale * self.supply_activation) * f_p
         factors = []
         for k in range(self.n_pkinds):
             x = (abs_dg - self.p_ceiling[k]) / rt
             br = 1.0 - exp(x) if x < 0.0 else 0.0
-            factors.append((s / (self.p_k_s[k] + s), d / (self.p_k_adp[k] + d), pi / (self.p_k_pi[k] + pi), br))
+            factors.append(scale * ((s / (self.p_k_s[k] + s)) * (d / (self.p_k_adp[k] + d)) * (pi / (self.p_k_pi[k] + pi)) * br))
         # desired rate of each living producer J = V h S/(K_S+S) D/(K_D+D) Pi/(K_P+Pi) brake (mM/s)
         # and the repair it wants (a dead producer adds exact zeros)
-        f_p, f_w = self.diff.factors(cell.index)
         sum_j = 0.0
         sum_jg = 0.0
         living = cell.living
         p_yield = self.p_yield
         repair_rate = self.repair_rate
         for p in living:
-            fs, fd, fp, br = factors[p.kind]
             h = p.health
-            j = p.ss_vmax * f_p * h * fs * fd * fp * br
+            j = p.vmax * h * factors[p.kind]
             p.j = j
             p.want_h = repair_rate * (1.0 - h) * dt
             sum_j += j
@@ -432,14 +433,16 @@ class ReferenceBio:
         f_rep = (rest / repair_cost if repair_cost > 0 else 0.0) if repair_cost > rest else 1.0
         repair_spent = repair_cost * f_rep
         repaired = 0.0
+        # h + r dt f_rep (1 - h) - damage load dt with the load j f_prod / vmax = factor h f_prod,
+        # as h (1 - wear) + mend (1 - h) (metabolism.health_update)
         p_damage = self.p_damage
+        mend = (self.repair_rate * dt) * f_rep
+        fd = f_prod * dt
+        wear = [p_damage[k] * factors[k] * fd for k in range(self.n_pkinds)]
         for p in living:
-            rh = p.want_h * f_rep
-            vdt = p.vmax_dt
-            load = p.made / vdt if vdt > 0 else 0.0
-            h = p.health + rh - p_damage[p.kind] * load * dt
+            repaired += p.want_h * f_rep
+            h = p.health * (1.0 - wear[p.kind]) + mend * (1.0 - p.health)
             p.health = 0.0 if h < 0.0 else (1.0 if h > 1.0 else h)
-            repaired += rh
 
         spent = 0.0
         for c in cell.consumers:

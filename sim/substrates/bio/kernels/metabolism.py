@@ -74,14 +74,19 @@ def kind_factors(pools, params, dg):
     return (s / (params.p_k_s + s)) * (d / (params.p_k_adp + d)) * (pi / (params.p_k_pi + pi)) * br
 
 
-def production_rates(state, params, dg):
-    """Desired ATP synthesis per producer (C, P) in mM/s."""
+def production_rates(state, params, factors):
+    """Desired ATP synthesis per producer (C, P) in mM/s; ``factors``: :func:`rate_factors`."""
     prod = state.producers
-    # (C, nk) written once: both passes over the producer slots read one small array instead of
-    # each saturation term and the brake (issue 10)
-    factor = per_slot(materialize(kind_factors(state.cells.pools, params, dg)), prod.kind)
     on = prod.alive & state.cells.alive[:, None]
-    return jnp.where(on, producer_scale(state, params) * prod.vmax * prod.health * factor, 0.0)
+    return jnp.where(on, prod.vmax * prod.health * per_slot(factors, prod.kind), 0.0)
+
+
+def rate_factors(state, params, dg):
+    """(C, nk) rate per unit capacity and health of each producer kind in each cell (1/s x mM/s per
+    mM/s): ``capacity.producer_scale`` x :func:`kind_factors`, written once: the pass over the
+    producer slots and the health update read one small array instead of each saturation term,
+    the brake and the differentiation factor (issue 10)."""
+    return materialize(producer_scale(state, params) * kind_factors(state.cells.pools, params, dg))
 
 
 def consumption_demand(state, params, atp=None):
@@ -109,6 +114,21 @@ def serve_tiers(demand, tier, available):
         served = jnp.where(tier == t, demand * frac[:, None], served)
         rest = jnp.maximum(rest - frac * want, 0.0)
     return served, rest
+
+
+def health_update(state, params, factors, f_prod, f_rep):
+    """Every producer slot's health after this step's repair and wear (C, P), clipped to [0, 1]:
+    h + r dt f_rep (1 - h) - damage_k load dt, with the repair rate r (1/s) scaled by the share
+    f_rep of the wanted repair the cell could pay, and the load, the share of its capacity the
+    producer ran at, j f_prod / vmax = factor_k h f_prod (``factors``: :func:`rate_factors`).
+    Written as h (1 - wear_k) + mend (1 - h) with per-cell coefficients (wear_k = damage_k factor_k
+    f_prod dt, mend = r dt f_rep), the pass over the slots reads health and kind, not the
+    capacities and everything the rate depends on (issue 10: 20 -> 14 B/agent/step). A dead cell
+    has f_prod = 0 (it produces nothing): no wear."""
+    wear = params.p_damage * factors * (f_prod * params.dt)[:, None]
+    mend = (params.repair_rate * params.dt) * f_rep
+    h = state.producers.health
+    return jnp.clip(h * (1.0 - per_slot(wear, state.producers.kind)) + mend[:, None] * (1.0 - h), 0.0, 1.0)
 
 
 def set_columns(pools, columns: dict):
@@ -140,7 +160,8 @@ def metabolism(state, params, key=None):
     # One pass over the producer slots for every per-cell sum of this step (the limiter f_prod and
     # the repair fraction f_rep are per cell, so they scale the sums, not the slots); a second pass
     # updates their health.
-    j = production_rates(state, params, dg)
+    factors = rate_factors(state, params, dg)
+    j = production_rates(state, params, factors)
     kind = prod.kind
     inv_yield = per_slot(1.0 / params.p_yield, kind)
     j_glc = j * inv_yield
@@ -196,9 +217,6 @@ def metabolism(state, params, key=None):
     repair_cost = params.repair_cost * sum_repair_h
     f_rep = materialize(jnp.where(repair_cost > rest, _safe_div(rest, repair_cost), 1.0))
     repair_spent = repair_cost * f_rep
-    # the same expression as repair_want_h, scaled in place: a (C, P) array shared by both passes
-    # would be written once and read twice (issue 10); where(alive, x, 0) f = where(alive, x f, 0)
-    repair_h = jnp.where(prod.alive, params.repair_rate * (1.0 - prod.health) * dt * f_rep[:, None], 0.0)
 
     spent_total = spent_consumers + repair_spent
     if several:
@@ -233,12 +251,10 @@ def metabolism(state, params, key=None):
         repair_health=led.repair_health + sum_repair_h * f_rep,
     )
     # damage grows with relative load (ROS / wear); applied here since it needs this step's flux
-    made_p = j * dt * f_prod[:, None]  # (C, P) mM made by each producer this step
-    load = _safe_div(made_p, prod.vmax * dt)
-    health = jnp.clip(prod.health + repair_h - per_slot(params.p_damage, kind) * load * dt, 0.0, 1.0)
+    health = jnp.where(prod.alive, health_update(state, params, factors, f_prod, f_rep), prod.health)
     return replace(
         state,
         cells=replace(cells, pools=new_pools, maintenance=maintenance),
-        producers=replace(prod, health=jnp.where(prod.alive, health, prod.health)),
+        producers=replace(prod, health=health),
         ledger=led,
     )

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import rng
-from sim.core.ops import materialize, prefix_sum, rowsum
+from sim.core.ops import materialize, rowsum
 from sim.pytree import pytree_dataclass, replace
 
 CHAIN_INIT, CHAIN_STOP, CHAIN_TOOL = 41, 42, 43  # retired (one hash per decision); never reused
@@ -249,7 +249,7 @@ def _slots(chains: ChainSlots, params: ChainParams, off: _Off, stage: str, *, u=
         comp = active & (thr > 0) & (length > thr)
         mem = jnp.where(comp, pc(params.mem_cost) * length, 0.0)
         if budget is not None:
-            comp = comp & (paid_bit(_COMP) if paid_bit else prefix_sum(mem) <= budget[:, None])
+            comp = comp & (paid_bit(_COMP) if paid_bit else _prefix_at_most(mem, budget))
             mem = jnp.where(comp, mem, 0.0)
             if stage == "paid":
                 out["mem_sum"] = rowsum(mem)
@@ -268,7 +268,7 @@ def _slots(chains: ChainSlots, params: ChainParams, off: _Off, stage: str, *, u=
     else:
         start = ~active & (u < p_init)
         if budget is not None:
-            start = start & (prefix_sum(jnp.where(start, ic, 0.0)) <= mem_left[:, None])
+            start = start & (_prefix_at_most(jnp.where(start, ic, 0.0), mem_left))
     if stage == "paid":  # what the budget pays, and which chains grow (the later stages need not read the waits)
         byte = start.astype(jnp.uint8) * jnp.uint8(_START)
         byte = byte | ((active | start) & (wait == 0)).astype(jnp.uint8) * jnp.uint8(_GROW)
@@ -331,6 +331,26 @@ def _slots(chains: ChainSlots, params: ChainParams, off: _Off, stage: str, *, u=
     return out
 
 
+def _prefix_at_most(x, bound):
+    """``ops.prefix_sum(x) <= bound[:, None]`` for ``x`` (C, S) and ``bound`` (C,), the same booleans
+    without the stacked running sums: slot ``j``'s running sum is the left-to-right sum of every
+    slot's ``x_k`` masked to 0 past ``j`` (``x_0 + x_1 + ... + x_j``, then ``+ 0.0`` up to ``S - 1``,
+    which changes no value, only ``-0.0`` to ``0.0``: the same comparison; NaN and inf as before).
+    ``prefix_sum`` stacks its S sums (a concatenate), and XLA's CPU code for a concatenate
+    inside a fusion computes every operand's chain in a branch per element: LLVM turned the
+    kernel that pays initiations (342 lines of IR) into 3,013 optimised lines of the biology chunk's
+    53,700 (issue 10; after this 284). Elementwise here: S masked
+    column broadcasts and adds per slot, no concatenate."""
+    slot = np.arange(x.shape[1])  # numpy: the masks are constants (a traced iota compare was a kernel each)
+    total = None
+    for k in range(x.shape[1]):
+        col = jnp.where(slot >= k, x[:, k:k + 1], 0.0)  # x_k where k <= j, else 0
+        total = col if total is None else total + col
+    if total is None:  # no slots
+        return jnp.zeros(x.shape, bool)
+    return total <= bound[:, None]
+
+
 def _rowsums(*xs):
     """:func:`sim.core.ops.rowsum` of each array, each its own reduction: XLA's row sum of one
     (C, S) array adds the slots in its own (vectorised) order, the order the chains' numbers have
@@ -345,8 +365,16 @@ def _materialize_byte(b):
     return b // ((b >> jnp.uint8(7)) | jnp.uint8(1))
 
 
-def _draws(key, step, n: int, s: int):
-    """This step's one uniform per slot (``CHAIN_DRAW``), (C, S)."""
+def chain_draws(key, step, n: int, s: int):
+    """This step's one uniform per slot (``CHAIN_DRAW``), (C, S). A caller that quotes
+    (:func:`chain_demand`) then steps (:func:`chain_step`) in one step draws them once and hands
+    them to both (``draws=``): traced twice, the Threefry hash (3 hashes, ~390 jaxpr equations, a
+    third of the chains' traced program) reached XLA twice and was not merged, and the quote's row
+    sum hashed every slot again in its own kernel each step (issue 10, biology chunk at 10,000
+    cells: the chains' traced program 1137 -> 739 jaxpr equations, with :func:`_prefix_at_most`
+    the chunk's HLO 7355 -> 6970 instructions; the step 1.04-1.15x faster; chains 83.7 -> 84.7
+    B/agent, the initiation candidates written once as a byte per slot for the quote and for what
+    the budget pays)."""
     return rng.uniforms(key, step, CHAIN_DRAW, jnp.arange(n * s, dtype=jnp.uint32)).reshape(n, s)
 
 
@@ -356,13 +384,15 @@ def _p_init(params: ChainParams, n: int):
     return materialize(-jnp.expm1(-jnp.broadcast_to(jnp.asarray(params.init_rate), (n,)) * params.dt))[:, None]
 
 
-def chain_demand(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step):
+def chain_demand(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step, draws=None):
     """Currency (C,) the chains of each cell would spend this step without a budget: the quote a
     caller serves from its currency (e.g. in a priority tier) before calling :func:`chain_step`
-    with the budget it grants. Same arithmetic as ``chain_step(..., budget=None)``'s ``spent``."""
+    with the budget it grants. Same arithmetic as ``chain_step(..., budget=None)``'s ``spent``.
+    ``draws``: this step's :func:`chain_draws` (None: drawn here)."""
     n, s = chains.active.shape
     off = _Off.of(params)
-    q = _slots(chains, params, off, "demand", u=_draws(key, step, n, s), p_init=_p_init(params, n))
+    u = chain_draws(key, step, n, s) if draws is None else draws
+    q = _slots(chains, params, off, "demand", u=u, p_init=_p_init(params, n))
     if off.memory:
         spent_el, spent_init = _rowsums(q["el"], q["init"])
         return spent_el + spent_init
@@ -371,11 +401,12 @@ def chain_demand(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, k
 
 
 def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key, step, budget=None,
-               details: bool = False):
+               details: bool = False, draws=None):
     """One step of every chain slot; ``budget`` (C,) caps each cell's elongation spend (None: no
     cap). Returns ``(chains, ledger, spent)`` with ``spent`` (C,) the currency used this step;
     with ``details=True`` also a dict of this step's per-cell amounts (``units``, ``elongation``,
-    ``init``, ``memory``, ``delivered``, ``delivered_units``).
+    ``init``, ``memory``, ``delivered``, ``delivered_units``). ``draws``: this step's
+    :func:`chain_draws` (None: drawn here), the ones the caller's :func:`chain_demand` used.
 
     Kernels per step (issue 10; :func:`_slots`): with a budget one pass over the slots writes
     what it pays (compressions, initiations) and which chains grow as one byte per slot, one
@@ -385,8 +416,8 @@ def chain_step(chains: ChainSlots, ledger: ChainLedger, params: ChainParams, key
     draw. The same numbers as one pass over the slots (bit for bit: ``bench_step_work.py ab``)."""
     n, s = chains.active.shape
     off = _Off.of(params)
-    u, p_init = _draws(key, step, n, s), _p_init(params, n)
-    kw = dict(u=u, p_init=p_init)
+    u = chain_draws(key, step, n, s) if draws is None else draws
+    kw = dict(u=u, p_init=_p_init(params, n))
     sums = {}
     phi = None
     if budget is not None:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from sim.core import carriers
 from sim.substrates.bio.kernels.capacity import consumer_vmax, producer_scale
 from sim.substrates.bio.kernels import translation
-from sim.core.chains import chain_demand, chain_step
+from sim.core.chains import chain_demand, chain_draws, chain_step
 from sim.core.ops import materialize, per_step, rowsum, rowsums
 from sim.substrates.bio.kernels.thermo import brake, dg_atp_kj
 from sim.pytree import replace
@@ -193,7 +193,9 @@ def metabolism(state, params, key=None):
         with jax.named_scope("chains"):  # kernel metadata only (bench_step_work.py where)
             is_chain = state.consumers.kind == params.chain_kind
             cp, cohort = translation.chain_params(state, params, is_chain, per_slot, a if several else None)
-            chain_want = chain_demand(state.chains, state.chain_ledger, cp, key, state.step)
+            # drawn once for the quote and the step (chains.chain_draws: the hash traced once)
+            draws = chain_draws(key, state.step, *state.chains.active.shape)
+            chain_want = chain_demand(state.chains, state.chain_ledger, cp, key, state.step, draws=draws)
             want = jnp.where(is_chain, chain_want[:, None], want)
     served, rest = serve_tiers(want, state.consumers.tier, a)
     work = served * state.consumers.value
@@ -202,7 +204,7 @@ def metabolism(state, params, key=None):
             share = rowsum(jnp.where(is_chain, served, 0.0))
             budget = jnp.where(share < chain_want, share, jnp.inf)  # inf: served in full
             chains, chain_led, chain_spent, info = chain_step(
-                state.chains, state.chain_ledger, cp, key, state.step, budget, details=True
+                state.chains, state.chain_ledger, cp, key, state.step, budget, details=True, draws=draws
             )
             served = jnp.where(is_chain, chain_spent[:, None], served)
             work = jnp.where(is_chain, (info["units"] * cohort)[:, None], work)  # amino acids (mM)

@@ -7,6 +7,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def fixed_order_sum(x, axis: int = -1):
@@ -88,9 +89,23 @@ def rowsums(*xs):
     B/agent/step (issue 10; ``bench/bench_step_work.py where``)."""
     if _FIXED_ORDER[0] or len(xs) == 1:
         return tuple(rowsum(x) for x in xs)
-    xs = tuple(jnp.broadcast_arrays(*xs))
+    return _variadic_rowsums(tuple(jnp.broadcast_arrays(*xs)))
+
+
+@jax.custom_jvp
+def _variadic_rowsums(xs):
     zeros = tuple(jnp.zeros((), x.dtype) for x in xs)
     return tuple(jax.lax.reduce(xs, zeros, lambda a, b: tuple(p + q for p, q in zip(a, b)), (1,)))
+
+
+@_variadic_rowsums.defjvp
+def _variadic_rowsums_jvp(primals, tangents):
+    """A sum is linear: the tangents' row sums, each its own ``jnp.sum`` (JAX differentiates and
+    transposes that, not a ``lax.reduce`` of a tuple); an integer operand's tangent is float0."""
+    (xs,), (ts,) = primals, tangents
+    out_t = tuple(np.zeros(x.shape[:1] + x.shape[2:], jax.dtypes.float0) if t.dtype == jax.dtypes.float0
+                  else jnp.sum(t, axis=1) for x, t in zip(xs, ts))
+    return _variadic_rowsums(xs), out_t
 
 
 def materialize(x):
@@ -106,7 +121,19 @@ def materialize(x):
     if x.dtype == jnp.bool_:
         b = x.astype(jnp.uint8)
         return (b // (b | jnp.uint8(1))) > 0
-    one = jnp.isnan(x).astype(x.dtype) * jnp.asarray(0.0, x.dtype) + jnp.asarray(1.0, x.dtype)
+    return after(x, x)
+
+
+def after(x, dep):
+    """``x`` unchanged (every bit), written by a kernel that reads ``dep`` (``x``'s shape or one that
+    broadcasts to it), so XLA runs ``dep``'s kernel first. XLA copies a loop state (a state leaf
+    of the engine's scan) on every step when a kernel reads the old value and the kernel that
+    writes the new one does not depend on it: it cannot prove the read comes first (issue 10).
+    ``x / one`` with ``one`` = 1 built from ``dep`` elementwise: ``isnan`` keeps it 1 for every
+    value, NaN and infinities included (0 * 0 + 1, 1 * 0 + 1), and XLA folds neither the product
+    nor the divide."""
+    x = jnp.asarray(x)
+    one = jnp.isnan(dep).astype(x.dtype) * jnp.asarray(0.0, x.dtype) + jnp.asarray(1.0, x.dtype)
     return x / one
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sim.core import carriers
+from sim.core.ops import after, materialize
 from sim.substrates.bio.kernels.metabolism import set_columns
 from sim.substrates.bio.kernels.thermo import adenylate_equilibrium, creatine_equilibrium
 from sim.pytree import replace
@@ -38,7 +39,11 @@ def _settle(creatine: bool, k_ak, k_ck, creatine_total):
         if not creatine:  # pcr and ck_atp as they are: pcr0 alive + pcr0 ~alive is pcr0 and ck = +0
             return new, pcr0, ak_atp + (a - atp), ck_atp, a
         pcr = pcr * alive + pcr0 * ~alive
-        ck = pcr0 - pcr  # each phosphocreatine used makes one ATP
+        ck = materialize(pcr0 - pcr)  # each phosphocreatine used makes one ATP
+        # the new PCr written after ck, the last read of pcr0: pcr0 passes through the other branch,
+        # so the step's PCr stays in one buffer only if this branch reads pcr0 before it writes the
+        # new value; else XLA copied PCr twice a step in either branch (issue 10: 1.3 B/agent/step)
+        pcr = after(pcr, ck)
         return new, pcr, ak_atp + ((a - atp) - ck), ck_atp + ck, a
 
     return settle

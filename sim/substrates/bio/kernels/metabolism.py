@@ -154,7 +154,10 @@ def metabolism(state, params, key=None):
     uptake = jnp.where(
         cells.alive, params.uptake_scale * cells.uptake * (params.external_substrate - s) * dt, 0.0
     )
-    uptake = jnp.maximum(uptake, -s)  # a cell can at most empty itself into the surroundings
+    # a cell can at most empty itself into the surroundings. Written once: the ledger's kernel
+    # recomputed it from the step-start pools, a read of the old pools no writer of the new ones
+    # depends on, so XLA copied the pools every step (issue 10: -2.6 B/agent/step)
+    uptake = materialize(jnp.maximum(uptake, -s))
 
     # production, limited by ADP, Pi and glucose present at the start of the step
     # One pass over the producer slots for every per-cell sum of this step (the limiter f_prod and

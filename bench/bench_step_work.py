@@ -26,6 +26,7 @@ median and spread of the per-block ratios, and how far the two final states are 
 
     python bench/bench_step_work.py work 1000 10000            # counts (float64; --dtype float32)
     python bench/bench_step_work.py where 10000 --top 25          # bytes by process, largest kernels
+    python bench/bench_step_work.py profile 40000                # kernel time by process, slowest kernels
     python bench/bench_step_work.py precision 1000               # float32 against float64: error, speed
     python bench/bench_step_work.py ab --old HEAD 10000 100000  # A/B ratio, median of 7 blocks
                                           # (A: the step's own files as of --old, the rest as now)
@@ -211,24 +212,11 @@ def where(n_cells: int, top: int = 25, dtype: str = "float64") -> dict:
     (a fusion of two processes' ops goes to the one XLA named it after). Counted as
     :func:`bench.baselines.kernel_bytes` counts them (sliced, the rare-event loop at
     :data:`RARE_TRIPS` trips)."""
-    import jax
-
     from bench.baselines import _agents, _touched_bytes, parse_hlo
-    from bench.run_bench import bio_cfg
-    from sim.core import engine
-    from sim.core import ops as core_ops
-    from sim.rng import replicate_keys
     from sim.substrates.bio import SUBSTRATE as BIO
-    from sim.substrates.bio.build import build
 
-    model = build(bio_cfg(n_cells))
-    dt = np.float64 if dtype == "float64" else np.float32
-    state, params = engine.cast(model.state, dt), engine.cast(model.params, dt)
-    fn = functools.partial(engine.scan_records, BIO.step, BIO.observe, n_records=1, record_every=CHUNK_STEPS,
-                           check_fn=BIO.step_check)
-    lowered = jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(engine.broadcast_state(state, 1), params,
-                                                               replicate_keys(0, 1))
-    mod = parse_hlo(core_ops.compile_lowered(lowered).as_text())
+    model, compiled, _ = _chunk(n_cells, dtype)
+    mod = parse_hlo(compiled.as_text())
     scopes = tuple(BIO.process_names) + ("chains",)
     comps = mod["computations"]
     rows = []
@@ -265,6 +253,77 @@ def where(n_cells: int, top: int = 25, dtype: str = "float64") -> dict:
     return {"cells": n_cells, "dtype": dtype, "bytes_per_agent_step": sum(by.values()),
             "by_process": dict(by.most_common()),
             "top_kernels": [(label, scope, b / per) for b, label, scope in rows[:top]]}
+
+
+def _chunk(n_cells: int, dtype: str = "float64"):
+    """The engine's chunk (``CHUNK_STEPS`` steps, one replicate) of the biology bench tissue, compiled
+    with the engine's options: (model, compiled, arguments)."""
+    import jax
+
+    from bench.run_bench import bio_cfg
+    from sim.core import engine
+    from sim.core import ops as core_ops
+    from sim.rng import replicate_keys
+    from sim.substrates.bio import SUBSTRATE as BIO
+    from sim.substrates.bio.build import build
+
+    model = build(bio_cfg(n_cells))
+    dt = np.float64 if dtype == "float64" else np.float32
+    state, params = engine.cast(model.state, dt), engine.cast(model.params, dt)
+    fn = functools.partial(engine.scan_records, BIO.step, BIO.observe, n_records=1, record_every=CHUNK_STEPS,
+                           check_fn=BIO.step_check)
+    args = (engine.broadcast_state(state, 1), params, replicate_keys(0, 1))
+    return model, core_ops.compile_lowered(jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(*args)), args
+
+
+def profile(n_cells: int, top: int = 25, dtype: str = "float64", reps: int = 3) -> dict:
+    """Kernel time of the engine's chunk by process and by kernel, from a ``jax.profiler`` trace of
+    ``reps`` chunk calls after a warm-up call: XLA's CPU runtime reports every kernel it runs (one
+    thread each; independent kernels run at once), and each kernel's ``op_name`` names its process
+    (as in :func:`where`). Times are summed over threads and taken with the profiler on (which slows
+    the step): use them as shares, and wall-clock A/B (``ab``) for speed."""
+    import gzip
+    import jax
+
+    from sim.substrates.bio import SUBSTRATE as BIO
+
+    model, compiled, args = _chunk(n_cells, dtype)
+    scopes = tuple(BIO.process_names) + ("chains",)
+    scope_of = {}
+    for line in compiled.as_text().splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+        if m:
+            op = re.search(r'op_name="([^"]*)"', line)
+            scope_of[m.group(1)] = _scope(op.group(1) if op else "", scopes)
+    jax.block_until_ready(compiled(*args))
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            for _ in range(reps):
+                jax.block_until_ready(compiled(*args))
+        trace = next(Path(d).rglob("*.trace.json.gz"))
+        events = json.load(gzip.open(trace))["traceEvents"]
+    per_kernel = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in scope_of:
+            per_kernel[e["name"]] += e["dur"] * 1e-3  # us -> ms
+    steps = reps * CHUNK_STEPS
+    by = collections.Counter()
+    for k, v in per_kernel.items():
+        by[scope_of[k]] += v / steps
+    return {"cells": n_cells, "dtype": dtype, "kernel_ms_per_step": sum(by.values()),
+            "by_process": dict(by.most_common()),
+            "top_kernels": [(k, scope_of[k], v / steps) for k, v in per_kernel.most_common(top)]}
+
+
+def print_profile(r: dict) -> None:
+    total = r["kernel_ms_per_step"]
+    print(f"  {r['cells']:,} cells {r['dtype']}: {total:.2f} ms of kernel time per step (summed over threads, "
+          f"profiler on)")
+    for scope, ms in r["by_process"].items():
+        print(f"    {scope:<22} {ms:7.3f} ms {100 * ms / total:5.1f}%")
+    print("  slowest kernels (ms/step):")
+    for label, scope, ms in r["top_kernels"]:
+        print(f"    {ms:7.3f}  {scope:<20} {label}")
 
 
 def print_where(r: dict) -> None:
@@ -458,6 +517,10 @@ def main(argv=None) -> None:
     wh.add_argument("sizes", nargs="*", type=int, default=[10000])
     wh.add_argument("--top", type=int, default=25)
     wh.add_argument("--dtype", default="float64")
+    pf = sub.add_parser("profile", help="the engine chunk's kernel time by process and slowest kernels (jax.profiler)")
+    pf.add_argument("sizes", nargs="*", type=int, default=[40000])
+    pf.add_argument("--top", type=int, default=25)
+    pf.add_argument("--dtype", default="float64")
     b = sub.add_parser("ab", help="interleaved A/B wall-clock ratio against another commit")
     b.add_argument("sizes", nargs="*", type=int, default=[10000, 100000])
     b.add_argument("--old", default="HEAD")
@@ -484,6 +547,9 @@ def main(argv=None) -> None:
     elif args.cmd == "where":
         for n in args.sizes:
             print_where(where(n, args.top, args.dtype))
+    elif args.cmd == "profile":
+        for n in args.sizes:
+            print_profile(profile(n, args.top, args.dtype))
     elif args.cmd == "precision":
         for n in args.sizes:
             precision_error(n, args.steps, args.record_every, blocks=args.blocks)

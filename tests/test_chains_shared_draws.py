@@ -3,8 +3,8 @@
 * ``chain_draws`` made once and handed to ``chain_demand`` and ``chain_step`` (``draws=``) gives the
   numbers each draws alone, and a quote-then-step traces the Threefry hash once (the biology step
   does this);
-* ``_prefix_at_most`` (the budget's "cumulative cost fits" test, without stacked running sums)
-  gives the booleans of ``ops.prefix_sum(x) <= bound``, zeros, infinities and NaN included.
+* ``ops.prefix_sum``, now without stacked running sums, is still the left-to-right chain of adds
+  the budget's "cumulative cost fits" test compares, signed zeros, infinities and NaN included.
 """
 
 from __future__ import annotations
@@ -106,12 +106,25 @@ def test_the_biology_step_traces_the_chain_hash_once():
     assert 3 * one_hash <= shifts < 4 * one_hash
 
 
-def test_prefix_at_most_equals_prefix_sum_compared():
+def test_budget_prefix_test_equals_the_running_chain():
+    """The budget's "cumulative cost fits" booleans (``ops.prefix_sum(x) <= bound``, traced as the
+    chains trace it) and the running sums themselves equal the left-to-right chain out_0 = x_0,
+    out_k = out_(k-1) + x_k, every bit: signed zeros, infinities and NaN included (the adds past a
+    position are selected away, not added as zeros)."""
     rng = np.random.default_rng(0)
     x = rng.choice([0.0, -0.0, 0.5, 1.25, 3.0, np.inf, -np.inf, np.nan, 1e-300], size=(400, 8))
     bound = rng.choice([0.0, 1.0, 2.5, 4.0, np.inf, np.nan], size=400)
-    want = np.asarray(prefix_sum(jnp.asarray(x)) <= jnp.asarray(bound)[:, None])
-    got = np.asarray(ck._prefix_at_most(jnp.asarray(x), jnp.asarray(bound)))
+    ref = x.copy()
+    for k in range(1, x.shape[1]):
+        ref[:, k] = ref[:, k - 1] + x[:, k]
+    want = ref <= bound[:, None]
+    got = np.asarray(jax.jit(lambda v, b: prefix_sum(v) <= b[:, None])(x, bound))
     np.testing.assert_array_equal(got, want)
     assert want.any() and not want.all()
-    assert ck._prefix_at_most(jnp.zeros((3, 0)), jnp.zeros(3)).shape == (3, 0)
+    sums = np.asarray(jax.jit(prefix_sum)(x))
+    np.testing.assert_array_equal(np.isnan(sums), np.isnan(ref))
+    real = ~np.isnan(ref)  # a NaN's sign bit is not an arithmetic result
+    np.testing.assert_array_equal(sums[real], ref[real])
+    np.testing.assert_array_equal(np.signbit(sums[real]), np.signbit(ref[real]))  # -0.0 stays -0.0
+    assert (real & (ref == 0) & np.signbit(ref)).any()
+    assert prefix_sum(jnp.zeros((3, 0))).shape == (3, 0)

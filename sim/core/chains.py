@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim import rng
-from sim.core.ops import materialize, rowsum, rowsums
+from sim.core.ops import materialize, prefix_sum, rowsum, rowsums
 from sim.pytree import pytree_dataclass, replace
 
 CHAIN_INIT, CHAIN_STOP, CHAIN_TOOL = 41, 42, 43  # retired (one hash per decision); never reused
@@ -249,7 +249,7 @@ def _slots(chains: ChainSlots, params: ChainParams, off: _Off, stage: str, *, u=
         comp = active & (thr > 0) & (length > thr)
         mem = jnp.where(comp, pc(params.mem_cost) * length, 0.0)
         if budget is not None:
-            comp = comp & (paid_bit(_COMP) if paid_bit else _prefix_at_most(mem, budget))
+            comp = comp & (paid_bit(_COMP) if paid_bit else prefix_sum(mem) <= budget[:, None])
             mem = jnp.where(comp, mem, 0.0)
             if stage == "paid":
                 out["mem_sum"] = rowsum(mem)
@@ -268,7 +268,7 @@ def _slots(chains: ChainSlots, params: ChainParams, off: _Off, stage: str, *, u=
     else:
         start = ~active & (u < p_init)
         if budget is not None:
-            start = start & (_prefix_at_most(jnp.where(start, ic, 0.0), mem_left))
+            start = start & (prefix_sum(jnp.where(start, ic, 0.0)) <= mem_left[:, None])
     if stage == "paid":  # what the budget pays, and which chains grow (the later stages need not read the waits)
         byte = start.astype(jnp.uint8) * jnp.uint8(_START)
         byte = byte | ((active | start) & (wait == 0)).astype(jnp.uint8) * jnp.uint8(_GROW)
@@ -331,26 +331,6 @@ def _slots(chains: ChainSlots, params: ChainParams, off: _Off, stage: str, *, u=
     return out
 
 
-def _prefix_at_most(x, bound):
-    """``ops.prefix_sum(x) <= bound[:, None]`` for ``x`` (C, S) and ``bound`` (C,), the same booleans
-    without the stacked running sums: slot ``j``'s running sum is the left-to-right sum of every
-    slot's ``x_k`` masked to 0 past ``j`` (``x_0 + x_1 + ... + x_j``, then ``+ 0.0`` up to ``S - 1``,
-    which changes no value, only ``-0.0`` to ``0.0``: the same comparison; NaN and inf as before).
-    ``prefix_sum`` stacks its S sums (a concatenate), and XLA's CPU code for a concatenate
-    inside a fusion computes every operand's chain in a branch per element: LLVM turned the
-    kernel that pays initiations (342 lines of IR) into 3,013 optimised lines of the biology chunk's
-    53,700 (issue 10; after this 284). Elementwise here: S masked
-    column broadcasts and adds per slot, no concatenate."""
-    slot = np.arange(x.shape[1])  # numpy: the masks are constants (a traced iota compare was a kernel each)
-    total = None
-    for k in range(x.shape[1]):
-        col = jnp.where(slot >= k, x[:, k:k + 1], 0.0)  # x_k where k <= j, else 0
-        total = col if total is None else total + col
-    if total is None:  # no slots
-        return jnp.zeros(x.shape, bool)
-    return total <= bound[:, None]
-
-
 def _materialize_byte(b):
     """A uint8 (C, S) below 128, unchanged, written once by its own kernel (as :func:`sim.core.ops.materialize`:
     XLA does not copy an integer divide into the kernels that read it; ``b >> 7`` is 0, so the divisor is 1)."""
@@ -363,8 +343,8 @@ def chain_draws(key, step, n: int, s: int):
     them to both (``draws=``): traced twice, the Threefry hash (3 hashes, ~390 jaxpr equations, a
     third of the chains' traced program) reached XLA twice and was not merged, and the quote's row
     sum hashed every slot again in its own kernel each step (issue 10, biology chunk at 10,000
-    cells: the chains' traced program 1137 -> 739 jaxpr equations, with :func:`_prefix_at_most`
-    the chunk's HLO 7355 -> 6970 instructions; the step 1.04-1.15x faster; chains 83.7 -> 84.7
+    cells: the chains' traced program 1137 -> 739 jaxpr equations, with ``ops.prefix_sum`` without
+    a concatenate the chunk's HLO 7355 -> 6970 instructions; the step 1.04-1.15x faster; chains 83.7 -> 84.7
     B/agent, the initiation candidates written once as a byte per slot for the quote and for what
     the budget pays)."""
     return rng.uniforms(key, step, CHAIN_DRAW, jnp.arange(n * s, dtype=jnp.uint32)).reshape(n, s)

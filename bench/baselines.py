@@ -142,6 +142,21 @@ def section_baselines(sizes, repeats: int = 5) -> list[dict]:
 
 # ----------------------------------------------------------------------------- bytes from the HLO
 
+def engine_chunk(engine, substrate, n_records: int, record_every: int, params_axes=None):
+    """``jax.jit`` of the engine's chunk for ``substrate`` as ``engine`` (the ``sim.core.engine`` module
+    of the tree under test) builds it: ``engine.chunk_function`` (the scan of a vmapped step), or the
+    ``vmap(scan_records)`` of trees older than it (the A side of an A/B against an old commit)."""
+    import functools
+
+    import jax
+
+    kw = dict(n_records=n_records, record_every=record_every, check_fn=substrate.step_check)
+    if hasattr(engine, "chunk_function"):
+        return jax.jit(engine.chunk_function(substrate.step, substrate.observe, params_axes=params_axes, **kw))
+    fn = functools.partial(engine.scan_records, substrate.step, substrate.observe, **kw)
+    return jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)))
+
+
 def overlaid_tree(old_files, prefix: str = "ab_old_") -> str:
     """A temporary copy of the working tree's ``sim`` and ``bench`` with every ``.py`` file under
     ``old_files`` (a snapshot of some files, at their paths relative to the repository) laid over

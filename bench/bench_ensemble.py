@@ -33,7 +33,6 @@ old bench table did, measures how overhead-bound a C-cell run is, not what batch
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -50,8 +49,7 @@ SHAPES = ((256, 100), (64, 400), (16, 1000), (4, 10000))
 def build_chunk(n_cells: int, replicates: int, steps: int, dtype: str = "float64"):
     """(compiled chunk of ``steps`` steps, its arguments, agents in the batch) of ``replicates``
     replicates of an ``n_cells`` tissue, compiled as the engine compiles a run's chunk."""
-    import jax
-
+    from bench.baselines import engine_chunk
     from bench.run_bench import agents_per_cell, bio_cfg
     from sim.core import engine, ops
     from sim.rng import replicate_keys
@@ -63,9 +61,7 @@ def build_chunk(n_cells: int, replicates: int, steps: int, dtype: str = "float64
     state = engine.broadcast_state(engine.cast(model.state, dt), replicates)
     params = engine.cast(model.params, dt)
     keys = replicate_keys(0, replicates)
-    fn = functools.partial(engine.scan_records, BIO.step, BIO.observe, n_records=1, record_every=steps,
-                           check_fn=BIO.step_check)
-    lowered = jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(state, params, keys)
+    lowered = engine_chunk(engine, BIO, 1, steps).lower(state, params, keys)
     compiled = ops.compile_lowered(lowered)
     agents = agents_per_cell(model) * n_cells * replicates
     return compiled, (state, params, keys), agents

@@ -117,11 +117,9 @@ def _build(n_models: int):
 
 def work(n_models: int = 64) -> dict:
     """Load-independent counts of one compiled LLM step (see the module doc)."""
-    import functools
-
     import jax
 
-    from bench.baselines import kernel_bytes, parse_hlo
+    from bench.baselines import engine_chunk, kernel_bytes, parse_hlo
     from sim.core import engine, ops
     from sim.rng import replicate_keys
     from sim.substrates.llm import SUBSTRATE as LLM
@@ -136,9 +134,7 @@ def work(n_models: int = 64) -> dict:
     text = compiled.as_text()
     moved, kernels = kernel_bytes(parse_hlo(text))
     kinds = _kinds_of_kernels(text)
-    fn = functools.partial(engine.scan_records, LLM.step, LLM.observe, n_records=1, record_every=CHUNK_STEPS,
-                           check_fn=LLM.step_check)
-    chunk = ops.compile_lowered(jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(
+    chunk = ops.compile_lowered(engine_chunk(engine, LLM, 1, CHUNK_STEPS).lower(
         engine.broadcast_state(state, 1), params, replicate_keys(0, 1)))
     chunk_moved, chunk_kernels = kernel_bytes(parse_hlo(chunk.as_text()))
     return {"models": n, "gpus": g, "chain_slots": s, "queue_slots": q, "agents": agents,
@@ -328,19 +324,15 @@ _HLO_TOOLS: list = []
 def _time_compile(captured) -> dict:
     """Trace + lower, then XLA compile, of the engine's chunk (as ``engine.chunk_executable`` does,
     from a fresh function: nothing reused); HLO counts of the optimised module."""
-    import functools
     import time
 
-    import jax
-
+    from bench.baselines import engine_chunk
     from sim.core import engine, ops
 
     (substrate, chunk, record_every, axes, fixed_order, state, params, keys, *_), _ = captured
-    fn = functools.partial(engine.scan_records, substrate.step, substrate.observe, n_records=chunk,
-                           record_every=record_every, check_fn=substrate.step_check)
     t0, c0 = time.perf_counter(), time.process_time()
     with ops.reduction_order(fixed_order):
-        lowered = jax.jit(jax.vmap(fn, in_axes=(0, axes, 0))).lower(state, params, keys)
+        lowered = engine_chunk(engine, substrate, chunk, record_every, axes).lower(state, params, keys)
     t1, c1 = time.perf_counter(), time.process_time()
     compile_lowered = getattr(ops, "compile_lowered", lambda lo: lo.compile())  # older trees: plain compile
     compiled = compile_lowered(lowered)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import json
 import re
 import shutil
@@ -129,7 +128,7 @@ def work(n_cells: int, dtype: str = "float64", compiler_options: dict | None = N
     """Load-independent counts of one compiled biology step at ``n_cells`` (see the module doc)."""
     import jax
 
-    from bench.baselines import _agents, kernel_bytes, parse_hlo
+    from bench.baselines import _agents, engine_chunk, kernel_bytes, parse_hlo
     from bench.run_bench import bio_cfg
     from sim.core import engine
     from sim.rng import replicate_keys
@@ -164,11 +163,9 @@ def work(n_cells: int, dtype: str = "float64", compiler_options: dict | None = N
     from sim.core import ops as core_ops
 
     chunk_steps = CHUNK_STEPS
-    fn = functools.partial(engine.scan_records, BIO.step, BIO.observe, n_records=1, record_every=chunk_steps,
-                           check_fn=BIO.step_check)
     bstate = engine.broadcast_state(state, 1)
     keys = replicate_keys(0, 1)
-    chunk_lowered = jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(bstate, params, keys)
+    chunk_lowered = engine_chunk(engine, BIO, 1, chunk_steps).lower(bstate, params, keys)
     if compiler_options is None:
         chunk = core_ops.compile_lowered(chunk_lowered)
     else:
@@ -258,8 +255,7 @@ def where(n_cells: int, top: int = 25, dtype: str = "float64") -> dict:
 def _chunk(n_cells: int, dtype: str = "float64"):
     """The engine's chunk (``CHUNK_STEPS`` steps, one replicate) of the biology bench tissue, compiled
     with the engine's options: (model, compiled, arguments)."""
-    import jax
-
+    from bench.baselines import engine_chunk
     from bench.run_bench import bio_cfg
     from sim.core import engine
     from sim.core import ops as core_ops
@@ -270,10 +266,8 @@ def _chunk(n_cells: int, dtype: str = "float64"):
     model = build(bio_cfg(n_cells))
     dt = np.float64 if dtype == "float64" else np.float32
     state, params = engine.cast(model.state, dt), engine.cast(model.params, dt)
-    fn = functools.partial(engine.scan_records, BIO.step, BIO.observe, n_records=1, record_every=CHUNK_STEPS,
-                           check_fn=BIO.step_check)
     args = (engine.broadcast_state(state, 1), params, replicate_keys(0, 1))
-    return model, core_ops.compile_lowered(jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(*args)), args
+    return model, core_ops.compile_lowered(engine_chunk(engine, BIO, 1, CHUNK_STEPS).lower(*args)), args
 
 
 def profile(n_cells: int, top: int = 25, dtype: str = "float64", reps: int = 3) -> dict:
@@ -339,10 +333,7 @@ def print_where(r: dict) -> None:
 def _compiled_chunk(n_cells: int, steps: int, dtype: str, options: dict | None = None):
     """(compiled chunk of ``steps`` steps, its arguments) of the ``sim`` package imported now: its
     engine's own executable, or with ``options`` the same chunk compiled with those XLA options."""
-    import functools
-
-    import jax
-
+    from bench.baselines import engine_chunk
     from bench.run_bench import bio_cfg
     from sim.core import engine
     from sim.rng import replicate_keys
@@ -357,9 +348,7 @@ def _compiled_chunk(n_cells: int, steps: int, dtype: str, options: dict | None =
     if options is None:
         compiled, _ = engine.chunk_executable(BIO, 1, steps, None, False, state, params, keys)
     else:
-        fn = functools.partial(engine.scan_records, BIO.step, BIO.observe, n_records=1, record_every=steps,
-                               check_fn=BIO.step_check)
-        compiled = jax.jit(jax.vmap(fn, in_axes=(0, None, 0))).lower(state, params, keys).compile(dict(options))
+        compiled = engine_chunk(engine, BIO, 1, steps).lower(state, params, keys).compile(dict(options))
     return compiled, (state, params, keys)
 
 

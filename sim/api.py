@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from sim import determinism, substrates, topology
-from sim.core import cache, sharding
+from sim.core import cache, codegen, sharding
 from sim.core import engine
 from sim.errors import ConfigError, NumericalError
 from sim.io import check_variables, output_options
@@ -78,6 +78,7 @@ def prepare(cfg):
     determinism.configure(cfg.get("deterministic_reductions") is True)
     cache.configure(cfg.get("compile_cache", "auto"))
     sharding.configure(cfg.get("devices", 1))  # sim.simulate honours devices as the command line does
+    codegen.configure(cfg.get("vector_width", codegen.AUTO))
     return cfg, sub, sub.build(cfg)
 
 
@@ -140,6 +141,7 @@ def _run_experiment(kind: str, plain: dict, run_dir, progress=None) -> RunOutput
     determinism.configure(plain.get("deterministic_reductions") is True)
     cache.configure(plain.get("compile_cache", "auto"))
     sharding.configure(plain.get("devices", 1))
+    codegen.configure(plain.get("vector_width", codegen.AUTO))
     fn = experiments.get(kind)
     if fn is None:
         raise ConfigError("experiment.kind", kind, "one of " + ", ".join(sorted(set(experiments.kinds()) | set(RUN_KINDS))))

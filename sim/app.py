@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from sim import runlock
 from sim.config.schema import register
-from sim.core import sharding
+from sim.core import codegen, sharding
 from sim.core.config import CONF_DIR
 from sim.errors import ConfigError, NumericalError
 from sim.io import remove_temporaries, write_dataset_npz, write_json, write_netcdf, write_text
@@ -275,6 +275,7 @@ def _execute(cfg, out_dir: Path, *, quiet: bool = False) -> int:
         debug = plain.get("debug") is True  # (a mistyped value such as "maybe" is refused, not obeyed)
         check_group_keys(plain)  # unknown keys in any group, also sections no validate() sees (analogy)
         sharding.configure(plain.get("devices", 1))  # every engine run of this job (sim.core.sharding)
+        codegen.configure(plain.get("vector_width", codegen.AUTO))  # and its CPU vector width (sim.core.codegen)
         mode = parse_mode(plain.get("progress"))
         # quiet callers (tests, resume_run(quiet=True)) get no progress unless they ask for it by name
         progress = Progress(out_dir, "false" if quiet and mode == "auto" else mode)

@@ -78,6 +78,7 @@ class RunSchema:
     progress: Any = None  # progress lines on stderr: auto | true | false (checked in sim.config.validate)
     output: Any = None  # results.nc: compress, variables, cells, float32 (checked in sim.config.validate)
     devices: Any = None  # JAX devices the rows are split over: 1 | auto | N (sim.core.sharding)
+    vector_width: Any = None  # CPU vector code of the compiled chunk: auto | 256 | 512 (sim.core.codegen)
     carriers: Any = None  # competing carriers and standardisation (sim.core.carriers; conf/carriers/)
     multicellular: Any = None  # experiment=multicellular: phase diagrams of division of labour
     standardization: Any = None  # experiment=standardization: competing carriers (sim.core.carriers)

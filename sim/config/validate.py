@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from sim.config.schema import RunSchema
-from sim.core import sharding
+from sim.core import codegen, sharding
 from sim.core.config import CONF_DIR
 from sim.errors import ConfigError
 
@@ -153,8 +153,8 @@ def _check_types(cfg: dict, out: _Collector) -> None:
             continue
         if key.startswith("params."):
             continue  # free-form names, checked against sim.substrates.bio.params.Params below
-        if key == "devices":
-            continue  # "auto" or an integer: checked in validate() (sim.core.sharding owns the rule)
+        if key in ("devices", "vector_width"):
+            continue  # "auto" or an integer: checked in validate() (sim.core.sharding, sim.core.codegen own the rules)
         if key == "progress" or key.split(".")[0] == "output":
             continue  # checked by _check_run_options (sim.progress, sim.io own the rules)
         try:
@@ -437,6 +437,8 @@ def validate(cfg: dict) -> None:
         out.add("resume", resume, "null or the path of a run folder with a checkpoint")
     if "devices" in cfg and not sharding.valid(cfg["devices"]):
         out.add("devices", cfg["devices"], sharding.ALLOWED)
+    if "vector_width" in cfg and not codegen.valid(cfg["vector_width"]):
+        out.add("vector_width", cfg["vector_width"], codegen.ALLOWED)
     _check_params(cfg.get("params"), out)
     _check_run_options(cfg, out)
     _check_topology(cfg.get("topology") or {}, out)

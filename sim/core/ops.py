@@ -181,10 +181,11 @@ COMPILE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _UNSUPPORTED: set = set()
 
 
-def compile_lowered(lowered):
-    """``lowered.compile()`` with :data:`COMPILE_OPTIONS` this jaxlib accepts (an option it refuses
-    is dropped, once per process)."""
-    opts = {k: v for k, v in COMPILE_OPTIONS.items() if k not in _UNSUPPORTED}
+def compile_lowered(lowered, extra: dict | None = None):
+    """``lowered.compile()`` with :data:`COMPILE_OPTIONS` and ``extra`` (e.g. the vector width,
+    :mod:`sim.core.codegen`) as far as this jaxlib accepts them (an option it refuses is dropped,
+    once per process)."""
+    opts = {k: v for k, v in {**COMPILE_OPTIONS, **(extra or {})}.items() if k not in _UNSUPPORTED}
     while opts:
         try:
             return lowered.compile(dict(opts))

@@ -590,7 +590,7 @@ def roofline(hlo_rows, bandwidth: dict, scaling: list, throughputs: dict | None 
         aus = s.get("agent_updates_per_s_spread") or {"median": s["agent_updates_per_s"], "min": s["agent_updates_per_s"],
                                                       "max": s["agent_updates_per_s"]}
         h = max(hr, key=lambda h: h["cells"])
-        row = {"agents": s["agents"], "dtype": s["dtype"], "bytes_per_agent": b,
+        row = {"agents": s["agents"], "dtype": s["dtype"], "vector_width": s.get("vector_width", 256), "bytes_per_agent": b,
                "bytes_per_s": aus["median"] * b,
                "fraction": aus["median"] * b / bw["median"],
                "fraction_low": aus["min"] * b / bw["max"], "fraction_high": aus["max"] * b / bw["min"],

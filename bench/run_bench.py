@@ -90,8 +90,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
-    """Run in a fresh process: compile time, throughput, peak RSS for one size."""
+def scaling_worker(n_cells: int, dtype: str, steps: int, width: int = 256) -> dict:
+    """Run in a fresh process: compile time, throughput, peak RSS for one size, with the CPU vector
+    width ``width`` (``sim.core.codegen``: ``auto`` picks 512 only for runs long enough to pay for
+    its compile, so the short timed runs here name the width instead of letting auto choose)."""
     import jax
 
     import sim  # noqa: F401  (x64 on)
@@ -108,11 +110,12 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     ebytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params.edges))
     from bench.baselines import spread
 
-    r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1)
+    vw = {"vector_width": int(width)}
+    r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1, **vw)
     ts = []
     for _ in range(REPEATS):  # median of 5 with spread: this shared 2-core VM is noisy
         t0 = time.perf_counter()
-        r2 = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1)
+        r2 = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1, **vw)
         jax.block_until_ready(r2.state)
         ts.append((time.perf_counter() - t0) / steps)
     rss = peak_rss_mb()
@@ -120,6 +123,7 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     sp = spread(ts)
     return {
         "cells": n_cells, "agents": agents, "edges": int(params.edges.src.shape[0]), "dtype": dtype,
+        "vector_width": int(width),
         "compile_s": r.compile_s, "s_per_step": sp["median"], "s_per_step_spread": sp,
         "agent_updates_per_s": agents / sp["median"], "agent_updates_per_s_spread": spread(agents / np.asarray(ts)),
         "state_bytes": nbytes, "edge_bytes": ebytes, "bytes_per_agent": (nbytes + ebytes) / agents,
@@ -127,13 +131,13 @@ def scaling_worker(n_cells: int, dtype: str, steps: int) -> dict:
     }
 
 
-def section_scaling(agent_targets, dtype: str) -> list[dict]:
+def section_scaling(agent_targets, dtype: str, width: int = 256) -> list[dict]:
     rows = []
     for target in agent_targets:
         n = max(4, int(round(target / 25)))
         steps = 200 if n < 5000 else (50 if n < 30000 else 20)
         out = subprocess.run(
-            [sys.executable, __file__, "--worker", str(n), dtype, str(steps)],
+            [sys.executable, __file__, "--worker", str(n), dtype, str(steps), str(width)],
             capture_output=True, text=True, cwd=ROOT, timeout=600,
         )
         if out.returncode != 0:
@@ -141,7 +145,7 @@ def section_scaling(agent_targets, dtype: str) -> list[dict]:
             continue
         row = json.loads(out.stdout.strip().splitlines()[-1])
         a = row["agent_updates_per_s_spread"]
-        print(f"  scaling {row['agents']:>8} agents ({dtype}): {row['agent_updates_per_s']:.3g} agent-updates/s "
+        print(f"  scaling {row['agents']:>8} agents ({dtype}, {width}-bit): {row['agent_updates_per_s']:.3g} agent-updates/s "
               f"({a['min']:.3g}-{a['max']:.3g}), "
               f"compile {row['compile_s']:.2f} s, peak RSS {row['peak_rss_mb']:.0f} MB, {row['bytes_per_agent']:.0f} B/agent")
         rows.append(row)
@@ -365,11 +369,12 @@ def readme_lines(results: dict) -> list[str]:
              f"separately, with a DataCollector; median (min-max) over {reps} interleaved blocks in one process (each "
              "block times every implementation once); the speed-up is the median (min-max) of the per-block ratios:", ""]
     lines += B.baseline_table(results.get("baselines", []))
-    lines += ["", "| agents | cells | edges | dtype | agent-updates/s, median (min-max) | compile s | peak RSS MB | state bytes/agent |",
-              "|---:|---:|---:|---|---:|---:|---:|---:|"]
+    lines += ["", "| agents | cells | edges | dtype | vector width | agent-updates/s, median (min-max) | compile s | peak RSS MB | state bytes/agent |",
+              "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in results.get("scaling", []):
         a = r.get("agent_updates_per_s_spread", {"min": float("nan"), "max": float("nan")})
-        lines.append(f"| {r['agents']:,} | {r['cells']:,} | {r['edges']:,} | {r['dtype']} | {r['agent_updates_per_s']:.3g} "
+        lines.append(f"| {r['agents']:,} | {r['cells']:,} | {r['edges']:,} | {r['dtype']} | {r.get('vector_width', 256)} "
+                     f"| {r['agent_updates_per_s']:.3g} "
                      f"({a['min']:.3g}-{a['max']:.3g}) | {r['compile_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['bytes_per_agent']:.0f} |")
     ed = results.get("edges", [])
     lines += ["", f"| junctions ({ed[0]['cells']:,} cells) | ms/step, median (min-max) |" if ed else "| junctions | ms/step |",
@@ -409,11 +414,11 @@ def readme_lines(results: dict) -> list[str]:
     roof = results.get("roofline", [])
     if bw and roof:
         nb, jb = bw["numpy_copy_bytes_per_s"], bw["jax_scale_bytes_per_s"]
-        big = max(roof, key=lambda r: (r["dtype"] == "float64", r["agents"]))
+        big = max(roof, key=lambda r: (r["dtype"] == "float64", r["agents"], r.get("vector_width", 256)))
         lines += ["", f"Copy bandwidth on this machine (256 MB, read + write, median (min-max) of {nb['n']}): numpy "
                   f"{nb['median'] / 1e9:.1f} ({nb['min'] / 1e9:.1f}-{nb['max'] / 1e9:.1f}) GB/s, JAX "
                   f"{jb['median'] / 1e9:.1f} ({jb['min'] / 1e9:.1f}-{jb['max'] / 1e9:.1f}) GB/s. At {big['agents']:,} agents "
-                  f"({big['dtype']}) the step moves {big['bytes_per_agent']:.0f} B per agent (XLA cost analysis), "
+                  f"({big['dtype']}, {big.get('vector_width', 256)}-bit code) the step moves {big['bytes_per_agent']:.0f} B per agent (XLA cost analysis), "
                   f"{big['bytes_per_s'] / 1e9:.1f} GB/s: {100 * big['fraction']:.0f}% of the numpy copy bandwidth "
                   f"({100 * big['fraction_low']:.0f}-{100 * big['fraction_high']:.0f}% from the extremes of both)."]
         if "transcendental_floor_ns" in big:
@@ -470,9 +475,10 @@ def plot(results: dict, path: Path | None = None) -> None:
                     title="baselines (bio tissue)")
         axes[0].legend(fontsize=7)
     sc = results.get("scaling", [])
-    for dtype in sorted({r["dtype"] for r in sc}):
-        rr = [r for r in sc if r["dtype"] == dtype]
-        axes[1].loglog([r["agents"] for r in rr], [r["s_per_step"] for r in rr], "o-", label=f"time/step {dtype}")
+    for dtype, width in sorted({(r["dtype"], r.get("vector_width", 256)) for r in sc}):
+        rr = [r for r in sc if r["dtype"] == dtype and r.get("vector_width", 256) == width]
+        axes[1].loglog([r["agents"] for r in rr], [r["s_per_step"] for r in rr], "o-",
+                       label=f"time/step {dtype}, {width}-bit")
     if sc:
         a = np.array([r["agents"] for r in sc], float)
         axes[1].loglog(a, sc[0]["s_per_step"] * a / a[0], "k--", lw=0.8, label="linear")
@@ -517,7 +523,7 @@ SECTIONS = ("baselines", "hlo_bytes", "bandwidth", "throughputs", "scaling", "ed
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--det-worker", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite README.md (tables still go to bench/results/readme_table.md)")
@@ -532,7 +538,8 @@ def main() -> int:
         print(json.dumps(sharding_worker(n, reps, steps, repeats)))
         return 0
     if args.worker:
-        print(json.dumps(scaling_worker(int(args.worker[0]), args.worker[1], int(args.worker[2]))))
+        print(json.dumps(scaling_worker(int(args.worker[0]), args.worker[1], int(args.worker[2]),
+                                        int(args.worker[3]) if len(args.worker) > 3 else 256)))
         return 0
     if args.det_worker:
         mode, n, reps, steps = args.det_worker
@@ -577,12 +584,14 @@ def main() -> int:
             lambda: B.section_hlo_bytes([1000] if q else [1000, 10000]))
     section("bandwidth", "Copy bandwidth:", B.section_bandwidth)
     section("throughputs", "Transcendental and Threefry throughput:", B.section_throughputs)
+    # 512-bit code (sim.core.codegen) at the sizes where auto picks it for runs of ~10,000 steps and more
     section("scaling", "JAX scaling:", lambda: section_scaling([1e3, 1e4] if q else [1e3, 1e4, 1e5, 3e5, 1e6], "float64")
+            + section_scaling([1e4] if q else [1e5, 3e5, 1e6], "float64", 512)
             + ([] if q else section_scaling([1e5, 1e6], "float32")))
     if all(k in results for k in ("hlo_bytes", "bandwidth", "scaling")):
         results["roofline"] = B.roofline(results["hlo_bytes"], results["bandwidth"], results["scaling"], results.get("throughputs"))
         for r in results["roofline"]:
-            print(f"  roofline {r['agents']:>8} agents ({r['dtype']}): {r['bytes_per_s'] / 1e9:.1f} GB/s moved, "
+            print(f"  roofline {r['agents']:>8} agents ({r['dtype']}, {r.get('vector_width', 256)}-bit): {r['bytes_per_s'] / 1e9:.1f} GB/s moved, "
                   f"{100 * r['fraction']:.0f}% of the copy bandwidth ({100 * r['fraction_low']:.0f}-{100 * r['fraction_high']:.0f}%); "
                   f"{r['ns_per_agent_update']:.1f} ns per agent-update against floors of {r['copy_floor_ns']:.1f} (bytes), "
                   f"{r.get('transcendental_floor_ns', float('nan')):.1f} (exp/log), {r.get('hash_floor_ns', float('nan')):.1f} (Threefry) ns")

@@ -292,7 +292,9 @@ def ab(old_files: str | None, n_models: int = 64, steps: int = 50, blocks: int =
 
 
 # ----------------------------------------------------------------------------- compile time A/B
-EXPERIMENTS = {"serving": ["experiment=serving", "steps=1000"], "roofline": ["experiment=roofline"]}
+# the LLM experiments, and the biology tissue beside them (the engine's chunk is shared code)
+EXPERIMENTS = {"serving": ["experiment=serving", "steps=1000"], "roofline": ["experiment=roofline"],
+               "tissue": ["experiment=tissue"]}
 
 
 def _captured_chunk(overrides):
@@ -318,7 +320,7 @@ def _captured_chunk(overrides):
     return seen[0]
 
 
-_HLO_TOOLS: list = []
+_HLO_TOOLS: list = []  # this tree's bench.baselines helpers, taken before an older tree is imported
 
 
 def _time_compile(captured) -> dict:
@@ -326,19 +328,18 @@ def _time_compile(captured) -> dict:
     from a fresh function: nothing reused); HLO counts of the optimised module."""
     import time
 
-    from bench.baselines import engine_chunk
     from sim.core import engine, ops
 
     (substrate, chunk, record_every, axes, fixed_order, state, params, keys, *_), _ = captured
     t0, c0 = time.perf_counter(), time.process_time()
     with ops.reduction_order(fixed_order):
-        lowered = engine_chunk(engine, substrate, chunk, record_every, axes).lower(state, params, keys)
+        lowered = _HLO_TOOLS[2](engine, substrate, chunk, record_every, axes).lower(state, params, keys)
     t1, c1 = time.perf_counter(), time.process_time()
     compile_lowered = getattr(ops, "compile_lowered", lambda lo: lo.compile())  # older trees: plain compile
     compiled = compile_lowered(lowered)
     t2, c2 = time.perf_counter(), time.process_time()
     text = compiled.as_text()
-    _split_instr, walk_hlo = _HLO_TOOLS  # this tree's (an older tree may lack bench.baselines)
+    _split_instr, walk_hlo, _ = _HLO_TOOLS  # this tree's (an older tree may lack bench.baselines)
     comps = walk_hlo(text, lambda m, cur: _split_instr(m.group(2))[1])["computations"]
     ops_ = [op for body in comps.values() for op in body]
     c = collections.Counter(ops_)
@@ -354,9 +355,9 @@ def compile_ab(old_files: str | None, names, repeats: int = 3, old_tree: str | N
     compiles in alternating order (the same load for both), medians and spreads."""
     import os
 
-    from bench.baselines import _split_instr, overlaid_tree, spread, walk_hlo
+    from bench.baselines import _split_instr, engine_chunk, overlaid_tree, spread, walk_hlo
 
-    _HLO_TOOLS[:] = [_split_instr, walk_hlo]
+    _HLO_TOOLS[:] = [_split_instr, walk_hlo, engine_chunk]
     trees = {"new": str(ROOT)}
     tmp = None
     if old_files is not None:
@@ -424,7 +425,7 @@ def main(argv=None) -> None:
     cold = c.add_mutually_exclusive_group()
     cold.add_argument("--old-files", help="folder of old files at their paths relative to the repo (A side)")
     cold.add_argument("--old-tree", help="a whole older tree as it is (A side)")
-    c.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    c.add_argument("--experiments", nargs="+", default=["serving", "roofline"], choices=list(EXPERIMENTS))
     c.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--set", action="append", default=[], help="a config override on top of the bench's (repeatable)")

@@ -135,7 +135,9 @@ def section_scaling(agent_targets, dtype: str, width: int = 256) -> list[dict]:
     rows = []
     for target in agent_targets:
         n = max(4, int(round(target / 25)))
-        steps = 200 if n < 5000 else (50 if n < 30000 else 20)
+        # ~1 s per timed call at 1e8 agent-updates/s (at most 2,000 steps): calls of ~0.2 s, as before,
+        # were noisy and carried the per-call work of engine.run (guard, records) in a few percent
+        steps = int(min(2000, max(20, round(1e8 / target / 10) * 10)))
         out = subprocess.run(
             [sys.executable, __file__, "--worker", str(n), dtype, str(steps), str(width)],
             capture_output=True, text=True, cwd=ROOT, timeout=600,

@@ -333,7 +333,6 @@ def print_where(r: dict) -> None:
 def _compiled_chunk(n_cells: int, steps: int, dtype: str, options: dict | None = None):
     """(compiled chunk of ``steps`` steps, its arguments) of the ``sim`` package imported now: its
     engine's own executable, or with ``options`` the same chunk compiled with those XLA options."""
-    from bench.baselines import engine_chunk
     from bench.run_bench import bio_cfg
     from sim.core import engine
     from sim.rng import replicate_keys
@@ -348,7 +347,7 @@ def _compiled_chunk(n_cells: int, steps: int, dtype: str, options: dict | None =
     if options is None:
         compiled, _ = engine.chunk_executable(BIO, 1, steps, None, False, state, params, keys)
     else:
-        compiled = engine_chunk(engine, BIO, 1, steps).lower(state, params, keys).compile(dict(options))
+        compiled = _THIS_TREE["engine_chunk"](engine, BIO, 1, steps).lower(state, params, keys).compile(dict(options))
     return compiled, (state, params, keys)
 
 
@@ -362,6 +361,7 @@ def _import_tree(path: str):
 
 
 _TREES: set = set()
+_THIS_TREE: dict = {}  # this tree's bench helpers, taken before an older tree's ``bench`` is imported
 
 
 STEP_FILES = ("sim/rng.py", "sim/core/ops.py", "sim/core/engine.py", "sim/core/chains.py",
@@ -379,7 +379,9 @@ def ab(old_rev: str, sizes, steps: int = 20, blocks: int = 7, dtype: str = "floa
     engine's."""
     import jax
 
-    from bench.baselines import overlaid_tree
+    from bench.baselines import engine_chunk, overlaid_tree
+
+    _THIS_TREE["engine_chunk"] = engine_chunk
 
     if whole_tree:
         tmp = tempfile.mkdtemp(prefix="ab_old_")

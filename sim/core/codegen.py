@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.core.setting import ProcessSetting
 from sim.errors import ConfigError
 
 AUTO = "auto"
@@ -33,9 +34,6 @@ NARROW, WIDE = 256, 512
 ALLOWED = "auto, 256 or 512 (bits of the CPU vector code XLA emits; auto: 512 for long, large runs)"
 # steps x state bytes from which 512-bit code pays for its longer compile (module doc: 2.3e10-5.6e10)
 PAYBACK_BYTE_STEPS = 3e10
-
-_CURRENT: list = [AUTO]
-
 
 def parse(value):
     """``"auto"``, 256 or 512 from a config value; ConfigError naming ``vector_width`` otherwise."""
@@ -48,23 +46,9 @@ def parse(value):
     raise ConfigError("vector_width", value, ALLOWED)
 
 
-def valid(value) -> bool:
-    try:
-        parse(value)
-    except ConfigError:
-        return False
-    return True
-
-
-def configure(value) -> None:
-    """Set this process's choice (read by ``engine.run`` when it is given no ``vector_width``). Kept
-    as given and checked when a run uses it (validation names a bad one first)."""
-    _CURRENT[0] = AUTO if value is None else value
-
-
-def current():
-    """The value set by the last :func:`configure` (``auto`` if none)."""
-    return _CURRENT[0]
+# this process's choice, read by ``engine.run`` when it is given no ``vector_width`` (auto if none)
+_SETTING = ProcessSetting(parse, AUTO)
+valid, configure, current = _SETTING.valid, _SETTING.configure, _SETTING.current
 
 
 def state_bytes(tree) -> int:

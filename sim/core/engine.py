@@ -105,8 +105,9 @@ def scan_records(step_fn, observe_fn, state, params, key, n_records: int, record
         return (s, first), None
 
     def outer(s, _):
-        (s, first), _ = jax.lax.scan(inner, (s, jnp.full((), -1, jnp.asarray(s.step).dtype)), None,
-                                     length=record_every)
+        # -1 per row: a scalar here, one per replicate when the step is vmapped (chunk_function)
+        no_bad = jnp.full(jnp.shape(s.step), -1, jnp.asarray(s.step).dtype)
+        (s, first), _ = jax.lax.scan(inner, (s, no_bad), None, length=record_every)
         obs = observe_fn(s)
         if check_fn is not None:
             obs = {**obs, FIRST_BAD_STEP: first}
@@ -125,26 +126,11 @@ def chunk_function(step_fn, observe_fn, *, n_records: int, record_every: int, ch
     equation by equation (biology chunk at 1,000 cells: trace + lowering 1.10 -> 0.72 s, issue 10).
     """
     vstep = jax.vmap(step_fn, in_axes=(0, params_axes, 0))
-    vobserve = jax.vmap(observe_fn)
     vcheck = None if check_fn is None else jax.vmap(check_fn)
 
     def chunk(state, params, keys):
-        def inner(carry, _):
-            s, first = carry
-            s = vstep(s, params, keys)
-            if vcheck is not None:
-                first = jnp.where((first < 0) & vcheck(s), s.step - 1, first)
-            return (s, first), None
-
-        def outer(s, _):
-            no_bad = jnp.full(jnp.shape(s.step), -1, jnp.asarray(s.step).dtype)
-            (s, first), _ = jax.lax.scan(inner, (s, no_bad), None, length=record_every)
-            obs = vobserve(s)
-            if vcheck is not None:
-                obs = {**obs, FIRST_BAD_STEP: first}
-            return s, obs
-
-        final, records = jax.lax.scan(outer, state, None, length=n_records)
+        final, records = scan_records(vstep, jax.vmap(observe_fn), state, params, keys, n_records=n_records,
+                                      record_every=record_every, check_fn=vcheck)
         return final, jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, 0, 1), records)  # (batch, record, ...)
 
     # the compiled module's name, as under vmap(scan_records) (JAX's cache and trace events name it)

@@ -34,14 +34,12 @@ import dataclasses
 
 import numpy as np
 
+from sim.core.setting import ProcessSetting
 from sim.errors import ConfigError
 
 AXIS = "rows"  # the mesh axis name: replicates, or parameter points x replicates
 AUTO = "auto"
 ALLOWED = "auto or an integer >= 1 (the JAX devices a run's replicates are spread over)"
-
-_CURRENT: list = [1]
-
 
 def parse(value):
     """``"auto"`` or an int >= 1 from a config value; ConfigError naming ``devices`` otherwise."""
@@ -52,23 +50,9 @@ def parse(value):
     raise ConfigError("devices", value, ALLOWED)
 
 
-def valid(value) -> bool:
-    try:
-        parse(value)
-    except ConfigError:
-        return False
-    return True
-
-
-def configure(value) -> None:
-    """Set this process's choice (read by ``engine.run`` when it is given no ``devices``). The value
-    is kept as given and checked when a run uses it (validation names a bad one first)."""
-    _CURRENT[0] = 1 if value is None else value
-
-
-def current():
-    """The value set by the last :func:`configure` (1 if none)."""
-    return _CURRENT[0]
+# this process's choice, read by ``engine.run`` when it is given no ``devices`` (1 if none)
+_SETTING = ProcessSetting(parse, 1)
+valid, configure, current = _SETTING.valid, _SETTING.configure, _SETTING.current
 
 
 def largest_divisor(rows: int, at_most: int) -> int:

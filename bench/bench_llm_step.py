@@ -320,7 +320,7 @@ def _captured_chunk(overrides):
     return seen[0]
 
 
-_HLO_TOOLS: list = []  # this tree's bench.baselines helpers, taken before an older tree is imported
+_THIS_TREE: dict = {}  # this tree's bench.baselines helpers, taken before an older tree is imported
 
 
 def _time_compile(captured) -> dict:
@@ -333,13 +333,13 @@ def _time_compile(captured) -> dict:
     (substrate, chunk, record_every, axes, fixed_order, state, params, keys, *_), _ = captured
     t0, c0 = time.perf_counter(), time.process_time()
     with ops.reduction_order(fixed_order):
-        lowered = _HLO_TOOLS[2](engine, substrate, chunk, record_every, axes).lower(state, params, keys)
+        lowered = _THIS_TREE["engine_chunk"](engine, substrate, chunk, record_every, axes).lower(state, params, keys)
     t1, c1 = time.perf_counter(), time.process_time()
     compile_lowered = getattr(ops, "compile_lowered", lambda lo: lo.compile())  # older trees: plain compile
     compiled = compile_lowered(lowered)
     t2, c2 = time.perf_counter(), time.process_time()
     text = compiled.as_text()
-    _split_instr, walk_hlo, _ = _HLO_TOOLS  # this tree's (an older tree may lack bench.baselines)
+    _split_instr, walk_hlo = _THIS_TREE["_split_instr"], _THIS_TREE["walk_hlo"]
     comps = walk_hlo(text, lambda m, cur: _split_instr(m.group(2))[1])["computations"]
     ops_ = [op for body in comps.values() for op in body]
     c = collections.Counter(ops_)
@@ -357,7 +357,7 @@ def compile_ab(old_files: str | None, names, repeats: int = 3, old_tree: str | N
 
     from bench.baselines import _split_instr, engine_chunk, overlaid_tree, spread, walk_hlo
 
-    _HLO_TOOLS[:] = [_split_instr, walk_hlo, engine_chunk]
+    _THIS_TREE.update(_split_instr=_split_instr, walk_hlo=walk_hlo, engine_chunk=engine_chunk)
     trees = {"new": str(ROOT)}
     tmp = None
     if old_files is not None:

@@ -110,12 +110,12 @@ def scaling_worker(n_cells: int, dtype: str, steps: int, width: int = 256) -> di
     ebytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params.edges))
     from bench.baselines import spread
 
-    vw = {"vector_width": int(width)}
-    r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1, **vw)
+    r = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1, vector_width=width)
     ts = []
     for _ in range(REPEATS):  # median of 5 with spread: this shared 2-core VM is noisy
         t0 = time.perf_counter()
-        r2 = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1, **vw)
+        r2 = engine.run(BIO, state, params, seed=0, steps=steps, record_every=steps, replicates=1,
+                        vector_width=width)
         jax.block_until_ready(r2.state)
         ts.append((time.perf_counter() - t0) / steps)
     rss = peak_rss_mb()
@@ -256,11 +256,11 @@ def section_experiments() -> list[dict]:
     rows = []
     # compile, not a cache load: JAX's persistent cache off (compile_cache=null) and the engine's
     # executable store off (a second make bench on unchanged sources would load every program)
+    from unittest import mock
+
     from sim.core import executable_store
 
-    switch = os.environ.get(executable_store.ENV_SWITCH)
-    os.environ[executable_store.ENV_SWITCH] = "off"
-    try:
+    with mock.patch.dict(os.environ, {executable_store.ENV_SWITCH: "off"}):
         for name, over in cases.items():
             engine.clear_caches()
             t0 = time.perf_counter()
@@ -270,11 +270,6 @@ def section_experiments() -> list[dict]:
                          "status": out.summary.get("status")})
             c = rows[-1]["compile_s"]
             print(f"  experiment {name:<22} compile {'n/a' if c is None else f'{c:.2f} s'}, wall {wall:.1f} s")
-    finally:
-        if switch is None:
-            os.environ.pop(executable_store.ENV_SWITCH, None)
-        else:
-            os.environ[executable_store.ENV_SWITCH] = switch
     return rows
 
 

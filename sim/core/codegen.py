@@ -4,7 +4,8 @@ XLA:CPU vectorises a kernel's loops for 256-bit registers by default. On a CPU w
 code (``xla_cpu_prefer_vector_width=512``) runs the biology step 1.06-1.14x faster at every size
 measured (100 to 40,000 cells, bit-identical results: the same operations on wider registers, no
 reassociation; ``bench/bench_step_work.py ab``), and the LLM step at the same speed, but XLA takes
-~0.9 s longer to compile the biology chunk (3.5 -> 4.4 s at 1,000 cells, trace included). The saving
+~0.8-0.9 s longer to compile the biology chunk (1,000 cells, trace included, fresh processes
+alternating: 3.7 -> 4.5 s in one set of four, 3.8 -> 4.7 s in another). The saving
 grows with the state and the number of steps, the compile cost does not, so ``auto`` (the default)
 asks for wide code only when the run is long enough to pay for it:
 
@@ -12,7 +13,7 @@ asks for wide code only when the run is long enough to pay for it:
 
 Measured on the 2-core AMD EPYC (Zen 4) of the README's tables, biology float64, wide against
 narrow: 1,000 cells (1.3 MB of state) save 0.05 ms/step, 4,000 cells (5.1 MB) 0.1 ms/step, 40,000
-cells (51 MB) 0.8 ms/step, so the extra ~0.9 s of compile is paid back after ~18,000, ~9,000 and
+cells (51 MB) 0.8 ms/step, so ~0.9 s of extra compile is paid back after ~18,000, ~9,000 and
 ~1,100 steps: 2.3e10, 4.6e10 and 5.6e10 byte-steps. A short or small run (the experiments' tissues,
 the tests) compiles as before. Results are the same bits either way, so a resumed run that picks
 the other width continues bit-identically. Off a CPU (a GPU lent to a run) nothing is asked.

@@ -1,8 +1,9 @@
 """The engine, written once for every substrate: ``jit(vmap(scan))`` over steps and replicates.
 
 A run is ``lax.scan`` over record intervals, each an inner ``lax.scan`` of ``record_every`` steps of
-``substrate.step`` (vmapped over the replicates inside the scan: :func:`chunk_function`); the host loops over chunks of records so long runs can report progress, be
-checked by the numerical guard, and checkpoint. Replicate ``r`` draws from
+``substrate.step`` (vmapped over the replicates inside the scan: :func:`chunk_function`); the
+host loops over chunks of records so long runs can report progress, be checked by the numerical
+guard, and checkpoint. Replicate ``r`` draws from
 ``fold_in(PRNGKey(seed), r)`` (:func:`sim.rng.replicate_keys`), so it is the same whether it runs
 alone or in a batch. The chunk length is a divisor of the number of records, so a whole run
 compiles exactly once, and a sweep over parameter *values* (arguments, not constants) reuses the

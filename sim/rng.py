@@ -50,10 +50,16 @@ def _rotl(x, r: int):
     return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
 
 
+@jax.jit
 def threefry2x32(k0, k1, x0, x1):
     """Threefry-2x32 (20 rounds) of the counter pair ``(x0, x1)`` under the key ``(k0, k1)``, all
     ``uint32`` (broadcast together): JAX's ``threefry2x32`` primitive written out unrolled, so XLA
-    fuses it with what uses the words instead of running a rolled loop of separate kernels."""
+    fuses it with what uses the words instead of running a rolled loop of separate kernels.
+
+    Jitted so that a step traces the ~130 operations once per shape of its arguments instead of at
+    every call (and, under the engine's vmap, batches them once): XLA inlines the call before it
+    fuses, so the program and its bits are the same (issue 10: the biology step hashes at nine
+    places; tracing them was ~15% of its trace time)."""
     ks = (k0, k1, k0 ^ k1 ^ _PARITY)
     x0 = x0 + ks[0]
     x1 = x1 + ks[1]

@@ -111,15 +111,25 @@ def creatine_equilibrium(atp, adp, amp, pcr, creatine_total, k_ak, k_ck, a0, d0,
     c = creatine_total
     e = xp.clip(2.0 * atp + adp + pcr, 0.0, 2.0 * n + c)
     r = xp.clip(xp.maximum(atp, TINY_MM) / xp.maximum(adp, TINY_MM), 1e-6, 1e6)
-    x = xp.log(r)
-    for _ in range(N_NEWTON):
+
+    def newton(_, x):
         r = xp.exp(x)
         q = r * r + r + k_ak
         rk = r + k_ck
         h = n * r * (2.0 * r + 1.0) / q + c * r / rk - e
         dh = r * (n * (r * r + 4.0 * k_ak * r + k_ak) / (q * q) + c * k_ck / (rk * rk))
         step = xp.where(dh > 0, h / xp.where(dh > 0, dh, 1.0), 0.0)
-        x = x - xp.clip(step, -MAX_LOG_STEP, MAX_LOG_STEP)
+        return x - xp.clip(step, -MAX_LOG_STEP, MAX_LOG_STEP)
+
+    x = xp.log(r)
+    if xp is jnp:
+        # a loop, not 16 unrolled copies: XLA cut each copy into two kernels (exp's result has
+        # several readers), 33 kernels that cost ~0.3 s of every biology program's compile; the
+        # loop body is one kernel, the same operations in the same order, so the same bits
+        x = jax.lax.fori_loop(0, N_NEWTON, newton, x)
+    else:
+        for i in range(N_NEWTON):
+            x = newton(i, x)
     r = xp.exp(x)
     q = r * r + r + k_ak
     d = n * r / q

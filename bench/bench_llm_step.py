@@ -15,7 +15,8 @@ H100s x 256 chain slots, 512 queue slots, small-world routing; 16,960 agents):
   CPU time (all threads of this process) and wall time per step, median and spread of the per-block
   ratios, the load average, and whether the two final states are bit-identical.
 * ``compile``: the compile time of the LLM experiments (``serving`` with 1,000 steps, ``roofline``;
-  the engine's chunk as ``sim.api.run`` builds it, compile cache off): trace + lowering and XLA
+  ``--experiments`` adds the biology ``tissue`` and ``bio1000``, the scaling table's 1,000-cell
+  program; the engine's chunk as ``sim.api.run`` builds it, compile cache off): trace + lowering and XLA
   compile timed apart (wall and the process's CPU time) from fresh functions, ``--repeats`` times,
   with the optimised module's HLO instructions, fusions, while loops and conditionals and the
   StableHLO's lines; with ``--old-files`` / ``--old-tree`` both sides alternate in one process and
@@ -294,7 +295,11 @@ def ab(old_files: str | None, n_models: int = 64, steps: int = 50, blocks: int =
 # ----------------------------------------------------------------------------- compile time A/B
 # the LLM experiments, and the biology tissue beside them (the engine's chunk is shared code)
 EXPERIMENTS = {"serving": ["experiment=serving", "steps=1000"], "roofline": ["experiment=roofline"],
-               "tissue": ["experiment=tissue"]}
+               "tissue": ["experiment=tissue"],
+               # the program of the scaling table's 1,000-cell row (run_bench.bio_cfg): the biology
+               # preset on a small-world graph, one replicate
+               "bio1000": ["experiment=tissue", "substrate=bio", "topology=small_world", "topology.n_cells=1000",
+                           "replicates=1", "steps=100", "record_every=50", "dt=0.02"]}
 
 
 def _captured_chunk(overrides):

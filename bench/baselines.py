@@ -142,17 +142,33 @@ def section_baselines(sizes, repeats: int = 5) -> list[dict]:
 
 # ----------------------------------------------------------------------------- bytes from the HLO
 
+class _KnownChunk:
+    """A jitted chunk whose ``lower(state, params, keys)`` traces with the facts the engine reads from
+    the concrete parameters (``substrate.known``, :mod:`sim.core.known`), as ``engine.chunk_executable``
+    does."""
+
+    def __init__(self, jitted, substrate, known):
+        self.jitted, self.substrate, self.known = jitted, substrate, known
+
+    def lower(self, state, params, keys):
+        with self.known.tracing(tuple(self.substrate.known(params))):
+            return self.jitted.lower(state, params, keys)
+
+
 def engine_chunk(engine, substrate, n_records: int, record_every: int, params_axes=None):
     """``jax.jit`` of the engine's chunk for ``substrate`` as ``engine`` (the ``sim.core.engine`` module
     of the tree under test) builds it: ``engine.chunk_function`` (the scan of a vmapped step), or the
-    ``vmap(scan_records)`` of trees older than it (the A side of an A/B against an old commit)."""
+    ``vmap(scan_records)`` of trees older than it (the A side of an A/B against an old commit); in
+    trees with ``sim.core.known``, lowered with the facts of the parameters it is lowered for."""
     import functools
 
     import jax
 
     kw = dict(n_records=n_records, record_every=record_every, check_fn=substrate.step_check)
     if hasattr(engine, "chunk_function"):
-        return jax.jit(engine.chunk_function(substrate.step, substrate.observe, params_axes=params_axes, **kw))
+        jitted = jax.jit(engine.chunk_function(substrate.step, substrate.observe, params_axes=params_axes, **kw))
+        known = getattr(engine, "known", None)
+        return jitted if known is None else _KnownChunk(jitted, substrate, known)
     fn = functools.partial(engine.scan_records, substrate.step, substrate.observe, **kw)
     return jax.jit(jax.vmap(fn, in_axes=(0, params_axes, 0)))
 

@@ -313,7 +313,7 @@ def _captured_chunk(overrides):
     orig = engine.chunk_executable
 
     def spy(*args, **kw):
-        seen.append((args, kw))
+        seen.append((args, kw, engine))  # the engine of the substrate's own import (see _time_compile)
         return orig(*args, **kw)
 
     engine.chunk_executable = spy
@@ -333,9 +333,10 @@ def _time_compile(captured) -> dict:
     from a fresh function: nothing reused); HLO counts of the optimised module."""
     import time
 
-    from sim.core import engine, ops
-
-    (substrate, chunk, record_every, axes, fixed_order, state, params, keys, *_), _ = captured
+    # the engine (and its ops) imported with the captured substrate: its processes read settings of
+    # that import while they are traced (sim.core.known), not of a later re-import of the tree
+    (substrate, chunk, record_every, axes, fixed_order, state, params, keys, *_), _, engine = captured
+    ops = engine.ops
     t0, c0 = time.perf_counter(), time.process_time()
     with ops.reduction_order(fixed_order):
         lowered = _THIS_TREE["engine_chunk"](engine, substrate, chunk, record_every, axes).lower(state, params, keys)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.errors import NumericalError
-from sim.core import codegen, executable_store, ops, rare_events, sharding
+from sim.core import codegen, executable_store, known, ops, rare_events, sharding
 from sim.rng import replicate_keys
 
 # ------------------------------------------------------------------------------ small helpers
@@ -171,8 +171,9 @@ class ExecutableCache:
     """Compiled executables of this process, keyed on what changes the program.
 
     The key holds the substrate itself (identity: a changed substrate is another program), the
-    chunk length and record interval, the parameter batching, the reduction order and the shapes
-    and dtypes of the arguments. ``compiles`` counts executables this process added (tests assert
+    chunk length and record interval, the parameter batching, the reduction order, the shapes
+    and dtypes of the arguments and what the substrate knows from the parameters' values
+    (:mod:`sim.core.known`). ``compiles`` counts executables this process added (tests assert
     that a sweep of same-shaped configs adds none); of them, ``traced`` were traced, lowered and
     compiled here and ``loaded`` came whole from the disk store (:mod:`sim.core.executable_store`)."""
 
@@ -222,8 +223,9 @@ def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixe
     """The compiled ``jit(vmap(scan))`` of one chunk for these shapes; built once per process.
     ``layout``: rows split over several devices (:class:`sim.core.sharding.Layout`), None for one;
     ``width``: the CPU vector width of its code (:mod:`sim.core.codegen`)."""
+    facts = tuple(substrate.known(params))  # read on the host from the concrete parameters (sim.core.known)
     key = (substrate, chunk, record_every, _axes_key(params_axes), bool(fixed_order),
-           signature_key(state, params, keys), int(width), None if layout is None else layout.key)
+           signature_key(state, params, keys), facts, int(width), None if layout is None else layout.key)
     extra = codegen.compile_options(width)
 
     stored = []  # the store key, computed on an in-process miss only
@@ -239,7 +241,7 @@ def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixe
         # rows on several devices: the rare events as dense passes (rare_events.dense); the key
         # above holds the placement, so one program per choice
         spread = layout is not None or any(_placement(x) is not None for x in jax.tree_util.tree_leaves((state, keys)))
-        with ops.reduction_order(fixed_order), rare_events.dense(spread):  # read while tracing
+        with ops.reduction_order(fixed_order), rare_events.dense(spread), known.tracing(facts):  # read while tracing
             lowered = jitted.lower(state, params, keys)
         hits = executable_store.jax_cache_hits()
         compiled = ops.compile_lowered(lowered, extra)  # XLA options: ops.COMPILE_OPTIONS and the width
@@ -264,7 +266,7 @@ def chunk_executable(substrate, chunk: int, record_every: int, params_axes, fixe
         stored.append(executable_store.program_key(substrate, chunk=chunk, record_every=record_every,
                                                    params_axes=params_axes, fixed_order=fixed_order,
                                                    args=(state, params, keys), layout=layout,
-                                                   compile_options=extra))
+                                                   compile_options=extra, known=facts))
         loaded = executable_store.load(stored[0])
         if loaded is not None:
             CACHE.loaded += 1

@@ -274,11 +274,12 @@ def _on_default_device(leaves) -> bool:
 
 
 def program_key(substrate, *, chunk: int, record_every: int, params_axes, fixed_order: bool, args,
-                layout=None, compile_options: dict | None = None) -> str | None:
+                layout=None, compile_options: dict | None = None, known: tuple = ()) -> str | None:
     """The store key (hex SHA-256) of a chunk program, or None when it must not be stored: the
     store is off (or its folder unusable), no stable substrate token, several devices, an argument
     off the default device, or any error. ``compile_options``: XLA options on top of
-    ``ops.COMPILE_OPTIONS`` (the vector width, :mod:`sim.core.codegen`), part of the key."""
+    ``ops.COMPILE_OPTIONS`` (the vector width, :mod:`sim.core.codegen`), part of the key; ``known``:
+    the facts the program was traced with (:mod:`sim.core.known`), part of the key."""
     if folder() is None:
         return None
     try:
@@ -304,7 +305,8 @@ def program_key(substrate, *, chunk: int, record_every: int, params_axes, fixed_
             axes = [str(treedef), repr(leaves)]
         desc = {"env": environment(), "substrate": token, "chunk": int(chunk),
                 "record_every": int(record_every), "params_axes": axes, "fixed_order": bool(fixed_order),
-                "args": flat, "extra_compile_options": sorted((compile_options or {}).items())}
+                "args": flat, "extra_compile_options": sorted((compile_options or {}).items()),
+                "known": [list(f) for f in known]}
         return hashlib.sha256(json.dumps(desc, sort_keys=True, default=repr).encode()).hexdigest()
     except Exception as exc:  # noqa: BLE001  (never fail a run because of the store)
         _warn("key", f"no key for this program ({type(exc).__name__}: {exc}); compiling it as usual")

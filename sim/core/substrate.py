@@ -178,6 +178,9 @@ class Substrate:
     differentiation: object = None  # sim.core.differentiation.Hooks: theta, adaptation (None: not offered)
     carriers: object = None  # sim.core.carriers.Hooks: several competing carriers (None: one currency only)
     config_rules: tuple = ()  # ((pattern, Rule), ...): the meaning of each number of its config section
+    # ((name, value), ...) read from the concrete parameters before a chunk is traced: what its
+    # processes may take as known while tracing (sim.core.known; part of every executable key)
+    known: Callable = lambda params: ()
 
     @property
     def record_fields(self) -> tuple[str, ...]:

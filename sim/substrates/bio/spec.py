@@ -29,6 +29,7 @@ from sim.core.ops import rowsum
 from sim.core import carriers as car
 from sim.core import differentiation as dif
 from sim.pytree import replace
+from sim.substrates.bio.kernels.adenylate import creatine_known
 from sim.substrates.bio.kernels.fate import pay_for_move
 from sim.substrates.bio.kernels.step import PROCESSES
 from sim.substrates.bio.kernels.thermo import dg_atp_kj, energy_charge
@@ -300,6 +301,7 @@ SUBSTRATE = Substrate(
     demand_knob="demand_scale",
     params_axes=lambda params: 0,  # a batched study stacks every leaf (edges included)
     step_check=step_check,
+    known=creatine_known,
     entities=ENTITIES,
     compartment="cell",
     currency="ATP",

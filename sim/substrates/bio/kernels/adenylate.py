@@ -12,13 +12,29 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from sim.core import carriers
+from sim.core import carriers, known
 from sim.core.ops import after, materialize
 from sim.substrates.bio.kernels.metabolism import set_columns
 from sim.substrates.bio.kernels.thermo import adenylate_equilibrium, creatine_equilibrium
 from sim.pytree import replace
 from sim.substrates.bio.state import ADP, AMP, ATP
+
+
+CREATINE = "creatine"  # the fact (sim.core.known): True when every row has creatine, False when none has
+
+
+def creatine_known(params) -> tuple:
+    """``Substrate.known`` of biology: ``(("creatine", True),)`` when every parameter row has a
+    creatine buffer, ``False`` when none has (then the branch of :func:`adenylate_kinase` every row
+    takes is the only one compiled); nothing when the rows differ (the run-time branch)."""
+    c = np.asarray(params.creatine_total)
+    if np.all(c > 0):
+        return ((CREATINE, True),)
+    if not np.any(c > 0):
+        return ((CREATINE, False),)
+    return ()
 
 
 def _settle(creatine: bool, k_ak, k_ck, creatine_total):
@@ -59,8 +75,12 @@ def adenylate_kinase(state, params, key=None):
     # read the transport's whole scatter result).
     args = (cells.pools, cells.pcr, cells.alive, led.ak_atp, led.ck_atp)
     consts = (params.k_ak, params.k_ck, params.creatine_total)
-    new, pcr, ak_atp, ck_atp, a = jax.lax.cond(jnp.any(params.creatine_total > 0), _settle(True, *consts),
-                                               _settle(False, *consts), *args)
+    creatine = known.get(CREATINE)  # the engine's chunk knows from the parameters which branch every row takes
+    if creatine is None:
+        new, pcr, ak_atp, ck_atp, a = jax.lax.cond(jnp.any(params.creatine_total > 0), _settle(True, *consts),
+                                                   _settle(False, *consts), *args)
+    else:
+        new, pcr, ak_atp, ck_atp, a = _settle(creatine, *consts)(*args)
     if carriers.active(state.carriers):  # static: with one carrier this is not traced
         cs = state.carriers
         held = jnp.where(cells.alive[:, None], carriers.reconcile(cs.held, cs.make, a), cs.held)

@@ -36,6 +36,7 @@ ALLOWED = "auto, 256 or 512 (bits of the CPU vector code XLA emits; auto: 512 fo
 # steps x state bytes from which 512-bit code pays for its longer compile (module doc: 2.3e10-5.6e10)
 PAYBACK_BYTE_STEPS = 3e10
 
+
 def parse(value):
     """``"auto"``, 256 or 512 from a config value; ConfigError naming ``vector_width`` otherwise."""
     if isinstance(value, str) and value.strip().lower() == AUTO:

@@ -41,6 +41,7 @@ AXIS = "rows"  # the mesh axis name: replicates, or parameter points x replicate
 AUTO = "auto"
 ALLOWED = "auto or an integer >= 1 (the JAX devices a run's replicates are spread over)"
 
+
 def parse(value):
     """``"auto"`` or an int >= 1 from a config value; ConfigError naming ``devices`` otherwise."""
     if isinstance(value, str) and value.strip().lower() == AUTO:
